@@ -1,0 +1,187 @@
+# loom — build, test and install.
+#
+#   make              libloom.a, libloom.so.$(MAJOR), examples
+#   make demo         the shop, monolithic, with the HTTP bridge on 127.0.0.1:8080
+#   make test         everything CI runs: deps, unit + integration tests,
+#                     the same under ASan+UBSan, exported-symbol check,
+#                     out-of-tree pkg-config build
+#   make check        unit + integration tests (release build)
+#   make asan         the test suite under AddressSanitizer + UBSan
+#   make check-symbols  fails when libloom.so exports a symbol without loom_
+#   make install PREFIX=/usr/local DESTDIR=   /  make uninstall
+#   make deps         installs the Debian packages that are missing
+#   make clean
+
+MAJOR   := $(shell sed -n 's/^\#define LOOM_VERSION_MAJOR \([0-9]*\)/\1/p' include/loom/version.h)
+VERSION := $(shell sed -n 's/^\#define LOOM_VERSION_STRING "\(.*\)"/\1/p' include/loom/version.h)
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+LIBDIR  ?= $(PREFIX)/lib
+INCDIR  ?= $(PREFIX)/include
+
+CC      ?= cc
+# BUILD selects a variant: release (default) or asan. Each has its own tree.
+BUILD   ?= release
+O       := build/$(BUILD)
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-missing-field-initializers
+BASE_CFLAGS := -std=gnu11 -g $(WARN) -Iinclude -Ilib -pthread
+ifeq ($(BUILD),asan)
+  OPT := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+  SAN_LDFLAGS := -fsanitize=address,undefined
+else
+  OPT := -O2
+  SAN_LDFLAGS :=
+endif
+CFLAGS  ?=
+ALL_CFLAGS := $(BASE_CFLAGS) $(OPT) $(CFLAGS)
+DEP_LIBS := -lpaho-mqtt3as -lcjson -lyaml -lmicrohttpd -lpthread
+LDFLAGS ?=
+
+LIB_SRCS  := $(sort $(wildcard lib/*/*.c))
+LIB_OBJS  := $(LIB_SRCS:%.c=$(O)/%.o)
+PIC_OBJS  := $(LIB_SRCS:%.c=$(O)/pic/%.o)
+
+# In the release variant the libraries land at the top of the tree.
+ifeq ($(BUILD),release)
+  LIBDIR_OUT := .
+else
+  LIBDIR_OUT := $(O)
+endif
+STATIC := $(LIBDIR_OUT)/libloom.a
+SHARED := $(LIBDIR_OUT)/libloom.so.$(MAJOR)
+
+EXAMPLES := examples/hello/hello examples/shop/shop
+ifneq ($(BUILD),release)
+  EXAMPLES := $(EXAMPLES:%=$(O)/%)
+endif
+
+SHOP_SRCS := $(sort $(wildcard examples/shop/*.c))
+
+TEST_SRCS    := $(sort $(wildcard tests/test_*.c))
+TEST_SUPPORT := $(sort $(wildcard tests/support/*.c))
+TEST_BINS    := $(TEST_SRCS:tests/%.c=$(O)/tests/%)
+TEST_LIBS    := -lcmocka -lcurl
+
+.PHONY: all lib examples demo test check asan check-symbols install uninstall deps clean \
+        tests pkgconfig-test format bench fuzz
+
+all: lib examples
+
+lib: $(STATIC) $(SHARED)
+
+$(O)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(O)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -MMD -MP -c $< -o $@
+
+$(STATIC): $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(PIC_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -Wl,-soname,libloom.so.$(MAJOR) -Wl,--no-undefined $(SAN_LDFLAGS) \
+	  -o $@ $^ $(LDFLAGS) $(DEP_LIBS)
+	ln -sf libloom.so.$(MAJOR) $(LIBDIR_OUT)/libloom.so
+
+examples: $(EXAMPLES)
+
+# Examples link the static library so they run from the tree without LD_LIBRARY_PATH.
+$(filter %hello/hello,$(EXAMPLES)): examples/hello/hello.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_LDFLAGS) -o $@ $< $(STATIC) $(LDFLAGS) $(DEP_LIBS)
+
+$(filter %shop/shop,$(EXAMPLES)): $(SHOP_SRCS) examples/shop/shop.h $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_LDFLAGS) -o $@ $(SHOP_SRCS) $(STATIC) $(LDFLAGS) $(DEP_LIBS)
+
+# --- tests -----------------------------------------------------------------
+
+$(O)/tests/%: tests/%.c $(TEST_SUPPORT) tests/support/support.h $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests $(SAN_LDFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) \
+	  $(LDFLAGS) $(DEP_LIBS) $(TEST_LIBS)
+
+tests: $(TEST_BINS) $(EXAMPLES)
+
+# Runs every test binary; a failure fails the target after all have run.
+# LOOM_TEST_BUILD tells tests where this variant's examples are.
+check: tests
+	@LOOM_TEST_BUILD=$(if $(filter release,$(BUILD)),.,$(O)) tests/run-all.sh $(TEST_BINS)
+
+asan:
+	$(MAKE) BUILD=asan check
+
+check-symbols: $(SHARED)
+	@bad=$$(nm -D --defined-only $(SHARED) | awk '$$2 ~ /^[TDBRVW]$$/ {print $$3}' \
+	        | grep -v '^loom_' | grep -v '^_' ); \
+	if [ -n "$$bad" ]; then echo "check-symbols: exported without the loom_ prefix:"; \
+	  echo "$$bad"; exit 1; fi; \
+	n=$$(nm -D --defined-only $(SHARED) | grep -c ' T loom_'); \
+	echo "check-symbols: $$n exported functions, all prefixed loom_"
+
+pkgconfig-test: lib
+	@tests/pkgconfig-test.sh
+
+test: deps
+	$(MAKE) all
+	$(MAKE) check
+	$(MAKE) asan
+	$(MAKE) check-symbols
+	$(MAKE) pkgconfig-test
+
+demo: deps all
+	examples/shop/shop --services all --http 127.0.0.1:8080 --demo-help
+
+# --- install ---------------------------------------------------------------
+
+loom.pc: pkgconfig/loom.pc.in include/loom/version.h
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCDIR@|$(INCDIR)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
+
+install: lib loom.pc
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/loom
+	install -m 644 include/loom.h $(DESTDIR)$(INCDIR)/loom.h
+	install -m 644 include/loom/*.h $(DESTDIR)$(INCDIR)/loom/
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libloom.a
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libloom.so.$(MAJOR)
+	ln -sf libloom.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libloom.so
+	install -m 644 loom.pc $(DESTDIR)$(LIBDIR)/pkgconfig/loom.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCDIR)/loom.h $(DESTDIR)$(LIBDIR)/libloom.a \
+	      $(DESTDIR)$(LIBDIR)/libloom.so $(DESTDIR)$(LIBDIR)/libloom.so.$(MAJOR) \
+	      $(DESTDIR)$(LIBDIR)/pkgconfig/loom.pc
+	rm -rf $(DESTDIR)$(INCDIR)/loom
+
+# --- dependencies ----------------------------------------------------------
+
+DEB_PACKAGES := build-essential pkg-config libpaho-mqtt-dev libcjson-dev libyaml-dev \
+                libcmocka-dev libmicrohttpd-dev libcurl4-openssl-dev mosquitto \
+                mosquitto-clients curl
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' \
+	    || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+format:
+	clang-format -i include/*.h include/loom/*.h lib/*/*.[ch] tests/*.c tests/support/*.[ch] \
+	  examples/*/*.[ch]
+
+clean:
+	rm -rf build libloom.a libloom.so libloom.so.* loom.pc $(EXAMPLES) \
+	  examples/hello/hello examples/shop/shop
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,50 @@
+/*
+ * loom — state store adapter interface.
+ *
+ * A store keeps JSON values by key for handlers (loom_store_get/set/... in
+ * loom.h). The built-in "memory" store lives in the process; a shared store
+ * (e.g. Redis) lets several instances of a service see the same state. A
+ * store is a const table of operations registered for a URL scheme. Values
+ * cross this interface as serialized JSON text so remote stores need no
+ * cJSON knowledge.
+ *
+ * Rules: every operation may be called from any thread concurrently;
+ * operations block for at most the store's own timeout; a store never calls
+ * back into the runtime.
+ */
+#ifndef LOOM_STORE_H
+#define LOOM_STORE_H
+
+#include "../loom.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LOOM_STORE_ABI_VERSION 1
+
+typedef struct loom_store_ops {
+    uint32_t abi_version; /* LOOM_STORE_ABI_VERSION */
+    const char *scheme;   /* "memory", "redis" */
+
+    /* Creates the store for url with the `state:` options subtree (may be
+     * NULL). Errors: LOOM_ECONFIG, LOOM_EUNAVAILABLE, LOOM_ENOMEM. */
+    loom_err (*open)(void **self, const char *url, const cJSON *options);
+    /* On LOOM_OK *json is a NUL-terminated copy allocated with malloc that
+     * the core frees. LOOM_ENOTFOUND when absent or expired. */
+    loom_err (*get)(void *self, const char *key, char **json);
+    /* if_absent: fail with LOOM_EEXIST when the key exists. ttl_ms 0 = none. */
+    loom_err (*set)(void *self, const char *key, const char *json, uint32_t ttl_ms,
+                    bool if_absent);
+    loom_err (*del)(void *self, const char *key);
+    loom_err (*incr)(void *self, const char *key, int64_t delta, int64_t *out);
+    void (*close)(void *self);
+} loom_store_ops;
+
+/* Registers a store for ops->scheme, process-wide. LOOM_EEXIST when taken. */
+LOOM_API loom_err loom_store_register(const loom_store_ops *ops);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,120 @@
+#define _GNU_SOURCE
+#include "util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t loom__now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t loom__mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* xoshiro256** per thread, seeded from getrandom(); ids only need to be
+ * unique, not secret. */
+static _Thread_local uint64_t rng[4];
+static _Thread_local bool rng_ready;
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(void)
+{
+    if (!rng_ready) {
+        if (getrandom(rng, sizeof rng, 0) != (ssize_t)sizeof rng) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            rng[0] = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+            rng[1] = (uint64_t)(uintptr_t)&rng ^ (uint64_t)ts.tv_sec;
+            rng[2] = 0x9e3779b97f4a7c15ull;
+            rng[3] = 0xbf58476d1ce4e5b9ull;
+        }
+        rng_ready = true;
+    }
+    uint64_t result = rotl(rng[1] * 5, 7) * 9;
+    uint64_t t = rng[1] << 17;
+    rng[2] ^= rng[0];
+    rng[3] ^= rng[1];
+    rng[1] ^= rng[2];
+    rng[0] ^= rng[3];
+    rng[2] ^= t;
+    rng[3] = rotl(rng[3], 45);
+    return result;
+}
+
+void loom__random_id(char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int w = 0; w < 2; w++) {
+        uint64_t v = rng_next();
+        for (int i = 0; i < 16; i++) {
+            out[w * 16 + i] = hex[v & 15];
+            v >>= 4;
+        }
+    }
+    out[32] = '\0';
+}
+
+bool loom__is_id(const char *s)
+{
+    if (!s)
+        return false;
+    for (int i = 0; i < 32; i++) {
+        char c = s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return false;
+    }
+    return s[32] == '\0';
+}
+
+char *loom__strdup(const char *s) { return s ? strdup(s) : NULL; }
+
+char *loom__asprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *out = NULL;
+    va_start(ap, fmt);
+    if (vasprintf(&out, fmt, ap) < 0)
+        out = NULL;
+    va_end(ap);
+    return out;
+}
+
+void loom__strlcpy(char *dst, const char *src, size_t n)
+{
+    size_t len = strnlen(src, n - 1);
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
+
+bool loom__parse_int(const char *s, long long min, long long max, long long *out)
+{
+    if (!s || !*s)
+        return false;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+unsigned loom__cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1;
+}
