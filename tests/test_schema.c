@@ -1,0 +1,1020 @@
+/* Tests for the JSON Schema subset validator (lib/codec/schema.c). */
+#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "support/support.h"
+
+#include "codec/schema.h"
+#include "core/util.h"
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                   */
+
+static loom__schema *compile_ok(const char *text)
+{
+    loom__schema *s = NULL;
+    char err[256] = "unset";
+    loom_err rc = loom__schema_compile(&s, text, err, sizeof err);
+    if (rc != LOOM_OK || !s)
+        fail_msg("schema %s does not compile: %s", text, err);
+    assert_string_equal(err, "");
+    return s;
+}
+
+static void expect_compile_error(const char *text, const char *expected)
+{
+    loom__schema *s = (loom__schema *)(uintptr_t)1;
+    char err[512] = "";
+    loom_err rc = loom__schema_compile(&s, text, err, sizeof err);
+    if (rc != LOOM_EINVAL)
+        fail_msg("schema %s: expected LOOM_EINVAL, got %d", text, (int)rc);
+    assert_null(s);
+    if (strcmp(err, expected) != 0)
+        fail_msg("schema %s:\n  expected error: %s\n  actual error:   %s", text, expected, err);
+}
+
+/* Validates value (JSON text, or NULL for "absent") and checks the result
+ * with and without details. */
+static bool check(const char *schema, const char *value, cJSON **details)
+{
+    loom__schema *s = compile_ok(schema);
+    cJSON *v = value ? t_json(value) : NULL;
+    char *before = v ? cJSON_PrintUnformatted(v) : NULL;
+    bool ok = loom__schema_validate(s, v, details);
+    /* Without details: same verdict. */
+    assert_int_equal(loom__schema_validate(s, v, NULL), ok);
+    /* Never modifies the value. */
+    if (v) {
+        char *after = cJSON_PrintUnformatted(v);
+        assert_string_equal(before, after);
+        cJSON_free(after);
+    }
+    cJSON_free(before);
+    cJSON_Delete(v);
+    loom__schema_free(s);
+    return ok;
+}
+
+static void expect_valid(const char *schema, const char *value)
+{
+    cJSON *details = (cJSON *)(uintptr_t)1;
+    if (!check(schema, value, &details)) {
+        char *d = details ? cJSON_PrintUnformatted(details) : NULL;
+        fail_msg("schema %s rejects %s: %s", schema, value ? value : "(absent)", d ? d : "");
+    }
+    assert_null(details);
+}
+
+/* expected: the exact details array as JSON text. */
+static void expect_invalid(const char *schema, const char *value, const char *expected)
+{
+    cJSON *details = NULL;
+    if (check(schema, value, &details))
+        fail_msg("schema %s accepts %s", schema, value ? value : "(absent)");
+    assert_non_null(details);
+    if (!t_json_eq(details, expected)) {
+        char *d = cJSON_PrintUnformatted(details);
+        fail_msg("schema %s, value %s:\n  expected details: %s\n  actual details:   %s", schema,
+                 value ? value : "(absent)", expected, d);
+    }
+    cJSON_Delete(details);
+}
+
+/* One detail at path with message. */
+static void expect_error(const char *schema, const char *value, const char *path,
+                         const char *message)
+{
+    char expected[1024];
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "path", path);
+    cJSON_AddStringToObject(o, "message", message);
+    char *text = cJSON_PrintUnformatted(o);
+    snprintf(expected, sizeof expected, "[%s]", text);
+    cJSON_free(text);
+    cJSON_Delete(o);
+    expect_invalid(schema, value, expected);
+}
+
+/* n nested arrays: [[[...]]]. */
+static cJSON *nested_arrays(int n)
+{
+    cJSON *root = cJSON_CreateArray();
+    cJSON *cur = root;
+    for (int i = 1; i < n; i++) {
+        cJSON *a = cJSON_CreateArray();
+        cJSON_AddItemToArray(cur, a);
+        cur = a;
+    }
+    return root;
+}
+
+/* "/0/0/..." with n tokens. */
+static char *zero_path(int n)
+{
+    char *p = calloc((size_t)n * 2 + 1, 1);
+    for (int i = 0; i < n; i++)
+        memcpy(p + i * 2, "/0", 2);
+    return p;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Whole schemas                                                             */
+
+static void test_boolean_and_empty_schemas(void **state)
+{
+    (void)state;
+    const char *values[] = {"null", "true", "0", "1.5", "\"x\"", "[]", "{}", "[1,{\"a\":[]}]"};
+    for (size_t i = 0; i < LOOM__ARRAY_LEN(values); i++) {
+        expect_valid("true", values[i]);
+        expect_valid("{}", values[i]);
+        expect_valid("{\"title\":\"t\",\"description\":\"d\"}", values[i]);
+        expect_error("false", values[i], "", "value is not allowed");
+    }
+    /* Absent values: accepted by schemas that allow everything. */
+    expect_valid("true", NULL);
+    expect_valid("{}", NULL);
+    expect_error("false", NULL, "", "value is not allowed");
+}
+
+static void test_annotations_accepted(void **state)
+{
+    (void)state;
+    const char *schema = "{\"$schema\":\"https://json-schema.org/draft/2020-12/schema\","
+                         "\"$id\":\"urn:x\",\"title\":\"T\",\"description\":\"D\","
+                         "\"default\":{\"a\":1},\"examples\":[\"x@y\"],"
+                         "\"type\":\"string\",\"format\":\"email\"}";
+    expect_valid(schema, "\"x@y\"");
+    /* format is not asserted. */
+    expect_valid(schema, "\"not an email\"");
+    expect_error(schema, "1", "", "expected string, got number");
+}
+
+static void test_null_schema_and_free(void **state)
+{
+    (void)state;
+    cJSON *v = t_json("{\"a\":1}");
+    cJSON *details = (cJSON *)(uintptr_t)1;
+    assert_true(loom__schema_validate(NULL, v, &details));
+    assert_null(details);
+    assert_true(loom__schema_validate(NULL, NULL, NULL));
+    cJSON_Delete(v);
+    loom__schema_free(NULL);
+}
+
+/* ------------------------------------------------------------------------ */
+/* type                                                                      */
+
+static void test_type_single(void **state)
+{
+    (void)state;
+    expect_valid("{\"type\":\"object\"}", "{}");
+    expect_error("{\"type\":\"object\"}", "[]", "", "expected object, got array");
+    expect_valid("{\"type\":\"array\"}", "[1]");
+    expect_error("{\"type\":\"array\"}", "{}", "", "expected array, got object");
+    expect_valid("{\"type\":\"string\"}", "\"\"");
+    expect_error("{\"type\":\"string\"}", "5", "", "expected string, got number");
+    expect_valid("{\"type\":\"number\"}", "5");
+    expect_valid("{\"type\":\"number\"}", "-5.25e3");
+    expect_error("{\"type\":\"number\"}", "\"5\"", "", "expected number, got string");
+    expect_valid("{\"type\":\"boolean\"}", "true");
+    expect_valid("{\"type\":\"boolean\"}", "false");
+    expect_error("{\"type\":\"boolean\"}", "0", "", "expected boolean, got number");
+    expect_valid("{\"type\":\"null\"}", "null");
+    expect_error("{\"type\":\"null\"}", "false", "", "expected null, got boolean");
+    /* integer = a number with no fractional part. */
+    expect_valid("{\"type\":\"integer\"}", "42");
+    expect_valid("{\"type\":\"integer\"}", "-7");
+    expect_valid("{\"type\":\"integer\"}", "3.0");
+    expect_valid("{\"type\":\"integer\"}", "1e20");
+    expect_error("{\"type\":\"integer\"}", "3.5", "", "expected integer, got number");
+    expect_error("{\"type\":\"integer\"}", "\"3\"", "", "expected integer, got string");
+}
+
+static void test_type_array(void **state)
+{
+    (void)state;
+    const char *s = "{\"type\":[\"string\",\"null\"]}";
+    expect_valid(s, "\"x\"");
+    expect_valid(s, "null");
+    expect_valid(s, NULL);
+    expect_error(s, "1", "", "expected string or null, got number");
+    expect_error("{\"type\":[\"string\",\"number\",\"null\"]}", "{}", "",
+                 "expected string, number or null, got object");
+    expect_valid("{\"type\":[\"integer\",\"boolean\"]}", "true");
+    expect_error("{\"type\":[\"integer\",\"boolean\"]}", "0.5", "",
+                 "expected integer or boolean, got number");
+}
+
+static void test_absent_value(void **state)
+{
+    (void)state;
+    /* Absent is validated like JSON null. */
+    expect_error("{\"type\":\"object\"}", NULL, "", "expected object, got null");
+    expect_valid("{\"type\":\"null\"}", NULL);
+    expect_valid("{\"required\":[\"a\"],\"properties\":{\"a\":{\"type\":\"string\"}}}", NULL);
+    expect_valid("{\"enum\":[1,null]}", NULL);
+    expect_error("{\"enum\":[1,2]}", NULL, "", "must be one of [1,2]");
+    expect_error("{\"const\":0}", NULL, "", "must be 0");
+}
+
+static void test_unusual_values(void **state)
+{
+    (void)state;
+    loom__schema *s = compile_ok("{\"minimum\":0,\"maximum\":10}");
+    cJSON *nan = cJSON_CreateNumber(NAN);
+    cJSON *details = NULL;
+    assert_false(loom__schema_validate(s, nan, &details));
+    assert_true(t_json_eq(details, "[{\"path\":\"\",\"message\":\"must be >= 0\"},"
+                                   "{\"path\":\"\",\"message\":\"must be <= 10\"}]"));
+    cJSON_Delete(details);
+    cJSON_Delete(nan);
+    loom__schema_free(s);
+
+    /* Raw values match no type. */
+    s = compile_ok("{\"type\":\"string\"}");
+    cJSON *raw = cJSON_CreateRaw("1");
+    assert_false(loom__schema_validate(s, raw, &details));
+    assert_true(t_json_eq(
+        details, "[{\"path\":\"\",\"message\":\"expected string, got an unknown value\"}]"));
+    cJSON_Delete(details);
+    cJSON_Delete(raw);
+    loom__schema_free(s);
+
+    /* An infinite number is not an integer. */
+    s = compile_ok("{\"type\":\"integer\"}");
+    cJSON *inf = cJSON_CreateNumber(INFINITY);
+    assert_false(loom__schema_validate(s, inf, NULL));
+    cJSON_Delete(inf);
+    loom__schema_free(s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Objects                                                                   */
+
+static void test_properties(void **state)
+{
+    (void)state;
+    const char *s = "{\"properties\":{\"a\":{\"type\":\"integer\"},"
+                    "\"b\":{\"properties\":{\"c\":{\"type\":\"string\"}}}}}";
+    expect_valid(s, "{}");
+    expect_valid(s, "{\"a\":1,\"b\":{\"c\":\"x\"},\"other\":[1]}");
+    expect_valid(s, "\"not an object\""); /* properties only constrain objects */
+    expect_error(s, "{\"a\":\"1\"}", "/a", "expected integer, got string");
+    expect_error(s, "{\"b\":{\"c\":false}}", "/b/c", "expected string, got boolean");
+    expect_invalid(s, "{\"a\":1.5,\"b\":{\"c\":1}}",
+                   "[{\"path\":\"/a\",\"message\":\"expected integer, got number\"},"
+                   "{\"path\":\"/b/c\",\"message\":\"expected string, got number\"}]");
+    /* Duplicate keys in a value are each validated. */
+    expect_error(s, "{\"a\":1,\"a\":\"x\"}", "/a", "expected integer, got string");
+    /* A property whose schema is false. */
+    expect_valid("{\"properties\":{\"x\":false}}", "{\"y\":1}");
+    expect_error("{\"properties\":{\"x\":false}}", "{\"x\":1}", "", "property 'x' is not allowed");
+}
+
+static void test_required(void **state)
+{
+    (void)state;
+    const char *s = "{\"type\":\"object\",\"required\":[\"name\",\"email\"]}";
+    expect_valid(s, "{\"name\":1,\"email\":null}");
+    expect_error(s, "{\"name\":\"a\"}", "", "required property 'email' is missing");
+    expect_invalid(s, "{}",
+                   "[{\"path\":\"\",\"message\":\"required property 'name' is missing\"},"
+                   "{\"path\":\"\",\"message\":\"required property 'email' is missing\"}]");
+    /* Names are case-sensitive. */
+    expect_error(s, "{\"Name\":1,\"email\":2}", "", "required property 'name' is missing");
+    /* required only applies to objects. */
+    expect_valid("{\"required\":[\"a\"]}", "[]");
+    expect_valid("{\"required\":[]}", "{}");
+    /* Nested: the path is the object's. */
+    expect_error("{\"properties\":{\"user\":{\"required\":[\"id\"]}}}", "{\"user\":{}}", "/user",
+                 "required property 'id' is missing");
+}
+
+static void test_additional_properties(void **state)
+{
+    (void)state;
+    const char *closed = "{\"properties\":{\"a\":{}},\"additionalProperties\":false}";
+    expect_valid(closed, "{\"a\":1}");
+    expect_valid(closed, "{}");
+    expect_error(closed, "{\"a\":1,\"b\":2}", "", "property 'b' is not allowed");
+    expect_invalid(closed, "{\"x\":1,\"a\":1,\"y\":2}",
+                   "[{\"path\":\"\",\"message\":\"property 'x' is not allowed\"},"
+                   "{\"path\":\"\",\"message\":\"property 'y' is not allowed\"}]");
+
+    const char *typed = "{\"properties\":{\"a\":{\"type\":\"string\"}},"
+                        "\"additionalProperties\":{\"type\":\"integer\"}}";
+    expect_valid(typed, "{\"a\":\"s\",\"b\":1,\"c\":2}");
+    expect_error(typed, "{\"a\":\"s\",\"b\":\"no\"}", "/b", "expected integer, got string");
+    expect_error(typed, "{\"a\":1}", "/a", "expected string, got number");
+
+    expect_valid("{\"additionalProperties\":true}", "{\"anything\":[1]}");
+    expect_error("{\"additionalProperties\":false}", "{\"z\":null}", "",
+                 "property 'z' is not allowed");
+    expect_valid("{\"additionalProperties\":false}", "[1]");
+}
+
+static void test_pointer_escaping(void **state)
+{
+    (void)state;
+    const char *s = "{\"properties\":{\"a/b\":{\"type\":\"string\"},\"m~n\":{\"properties\":"
+                    "{\"~/\":{\"type\":\"string\"}}},\"\":{\"type\":\"string\"}}}";
+    expect_error(s, "{\"a/b\":1}", "/a~1b", "expected string, got number");
+    expect_error(s, "{\"m~n\":{\"~/\":1}}", "/m~0n/~0~1", "expected string, got number");
+    /* The empty key is a token of its own. */
+    expect_error(s, "{\"\":1}", "/", "expected string, got number");
+    expect_error("{\"additionalProperties\":{\"items\":{\"type\":\"null\"}}}",
+                 "{\"x/y\":[null,null,0]}", "/x~1y/2", "expected null, got number");
+}
+
+static void test_shop_user(void **state)
+{
+    (void)state;
+    const char *s = "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\","
+                    "\"minLength\":1},\"email\":{\"type\":\"string\",\"pattern\":"
+                    "\"^[^@]+@[^@]+$\"}},\"required\":[\"name\",\"email\"],"
+                    "\"additionalProperties\":false}";
+    expect_valid(s, "{\"name\":\"Ann\",\"email\":\"ann@example.com\"}");
+    expect_valid(s, "{\"email\":\"ann@example.com\",\"name\":\"A\"}");
+    expect_invalid(s, "{}",
+                   "[{\"path\":\"\",\"message\":\"required property 'name' is missing\"},"
+                   "{\"path\":\"\",\"message\":\"required property 'email' is missing\"}]");
+    expect_invalid(s, "{\"name\":\"\",\"email\":\"nope\",\"admin\":true}",
+                   "[{\"path\":\"/name\",\"message\":\"must have at least 1 character\"},"
+                   "{\"path\":\"/email\",\"message\":\"must match pattern '^[^@]+@[^@]+$'\"},"
+                   "{\"path\":\"\",\"message\":\"property 'admin' is not allowed\"}]");
+    expect_invalid(s, "{\"name\":5,\"email\":\"a@b@c\"}",
+                   "[{\"path\":\"/name\",\"message\":\"expected string, got number\"},"
+                   "{\"path\":\"/email\",\"message\":\"must match pattern '^[^@]+@[^@]+$'\"}]");
+    expect_error(s, "[]", "", "expected object, got array");
+    expect_error(s, NULL, "", "expected object, got null");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Arrays                                                                    */
+
+static void test_items(void **state)
+{
+    (void)state;
+    const char *s = "{\"type\":\"array\",\"items\":{\"type\":\"integer\"}}";
+    expect_valid(s, "[]");
+    expect_valid(s, "[1,2,3]");
+    expect_error(s, "[1,\"2\",3]", "/1", "expected integer, got string");
+    expect_invalid(s, "[\"a\",2,null]",
+                   "[{\"path\":\"/0\",\"message\":\"expected integer, got string\"},"
+                   "{\"path\":\"/2\",\"message\":\"expected integer, got null\"}]");
+    /* items only applies to arrays. */
+    expect_valid("{\"items\":{\"type\":\"integer\"}}", "{\"0\":\"x\"}");
+    /* Nested arrays of objects. */
+    const char *nested = "{\"items\":{\"items\":{\"properties\":{\"age\":{\"minimum\":0}}}}}";
+    expect_error(nested, "[[],[{\"age\":1},{\"age\":-1}]]", "/1/1/age", "must be >= 0");
+    /* items: false allows only the empty array. */
+    expect_valid("{\"items\":false}", "[]");
+    expect_error("{\"items\":false}", "[7]", "/0", "value is not allowed");
+    expect_valid("{\"items\":true}", "[1,\"a\",null]");
+}
+
+static void test_min_max_items(void **state)
+{
+    (void)state;
+    const char *s = "{\"minItems\":1,\"maxItems\":3}";
+    expect_valid(s, "[1]");
+    expect_valid(s, "[1,2,3]");
+    expect_error(s, "[]", "", "must have at least 1 item");
+    expect_error(s, "[1,2,3,4]", "", "must have at most 3 items");
+    expect_error("{\"minItems\":2}", "[1]", "", "must have at least 2 items");
+    expect_error("{\"maxItems\":1}", "[1,2]", "", "must have at most 1 item");
+    expect_error("{\"maxItems\":0}", "[null]", "", "must have at most 0 items");
+    expect_valid("{\"minItems\":5}", "\"short\""); /* only arrays */
+}
+
+/* ------------------------------------------------------------------------ */
+/* enum and const                                                            */
+
+static void test_enum(void **state)
+{
+    (void)state;
+    const char *s = "{\"enum\":[\"a\",\"b\"]}";
+    expect_valid(s, "\"a\"");
+    expect_valid(s, "\"b\"");
+    expect_error(s, "\"c\"", "", "must be one of [\"a\",\"b\"]");
+    expect_error(s, "\"A\"", "", "must be one of [\"a\",\"b\"]");
+    expect_error(s, "[\"a\"]", "", "must be one of [\"a\",\"b\"]");
+
+    /* Deep comparison: numbers by value, objects in any member order,
+     * arrays in order. */
+    const char *deep = "{\"enum\":[1,null,true,{\"x\":[1,{\"y\":\"z\"}],\"w\":2},[1,2]]}";
+    expect_valid(deep, "1.0");
+    expect_valid(deep, "null");
+    expect_valid(deep, "true");
+    expect_valid(deep, "{\"w\":2,\"x\":[1,{\"y\":\"z\"}]}");
+    expect_valid(deep, "[1,2]");
+    expect_invalid(deep, "false",
+                   "[{\"path\":\"\",\"message\":"
+                   "\"must be one of [1,null,true,{\\\"x\\\":[1,{\\\"y\\\":"
+                   "\\\"z\\\"}],\\\"w\\\":2},[1,2]]\"}]");
+    assert_false(check(deep, "[2,1]", NULL));
+    assert_false(check(deep, "[1,2,3]", NULL));
+    assert_false(check(deep, "{\"w\":2,\"x\":[1,{\"y\":\"Z\"}]}", NULL));
+    assert_false(check(deep, "{\"w\":2,\"x\":[1,{\"y\":\"z\"}],\"v\":3}", NULL));
+    assert_false(check(deep, "{\"w\":2}", NULL));
+    assert_false(check(deep, "{\"w\":2,\"w\":2}", NULL));
+    assert_false(check(deep, "1.5", NULL));
+    assert_false(check(deep, "\"1\"", NULL));
+
+    /* A long list is summarized. */
+    char big[4096];
+    size_t len = (size_t)snprintf(big, sizeof big, "{\"enum\":[");
+    for (int i = 0; i < 100; i++)
+        len += (size_t)snprintf(big + len, sizeof big - len, "%s\"value-%d\"", i ? "," : "", i);
+    snprintf(big + len, sizeof big - len, "]}");
+    expect_valid(big, "\"value-99\"");
+    expect_error(big, "\"value-100\"", "", "must be one of the 100 allowed values");
+}
+
+static void test_const(void **state)
+{
+    (void)state;
+    expect_valid("{\"const\":\"admin\"}", "\"admin\"");
+    expect_error("{\"const\":\"admin\"}", "\"user\"", "", "must be \"admin\"");
+    expect_valid("{\"const\":{\"a\":[1,2],\"b\":null}}", "{\"b\":null,\"a\":[1,2.0]}");
+    expect_error("{\"const\":{\"a\":[1,2]}}", "{\"a\":[2,1]}", "", "must be {\"a\":[1,2]}");
+    expect_valid("{\"const\":null}", "null");
+    expect_error("{\"const\":false}", "0", "", "must be false");
+    expect_error("{\"properties\":{\"v\":{\"const\":2}}}", "{\"v\":3}", "/v", "must be 2");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Numbers                                                                   */
+
+static void test_numeric_bounds(void **state)
+{
+    (void)state;
+    const char *incl = "{\"minimum\":1,\"maximum\":10}";
+    expect_valid(incl, "1");
+    expect_valid(incl, "10");
+    expect_valid(incl, "5.5");
+    expect_error(incl, "0.999", "", "must be >= 1");
+    expect_error(incl, "10.5", "", "must be <= 10");
+    expect_valid(incl, "\"100\""); /* only numbers */
+
+    const char *excl = "{\"exclusiveMinimum\":0,\"exclusiveMaximum\":100}";
+    expect_valid(excl, "0.001");
+    expect_valid(excl, "99");
+    expect_error(excl, "0", "", "must be > 0");
+    expect_error(excl, "-1", "", "must be > 0");
+    expect_error(excl, "100", "", "must be < 100");
+
+    expect_error("{\"minimum\":0.5}", "0.25", "", "must be >= 0.5");
+    expect_error("{\"maximum\":-2.75}", "0", "", "must be <= -2.75");
+    expect_error("{\"minimum\":0.1}", "0", "", "must be >= 0.1");
+    expect_error("{\"maximum\":1e300}", "1e301", "", "must be <= 1e+300");
+    expect_error("{\"exclusiveMaximum\":-0}", "0", "", "must be < 0");
+    /* Combined with integer. */
+    const char *qty = "{\"type\":\"integer\",\"minimum\":1}";
+    expect_valid(qty, "3");
+    expect_error(qty, "0", "", "must be >= 1");
+    expect_error(qty, "1.5", "", "expected integer, got number");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Strings                                                                   */
+
+static void test_string_lengths(void **state)
+{
+    (void)state;
+    const char *s = "{\"minLength\":1,\"maxLength\":10}";
+    expect_valid(s, "\"a\"");
+    expect_valid(s, "\"0123456789\"");
+    expect_error(s, "\"\"", "", "must have at least 1 character");
+    expect_error(s, "\"0123456789a\"", "", "must have at most 10 characters");
+    expect_error("{\"minLength\":3}", "\"ab\"", "", "must have at least 3 characters");
+    expect_error("{\"maxLength\":1}", "\"ab\"", "", "must have at most 1 character");
+    expect_valid("{\"maxLength\":1}", "5"); /* only strings */
+}
+
+static void test_string_lengths_count_code_points(void **state)
+{
+    (void)state;
+    /* "héllo": 6 bytes, 5 code points. */
+    expect_valid("{\"maxLength\":5}", "\"h\xc3\xa9llo\"");
+    expect_valid("{\"minLength\":5,\"maxLength\":5}", "\"h\\u00e9llo\"");
+    expect_error("{\"minLength\":6}", "\"h\xc3\xa9llo\"", "", "must have at least 6 characters");
+    /* Three CJK characters: 9 bytes. */
+    expect_valid("{\"minLength\":3,\"maxLength\":3}", "\"\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e\"");
+    expect_error("{\"minLength\":4}", "\"\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e\"", "",
+                 "must have at least 4 characters");
+    /* An emoji outside the BMP (4 bytes, a surrogate pair in JSON escapes) is
+     * one code point. */
+    expect_valid("{\"minLength\":1,\"maxLength\":1}", "\"\xf0\x9f\x98\x80\"");
+    expect_valid("{\"minLength\":1,\"maxLength\":1}", "\"\\ud83d\\ude00\"");
+    expect_error("{\"maxLength\":1}", "\"\xf0\x9f\x98\x80!\"", "", "must have at most 1 character");
+}
+
+static void test_pattern(void **state)
+{
+    (void)state;
+    const char *s = "{\"pattern\":\"^[a-z]+$\"}";
+    expect_valid(s, "\"abc\"");
+    expect_error(s, "\"abc1\"", "", "must match pattern '^[a-z]+$'");
+    expect_error(s, "\"\"", "", "must match pattern '^[a-z]+$'");
+    expect_valid(s, "12"); /* only strings */
+    /* Like JSON Schema, a pattern is not implicitly anchored. */
+    expect_valid("{\"pattern\":\"b+\"}", "\"abbbc\"");
+    expect_error("{\"pattern\":\"b+\"}", "\"ac\"", "", "must match pattern 'b+'");
+    /* Extended syntax: alternation, intervals, groups. */
+    const char *ere = "{\"pattern\":\"^(red|green)-[0-9]{2,3}$\"}";
+    expect_valid(ere, "\"red-12\"");
+    expect_valid(ere, "\"green-123\"");
+    expect_error(ere, "\"blue-12\"", "", "must match pattern '^(red|green)-[0-9]{2,3}$'");
+    expect_error(ere, "\"red-1\"", "", "must match pattern '^(red|green)-[0-9]{2,3}$'");
+    /* An escaped backslash before a 'd' is fine: a literal "\d". */
+    expect_valid("{\"pattern\":\"^a\\\\\\\\d$\"}", "\"a\\\\d\"");
+    expect_error("{\"pattern\":\"^a\\\\\\\\d$\"}", "\"a1\"", "", "must match pattern '^a\\\\d$'");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Details                                                                   */
+
+static void test_details_capped_at_20(void **state)
+{
+    (void)state;
+    loom__schema *s = compile_ok("{\"items\":{\"type\":\"string\"}}");
+    cJSON *v = cJSON_CreateArray();
+    for (int i = 0; i < 50; i++)
+        cJSON_AddItemToArray(v, cJSON_CreateNumber(i));
+    cJSON *details = NULL;
+    assert_false(loom__schema_validate(s, v, &details));
+    assert_int_equal(cJSON_GetArraySize(details), LOOM__SCHEMA_MAX_DETAILS);
+    assert_int_equal(LOOM__SCHEMA_MAX_DETAILS, 20);
+    for (int i = 0; i < 20; i++) {
+        const cJSON *d = cJSON_GetArrayItem(details, i);
+        char path[16];
+        snprintf(path, sizeof path, "/%d", i);
+        assert_string_equal(cJSON_GetObjectItem(d, "path")->valuestring, path);
+        assert_string_equal(cJSON_GetObjectItem(d, "message")->valuestring,
+                            "expected string, got number");
+    }
+    cJSON_Delete(details);
+
+    /* 21 errors: 20 reported; 20 and 19: all reported. */
+    for (int n = 21; n >= 19; n--) {
+        while (cJSON_GetArraySize(v) > n)
+            cJSON_DeleteItemFromArray(v, 0);
+        assert_false(loom__schema_validate(s, v, &details));
+        assert_int_equal(cJSON_GetArraySize(details), n > 20 ? 20 : n);
+        cJSON_Delete(details);
+    }
+    cJSON_Delete(v);
+    loom__schema_free(s);
+
+    /* The cap also holds across keywords and nesting. */
+    s = compile_ok("{\"additionalProperties\":false}");
+    v = cJSON_CreateObject();
+    for (int i = 0; i < 30; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "k%d", i);
+        cJSON_AddNullToObject(v, key);
+    }
+    assert_false(loom__schema_validate(s, v, &details));
+    assert_int_equal(cJSON_GetArraySize(details), 20);
+    assert_string_equal(
+        cJSON_GetObjectItem(cJSON_GetArrayItem(details, 19), "message")->valuestring,
+        "property 'k19' is not allowed");
+    cJSON_Delete(details);
+    cJSON_Delete(v);
+    loom__schema_free(s);
+}
+
+static void test_details_optional(void **state)
+{
+    (void)state;
+    loom__schema *s = compile_ok("{\"items\":{\"type\":\"string\"}}");
+    cJSON *bad = t_json("[1,2,3]");
+    cJSON *good = t_json("[\"a\"]");
+    assert_false(loom__schema_validate(s, bad, NULL));
+    assert_true(loom__schema_validate(s, good, NULL));
+    cJSON *details = (cJSON *)(uintptr_t)1;
+    assert_true(loom__schema_validate(s, good, &details));
+    assert_null(details); /* always set */
+    cJSON_Delete(bad);
+    cJSON_Delete(good);
+    loom__schema_free(s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Depth                                                                     */
+
+static void expect_depth(const char *schema, int n, bool valid, const char *path)
+{
+    loom__schema *s = compile_ok(schema);
+    cJSON *v = nested_arrays(n);
+    cJSON *details = NULL;
+    assert_int_equal(loom__schema_validate(s, v, &details), valid);
+    assert_int_equal(loom__schema_validate(s, v, NULL), valid);
+    if (!valid) {
+        assert_int_equal(cJSON_GetArraySize(details), 1);
+        const cJSON *d = cJSON_GetArrayItem(details, 0);
+        assert_string_equal(cJSON_GetObjectItem(d, "path")->valuestring, path);
+        assert_string_equal(cJSON_GetObjectItem(d, "message")->valuestring,
+                            "nested deeper than 64 levels");
+    } else {
+        assert_null(details);
+    }
+    cJSON_Delete(details);
+    cJSON_Delete(v);
+    loom__schema_free(s);
+}
+
+static void test_deep_values(void **state)
+{
+    (void)state;
+    char *p64 = zero_path(64);
+    /* 64 nested containers are fine, 65 are not, whatever the schema. */
+    expect_depth("true", 64, true, NULL);
+    expect_depth("true", 65, false, p64);
+    expect_depth("{}", 65, false, p64);
+    expect_depth("{\"type\":\"array\"}", 65, false, p64);
+    expect_depth("{\"items\":{\"items\":{\"type\":\"array\"}}}", 64, true, NULL);
+    expect_depth("{\"items\":{\"items\":{\"type\":\"array\"}}}", 65, false, p64);
+    /* Far deeper than any stack would allow recursing into. */
+    expect_depth("{\"type\":\"array\"}", 5000, false, p64);
+    expect_depth("{\"items\":true}", 5000, false, p64);
+    free(p64);
+
+    /* A schema as deep as the value itself. */
+    char schema[64 * 12 + 16];
+    size_t len = 0;
+    for (int i = 0; i < 63; i++)
+        len += (size_t)snprintf(schema + len, sizeof schema - len, "{\"items\":");
+    len += (size_t)snprintf(schema + len, sizeof schema - len, "{}");
+    for (int i = 0; i < 63; i++)
+        len += (size_t)snprintf(schema + len, sizeof schema - len, "}");
+    expect_depth(schema, 64, true, NULL);
+    char *p = zero_path(64);
+    expect_depth(schema, 65, false, p);
+    expect_depth(schema, 3000, false, p);
+    free(p);
+
+    /* Deep objects under additionalProperties. */
+    loom__schema *s = compile_ok("{\"additionalProperties\":{\"type\":\"object\"}}");
+    cJSON *root = cJSON_CreateObject(), *cur = root;
+    for (int i = 0; i < 100; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(cur, "k", o);
+        cur = o;
+    }
+    cJSON *details = NULL;
+    assert_false(loom__schema_validate(s, root, &details));
+    const cJSON *d = cJSON_GetArrayItem(details, 0);
+    char *kp = calloc(64 * 2 + 1, 1);
+    for (int i = 0; i < 64; i++)
+        memcpy(kp + i * 2, "/k", 2);
+    assert_string_equal(cJSON_GetObjectItem(d, "path")->valuestring, kp);
+    free(kp);
+    cJSON_Delete(details);
+    cJSON_Delete(root);
+    loom__schema_free(s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Compile errors                                                            */
+
+static void test_compile_errors_per_keyword(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *schema, *err;
+    } cases[] = {
+        {"5", "schema: a schema must be an object or a boolean at the root"},
+        {"\"x\"", "schema: a schema must be an object or a boolean at the root"},
+        {"null", "schema: a schema must be an object or a boolean at the root"},
+        {"[]", "schema: a schema must be an object or a boolean at the root"},
+        {"{\"oneOf\":[{}]}", "schema: unsupported keyword 'oneOf' at the root"},
+        {"{\"$ref\":\"#/x\"}", "schema: unsupported keyword '$ref' at the root"},
+        {"{\"properties\":{\"a\":{\"Type\":\"string\"}}}",
+         "schema: unsupported keyword 'Type' at /properties/a"},
+        {"{\"type\":\"string\",\"type\":\"number\"}",
+         "schema: keyword 'type' appears twice at the root"},
+        /* type */
+        {"{\"type\":\"str\"}", "schema: unknown type 'str' in 'type' at the root"},
+        {"{\"type\":5}",
+         "schema: 'type' must be a type name or an array of type names at the root"},
+        {"{\"type\":[]}", "schema: 'type' must not be an empty array at the root"},
+        {"{\"type\":[\"string\",1]}",
+         "schema: 'type' must be a type name or an array of type names at the root"},
+        {"{\"type\":[\"string\",\"float\"]}", "schema: unknown type 'float' in 'type' at the root"},
+        {"{\"type\":[\"string\",\"string\"]}", "schema: 'type' lists 'string' twice at the root"},
+        /* properties */
+        {"{\"properties\":[]}", "schema: 'properties' must be an object at the root"},
+        {"{\"properties\":{\"a\":1}}",
+         "schema: a schema must be an object or a boolean at /properties/a"},
+        {"{\"properties\":{\"a\":{},\"a\":{}}}",
+         "schema: property 'a' appears twice in 'properties' at the root"},
+        /* required */
+        {"{\"required\":\"a\"}", "schema: 'required' must be an array of strings at the root"},
+        {"{\"required\":[\"a\",1]}", "schema: 'required' must be an array of strings at the root"},
+        {"{\"required\":[\"a\",\"b\",\"a\"]}", "schema: 'required' lists 'a' twice at the root"},
+        /* additionalProperties, items */
+        {"{\"additionalProperties\":\"no\"}",
+         "schema: a schema must be an object or a boolean at /additionalProperties"},
+        {"{\"additionalProperties\":{\"minimum\":\"0\"}}",
+         "schema: 'minimum' must be a number at /additionalProperties"},
+        {"{\"items\":1}", "schema: a schema must be an object or a boolean at /items"},
+        {"{\"items\":[{}]}",
+         "schema: 'items' must be a schema (tuples are not supported) at the root"},
+        {"{\"items\":{\"foo\":1}}", "schema: unsupported keyword 'foo' at /items"},
+        /* counts */
+        {"{\"minItems\":-1}", "schema: 'minItems' must be a non-negative integer at the root"},
+        {"{\"maxItems\":1.5}", "schema: 'maxItems' must be a non-negative integer at the root"},
+        {"{\"minLength\":\"2\"}", "schema: 'minLength' must be a non-negative integer at the root"},
+        {"{\"maxLength\":true}", "schema: 'maxLength' must be a non-negative integer at the root"},
+        {"{\"maxLength\":1e300}", "schema: 'maxLength' must be a non-negative integer at the root"},
+        /* enum, const */
+        {"{\"enum\":[]}", "schema: 'enum' must be a non-empty array at the root"},
+        {"{\"enum\":\"a\"}", "schema: 'enum' must be a non-empty array at the root"},
+        /* bounds */
+        {"{\"minimum\":\"1\"}", "schema: 'minimum' must be a number at the root"},
+        {"{\"properties\":{\"age\":{\"minimum\":true}}}",
+         "schema: 'minimum' must be a number at /properties/age"},
+        {"{\"maximum\":null}", "schema: 'maximum' must be a number at the root"},
+        {"{\"exclusiveMinimum\":true}", "schema: 'exclusiveMinimum' must be a number at the root"},
+        {"{\"exclusiveMaximum\":[1]}", "schema: 'exclusiveMaximum' must be a number at the root"},
+        {"{\"minimum\":1e999}", "schema: 'minimum' must be a number at the root"},
+        /* pattern */
+        {"{\"pattern\":1}", "schema: 'pattern' must be a string at the root"},
+        {"{\"items\":{\"pattern\":null}}", "schema: 'pattern' must be a string at /items"},
+        /* ECMA-262's \d would silently mean 'd' in POSIX. */
+        {"{\"pattern\":\"^\\\\d+$\"}", "schema: 'pattern' uses \\d, which POSIX regular "
+                                       "expressions lack (use [0-9]) at the root"},
+        {"{\"pattern\":\"[\\\\D]\"}", "schema: 'pattern' uses \\D, which POSIX regular expressions "
+                                      "lack (use [^0-9]) at the root"},
+        /* pointers in errors are escaped */
+        {"{\"properties\":{\"a/b\":{\"properties\":{\"c~d\":{\"minLength\":-1}}}}}",
+         "schema: 'minLength' must be a non-negative integer at /properties/a~1b/properties/c~0d"},
+    };
+    for (size_t i = 0; i < LOOM__ARRAY_LEN(cases); i++)
+        expect_compile_error(cases[i].schema, cases[i].err);
+}
+
+static void test_compile_invalid_pattern(void **state)
+{
+    (void)state;
+    const char *bad[] = {"(", "a{2,1}", "[z-a]", "*a"};
+    for (size_t i = 0; i < LOOM__ARRAY_LEN(bad); i++) {
+        char schema[64], prefix[64], err[256] = "";
+        snprintf(schema, sizeof schema, "{\"pattern\":\"%s\"}", bad[i]);
+        snprintf(prefix, sizeof prefix, "schema: invalid 'pattern' '%s': ", bad[i]);
+        loom__schema *s = NULL;
+        loom_err rc = loom__schema_compile(&s, schema, err, sizeof err);
+        if (rc == LOOM_OK) {
+            /* POSIX leaves some of these to the implementation; glibc
+             * rejects all but "*a", which it reads as a literal '*'. */
+            assert_string_equal(bad[i], "*a");
+            loom__schema_free(s);
+            continue;
+        }
+        assert_int_equal(rc, LOOM_EINVAL);
+        assert_null(s);
+        if (strncmp(err, prefix, strlen(prefix)) != 0 || strlen(err) == strlen(prefix))
+            fail_msg("pattern %s: unexpected error '%s'", bad[i], err);
+        assert_non_null(strstr(err, " at the root"));
+    }
+    expect_compile_error("{\"properties\":{\"p\":{\"pattern\":\"(\"}}}",
+                         "schema: invalid 'pattern' '(': Unmatched ( or \\( at /properties/p");
+}
+
+static void test_compile_depth(void **state)
+{
+    (void)state;
+    /* 64 levels of schemas compile, 65 do not. */
+    char text[70 * 12 + 16];
+    char expected[70 * 7 + 64];
+    for (int levels = 63; levels <= 65; levels++) {
+        size_t len = 0;
+        for (int i = 1; i < levels; i++)
+            len += (size_t)snprintf(text + len, sizeof text - len, "{\"items\":");
+        len += (size_t)snprintf(text + len, sizeof text - len, "{}");
+        for (int i = 1; i < levels; i++)
+            len += (size_t)snprintf(text + len, sizeof text - len, "}");
+        if (levels <= 64) {
+            loom__schema_free(compile_ok(text));
+            continue;
+        }
+        len =
+            (size_t)snprintf(expected, sizeof expected, "schema: nested deeper than 64 levels at ");
+        for (int i = 1; i < levels; i++)
+            len += (size_t)snprintf(expected + len, sizeof expected - len, "/items");
+        expect_compile_error(text, expected);
+    }
+
+    /* Deeply nested JSON inside enum/const would be compared recursively. */
+    char deep[200];
+    size_t len = (size_t)snprintf(deep, sizeof deep, "{\"enum\":[");
+    for (int i = 0; i < 65; i++)
+        deep[len++] = '[';
+    for (int i = 0; i < 65; i++)
+        deep[len++] = ']';
+    snprintf(deep + len, sizeof deep - len, "]}");
+    expect_compile_error(deep, "schema: 'enum' value is nested deeper than 64 levels at the root");
+    len = (size_t)snprintf(deep, sizeof deep, "{\"const\":");
+    for (int i = 0; i < 65; i++)
+        deep[len++] = '[';
+    for (int i = 0; i < 65; i++)
+        deep[len++] = ']';
+    snprintf(deep + len, sizeof deep - len, "}");
+    expect_compile_error(deep, "schema: 'const' value is nested deeper than 64 levels at the root");
+    /* 64 levels are allowed and compared. */
+    len = (size_t)snprintf(deep, sizeof deep, "{\"const\":");
+    for (int i = 0; i < 64; i++)
+        deep[len++] = '[';
+    for (int i = 0; i < 64; i++)
+        deep[len++] = ']';
+    snprintf(deep + len, sizeof deep - len, "}");
+    loom__schema *s = compile_ok(deep);
+    cJSON *v = nested_arrays(64);
+    assert_true(loom__schema_validate(s, v, NULL));
+    cJSON_Delete(v);
+    v = nested_arrays(63);
+    assert_false(loom__schema_validate(s, v, NULL));
+    cJSON_Delete(v);
+    loom__schema_free(s);
+
+    /* Annotations may nest deeper: they are never walked. */
+    len = (size_t)snprintf(deep, sizeof deep, "{\"default\":");
+    for (int i = 0; i < 80; i++)
+        deep[len++] = '[';
+    for (int i = 0; i < 80; i++)
+        deep[len++] = ']';
+    snprintf(deep + len, sizeof deep - len, "}");
+    loom__schema_free(compile_ok(deep));
+}
+
+static void test_compile_arguments(void **state)
+{
+    (void)state;
+    loom__schema *s = (loom__schema *)(uintptr_t)1;
+    char err[128] = "";
+    assert_int_equal(loom__schema_compile(&s, NULL, err, sizeof err), LOOM_EINVAL);
+    assert_null(s);
+    assert_string_equal(err, "schema: no schema given");
+    assert_int_equal(loom__schema_compile(NULL, "{}", err, sizeof err), LOOM_EINVAL);
+
+    /* Malformed JSON, with the byte offset. */
+    expect_compile_error("", "schema: malformed JSON near byte 0");
+    expect_compile_error("{\"type\":}", "schema: malformed JSON near byte 8");
+    expect_compile_error("{\"type\":\"string\"", "schema: malformed JSON near byte 16");
+    expect_compile_error("{} {}", "schema: malformed JSON near byte 3");
+
+    /* err is optional, and truncated to errlen. */
+    assert_int_equal(loom__schema_compile(&s, "{\"minimum\":\"x\"}", NULL, 0), LOOM_EINVAL);
+    assert_null(s);
+    char small[12];
+    assert_int_equal(loom__schema_compile(&s, "{\"minimum\":\"x\"}", small, sizeof small),
+                     LOOM_EINVAL);
+    assert_string_equal(small, "schema: 'mi");
+    /* A successful compile clears err. */
+    strcpy(err, "stale");
+    assert_int_equal(loom__schema_compile(&s, "{}", err, sizeof err), LOOM_OK);
+    assert_string_equal(err, "");
+    loom__schema_free(s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Performance contract: no allocation when the value is valid               */
+
+static size_t allocs;
+static void *counting_malloc(size_t n)
+{
+    allocs++;
+    return malloc(n);
+}
+
+static void test_no_allocation_when_valid(void **state)
+{
+    (void)state;
+    loom__schema *s = compile_ok(
+        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"minLength\":1,"
+        "\"maxLength\":50},\"tags\":{\"type\":\"array\",\"items\":{\"enum\":[\"a\",\"b\"]}},"
+        "\"qty\":{\"type\":\"integer\",\"minimum\":1},\"meta\":{\"const\":{\"v\":1}}},"
+        "\"required\":[\"name\"],\"additionalProperties\":{\"type\":\"number\"}}");
+    cJSON *good = t_json("{\"name\":\"x\",\"tags\":[\"a\",\"b\"],\"qty\":2,\"meta\":{\"v\":1},"
+                         "\"extra\":1.5,\"deep\":1}");
+    cJSON *bad = t_json("{\"tags\":[\"c\"]}");
+    cJSON_Hooks hooks = {.malloc_fn = counting_malloc, .free_fn = free};
+    cJSON_InitHooks(&hooks);
+    allocs = 0;
+    cJSON *details = NULL;
+    for (int i = 0; i < 100; i++)
+        assert_true(loom__schema_validate(s, good, &details));
+    size_t valid_allocs = allocs;
+    assert_false(loom__schema_validate(s, bad, &details));
+    size_t invalid_allocs = allocs - valid_allocs;
+    cJSON_Delete(details);
+    cJSON_InitHooks(NULL);
+    assert_int_equal(valid_allocs, 0);
+    assert_true(invalid_allocs > 0); /* the counter does see the details */
+    cJSON_Delete(good);
+    cJSON_Delete(bad);
+    loom__schema_free(s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Concurrency                                                               */
+
+typedef struct worker {
+    const loom__schema *s;
+    const cJSON *good, *bad;
+    int failures;
+} worker;
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    for (int i = 0; i < 3000; i++) {
+        cJSON *details = NULL;
+        if (!loom__schema_validate(w->s, w->good, &details) || details)
+            w->failures++;
+        if (loom__schema_validate(w->s, w->bad, &details) || !details) {
+            w->failures++;
+            continue;
+        }
+        const cJSON *d0 = cJSON_GetArrayItem(details, 0);
+        const cJSON *d1 = cJSON_GetArrayItem(details, 1);
+        const cJSON *d2 = cJSON_GetArrayItem(details, 2);
+        if (cJSON_GetArraySize(details) != 3 ||
+            strcmp(cJSON_GetObjectItem(d0, "path")->valuestring, "/name") != 0 ||
+            strcmp(cJSON_GetObjectItem(d1, "message")->valuestring,
+                   "must match pattern '^[^@]+@[^@]+$'") != 0 ||
+            strcmp(cJSON_GetObjectItem(d2, "message")->valuestring,
+                   "property 'admin' is not allowed") != 0)
+            w->failures++;
+        cJSON_Delete(details);
+        if (loom__schema_validate(w->s, w->bad, NULL))
+            w->failures++;
+    }
+    return NULL;
+}
+
+static void test_concurrent_validation(void **state)
+{
+    (void)state;
+    loom__schema *s = compile_ok(
+        "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"minLength\":1},"
+        "\"email\":{\"type\":\"string\",\"pattern\":\"^[^@]+@[^@]+$\"}},"
+        "\"required\":[\"name\",\"email\"],\"additionalProperties\":false}");
+    cJSON *good = t_json("{\"name\":\"Ann\",\"email\":\"ann@example.com\"}");
+    cJSON *bad = t_json("{\"name\":\"\",\"email\":\"nope\",\"admin\":true}");
+    worker w[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (worker){s, good, bad, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(w[i].failures, 0);
+    }
+    cJSON_Delete(good);
+    cJSON_Delete(bad);
+    loom__schema_free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_boolean_and_empty_schemas),
+        cmocka_unit_test(test_annotations_accepted),
+        cmocka_unit_test(test_null_schema_and_free),
+        cmocka_unit_test(test_type_single),
+        cmocka_unit_test(test_type_array),
+        cmocka_unit_test(test_absent_value),
+        cmocka_unit_test(test_unusual_values),
+        cmocka_unit_test(test_properties),
+        cmocka_unit_test(test_required),
+        cmocka_unit_test(test_additional_properties),
+        cmocka_unit_test(test_pointer_escaping),
+        cmocka_unit_test(test_shop_user),
+        cmocka_unit_test(test_items),
+        cmocka_unit_test(test_min_max_items),
+        cmocka_unit_test(test_enum),
+        cmocka_unit_test(test_const),
+        cmocka_unit_test(test_numeric_bounds),
+        cmocka_unit_test(test_string_lengths),
+        cmocka_unit_test(test_string_lengths_count_code_points),
+        cmocka_unit_test(test_pattern),
+        cmocka_unit_test(test_details_capped_at_20),
+        cmocka_unit_test(test_details_optional),
+        cmocka_unit_test(test_deep_values),
+        cmocka_unit_test(test_compile_errors_per_keyword),
+        cmocka_unit_test(test_compile_invalid_pattern),
+        cmocka_unit_test(test_compile_depth),
+        cmocka_unit_test(test_compile_arguments),
+        cmocka_unit_test(test_no_allocation_when_valid),
+        cmocka_unit_test(test_concurrent_validation),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
