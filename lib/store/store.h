@@ -1,0 +1,39 @@
+/* Internal: opening state stores by URL, and the built-in memory store. */
+#ifndef LOOM_STORE_STORE_H
+#define LOOM_STORE_STORE_H
+
+#include "loom.h"
+#include "loom/store.h"
+
+/* Keys are 1..LOOM__STORE_MAX_KEY bytes (checked by loom_store_*). */
+#define LOOM__STORE_MAX_KEY 1024
+/* At most this many store schemes (built-in ones included) per process. */
+#define LOOM__STORE_MAX_SCHEMES 16
+
+/* An open store: the adapter and its instance. Immutable after open, so any
+ * thread may use it; the adapter does its own locking. */
+struct loom_store {
+    const loom_store_ops *ops;
+    void *self;
+};
+
+/* Opens the store for url ("memory:" or "memory:NAME", "redis://..."): the
+ * scheme is the part before ':' (case-insensitive). options = the `state:`
+ * config subtree or NULL. Errors: LOOM_EINVAL (NULL argument, no scheme),
+ * LOOM_EUNSUPPORTED (unknown scheme), whatever the adapter's open returns
+ * (LOOM_ECONFIG, LOOM_EUNAVAILABLE, LOOM_ENOMEM). Any thread. */
+loom_err loom__store_open(loom_store **out, const char *url, const cJSON *options);
+/* Closes the adapter's instance and frees s. Accepts NULL. No operation on
+ * s may be running or start afterwards. */
+void loom__store_close(loom_store *s);
+
+/* The "memory" store (memory.c), registered lazily by the registry.
+ *   "memory:"      a store private to its opener;
+ *   "memory:NAME"  shared by everyone in the process who opens the same
+ *                  NAME ("memory://NAME" is the same), freed when the last
+ *                  of them closes it.
+ * Values are kept as JSON text with an optional expiry; expired entries are
+ * invisible and purged lazily (on access and when a table grows). */
+extern const loom_store_ops loom__store_memory_ops;
+
+#endif
