@@ -6,7 +6,7 @@
  * picks at deploy time, by configuration only, which broker carries the traffic:
  * the embedded in-memory broker ("memory:", the default) or a real one ("mqtt://").
  *
- * OWNERSHIP RULES (they hold for every call in this header and in loom/*.h)
+ * OWNERSHIP RULES (they hold for every call in this header and in the loom/ headers)
  *  1. What you create you destroy with the matching call (loom_runtime_create /
  *     loom_runtime_destroy, loom_config_create / loom_config_destroy, ...).
  *     Anything loom returns for you to keep is freed by a loom call
@@ -87,7 +87,7 @@ typedef enum loom_log_level {
 
 typedef enum loom_log_format {
     LOOM_LOG_FORMAT_UNSET = 0, /* in configs: use the default (text) */
-    LOOM_LOG_TEXT, /* "2026-11-22T01:02:03.456Z INFO  users.create [trace] message" */
+    LOOM_LOG_TEXT, /* "2026-11-22T01:02:03.456Z INFO  [users.create trace=ID] message" */
     LOOM_LOG_JSON,     /* one JSON object per line */
 } loom_log_format;
 
@@ -107,7 +107,8 @@ typedef struct loom_log_record {
  * into the runtime. */
 typedef void (*loom_log_fn)(const loom_log_record *rec, void *user);
 
-/* Parses "trace|debug|info|warn|error|off" (case-insensitive). */
+/* Parses "trace|debug|info|warn|warning|error|off" (case-insensitive);
+ * LOOM_EINVAL otherwise. */
 LOOM_API loom_err loom_log_level_parse(const char *s, loom_log_level *out);
 
 /* ------------------------------------------------------------------------ */
@@ -220,10 +221,10 @@ typedef struct loom_command_def {
     uint32_t timeout_ms; /* 0 = the runtime's default */
 } loom_command_def;
 
-typedef enum loom_delivery {
+typedef enum loom_delivery_mode {
     LOOM_DELIVER_GROUP = 0, /* one instance per subscription group (default) */
     LOOM_DELIVER_ALL,       /* every running instance */
-} loom_delivery;
+} loom_delivery_mode;
 
 /* What a subscription reacts to. NULL / 0 fields match anything. */
 typedef struct loom_filter {
@@ -243,7 +244,7 @@ typedef struct loom_subscription_def {
     const char *description;
     loom_subscription_fn handler; /* required */
     loom_filter filter;
-    loom_delivery delivery;
+    loom_delivery_mode delivery;
     const char *emit_event;      /* optional: the handler's result event */
     uint32_t max_retries;        /* 0 = 3; LOOM_RETRY beyond it drops */
     const char *payload_schema;  /* optional; invalid events are dropped */
@@ -409,7 +410,8 @@ LOOM_API loom_err loom_ctx_emit(loom_ctx *ctx, const char *event_name, cJSON *pa
 /* ------------------------------------------------------------------------ */
 /* State store (see loom/store.h for the adapter interface)                  */
 
-/* Reads a value: on LOOM_OK *out is a new cJSON tree (cJSON_Delete it).
+/* Keys are 1 to 1024 bytes (LOOM_EINVAL otherwise).
+ * Reads a value: on LOOM_OK *out is a new cJSON tree (cJSON_Delete it).
  * LOOM_ENOTFOUND when absent or expired, LOOM_EUNAVAILABLE when a remote
  * store cannot be reached. */
 LOOM_API loom_err loom_store_get(loom_store *s, const char *key, cJSON **out);
@@ -422,7 +424,8 @@ LOOM_API loom_err loom_store_add(loom_store *s, const char *key, const cJSON *va
 /* LOOM_ENOTFOUND when absent. */
 LOOM_API loom_err loom_store_delete(loom_store *s, const char *key);
 /* Atomically adds delta to an integer value (absent = 0) and returns the new
- * value in *out (optional). LOOM_EINVAL when the value is not a number. */
+ * value in *out (optional). LOOM_EINVAL when the value is not an integer or
+ * the sum overflows int64. */
 LOOM_API loom_err loom_store_incr(loom_store *s, const char *key, int64_t delta, int64_t *out);
 
 /* ------------------------------------------------------------------------ */

@@ -92,9 +92,11 @@ typedef struct loom_adapter_host {
      * returns LOOM_OK, or LOOM_EOVERLOAD when the queue is full: an adapter
      * with acknowledgements may then withhold its ack or drop the message.*/
     loom_err (*deliver)(void *core, const loom_delivery *d);
-    /* Reports connection changes. After a reconnect to a broker that lost
-     * the session, the core subscribes again. detail may be NULL. */
+    /* Reports connection changes; detail may be NULL. On every
+     * LOOM_BROKER_CONNECTED the core (re)subscribes everything. */
     void (*state_changed)(void *core, loom_broker_state state, const char *detail);
+    /* Completes a subscribe(): LOOM_OK, or why the broker refused it. */
+    void (*subscribed)(void *core, void *token, loom_err err);
     void (*log)(void *core, loom_log_level level, const char *fmt, ...) LOOM_PRINTF(3, 4);
 } loom_adapter_host;
 
@@ -121,13 +123,15 @@ typedef struct loom_adapter_ops {
      * host->state_changed, and reconnection after a loss is the adapter's job
      * (with backoff) until close(). */
     loom_err (*connect)(void *self);
-    /* Subscribes to a topic filter. group NULL: every instance gets each
-     * message; otherwise one member of the named group does. token is
-     * handed back in every delivery for this subscription, so one topic
-     * matching two subscriptions is delivered twice, once per token. The
-     * subscription is remembered; the core calls subscribe again after a
-     * session loss only if told by state_changed. May be called while
-     * disconnected (then takes effect on connect). */
+    /* Subscribes to a topic filter, asynchronously: the outcome is reported
+     * once through host->subscribed(core, token, err). group NULL: every
+     * instance gets each message; otherwise one member of the named group
+     * does. token is handed back in every delivery for this subscription,
+     * so one topic matching two subscriptions is delivered twice, once per
+     * token. Subscriptions need not survive a reconnect: the core calls
+     * subscribe again for each of them whenever the adapter reports
+     * LOOM_BROKER_CONNECTED (an adapter may treat a repeat as a no-op).
+     * LOOM_EUNAVAILABLE when disconnected (nothing is reported then). */
     loom_err (*subscribe)(void *self, const char *filter, const char *group, void *token,
                           int qos);
     loom_err (*unsubscribe)(void *self, const char *filter, const char *group, void *token);

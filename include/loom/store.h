@@ -41,7 +41,10 @@ typedef struct loom_store_ops {
     void (*close)(void *self);
 } loom_store_ops;
 
-/* Registers a store for ops->scheme, process-wide. LOOM_EEXIST when taken. */
+/* Registers a store for ops->scheme, process-wide and permanently: ops must
+ * stay valid for the life of the process. LOOM_EEXIST when the scheme is
+ * taken, LOOM_EINVAL for a bad ABI version, scheme or missing operation,
+ * LOOM_EOVERLOAD when 16 schemes are registered. */
 LOOM_API loom_err loom_store_register(const loom_store_ops *ops);
 
 #ifdef __cplusplus
