@@ -1,0 +1,306 @@
+/* Discovery: each instance that runs services publishes one retained
+ * announcement on {prefix}/svc/{instance} describing them (the broker's Last
+ * Will clears it if the process dies; stop clears it). Every runtime keeps
+ * the announcements of the others, so it knows which commands have a live
+ * receiver and the HTTP bridge knows its routes, whatever the start order.
+ *
+ * rt->disc_mu protects rt->remotes and rt->local_doc. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/topic.h"
+#include "core/runtime.h"
+#include "core/util.h"
+
+static cJSON *schema_json(const char *text)
+{
+    return text ? cJSON_Parse(text) : NULL;
+}
+
+static bool add_schema(cJSON *obj, const char *key, const char *text)
+{
+    if (!text)
+        return true;
+    cJSON *s = schema_json(text);
+    return s && cJSON_AddItemToObject(obj, key, s);
+}
+
+static cJSON *command_doc(const loom__command *c)
+{
+    const loom_command_def *d = c->def;
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddStringToObject(o, "name", d->name) ||
+        (d->description && !cJSON_AddStringToObject(o, "description", d->description)) ||
+        !add_schema(o, "payloadSchema", d->payload_schema) ||
+        !add_schema(o, "parameterSchema", d->parameter_schema) ||
+        !add_schema(o, "outputSchema", d->output_schema) ||
+        (d->success_event && !cJSON_AddStringToObject(o, "successEvent", d->success_event)) ||
+        (d->timeout_ms && !cJSON_AddNumberToObject(o, "timeoutMs", d->timeout_ms)))
+        goto fail;
+    if (d->http_method) {
+        cJSON *h = cJSON_AddObjectToObject(o, "http");
+        if (!h || !cJSON_AddStringToObject(h, "method", d->http_method) ||
+            !cJSON_AddStringToObject(h, "path", d->http_path) ||
+            !cJSON_AddBoolToObject(h, "public", d->http_public))
+            goto fail;
+    }
+    return o;
+fail:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+static cJSON *build_local_doc(loom_runtime *rt)
+{
+    cJSON *doc = cJSON_CreateObject();
+    cJSON *svcs = doc ? cJSON_AddArrayToObject(doc, "services") : NULL;
+    if (!svcs || !cJSON_AddStringToObject(doc, "instanceId", rt->instance_id))
+        goto fail;
+    for (size_t i = 0; i < rt->n_services; i++) {
+        const loom__service *s = &rt->services[i];
+        cJSON *so = cJSON_CreateObject();
+        if (!so || !cJSON_AddItemToArray(svcs, so))
+            goto fail_item;
+        cJSON *cmds = cJSON_AddArrayToObject(so, "commands");
+        cJSON *subs = cJSON_AddArrayToObject(so, "subscriptions");
+        if (!cmds || !subs || !cJSON_AddStringToObject(so, "name", s->def->name) ||
+            !cJSON_AddStringToObject(so, "version", s->def->version) ||
+            (s->def->description &&
+             !cJSON_AddStringToObject(so, "description", s->def->description)))
+            goto fail;
+        for (size_t j = 0; j < s->n_cmds; j++) {
+            cJSON *c = command_doc(&s->cmds[j]);
+            if (!c || !cJSON_AddItemToArray(cmds, c)) {
+                cJSON_Delete(c);
+                goto fail;
+            }
+        }
+        for (size_t j = 0; j < s->n_subs; j++) {
+            const loom_subscription_def *sd = s->subs[j].def;
+            cJSON *o = cJSON_CreateObject();
+            if (!o || !cJSON_AddItemToArray(subs, o) ||
+                !cJSON_AddStringToObject(o, "name", sd->name) ||
+                (sd->filter.event_name &&
+                 !cJSON_AddStringToObject(o, "eventName", sd->filter.event_name)))
+                goto fail;
+        }
+        continue;
+    fail_item:
+        cJSON_Delete(so);
+        goto fail;
+    }
+    return doc;
+fail:
+    cJSON_Delete(doc);
+    return NULL;
+}
+
+loom_err loom__announce(loom_runtime *rt)
+{
+    pthread_mutex_lock(&rt->disc_mu);
+    if (!rt->local_doc)
+        rt->local_doc = build_local_doc(rt);
+    cJSON *copy = rt->local_doc ? cJSON_Duplicate(rt->local_doc, true) : NULL;
+    pthread_mutex_unlock(&rt->disc_mu);
+    if (!copy)
+        return LOOM_ENOMEM;
+    if (rt->n_services == 0 || !(rt->ops->caps & LOOM_CAP_RETAIN)) {
+        cJSON_Delete(copy);
+        return LOOM_OK;
+    }
+    loom_msg *m = loom__msg_new(LOOM_MSG_INFO);
+    if (!m || loom__msg_set(&m->info_type, "infoServiceAvailable") ||
+        loom__msg_set_address(&m->sender, NULL, NULL, NULL, rt->instance_id)) {
+        loom_msg_release(m);
+        cJSON_Delete(copy);
+        return LOOM_ENOMEM;
+    }
+    m->payload = copy;
+    loom_err err = loom__publish(rt, rt->announce_topic, m, rt->qos_discovery, true, NULL, NULL, 0);
+    if (err != LOOM_OK)
+        loom_msg_release(m);
+    return err;
+}
+
+void loom__unannounce(loom_runtime *rt)
+{
+    if (rt->n_services == 0 || !rt->adapter || !(rt->ops->caps & LOOM_CAP_RETAIN))
+        return;
+    loom_err err = loom__publish(rt, rt->announce_topic, NULL, rt->qos_discovery, true, NULL,
+                                 NULL, 0);
+    if (err != LOOM_OK)
+        loom__rt_log(rt, LOOM_LOG_WARN, "cannot clear the service announcement: %s",
+                     loom_strerror(err));
+}
+
+static void remote_free(loom__remote *r)
+{
+    free(r->topic);
+    cJSON_Delete(r->doc);
+    free(r);
+}
+
+void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg, bool empty)
+{
+    if (strcmp(topic, rt->announce_topic) == 0) {
+        loom_msg_release(msg); /* our own */
+        return;
+    }
+    cJSON *doc = NULL;
+    if (!empty) {
+        const cJSON *p = msg ? loom_msg_payload(msg) : NULL;
+        if (!msg || msg->type != LOOM_MSG_INFO || !cJSON_IsArray(cJSON_GetObjectItem(p, "services"))) {
+            loom__rt_log(rt, LOOM_LOG_WARN, "ignored a malformed announcement on %s", topic);
+            loom_msg_release(msg);
+            return;
+        }
+        doc = cJSON_Duplicate(p, true);
+    }
+    loom_msg_release(msg);
+    pthread_mutex_lock(&rt->disc_mu);
+    loom__remote **pp = &rt->remotes;
+    while (*pp && strcmp((*pp)->topic, topic) != 0)
+        pp = &(*pp)->next;
+    if (*pp) {
+        loom__remote *r = *pp;
+        if (doc) {
+            cJSON_Delete(r->doc);
+            r->doc = doc;
+        } else {
+            *pp = r->next;
+            remote_free(r);
+        }
+    } else if (doc) {
+        loom__remote *r = calloc(1, sizeof *r);
+        if (r && (r->topic = strdup(topic))) {
+            r->doc = doc;
+            r->next = rt->remotes;
+            rt->remotes = r;
+        } else {
+            free(r);
+            cJSON_Delete(doc);
+        }
+    }
+    atomic_fetch_add(&rt->routes_version, 1);
+    pthread_mutex_unlock(&rt->disc_mu);
+}
+
+static const char *jstr(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* Finds the command object in one announcement. */
+static const cJSON *doc_command(const cJSON *doc, const char *service, const char *version,
+                                const char *command, const cJSON **svc_out)
+{
+    const cJSON *s;
+    cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(doc, "services"))
+    {
+        const char *n = jstr(s, "name"), *v = jstr(s, "version");
+        if (!n || !v || strcmp(n, service) != 0 || strcmp(v, version) != 0)
+            continue;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(s, "commands"))
+        {
+            const char *cn = jstr(c, "name");
+            if (cn && (!command || strcmp(cn, command) == 0)) {
+                if (svc_out)
+                    *svc_out = s;
+                return c;
+            }
+        }
+    }
+    return NULL;
+}
+
+bool loom__remote_has_command(loom_runtime *rt, const char *service, const char *version,
+                              const char *command)
+{
+    bool found = false;
+    pthread_mutex_lock(&rt->disc_mu);
+    for (loom__remote *r = rt->remotes; r && !found; r = r->next)
+        found = doc_command(r->doc, service, version, command, NULL) != NULL;
+    pthread_mutex_unlock(&rt->disc_mu);
+    return found;
+}
+
+uint32_t loom__remote_timeout(loom_runtime *rt, const char *service, const char *version,
+                              const char *command)
+{
+    uint32_t timeout = 0;
+    pthread_mutex_lock(&rt->disc_mu);
+    for (loom__remote *r = rt->remotes; r && !timeout; r = r->next) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(
+            doc_command(r->doc, service, version, command, NULL), "timeoutMs");
+        if (cJSON_IsNumber(t) && t->valuedouble >= 1 && t->valuedouble <= 86400000)
+            timeout = (uint32_t)t->valuedouble;
+    }
+    pthread_mutex_unlock(&rt->disc_mu);
+    return timeout;
+}
+
+/* True when an earlier announcement (local doc or a remote before stop)
+ * already listed service/version/command. */
+static bool listed_before(loom_runtime *rt, const loom__remote *stop, const char *service,
+                          const char *version, const char *command)
+{
+    if (rt->local_doc && doc_command(rt->local_doc, service, version, command, NULL))
+        return true;
+    for (const loom__remote *r = rt->remotes; r && r != stop; r = r->next)
+        if (doc_command(r->doc, service, version, command, NULL))
+            return true;
+    return false;
+}
+
+static void each_in_doc(loom_runtime *rt, const cJSON *doc, const loom__remote *self,
+                        void (*fn)(void *, const char *, const char *, const char *,
+                                   const cJSON *, bool),
+                        void *user)
+{
+    const cJSON *s;
+    cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(doc, "services"))
+    {
+        const char *n = jstr(s, "name"), *v = jstr(s, "version");
+        if (!n || !v)
+            continue;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(s, "commands"))
+        {
+            const char *cn = jstr(c, "name");
+            if (!cn || (self && listed_before(rt, self, n, v, cn)))
+                continue;
+            fn(user, n, v, jstr(s, "description"), c, self == NULL);
+        }
+    }
+}
+
+void loom__commands_each(loom_runtime *rt,
+                         void (*fn)(void *user, const char *service, const char *version,
+                                    const char *service_description, const cJSON *cmd,
+                                    bool local),
+                         void *user)
+{
+    pthread_mutex_lock(&rt->disc_mu);
+    if (!rt->local_doc)
+        rt->local_doc = build_local_doc(rt);
+    if (rt->local_doc)
+        each_in_doc(rt, rt->local_doc, NULL, fn, user);
+    for (loom__remote *r = rt->remotes; r; r = r->next)
+        each_in_doc(rt, r->doc, r, fn, user);
+    pthread_mutex_unlock(&rt->disc_mu);
+}
+
+unsigned loom__routes_version(loom_runtime *rt) { return atomic_load(&rt->routes_version); }
+
+void loom__discovery_fini(loom_runtime *rt)
+{
+    while (rt->remotes) {
+        loom__remote *r = rt->remotes;
+        rt->remotes = r->next;
+        remote_free(r);
+    }
+    cJSON_Delete(rt->local_doc);
+    rt->local_doc = NULL;
+}

@@ -1,0 +1,534 @@
+/* Running handlers: a command's validation, its context and its single
+ * answer; a subscription's filter, ack / retry / drop, and its emitted
+ * result. All of it runs on a worker thread (or inline for a blocking
+ * in-process call).
+ *
+ * A context is freed by whichever comes last of "the handler returned" and
+ * "the answer was given"; both are bits of ctx->flags, set atomically. A
+ * deferred context waiting for its answer is on rt->deferred (under
+ * rt->ctx_mu) so that destroy can free it. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec/topic.h"
+#include "core/runtime.h"
+#include "core/util.h"
+
+static void ctx_free(loom_ctx *ctx)
+{
+    loom_msg_release(ctx->msg);
+    free(ctx->reply_topic);
+    free(ctx->correlation);
+    cJSON_Delete(ctx->sub_result);
+    free(ctx);
+}
+
+static const char *ctx_target(const loom_ctx *ctx)
+{
+    return ctx->cmd ? ctx->cmd->def->name : ctx->sub ? ctx->sub->def->name : NULL;
+}
+
+static void ctx_logv(const loom_ctx *ctx, loom_log_level level, const char *fmt, va_list ap)
+{
+    if (!loom__log_enabled(&ctx->rt->log, level))
+        return;
+    char target[300];
+    snprintf(target, sizeof target, "%s.%s", ctx->svc->def->name, ctx_target(ctx));
+    loom__logv(&ctx->rt->log, level, ctx->svc->def->name, ctx_target(ctx),
+               loom_msg_trace_id(ctx->msg), fmt, ap);
+}
+
+void loom_ctx_log(const loom_ctx *ctx, loom_log_level level, const char *fmt, ...)
+{
+    if (!ctx || !fmt)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    ctx_logv(ctx, level, fmt, ap);
+    va_end(ap);
+}
+
+static void ctx_log(const loom_ctx *ctx, loom_log_level level, const char *fmt, ...)
+    LOOM_PRINTF(3, 4);
+static void ctx_log(const loom_ctx *ctx, loom_log_level level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    ctx_logv(ctx, level, fmt, ap);
+    va_end(ap);
+}
+
+/* --- accessors -------------------------------------------------------------- */
+
+const loom_msg *loom_ctx_msg(const loom_ctx *ctx) { return ctx ? ctx->msg : NULL; }
+const cJSON *loom_ctx_payload(const loom_ctx *ctx) { return ctx ? loom_msg_payload(ctx->msg) : NULL; }
+const cJSON *loom_ctx_parameter(const loom_ctx *ctx)
+{
+    return ctx ? loom_msg_parameter(ctx->msg) : NULL;
+}
+const cJSON *loom_ctx_config(const loom_ctx *ctx) { return ctx ? ctx->svc->config : NULL; }
+const loom_service_def *loom_ctx_service(const loom_ctx *ctx) { return ctx ? ctx->svc->def : NULL; }
+loom_runtime *loom_ctx_runtime(const loom_ctx *ctx) { return ctx ? ctx->rt : NULL; }
+loom_store *loom_ctx_store(const loom_ctx *ctx) { return ctx ? ctx->rt->store : NULL; }
+
+/* --- answering a command ------------------------------------------------------ */
+
+/* Sends resp (consumed) where the request asked. */
+static void route_response(loom_ctx *ctx, loom_msg *resp)
+{
+    loom_runtime *rt = ctx->rt;
+    switch (ctx->reply_kind) {
+    case LOOM__TO_PENDING:
+        loom__complete_pending(rt, resp);
+        return;
+    case LOOM__TO_TOPIC: {
+        loom_err err = loom__publish(rt, ctx->reply_topic, resp, rt->qos_reply, false, NULL,
+                                     ctx->correlation, ctx->correlation_len);
+        if (err != LOOM_OK) {
+            ctx_log(ctx, LOOM_LOG_WARN, "cannot send the response to %s: %s", ctx->reply_topic,
+                    loom_strerror(err));
+            loom_msg_release(resp);
+        }
+        return;
+    }
+    case LOOM__TO_BARE: {
+        /* A plain MQTT client: the bare result (or error body) and a status
+         * user property. */
+        cJSON *body = loom_msg_result_json(resp);
+        char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+        char status[8];
+        snprintf(status, sizeof status, "%d", loom_msg_status(resp));
+        loom_publish p = {
+            .topic = ctx->reply_topic,
+            .msg = resp,
+            .data = text ? text : "",
+            .len = text ? strlen(text) : 0,
+            .correlation = ctx->correlation,
+            .correlation_len = ctx->correlation_len,
+            .status = status,
+            .qos = rt->qos_reply,
+        };
+        loom_err err = rt->ops->publish(rt->adapter, &p);
+        if (err != LOOM_OK) {
+            ctx_log(ctx, LOOM_LOG_WARN, "cannot send the response to %s: %s", ctx->reply_topic,
+                    loom_strerror(err));
+            loom_msg_release(resp);
+        }
+        free(text);
+        cJSON_Delete(body);
+        return;
+    }
+    default:
+        loom_msg_release(resp);
+        return;
+    }
+}
+
+/* Marks the context answered; false when it already was. */
+static bool mark_replied(loom_ctx *ctx)
+{
+    int old = atomic_fetch_or(&ctx->flags, LOOM__CTX_REPLIED);
+    return !(old & LOOM__CTX_REPLIED);
+}
+
+/* After the answer went out: the context leaves the in-flight count and the
+ * deferred list, and is freed if its handler has returned. */
+static void after_answer(loom_ctx *ctx)
+{
+    loom_runtime *rt = ctx->rt;
+    atomic_fetch_sub(&rt->inflight, 1);
+    if (atomic_load(&ctx->flags) & LOOM__CTX_DEFERRED) {
+        pthread_mutex_lock(&rt->ctx_mu);
+        if (ctx->prev_deferred)
+            ctx->prev_deferred->next_deferred = ctx->next_deferred;
+        else
+            rt->deferred = ctx->next_deferred;
+        if (ctx->next_deferred)
+            ctx->next_deferred->prev_deferred = ctx->prev_deferred;
+        pthread_mutex_unlock(&rt->ctx_mu);
+    }
+    if (atomic_fetch_or(&ctx->flags, LOOM__CTX_DONE) & LOOM__CTX_RETURNED)
+        ctx_free(ctx);
+}
+
+static void emit_success_event(loom_ctx *ctx, loom_msg *resp)
+{
+    const char *event = ctx->cmd->def->success_event;
+    char *topic = loom__event_topic(ctx->rt, event, ctx->svc->def->name, ctx->svc->def->version);
+    if (!topic)
+        return;
+    loom_err err = loom__publish(ctx->rt, topic, loom_msg_retain(resp), ctx->rt->qos_event,
+                                 false, NULL, NULL, 0);
+    if (err != LOOM_OK) {
+        loom_msg_release(resp);
+        ctx_log(ctx, LOOM_LOG_WARN, "cannot emit event %s: %s", event, loom_strerror(err));
+    }
+    free(topic);
+}
+
+/* Gives the answer: resp is consumed. */
+static void deliver_answer(loom_ctx *ctx, loom_msg *resp)
+{
+    if (resp->type == LOOM_MSG_SUCCESS && ctx->cmd->def->success_event) {
+        if (loom__msg_set(&resp->event_name, ctx->cmd->def->success_event) == LOOM_OK)
+            emit_success_event(ctx, resp);
+    }
+    route_response(ctx, resp);
+}
+
+static loom_err answer_command(loom_ctx *ctx, loom_msg *resp)
+{
+    deliver_answer(ctx, resp);
+    after_answer(ctx);
+    return LOOM_OK;
+}
+
+static bool valid_status(int status) { return status >= 400 && status <= 599; }
+
+loom_err loom_ctx_reply(loom_ctx *ctx, cJSON *result)
+{
+    if (!ctx)
+        return LOOM_EINVAL;
+    if (ctx->sub) {
+        if (!mark_replied(ctx))
+            return LOOM_ESTATE;
+        ctx->sub_result = result;
+        return LOOM_OK;
+    }
+    if (atomic_load(&ctx->flags) & LOOM__CTX_REPLIED)
+        return LOOM_ESTATE;
+    loom__command *cmd = ctx->cmd;
+    if (cmd->output_schema) {
+        cJSON *details = NULL;
+        if (!loom__schema_validate(cmd->output_schema, result, &details)) {
+            if (!mark_replied(ctx)) {
+                cJSON_Delete(details);
+                return LOOM_ESTATE;
+            }
+            char *text = details ? cJSON_PrintUnformatted(details) : NULL;
+            ctx_log(ctx, LOOM_LOG_ERROR, "output does not match the output schema: %s",
+                    text ? text : "?");
+            free(text);
+            cJSON_Delete(details);
+            loom_msg *resp =
+                loom__msg_error_for(ctx->msg, 500, "internal server error", NULL, false);
+            if (!resp) {
+                atomic_fetch_and(&ctx->flags, ~LOOM__CTX_REPLIED);
+                return LOOM_ENOMEM;
+            }
+            cJSON_Delete(result); /* taken over: LOOM_OK is returned */
+            return answer_command(ctx, resp);
+        }
+    }
+    if (!mark_replied(ctx))
+        return LOOM_ESTATE;
+    loom_msg *resp = loom__msg_success_for(ctx->msg, result);
+    if (!resp) {
+        atomic_fetch_and(&ctx->flags, ~LOOM__CTX_REPLIED);
+        return LOOM_ENOMEM;
+    }
+    if (loom__msg_set_address(&resp->sender, ctx->svc->def->name, ctx->svc->def->version,
+                              cmd->def->name, ctx->rt->instance_id) != LOOM_OK) {
+        resp->payload = NULL; /* hand result back */
+        loom_msg_release(resp);
+        atomic_fetch_and(&ctx->flags, ~LOOM__CTX_REPLIED);
+        return LOOM_ENOMEM;
+    }
+    return answer_command(ctx, resp);
+}
+
+loom_err loom_ctx_fail(loom_ctx *ctx, int status, const char *message, cJSON *data)
+{
+    if (!ctx || !valid_status(status))
+        return LOOM_EINVAL;
+    if (ctx->sub)
+        return LOOM_EINVAL; /* subscriptions answer with loom_ack */
+    if (!mark_replied(ctx))
+        return LOOM_ESTATE;
+    bool unexpected = status >= 500 && status != 503 && status != 504;
+    if (unexpected)
+        ctx_log(ctx, LOOM_LOG_ERROR, "handler failed with %d: %s", status,
+                message ? message : "");
+    /* Unexpected errors become a bare 500: their details stay in the log. */
+    loom_msg *resp = loom__msg_error_for(
+        ctx->msg, unexpected ? 500 : status,
+        unexpected ? "internal server error" : (message ? message : ""), unexpected ? NULL : data,
+        !unexpected);
+    if (!resp) {
+        atomic_fetch_and(&ctx->flags, ~LOOM__CTX_REPLIED);
+        return LOOM_ENOMEM;
+    }
+    if (unexpected)
+        cJSON_Delete(data);
+    loom__msg_set_address(&resp->sender, ctx->svc->def->name, ctx->svc->def->version,
+                          ctx->cmd->def->name, ctx->rt->instance_id);
+    return answer_command(ctx, resp);
+}
+
+loom_err loom_ctx_defer(loom_ctx *ctx)
+{
+    if (!ctx || ctx->sub)
+        return LOOM_EINVAL;
+    int old = atomic_fetch_or(&ctx->flags, LOOM__CTX_DEFERRED);
+    if (old & (LOOM__CTX_DEFERRED | LOOM__CTX_REPLIED | LOOM__CTX_RETURNED)) {
+        if (!(old & LOOM__CTX_DEFERRED))
+            atomic_fetch_and(&ctx->flags, ~LOOM__CTX_DEFERRED);
+        return LOOM_ESTATE;
+    }
+    loom_runtime *rt = ctx->rt;
+    pthread_mutex_lock(&rt->ctx_mu);
+    ctx->prev_deferred = NULL;
+    ctx->next_deferred = rt->deferred;
+    if (rt->deferred)
+        rt->deferred->prev_deferred = ctx;
+    rt->deferred = ctx;
+    pthread_mutex_unlock(&rt->ctx_mu);
+    return LOOM_OK;
+}
+
+loom_err loom_ctx_emit(loom_ctx *ctx, const char *event_name, cJSON *payload)
+{
+    if (!ctx)
+        return LOOM_EINVAL;
+    return loom__emit(ctx->rt, ctx, event_name, payload);
+}
+
+/* --- running a command --------------------------------------------------------- */
+
+static loom_ctx *ctx_new(loom_runtime *rt, loom__service *svc, loom_msg *msg)
+{
+    loom_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return NULL;
+    ctx->rt = rt;
+    ctx->svc = svc;
+    ctx->msg = msg;
+    return ctx;
+}
+
+static loom_msg *validation_error(const loom_msg *req, const char *what, cJSON *details)
+{
+    cJSON *data = cJSON_CreateObject();
+    if (data && details)
+        cJSON_AddItemToObject(data, "errors", details);
+    else
+        cJSON_Delete(details);
+    char text[64];
+    snprintf(text, sizeof text, "invalid %s", what);
+    return loom__msg_error_for(req, 400, text, data, true);
+}
+
+/* Answers without running the handler (validation, deadline, stopping). */
+static void answer_early(loom_runtime *rt, loom__command *cmd, loom_msg *msg, int reply_kind,
+                         const char *reply_topic, const void *corr, size_t corr_len,
+                         loom_msg *resp)
+{
+    loom_ctx tmp = {.rt = rt, .svc = cmd->svc, .cmd = cmd, .msg = msg,
+                    .reply_kind = reply_kind, .reply_topic = (char *)reply_topic,
+                    .correlation = (void *)corr, .correlation_len = corr_len};
+    if (resp) {
+        loom__msg_set_address(&resp->sender, cmd->svc->def->name, cmd->svc->def->version,
+                              cmd->def->name, rt->instance_id);
+        route_response(&tmp, resp);
+    }
+    loom_msg_release(msg);
+}
+
+void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg, int reply_kind,
+                       const char *reply_topic, const void *corr, size_t corr_len)
+{
+    loom_msg *early = NULL;
+    if (atomic_load(&rt->state) >= LOOM__STOPPING)
+        early = loom__msg_error_for(msg, 503, "the service instance is stopping", NULL, false);
+    else if (msg->deadline && msg->deadline <= loom__now_ms())
+        early = loom__msg_error_for(msg, 504, "the deadline passed before the work started",
+                                    NULL, false);
+    else {
+        cJSON *details = NULL;
+        if (cmd->payload_schema &&
+            !loom__schema_validate(cmd->payload_schema, loom_msg_payload(msg), &details))
+            early = validation_error(msg, "payload", details);
+        else if (cmd->parameter_schema &&
+                 !loom__schema_validate(cmd->parameter_schema, loom_msg_parameter(msg),
+                                        &details))
+            early = validation_error(msg, "parameter", details);
+    }
+    if (early) {
+        answer_early(rt, cmd, msg, reply_kind, reply_topic, corr, corr_len, early);
+        return;
+    }
+    loom_ctx *ctx = ctx_new(rt, cmd->svc, msg);
+    if (ctx && reply_topic)
+        ctx->reply_topic = strdup(reply_topic);
+    if (ctx && corr_len) {
+        ctx->correlation = malloc(corr_len);
+        if (ctx->correlation)
+            memcpy(ctx->correlation, corr, corr_len);
+    }
+    if (!ctx || (reply_topic && !ctx->reply_topic) || (corr_len && !ctx->correlation)) {
+        if (ctx) {
+            ctx->msg = NULL;
+            ctx_free(ctx);
+        }
+        answer_early(rt, cmd, msg, reply_kind, reply_topic, corr, corr_len,
+                     loom__msg_error_for(msg, 503, "out of memory", NULL, false));
+        return;
+    }
+    ctx->cmd = cmd;
+    ctx->reply_kind = reply_kind;
+    ctx->correlation_len = corr_len;
+    atomic_fetch_add(&rt->inflight, 1);
+
+    cmd->def->handler(ctx, cmd->svc->user);
+
+    int flags = atomic_load(&ctx->flags);
+    if (!(flags & (LOOM__CTX_REPLIED | LOOM__CTX_DEFERRED))) {
+        ctx_log(ctx, LOOM_LOG_ERROR, "handler returned without a reply");
+        loom_ctx_fail(ctx, 500, "handler returned without a reply", NULL);
+    }
+    /* Whoever sets the second of RETURNED / DONE frees. */
+    if (atomic_fetch_or(&ctx->flags, LOOM__CTX_RETURNED) & LOOM__CTX_DONE)
+        ctx_free(ctx);
+}
+
+void loom__free_deferred(loom_runtime *rt)
+{
+    pthread_mutex_lock(&rt->ctx_mu);
+    loom_ctx *ctx = rt->deferred;
+    rt->deferred = NULL;
+    pthread_mutex_unlock(&rt->ctx_mu);
+    while (ctx) {
+        loom_ctx *next = ctx->next_deferred;
+        ctx_free(ctx);
+        ctx = next;
+    }
+}
+
+/* --- subscriptions ---------------------------------------------------------------- */
+
+static bool str_match(const char *want, const char *have)
+{
+    return !want || (have && strcmp(want, have) == 0);
+}
+
+bool loom__filter_matches(const loom_filter *f, const loom_msg *m)
+{
+    unsigned types = f->message_types;
+    if (types == 0) {
+        /* events: custom messages and success responses with an event name */
+        if (!(m->type == LOOM_MSG_CUSTOM || (m->type == LOOM_MSG_SUCCESS && m->event_name)))
+            return false;
+    } else if (!(types & m->type)) {
+        return false;
+    }
+    return str_match(f->event_name, m->event_name) &&
+           str_match(f->sender_service, m->sender.service) &&
+           str_match(f->sender_version, m->sender.version) &&
+           str_match(f->sender_command, m->sender.target) &&
+           str_match(f->principal_id, m->principal_id) && str_match(f->tenant_id, m->tenant_id);
+}
+
+typedef struct retry_entry {
+    loom__timer timer;
+    loom_runtime *rt;
+    loom__subscription *sub;
+    loom_msg *msg;
+    uint32_t attempt;
+} retry_entry;
+
+static void retry_job(void *a, void *b, uintptr_t c)
+{
+    (void)b;
+    (void)c;
+    retry_entry *r = a;
+    loom__run_subscription(r->rt, r->sub, r->msg, r->attempt);
+    free(r);
+}
+
+static void schedule_retry(loom_ctx *ctx, uint32_t attempt)
+{
+    /* 50 ms, 100, 200 ... capped at 5 s */
+    uint32_t delay = 50u << (attempt < 7 ? attempt : 7);
+    if (delay > 5000)
+        delay = 5000;
+    retry_entry *r = calloc(1, sizeof *r);
+    if (!r) {
+        ctx_log(ctx, LOOM_LOG_ERROR, "out of memory: event dropped instead of retried");
+        return;
+    }
+    r->rt = ctx->rt;
+    r->sub = ctx->sub;
+    r->msg = loom_msg_retain(ctx->msg);
+    r->attempt = attempt + 1;
+    r->timer.heap_index = SIZE_MAX;
+    r->timer.job = (loom__job){retry_job, r, NULL, 0};
+    loom__timer_add(&ctx->rt->pool, &r->timer, delay);
+}
+
+void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg *msg,
+                            uint32_t attempt)
+{
+    const loom_subscription_def *def = sub->def;
+    if (atomic_load(&rt->state) >= LOOM__STOPPING || !loom__filter_matches(&def->filter, msg)) {
+        if (atomic_load(&rt->state) >= LOOM__STOPPING)
+            loom__rt_log(rt, LOOM_LOG_WARN, "%s.%s: runtime stopping, event %s not handled",
+                         sub->svc->def->name, def->name, msg->event_name ? msg->event_name : "");
+        loom_msg_release(msg);
+        return;
+    }
+    loom_ctx *ctx = ctx_new(rt, sub->svc, msg);
+    if (!ctx) {
+        loom__rt_log(rt, LOOM_LOG_ERROR, "%s.%s: out of memory, event dropped",
+                     sub->svc->def->name, def->name);
+        loom_msg_release(msg);
+        return;
+    }
+    ctx->sub = sub;
+    cJSON *details = NULL;
+    if (sub->payload_schema &&
+        !loom__schema_validate(sub->payload_schema, loom_msg_payload(msg), &details)) {
+        char *text = details ? cJSON_PrintUnformatted(details) : NULL;
+        ctx_log(ctx, LOOM_LOG_WARN, "event %s dropped: payload invalid: %s",
+                msg->event_name ? msg->event_name : "", text ? text : "");
+        free(text);
+        cJSON_Delete(details);
+        ctx_free(ctx);
+        return;
+    }
+    loom_ack ack = def->handler(ctx, sub->svc->user);
+    switch (ack) {
+    case LOOM_ACK:
+        if (def->emit_event && ctx->sub_result) {
+            cJSON *result = ctx->sub_result;
+            ctx->sub_result = NULL;
+            loom_err err = loom__emit(rt, ctx, def->emit_event, result);
+            if (err != LOOM_OK) {
+                cJSON_Delete(result);
+                ctx_log(ctx, LOOM_LOG_WARN, "cannot emit %s: %s", def->emit_event,
+                        loom_strerror(err));
+            }
+        }
+        break;
+    case LOOM_RETRY:
+        if (attempt < sub->max_retries) {
+            ctx_log(ctx, LOOM_LOG_INFO, "retry %u of %u requested", attempt + 1,
+                    sub->max_retries);
+            schedule_retry(ctx, attempt);
+        } else {
+            ctx_log(ctx, LOOM_LOG_WARN, "event %s dropped after %u retries",
+                    msg->event_name ? msg->event_name : "", sub->max_retries);
+        }
+        break;
+    case LOOM_DROP:
+        ctx_log(ctx, LOOM_LOG_INFO, "event %s dropped by the handler",
+                msg->event_name ? msg->event_name : "");
+        break;
+    default:
+        ctx_log(ctx, LOOM_LOG_ERROR, "handler returned an invalid loom_ack (%d): dropped",
+                (int)ack);
+        break;
+    }
+    ctx_free(ctx);
+}

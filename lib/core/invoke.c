@@ -1,0 +1,530 @@
+/* Invoking commands: building the request, the pending-call table (keyed by
+ * request id, each entry with a timer that answers 504), local and remote
+ * routing, and the blocking variant.
+ *
+ * Locking: rt->pend_mu protects the table and each entry's `done` flag. It
+ * may be held while taking the pool's lock (timer cancel), never the other
+ * way round. Callbacks run with no lock held. Whoever removes an entry from
+ * the table answers it; if its timer already fired, the timer's job frees
+ * it (seeing `done`). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "codec/topic.h"
+#include "core/runtime.h"
+#include "core/util.h"
+
+/* --- pending table -------------------------------------------------------- */
+
+static size_t id_hash(const char *id)
+{
+    /* ids are random hex: their first 16 characters are a good hash. */
+    size_t h = 0;
+    for (int i = 0; i < 16 && id[i]; i++)
+        h = h * 31 + (unsigned char)id[i];
+    return h;
+}
+
+loom_err loom__pending_init(loom_runtime *rt)
+{
+    pthread_mutex_init(&rt->pend_mu, NULL);
+    rt->pend_nbuckets = 256;
+    rt->pend_buckets = calloc(rt->pend_nbuckets, sizeof *rt->pend_buckets);
+    return rt->pend_buckets ? LOOM_OK : LOOM_ENOMEM;
+}
+
+void loom__pending_fini(loom_runtime *rt)
+{
+    free(rt->pend_buckets);
+    rt->pend_buckets = NULL;
+    pthread_mutex_destroy(&rt->pend_mu);
+}
+
+static void pend_grow_locked(loom_runtime *rt)
+{
+    size_t n = rt->pend_nbuckets * 2;
+    loom__pending **b = calloc(n, sizeof *b);
+    if (!b)
+        return; /* keep the longer chains */
+    for (size_t i = 0; i < rt->pend_nbuckets; i++) {
+        loom__pending *p = rt->pend_buckets[i];
+        while (p) {
+            loom__pending *next = p->next;
+            size_t k = id_hash(p->id) & (n - 1);
+            p->next = b[k];
+            b[k] = p;
+            p = next;
+        }
+    }
+    free(rt->pend_buckets);
+    rt->pend_buckets = b;
+    rt->pend_nbuckets = n;
+}
+
+static loom__pending *pend_take_locked(loom_runtime *rt, const char *id)
+{
+    loom__pending **pp = &rt->pend_buckets[id_hash(id) & (rt->pend_nbuckets - 1)];
+    for (; *pp; pp = &(*pp)->next) {
+        if (memcmp((*pp)->id, id, 33) == 0) {
+            loom__pending *p = *pp;
+            *pp = p->next;
+            rt->pend_count--;
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static void answer(loom_runtime *rt, loom_reply_fn cb, void *user, loom_msg *resp)
+{
+    cb(rt, resp, user);
+    loom_msg_release(resp);
+}
+
+/* Removes the entry for id and returns it with its timer stopped, or NULL.
+ * When its timer job is already queued, the entry is left for that job to
+ * free and a copy of the callback is returned in *copy. */
+static bool pend_take(loom_runtime *rt, const char *id, loom_reply_fn *cb, void **user)
+{
+    pthread_mutex_lock(&rt->pend_mu);
+    loom__pending *p = pend_take_locked(rt, id);
+    if (!p) {
+        pthread_mutex_unlock(&rt->pend_mu);
+        return false;
+    }
+    *cb = p->cb;
+    *user = p->user;
+    bool cancelled = loom__timer_cancel(&rt->pool, &p->timer);
+    if (!cancelled)
+        p->done = true; /* the timer job frees it */
+    pthread_mutex_unlock(&rt->pend_mu);
+    if (cancelled)
+        free(p);
+    return true;
+}
+
+static void expire_job(void *a, void *b, uintptr_t c)
+{
+    (void)c;
+    loom_runtime *rt = a;
+    loom__pending *p = b;
+    pthread_mutex_lock(&rt->pend_mu);
+    if (p->done) {
+        pthread_mutex_unlock(&rt->pend_mu);
+        free(p);
+        return;
+    }
+    loom__pending *q = pend_take_locked(rt, p->id);
+    pthread_mutex_unlock(&rt->pend_mu);
+    (void)q; /* == p */
+    int stopping = atomic_load(&rt->state) >= LOOM__STOPPING;
+    loom_msg *resp =
+        stopping ? loom__msg_error_for(NULL, 503, "the runtime stopped before the response", NULL,
+                                       false)
+                 : loom__msg_error_for(NULL, 504, "timed out waiting for the response", NULL,
+                                       false);
+    if (resp) {
+        loom__strlcpy(resp->correlation_id, p->id, sizeof resp->correlation_id);
+        if (!stopping) {
+            cJSON *data = cJSON_CreateObject();
+            if (data && cJSON_AddNumberToObject(data, "timeoutMs", p->timeout_ms))
+                resp->error_data = data;
+            else
+                cJSON_Delete(data);
+        }
+        answer(rt, p->cb, p->user, resp);
+    }
+    free(p);
+}
+
+static loom__pending *pend_add(loom_runtime *rt, const char *id, loom_reply_fn cb, void *user,
+                               uint32_t timeout_ms, bool sync)
+{
+    loom__pending *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    memcpy(p->id, id, 33);
+    p->cb = cb;
+    p->user = user;
+    p->rt = rt;
+    p->sync = sync;
+    p->timeout_ms = timeout_ms;
+    p->timer.heap_index = SIZE_MAX;
+    p->timer.job = (loom__job){expire_job, rt, p, 0};
+    pthread_mutex_lock(&rt->pend_mu);
+    if (rt->pend_count >= rt->pend_nbuckets * 2)
+        pend_grow_locked(rt);
+    loom__pending **head = &rt->pend_buckets[id_hash(id) & (rt->pend_nbuckets - 1)];
+    p->next = *head;
+    *head = p;
+    rt->pend_count++;
+    /* Scheduled under pend_mu so a fast reply cannot cancel it first. */
+    loom__timer_add(&rt->pool, &p->timer, timeout_ms);
+    pthread_mutex_unlock(&rt->pend_mu);
+    return p;
+}
+
+bool loom__complete_pending(loom_runtime *rt, loom_msg *response)
+{
+    loom_reply_fn cb;
+    void *user;
+    if (!response->correlation_id[0] || !pend_take(rt, response->correlation_id, &cb, &user)) {
+        loom_msg_release(response);
+        return false;
+    }
+    answer(rt, cb, user, response);
+    return true;
+}
+
+bool loom__pending_is_sync(loom_runtime *rt, const char *id)
+{
+    bool sync = false;
+    pthread_mutex_lock(&rt->pend_mu);
+    for (loom__pending *p = rt->pend_buckets[id_hash(id) & (rt->pend_nbuckets - 1)]; p;
+         p = p->next)
+        if (memcmp(p->id, id, 33) == 0) {
+            sync = p->sync;
+            break;
+        }
+    pthread_mutex_unlock(&rt->pend_mu);
+    return sync;
+}
+
+void loom__fail_all_pending(loom_runtime *rt, int status, const char *message)
+{
+    for (;;) {
+        char id[33] = "";
+        pthread_mutex_lock(&rt->pend_mu);
+        for (size_t i = 0; i < rt->pend_nbuckets && !id[0]; i++)
+            if (rt->pend_buckets[i])
+                memcpy(id, rt->pend_buckets[i]->id, 33);
+        pthread_mutex_unlock(&rt->pend_mu);
+        if (!id[0])
+            return;
+        loom_reply_fn cb;
+        void *user;
+        if (!pend_take(rt, id, &cb, &user))
+            continue;
+        loom_msg *resp = loom__msg_error_for(NULL, status, message, NULL, false);
+        if (resp) {
+            memcpy(resp->correlation_id, id, 33);
+            answer(rt, cb, user, resp);
+        }
+    }
+}
+
+/* --- building and routing a request -------------------------------------- */
+
+static loom_msg *fail_response(const loom_msg *req, int status, const char *fmt, ...)
+    LOOM_PRINTF(3, 4);
+
+static loom_msg *fail_response(const loom_msg *req, int status, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    return loom__msg_error_for(req, status, text, NULL, false);
+}
+
+static bool valid_name(const char *s)
+{
+    if (!s || !*s || strlen(s) > 256)
+        return false;
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20)
+            return false;
+    return true;
+}
+
+/* The command message for call, without payload and parameter yet. */
+static loom_msg *build_request(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
+                               const char *version, uint32_t timeout_ms)
+{
+    loom_msg *m = loom__msg_new(LOOM_MSG_COMMAND);
+    if (!m)
+        return NULL;
+    const loom_msg *pm = parent ? parent->msg : NULL;
+    const char *trace = call->trace_id ? call->trace_id : (pm ? loom_msg_trace_id(pm) : NULL);
+    if (trace && loom__is_id(trace))
+        memcpy(m->trace_id, trace, 33);
+    else
+        loom__random_id(m->trace_id);
+    const char *principal = call->principal_id ? call->principal_id
+                                               : (pm ? pm->principal_id : NULL);
+    const char *tenant = call->tenant_id ? call->tenant_id : (pm ? pm->tenant_id : NULL);
+    int64_t deadline = call->deadline_ms ? call->deadline_ms : m->timestamp + timeout_ms;
+    if (pm && pm->deadline && pm->deadline < deadline)
+        deadline = pm->deadline;
+    m->deadline = deadline;
+    const char *target = parent ? (parent->cmd ? parent->cmd->def->name
+                                               : parent->sub ? parent->sub->def->name : NULL)
+                                : NULL;
+    if (loom__msg_set(&m->principal_id, principal) || loom__msg_set(&m->tenant_id, tenant) ||
+        loom__msg_set(&m->reply_to, rt->reply_topic) ||
+        loom__msg_set_address(&m->sender, parent ? parent->svc->def->name : NULL,
+                              parent ? parent->svc->def->version : NULL, target,
+                              rt->instance_id) ||
+        loom__msg_set_address(&m->receiver, call->service, version, call->command, NULL)) {
+        loom_msg_release(m);
+        return NULL;
+    }
+    return m;
+}
+
+static char *command_topic(loom_runtime *rt, const char *service, const char *version,
+                           const char *command)
+{
+    const char *segs[] = {service, version, command};
+    return loom__topic_build(rt->prefix, "cmd", segs, 3);
+}
+
+typedef struct local_job {
+    loom_runtime *rt;
+    loom_msg *msg;
+} local_job;
+
+static void run_local(void *a, void *b, uintptr_t c)
+{
+    (void)c;
+    local_job *j = a;
+    loom__command *cmd = b;
+    loom__run_command(j->rt, cmd, j->msg, LOOM__TO_PENDING, NULL, NULL, 0);
+    free(j);
+}
+
+/* The timeout of a call: the caller's, else the command's own (local, or
+ * as its instances announced it), else the runtime's default. */
+static uint32_t call_timeout(loom_runtime *rt, const loom_call *call, const loom__command *local,
+                             const char *version)
+{
+    if (call->timeout_ms)
+        return call->timeout_ms;
+    if (local && local->timeout_ms)
+        return local->timeout_ms;
+    uint32_t announced =
+        local ? 0 : loom__remote_timeout(rt, call->service, version, call->command);
+    return announced ? announced : rt->default_timeout_ms;
+}
+
+/* Answers cb at once with resp (consumed). */
+static loom_err answer_now(loom_runtime *rt, loom_reply_fn cb, void *user, loom_msg *resp)
+{
+    if (!resp)
+        return LOOM_ENOMEM;
+    answer(rt, cb, user, resp);
+    return LOOM_OK;
+}
+
+static loom_err invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
+                       loom_reply_fn cb, void *user, bool sync)
+{
+    if (!rt || !call || !cb || !valid_name(call->service) || !valid_name(call->command) ||
+        (call->version && !valid_name(call->version)) ||
+        (call->parameter && !cJSON_IsObject(call->parameter)) ||
+        (call->trace_id && !loom__is_id(call->trace_id)))
+        return LOOM_EINVAL;
+    if (atomic_load(&rt->state) != LOOM__STARTED)
+        return LOOM_ECLOSED;
+    const char *version = call->version ? call->version : "1";
+    loom__command *local = loom__find_command(rt, call->service, version, call->command);
+    uint32_t timeout = call_timeout(rt, call, local, version);
+    loom_msg *m = build_request(rt, parent, call, version, timeout);
+    if (!m)
+        return LOOM_ENOMEM;
+    /* From here on the call cannot fail: take the payload and parameter. */
+    m->payload = call->payload;
+    m->parameter = call->parameter;
+
+    if (m->deadline <= loom__now_ms()) {
+        loom_msg *r = fail_response(m, 504, "the deadline passed before the call was made");
+        loom_msg_release(m);
+        return answer_now(rt, cb, user, r);
+    }
+    uint32_t remaining = (uint32_t)(m->deadline - loom__now_ms());
+    if (local) {
+        /* In-process: the local instance serves it, without the broker. */
+        if (!pend_add(rt, m->id, cb, user, remaining, sync)) {
+            loom_msg *r = fail_response(m, 503, "out of memory");
+            loom_msg_release(m);
+            return answer_now(rt, cb, user, r);
+        }
+        if (sync) {
+            /* Blocking callers run the handler on their own thread. */
+            loom__run_command(rt, local, m, LOOM__TO_PENDING, NULL, NULL, 0);
+            return LOOM_OK;
+        }
+        local_job *j = malloc(sizeof *j);
+        loom_err err = LOOM_ENOMEM;
+        if (j) {
+            *j = (local_job){rt, m};
+            err = loom__pool_submit(&rt->pool, (loom__job){run_local, j, local, 0});
+        }
+        if (err != LOOM_OK) {
+            free(j);
+            char id[33];
+            memcpy(id, m->id, 33);
+            loom_msg *r = fail_response(m, 503, "%s: %s.%s refused",
+                                        err == LOOM_EOVERLOAD ? "overloaded" : "unavailable",
+                                        call->service, call->command);
+            loom_msg_release(m);
+            loom_reply_fn pcb;
+            void *puser;
+            if (pend_take(rt, id, &pcb, &puser) && r)
+                answer(rt, pcb, puser, r);
+            else
+                loom_msg_release(r);
+        }
+        return LOOM_OK;
+    }
+
+    bool knows = rt->ops->caps & LOOM_CAP_KNOWS_RECEIVERS;
+    if (!knows && !loom__remote_has_command(rt, call->service, version, call->command)) {
+        loom_msg *r = fail_response(m, 503, "no receiver for %s.%s (version %s)", call->service,
+                                    call->command, version);
+        loom_msg_release(m);
+        return answer_now(rt, cb, user, r);
+    }
+    char *topic = command_topic(rt, call->service, version, call->command);
+    char id[33];
+    memcpy(id, m->id, 33);
+    if (!topic || !pend_add(rt, id, cb, user, remaining, sync)) {
+        free(topic);
+        loom_msg *r = fail_response(m, 503, "out of memory");
+        loom_msg_release(m);
+        return answer_now(rt, cb, user, r);
+    }
+    loom_msg *r503 = fail_response(m, 503, "no receiver for %s.%s (version %s)", call->service,
+                                   call->command, version);
+    loom_err err = loom__publish(rt, topic, m, rt->qos_command, false, rt->reply_topic, id, 32);
+    free(topic);
+    if (err == LOOM_OK) {
+        loom_msg_release(r503);
+        return LOOM_OK;
+    }
+    loom_msg_release(m);
+    loom_reply_fn pcb;
+    void *puser;
+    if (pend_take(rt, id, &pcb, &puser)) {
+        if (r503 && err != LOOM_EUNAVAILABLE) {
+            free(r503->error_message);
+            r503->error_message = loom__asprintf("cannot send to %s.%s: %s", call->service,
+                                                 call->command, loom_strerror(err));
+        }
+        if (r503)
+            answer(rt, pcb, puser, r503);
+        return LOOM_OK;
+    }
+    loom_msg_release(r503);
+    return LOOM_OK;
+}
+
+loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
+                      loom_reply_fn cb, void *user)
+{
+    return invoke(rt, parent, call, cb, user, false);
+}
+
+/* --- blocking calls -------------------------------------------------------- */
+
+typedef struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    loom_msg *resp;
+    atomic_int refs; /* the caller and the callback */
+} waiter;
+
+static void waiter_unref(waiter *w)
+{
+    if (atomic_fetch_sub(&w->refs, 1) == 1) {
+        loom_msg_release(w->resp);
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+        free(w);
+    }
+}
+
+static void waiter_cb(loom_runtime *rt, const loom_msg *resp, void *user)
+{
+    (void)rt;
+    waiter *w = user;
+    pthread_mutex_lock(&w->mu);
+    w->resp = loom_msg_retain((loom_msg *)resp);
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    waiter_unref(w);
+}
+
+loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
+                    loom_msg **response)
+{
+    if (!response)
+        return LOOM_EINVAL;
+    *response = NULL;
+    waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return LOOM_ENOMEM;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&w->refs, 2);
+    loom_err err = invoke(rt, parent, call, waiter_cb, w, true);
+    if (err != LOOM_OK) {
+        atomic_store(&w->refs, 1);
+        waiter_unref(w);
+        return err;
+    }
+    /* The pending entry's timer answers 504 at the deadline; the extra
+     * second only guards against a pool too busy to run that answer. */
+    uint32_t timeout = call->timeout_ms ? call->timeout_ms : rt->default_timeout_ms;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout / 1000 + 1;
+    ts.tv_nsec += (long)(timeout % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&w->mu);
+    while (!w->resp)
+        if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0)
+            break;
+    loom_msg *resp = w->resp;
+    w->resp = NULL;
+    pthread_mutex_unlock(&w->mu);
+    waiter_unref(w);
+    if (!resp)
+        resp = loom__msg_error_for(NULL, 504, "timed out waiting for the response", NULL, false);
+    if (!resp)
+        return LOOM_ENOMEM;
+    *response = resp;
+    return LOOM_OK;
+}
+
+loom_err loom_runtime_invoke(loom_runtime *rt, const loom_call *call, loom_reply_fn cb,
+                             void *user)
+{
+    return loom__invoke(rt, NULL, call, cb, user);
+}
+
+loom_err loom_runtime_call(loom_runtime *rt, const loom_call *call, loom_msg **response)
+{
+    return loom__call(rt, NULL, call, response);
+}
+
+loom_err loom_ctx_invoke(loom_ctx *ctx, const loom_call *call, loom_reply_fn cb, void *user)
+{
+    return ctx ? loom__invoke(ctx->rt, ctx, call, cb, user) : LOOM_EINVAL;
+}
+
+loom_err loom_ctx_call(loom_ctx *ctx, const loom_call *call, loom_msg **response)
+{
+    return ctx ? loom__call(ctx->rt, ctx, call, response) : LOOM_EINVAL;
+}

@@ -1,0 +1,415 @@
+/* loom_main: the ready-made main of a service program. Configuration comes
+ * from defaults < the YAML file < LOOM_* environment < command-line flags. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "core/util.h"
+#include "loom/http.h"
+#include "loom.h"
+
+enum { EXIT_CALL_FAILED = 1, EXIT_USAGE = 2 };
+
+static const char usage_text[] =
+    "Usage: %s [options]\n"
+    "Runs the linked services until SIGINT/SIGTERM, or makes one call.\n"
+    "\n"
+    "Options (each overrides the LOOM_* environment variable, which overrides the file):\n"
+    "  --config FILE        YAML deployment configuration (LOOM_CONFIG)\n"
+    "  --services LIST      services to run here: a,b | all | none (LOOM_SERVICES; default all)\n"
+    "  --broker URL         memory: | mqtt://HOST:PORT | mqtts://HOST:PORT (LOOM_BROKER)\n"
+    "  --http HOST:PORT     serve the HTTP bridge (LOOM_HTTP)\n"
+    "  --state URL          state store, default memory: (LOOM_STATE)\n"
+    "  --instance ID        this instance's id (LOOM_INSTANCE; default random)\n"
+    "  --workers N          worker threads (LOOM_WORKERS; default: CPU count)\n"
+    "  --log-level L        trace|debug|info|warn|error|off (LOOM_LOG_LEVEL)\n"
+    "  --log-format F       text|json (LOOM_LOG_FORMAT)\n"
+    "  --set KEY=VALUE      any configuration key, e.g. --set broker.prefix=acme\n"
+    "  --help, --version\n"
+    "\n"
+    "One-shot client:\n"
+    "  --call SERVICE.COMMAND [JSON] [--param JSON] [--timeout MS]\n"
+    "                       invokes a command, prints the JSON result on stdout and exits 0,\n"
+    "                       or prints the error JSON on stderr and exits 1\n"
+    "  --emit EVENT [JSON]  publishes an event and exits\n";
+
+typedef struct opts {
+    const char *call;
+    const char *call_payload;
+    const char *call_param;
+    const char *emit;
+    const char *emit_payload;
+    long long timeout_ms;
+    bool log_level_set;
+} opts;
+
+/* Flags that map to one configuration key. */
+static const struct {
+    const char *flag;
+    const char *key;
+} flag_keys[] = {
+    {"--services", "services"},   {"--broker", "broker.url"},     {"--http", "http.listen"},
+    {"--state", "state.url"},     {"--instance", "instance"},     {"--workers", "workers"},
+    {"--log-level", "log.level"}, {"--log-format", "log.format"},
+};
+
+static bool is_flag(const char *s) { return s && strncmp(s, "--", 2) == 0; }
+
+/* Splits "--flag=value" forms; returns the value or NULL. */
+static const char *inline_value(const char *arg, const char *flag)
+{
+    size_t n = strlen(flag);
+    return strncmp(arg, flag, n) == 0 && arg[n] == '=' ? arg + n + 1 : NULL;
+}
+
+static int parse_args(int argc, char **argv, loom_config *cfg, opts *o)
+{
+    const char *prog = argv[0] ? argv[0] : "loom";
+    /* --config first, so that flags override the file whatever their order. */
+    const char *config_path = getenv("LOOM_CONFIG");
+    if (config_path && !*config_path)
+        config_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *v = inline_value(argv[i], "--config");
+        if (strcmp(argv[i], "--config") == 0) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "%s: --config needs a file\n", prog);
+                return EXIT_USAGE;
+            }
+            config_path = argv[++i];
+        } else if (v) {
+            config_path = v;
+        }
+    }
+    if (config_path && loom_config_load_file(cfg, config_path) != LOOM_OK) {
+        fprintf(stderr, "%s: %s\n", prog, loom_config_error(cfg));
+        return EXIT_USAGE;
+    }
+    if (loom_config_apply_env(cfg) != LOOM_OK) {
+        fprintf(stderr, "%s: %s\n", prog, loom_config_error(cfg));
+        return EXIT_USAGE;
+    }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            printf(usage_text, prog);
+            return -1;
+        }
+        if (strcmp(a, "--version") == 0) {
+            printf("loom %s\n", loom_version());
+            return -1;
+        }
+        if (strcmp(a, "--config") == 0) {
+            i++;
+            continue;
+        }
+        if (inline_value(a, "--config"))
+            continue;
+        bool matched = false;
+        for (size_t k = 0; k < LOOM__ARRAY_LEN(flag_keys) && !matched; k++) {
+            const char *v = inline_value(a, flag_keys[k].flag);
+            if (!v && strcmp(a, flag_keys[k].flag) == 0) {
+                if (!next) {
+                    fprintf(stderr, "%s: %s needs a value\n", prog, a);
+                    return EXIT_USAGE;
+                }
+                v = next;
+                i++;
+            }
+            if (!v)
+                continue;
+            matched = true;
+            if (loom__config_set_from(cfg, flag_keys[k].flag, flag_keys[k].key, v) != LOOM_OK) {
+                fprintf(stderr, "%s: %s\n", prog, loom_config_error(cfg));
+                return EXIT_USAGE;
+            }
+            if (strcmp(flag_keys[k].key, "log.level") == 0)
+                o->log_level_set = true;
+        }
+        if (matched)
+            continue;
+        if (strcmp(a, "--set") == 0 || inline_value(a, "--set")) {
+            const char *kv = inline_value(a, "--set");
+            if (!kv) {
+                kv = next;
+                i++;
+            }
+            const char *eq = kv ? strchr(kv, '=') : NULL;
+            if (!eq) {
+                fprintf(stderr, "%s: --set needs KEY=VALUE\n", prog);
+                return EXIT_USAGE;
+            }
+            char key[256];
+            size_t klen = (size_t)(eq - kv) < sizeof key - 1 ? (size_t)(eq - kv) : sizeof key - 1;
+            memcpy(key, kv, klen);
+            key[klen] = '\0';
+            if (loom__config_set_from(cfg, "--set", key, eq + 1) != LOOM_OK) {
+                fprintf(stderr, "%s: %s\n", prog, loom_config_error(cfg));
+                return EXIT_USAGE;
+            }
+            continue;
+        }
+        if (strcmp(a, "--call") == 0) {
+            if (!next || is_flag(next)) {
+                fprintf(stderr, "%s: --call needs SERVICE.COMMAND\n", prog);
+                return EXIT_USAGE;
+            }
+            o->call = argv[++i];
+            if (i + 1 < argc && !is_flag(argv[i + 1]))
+                o->call_payload = argv[++i];
+            continue;
+        }
+        if (strcmp(a, "--param") == 0) {
+            if (!next) {
+                fprintf(stderr, "%s: --param needs a JSON object\n", prog);
+                return EXIT_USAGE;
+            }
+            o->call_param = argv[++i];
+            continue;
+        }
+        if (strcmp(a, "--timeout") == 0) {
+            if (!next || !loom__parse_int(next, 1, 86400000, &o->timeout_ms)) {
+                fprintf(stderr, "%s: --timeout needs milliseconds (1..86400000)\n", prog);
+                return EXIT_USAGE;
+            }
+            i++;
+            continue;
+        }
+        if (strcmp(a, "--emit") == 0) {
+            if (!next || is_flag(next)) {
+                fprintf(stderr, "%s: --emit needs an event name\n", prog);
+                return EXIT_USAGE;
+            }
+            o->emit = argv[++i];
+            if (i + 1 < argc && !is_flag(argv[i + 1]))
+                o->emit_payload = argv[++i];
+            continue;
+        }
+        fprintf(stderr, "%s: unknown argument '%s' (see --help)\n", prog, a);
+        return EXIT_USAGE;
+    }
+    if (o->call && o->emit) {
+        fprintf(stderr, "%s: --call and --emit cannot be combined\n", prog);
+        return EXIT_USAGE;
+    }
+    if ((o->call_param || o->timeout_ms) && !o->call) {
+        fprintf(stderr, "%s: --param and --timeout go with --call\n", prog);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* Adds the services selected by the `services` key. */
+static int add_selected(loom_runtime *rt, const loom_config *cfg,
+                        const loom_service_def *const *services, const char *prog)
+{
+    const cJSON *sel = loom_config_get(cfg, "services");
+    bool all = !sel || cJSON_GetArraySize(sel) == 0;
+    bool none = false;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, sel)
+    {
+        if (!cJSON_IsString(it))
+            continue;
+        if (strcmp(it->valuestring, "all") == 0)
+            all = true;
+        else if (strcmp(it->valuestring, "none") == 0)
+            none = true;
+        else {
+            bool known = false;
+            for (size_t i = 0; services && services[i] && !known; i++)
+                known = strcmp(services[i]->name, it->valuestring) == 0;
+            if (!known) {
+                fprintf(stderr, "%s: services: unknown service '%s' (linked:", prog,
+                        it->valuestring);
+                for (size_t i = 0; services && services[i]; i++)
+                    fprintf(stderr, " %s", services[i]->name);
+                fprintf(stderr, ")\n");
+                return EXIT_USAGE;
+            }
+        }
+    }
+    if (none && (all || cJSON_GetArraySize(sel) > 1)) {
+        fprintf(stderr, "%s: services: 'none' cannot be combined with other names\n", prog);
+        return EXIT_USAGE;
+    }
+    for (size_t i = 0; !none && services && services[i]; i++) {
+        bool wanted = all;
+        cJSON_ArrayForEach(it, sel) if (cJSON_IsString(it) &&
+                                        strcmp(it->valuestring, services[i]->name) == 0) wanted =
+            true;
+        if (!wanted)
+            continue;
+        loom_err err = loom_runtime_add_service(rt, services[i], NULL);
+        if (err != LOOM_OK) {
+            fprintf(stderr, "%s: cannot add service %s: %s\n", prog, services[i]->name,
+                    loom_strerror(err));
+            return EXIT_USAGE;
+        }
+    }
+    return 0;
+}
+
+static cJSON *parse_json_arg(const char *prog, const char *what, const char *text)
+{
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithOpts(text, &end, true);
+    if (!j)
+        fprintf(stderr, "%s: %s is not valid JSON (near byte %ld)\n", prog, what,
+                end ? (long)(end - text) : 0L);
+    return j;
+}
+
+static int run_call(loom_runtime *rt, const opts *o, const char *prog)
+{
+    const char *dot = strrchr(o->call, '.');
+    if (!dot || dot == o->call || !dot[1]) {
+        fprintf(stderr, "%s: --call needs SERVICE.COMMAND, got '%s'\n", prog, o->call);
+        return EXIT_USAGE;
+    }
+    char service[256];
+    size_t n = (size_t)(dot - o->call);
+    if (n >= sizeof service) {
+        fprintf(stderr, "%s: service name too long\n", prog);
+        return EXIT_USAGE;
+    }
+    memcpy(service, o->call, n);
+    service[n] = '\0';
+    cJSON *payload = NULL, *param = NULL;
+    if (o->call_payload && !(payload = parse_json_arg(prog, "the payload", o->call_payload)))
+        return EXIT_USAGE;
+    if (o->call_param) {
+        param = parse_json_arg(prog, "--param", o->call_param);
+        if (!param || !cJSON_IsObject(param)) {
+            if (param)
+                fprintf(stderr, "%s: --param must be a JSON object\n", prog);
+            cJSON_Delete(payload);
+            cJSON_Delete(param);
+            return EXIT_USAGE;
+        }
+    }
+    loom_call call = {.service = service, .command = dot + 1, .payload = payload,
+                      .parameter = param, .timeout_ms = (uint32_t)o->timeout_ms};
+    loom_msg *resp = NULL;
+    loom_err err = loom_runtime_call(rt, &call, &resp);
+    if (err != LOOM_OK) {
+        cJSON_Delete(payload);
+        cJSON_Delete(param);
+        fprintf(stderr, "%s: call failed: %s\n", prog, loom_strerror(err));
+        return EXIT_CALL_FAILED;
+    }
+    int status = loom_msg_status(resp);
+    cJSON *body = loom_msg_result_json(resp);
+    char *text = body ? cJSON_Print(body) : NULL;
+    if (status < 300) {
+        if (text)
+            printf("%s\n", text);
+    } else {
+        fprintf(stderr, "%s\n", text ? text : "{}");
+    }
+    fflush(stdout);
+    free(text);
+    cJSON_Delete(body);
+    loom_msg_release(resp);
+    return status < 300 ? 0 : EXIT_CALL_FAILED;
+}
+
+static int run_emit(loom_runtime *rt, const opts *o, const char *prog)
+{
+    cJSON *payload = NULL;
+    if (o->emit_payload && !(payload = parse_json_arg(prog, "the event payload", o->emit_payload)))
+        return EXIT_USAGE;
+    loom_err err = loom_runtime_emit(rt, o->emit, payload);
+    if (err != LOOM_OK) {
+        cJSON_Delete(payload);
+        fprintf(stderr, "%s: emit failed: %s\n", prog, loom_strerror(err));
+        return EXIT_CALL_FAILED;
+    }
+    return 0;
+}
+
+int loom_main(int argc, char **argv, const loom_service_def *const *services)
+{
+    const char *prog = argc > 0 && argv[0] ? argv[0] : "loom";
+    const char *slash = strrchr(prog, '/');
+    if (slash)
+        prog = slash + 1;
+    loom_config *cfg = NULL;
+    if (loom_config_create(&cfg) != LOOM_OK) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return EXIT_CALL_FAILED;
+    }
+    opts o = {0};
+    int rc = parse_args(argc, argv, cfg, &o);
+    if (rc != 0) {
+        loom_config_destroy(cfg);
+        return rc < 0 ? 0 : rc;
+    }
+    bool oneshot = o.call || o.emit;
+    /* One-shot commands keep stderr for their answer unless asked. */
+    if (oneshot && !o.log_level_set && !loom_config_get(cfg, "log.level"))
+        loom_config_set(cfg, "log.level", "warn");
+
+    /* Signals are taken by sigwait in this thread only. */
+    sigset_t sigs, old;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, &old);
+    signal(SIGPIPE, SIG_IGN);
+
+    loom_runtime *rt = NULL;
+    loom_http *http = NULL;
+    loom_runtime_config rc_cfg = {.config = cfg};
+    loom_err err = loom_runtime_create(&rt, &rc_cfg);
+    if (err != LOOM_OK) {
+        fprintf(stderr, "%s: cannot create the runtime: %s\n", prog, loom_strerror(err));
+        rc = err == LOOM_ECONFIG || err == LOOM_EUNSUPPORTED ? EXIT_USAGE : EXIT_CALL_FAILED;
+        goto out;
+    }
+    if ((rc = add_selected(rt, cfg, services, prog)) != 0)
+        goto out;
+    const char *listen = loom__config_str(cfg, "http.listen", NULL);
+    if (listen && !oneshot) {
+        err = loom_http_create(&http, rt, cfg);
+        if (err != LOOM_OK) {
+            fprintf(stderr, "%s: cannot create the HTTP bridge on %s: %s\n", prog, listen,
+                    loom_strerror(err));
+            rc = EXIT_USAGE;
+            goto out;
+        }
+    }
+    if ((err = loom_runtime_start(rt)) != LOOM_OK) {
+        fprintf(stderr, "%s: cannot start: %s\n", prog, loom_strerror(err));
+        rc = EXIT_CALL_FAILED;
+        goto out;
+    }
+    if (oneshot) {
+        if (loom_runtime_wait_ready(rt, 10000) != LOOM_OK)
+            fprintf(stderr, "%s: warning: the broker is not ready after 10 s\n", prog);
+        rc = o.call ? run_call(rt, &o, prog) : run_emit(rt, &o, prog);
+        goto out;
+    }
+    if (http && (err = loom_http_start(http)) != LOOM_OK) {
+        fprintf(stderr, "%s: cannot start the HTTP bridge on %s: %s\n", prog, listen,
+                loom_strerror(err));
+        rc = EXIT_CALL_FAILED;
+        goto out;
+    }
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    loom_runtime_log(rt, LOOM_LOG_INFO, "received %s, shutting down",
+                     sig == SIGINT ? "SIGINT" : "SIGTERM");
+    rc = 0;
+out:
+    /* The bridge first: it answers its suspended requests, then the runtime
+     * drains. */
+    loom_http_destroy(http);
+    loom_runtime_destroy(rt);
+    loom_config_destroy(cfg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}

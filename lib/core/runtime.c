@@ -1,0 +1,1052 @@
+/* The runtime: configuration, services, the broker adapter and its upcalls,
+ * start / stop / destroy.
+ *
+ * Lifecycle: CREATED -> (start) STARTED -> (stop) STOPPING -> STOPPED.
+ * Adapter upcalls may arrive from the adapter's threads at any time between
+ * connect and the adapter's stop; they only enqueue work (or complete a
+ * blocking caller, which runs no user code). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "broker/adapters.h"
+#include "codec/topic.h"
+#include "config/config.h"
+#include "core/runtime.h"
+#include "core/util.h"
+#include "store/store.h"
+
+const char *loom_version(void) { return LOOM_VERSION_STRING; }
+
+/* --- adapter registry ------------------------------------------------------- */
+
+#define MAX_ADAPTERS 16
+static pthread_mutex_t registry_mu = PTHREAD_MUTEX_INITIALIZER;
+static const loom_adapter_ops *registry[MAX_ADAPTERS];
+static size_t registry_n;
+
+static void register_builtins_locked(void)
+{
+    if (registry_n)
+        return;
+    registry[registry_n++] = &loom__memory_adapter;
+    registry[registry_n++] = &loom__mqtt_adapter;
+    registry[registry_n++] = &loom__mqtts_adapter;
+}
+
+loom_err loom_adapter_register(const loom_adapter_ops *ops)
+{
+    if (!ops || !ops->scheme || !*ops->scheme || ops->abi_version == 0 ||
+        ops->abi_version > LOOM_ADAPTER_ABI_VERSION || !ops->init || !ops->connect ||
+        !ops->subscribe || !ops->unsubscribe || !ops->publish || !ops->close || !ops->stop ||
+        !ops->fini)
+        return LOOM_EINVAL;
+    loom_err err = LOOM_OK;
+    pthread_mutex_lock(&registry_mu);
+    register_builtins_locked();
+    for (size_t i = 0; i < registry_n; i++)
+        if (strcmp(registry[i]->scheme, ops->scheme) == 0)
+            err = LOOM_EEXIST;
+    if (err == LOOM_OK && registry_n == MAX_ADAPTERS)
+        err = LOOM_ENOMEM;
+    if (err == LOOM_OK)
+        registry[registry_n++] = ops;
+    pthread_mutex_unlock(&registry_mu);
+    return err;
+}
+
+static const loom_adapter_ops *find_adapter(const char *url)
+{
+    const char *colon = strchr(url, ':');
+    size_t len = colon ? (size_t)(colon - url) : strlen(url);
+    const loom_adapter_ops *found = NULL;
+    pthread_mutex_lock(&registry_mu);
+    register_builtins_locked();
+    for (size_t i = 0; i < registry_n && !found; i++)
+        if (strlen(registry[i]->scheme) == len && strncmp(registry[i]->scheme, url, len) == 0)
+            found = registry[i];
+    pthread_mutex_unlock(&registry_mu);
+    return found;
+}
+
+/* --- logging ------------------------------------------------------------------ */
+
+void loom__rt_log(loom_runtime *rt, loom_log_level level, const char *fmt, ...)
+{
+    if (!loom__log_enabled(&rt->log, level))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    loom__logv(&rt->log, level, NULL, NULL, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void loom_runtime_log(loom_runtime *rt, loom_log_level level, const char *fmt, ...)
+{
+    if (!rt || !fmt || !loom__log_enabled(&rt->log, level))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    loom__logv(&rt->log, level, NULL, NULL, NULL, fmt, ap);
+    va_end(ap);
+}
+
+/* --- topics and publishing ------------------------------------------------------ */
+
+char *loom__event_topic(loom_runtime *rt, const char *event, const char *service,
+                        const char *version)
+{
+    const char *segs[] = {event, service ? service : "", version ? version : ""};
+    return loom__topic_build(rt->prefix, "evt", segs, 3);
+}
+
+loom_err loom__publish(loom_runtime *rt, const char *topic, loom_msg *msg, int qos, bool retain,
+                       const char *response_topic, const void *corr, size_t corr_len)
+{
+    loom_publish p = {
+        .topic = topic,
+        .msg = msg,
+        .response_topic = response_topic,
+        .correlation = corr,
+        .correlation_len = corr_len,
+        .qos = qos,
+        .retain = retain,
+    };
+    char *data = NULL;
+    if (msg && !(rt->ops->caps & LOOM_CAP_IN_PROCESS)) {
+        loom_err err = loom_msg_encode(msg, &data, &p.len);
+        if (err != LOOM_OK)
+            return err;
+        if (p.len > rt->max_message) {
+            free(data);
+            return LOOM_ETOOBIG;
+        }
+        p.data = data;
+    } else if (!msg) {
+        p.data = "";
+    }
+    loom_err err = rt->ops->publish(rt->adapter, &p);
+    free(data);
+    return err;
+}
+
+loom_err loom__emit(loom_runtime *rt, const loom_ctx *ctx, const char *event, cJSON *payload)
+{
+    if (!rt || !event || !*event || strlen(event) > 256)
+        return LOOM_EINVAL;
+    if (atomic_load(&rt->state) != LOOM__STARTED)
+        return LOOM_ECLOSED;
+    loom_msg *m = loom__msg_new(LOOM_MSG_CUSTOM);
+    if (!m)
+        return LOOM_ENOMEM;
+    const char *svc = ctx ? ctx->svc->def->name : NULL;
+    const char *ver = ctx ? ctx->svc->def->version : NULL;
+    const char *target =
+        ctx ? (ctx->cmd ? ctx->cmd->def->name : ctx->sub ? ctx->sub->def->name : NULL) : NULL;
+    if (ctx) {
+        const loom_msg *pm = ctx->msg;
+        memcpy(m->trace_id, pm->trace_id, sizeof m->trace_id);
+        if (loom__msg_set(&m->principal_id, pm->principal_id) ||
+            loom__msg_set(&m->tenant_id, pm->tenant_id)) {
+            loom_msg_release(m);
+            return LOOM_ENOMEM;
+        }
+    }
+    if (!m->trace_id[0])
+        loom__random_id(m->trace_id);
+    char *topic = loom__event_topic(rt, event, svc, ver);
+    if (!topic || loom__msg_set(&m->event_name, event) ||
+        loom__msg_set_address(&m->sender, svc, ver, target, rt->instance_id)) {
+        free(topic);
+        loom_msg_release(m);
+        return LOOM_ENOMEM;
+    }
+    m->payload = payload;
+    loom_err err = loom__publish(rt, topic, m, rt->qos_event, false, NULL, NULL, 0);
+    free(topic);
+    if (err == LOOM_EUNAVAILABLE && (rt->ops->caps & LOOM_CAP_KNOWS_RECEIVERS)) {
+        /* Nobody listens: an event without subscribers is not an error. */
+        cJSON_Delete(payload);
+        m->payload = NULL;
+        loom_msg_release(m);
+        return LOOM_OK;
+    }
+    if (err != LOOM_OK) {
+        m->payload = NULL; /* the caller keeps it */
+        loom_msg_release(m);
+    }
+    return err;
+}
+
+loom_err loom_runtime_emit(loom_runtime *rt, const char *event_name, cJSON *payload)
+{
+    return loom__emit(rt, NULL, event_name, payload);
+}
+
+/* --- lookups ------------------------------------------------------------------- */
+
+loom__command *loom__find_command(loom_runtime *rt, const char *service, const char *version,
+                                  const char *command)
+{
+    for (size_t i = 0; i < rt->n_services; i++) {
+        loom__service *s = &rt->services[i];
+        if (strcmp(s->def->name, service) != 0 || strcmp(s->def->version, version) != 0)
+            continue;
+        for (size_t j = 0; j < s->n_cmds; j++)
+            if (strcmp(s->cmds[j].def->name, command) == 0)
+                return &s->cmds[j];
+    }
+    return NULL;
+}
+
+/* --- adapter upcalls ----------------------------------------------------------------- */
+
+static void for_each_token(loom_runtime *rt, void (*fn)(loom_runtime *, loom__token *))
+{
+    fn(rt, &rt->reply_tok);
+    fn(rt, &rt->discovery_tok);
+    for (size_t i = 0; i < rt->n_services; i++) {
+        loom__service *s = &rt->services[i];
+        for (size_t j = 0; j < s->n_cmds; j++)
+            fn(rt, &s->cmds[j].tok);
+        for (size_t j = 0; j < s->n_subs; j++)
+            fn(rt, &s->subs[j].tok);
+    }
+}
+
+static void count_unsubscribed(loom_runtime *rt, loom__token *t)
+{
+    (void)rt;
+    if (!atomic_load(&t->subscribed))
+        rt->ready_missing++;
+}
+
+static bool all_subscribed(loom_runtime *rt)
+{
+    pthread_mutex_lock(&rt->ready_mu);
+    rt->ready_missing = 0;
+    for_each_token(rt, count_unsubscribed);
+    bool all = rt->ready_missing == 0;
+    pthread_mutex_unlock(&rt->ready_mu);
+    return all;
+}
+
+static void subscribe_token(loom_runtime *rt, loom__token *t)
+{
+    atomic_store(&t->subscribed, false);
+    loom_err err = rt->ops->subscribe(rt->adapter, t->filter, t->group, t, t->qos);
+    if (err != LOOM_OK)
+        loom__rt_log(rt, LOOM_LOG_WARN, "subscribe %s%s%s: %s", t->group ? t->group : "",
+                     t->group ? " " : "", t->filter, loom_strerror(err));
+}
+
+static void signal_ready(loom_runtime *rt)
+{
+    pthread_mutex_lock(&rt->ready_mu);
+    pthread_cond_broadcast(&rt->ready_cv);
+    pthread_mutex_unlock(&rt->ready_mu);
+}
+
+static void host_state_changed(void *core, loom_broker_state state, const char *detail)
+{
+    loom_runtime *rt = core;
+    int old = atomic_exchange(&rt->broker_state, (int)state);
+    if (state == LOOM_BROKER_CONNECTED) {
+        loom__rt_log(rt, LOOM_LOG_INFO, "broker connected%s%s", detail ? ": " : "",
+                     detail ? detail : "");
+        if (atomic_load(&rt->state) == LOOM__STARTED)
+            for_each_token(rt, subscribe_token);
+    } else if (old == LOOM_BROKER_CONNECTED || state == LOOM_BROKER_FAILED) {
+        loom__rt_log(rt, state == LOOM_BROKER_FAILED ? LOOM_LOG_ERROR : LOOM_LOG_WARN,
+                     "broker %s%s%s",
+                     state == LOOM_BROKER_FAILED ? "failed" : "disconnected",
+                     detail ? ": " : "", detail ? detail : "");
+    }
+    signal_ready(rt);
+}
+
+static void host_subscribed(void *core, void *token, loom_err err)
+{
+    loom_runtime *rt = core;
+    loom__token *t = token;
+    if (err != LOOM_OK) {
+        loom__rt_log(rt, LOOM_LOG_ERROR, "the broker refused subscription %s: %s", t->filter,
+                     loom_strerror(err));
+        return;
+    }
+    atomic_store(&t->subscribed, true);
+    if (atomic_load(&rt->state) == LOOM__STARTED && all_subscribed(rt)) {
+        loom_err aerr = loom__announce(rt);
+        if (aerr != LOOM_OK)
+            loom__rt_log(rt, LOOM_LOG_WARN, "cannot announce services: %s",
+                         loom_strerror(aerr));
+        signal_ready(rt);
+    }
+}
+
+static void host_log(void *core, loom_log_level level, const char *fmt, ...)
+{
+    loom_runtime *rt = core;
+    if (!loom__log_enabled(&rt->log, level))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    loom__logv(&rt->log, level, NULL, NULL, NULL, fmt, ap);
+    va_end(ap);
+}
+
+/* A network delivery copied for a worker. */
+typedef struct raw_delivery {
+    loom__token *tok;
+    char *response_topic;
+    void *correlation;
+    size_t correlation_len;
+    size_t len;
+    char data[]; /* len bytes + NUL */
+} raw_delivery;
+
+static void raw_free(raw_delivery *r)
+{
+    if (!r)
+        return;
+    free(r->response_topic);
+    free(r->correlation);
+    free(r);
+}
+
+static raw_delivery *raw_copy(const loom_delivery *d)
+{
+    raw_delivery *r = malloc(sizeof *r + d->len + 1);
+    if (!r)
+        return NULL;
+    r->tok = d->token;
+    r->len = d->len;
+    if (d->len)
+        memcpy(r->data, d->data, d->len);
+    r->data[d->len] = '\0';
+    r->response_topic = d->response_topic ? strdup(d->response_topic) : NULL;
+    r->correlation = NULL;
+    r->correlation_len = 0;
+    if (d->correlation_len && (r->correlation = malloc(d->correlation_len))) {
+        memcpy(r->correlation, d->correlation, d->correlation_len);
+        r->correlation_len = d->correlation_len;
+    }
+    return r;
+}
+
+/* Rate-limited warning about garbage on loom topics: one line per second. */
+static void warn_garbage(loom_runtime *rt, const char *what, const char *why)
+{
+    static _Atomic int64_t last;
+    int64_t now = loom__mono_ms(), prev = atomic_load(&last);
+    if (now - prev < 1000 || !atomic_compare_exchange_strong(&last, &prev, now))
+        return;
+    loom__rt_log(rt, LOOM_LOG_WARN, "dropped a malformed message on %s: %s", what, why);
+}
+
+/* A plain MQTT client's request: bare JSON payload, answered bare. */
+static void run_bare_command(loom_runtime *rt, loom__command *cmd, raw_delivery *r)
+{
+    if (!r->response_topic) {
+        warn_garbage(rt, cmd->tok.filter, "not an envelope and no response topic");
+        return;
+    }
+    loom_msg *m = loom__msg_new(LOOM_MSG_COMMAND);
+    if (!m)
+        return;
+    loom__random_id(m->trace_id);
+    m->deadline = m->timestamp + (cmd->timeout_ms ? cmd->timeout_ms : rt->default_timeout_ms);
+    loom__msg_set_address(&m->receiver, cmd->svc->def->name, cmd->svc->def->version,
+                          cmd->def->name, NULL);
+    int status = 0;
+    if (r->len) {
+        const char *end = NULL;
+        m->payload = cJSON_ParseWithLengthOpts(r->data, r->len, &end, false);
+        if (!m->payload)
+            status = 400;
+    }
+    if (status) {
+        loom_msg *err =
+            loom__msg_error_for(m, 400, "the payload is not valid JSON", NULL, true);
+        loom_msg_release(m);
+        if (!err)
+            return;
+        cJSON *body = loom_msg_result_json(err);
+        char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+        loom_publish p = {.topic = r->response_topic, .msg = err, .data = text ? text : "",
+                          .len = text ? strlen(text) : 0, .correlation = r->correlation,
+                          .correlation_len = r->correlation_len, .status = "400",
+                          .qos = rt->qos_reply};
+        if (rt->ops->publish(rt->adapter, &p) != LOOM_OK)
+            loom_msg_release(err);
+        free(text);
+        cJSON_Delete(body);
+        return;
+    }
+    loom__run_command(rt, cmd, m, LOOM__TO_BARE, r->response_topic, r->correlation,
+                      r->correlation_len);
+}
+
+static void run_raw(loom_runtime *rt, raw_delivery *r)
+{
+    loom__token *tok = r->tok;
+    char why[160];
+    loom_msg *m = NULL;
+    if (r->len > rt->max_message) {
+        snprintf(why, sizeof why, "%zu bytes is over the %zu-byte limit", r->len,
+                 rt->max_message);
+        warn_garbage(rt, tok->filter, why);
+        return;
+    }
+    loom_err err = loom_msg_decode(r->data, r->len, &m, why, sizeof why);
+    if (tok->kind == LOOM__TOK_COMMAND) {
+        loom__command *cmd = (loom__command *)tok;
+        if (err != LOOM_OK) {
+            run_bare_command(rt, cmd, r);
+            return;
+        }
+        if (m->type != LOOM_MSG_COMMAND || !m->receiver.target ||
+            strcmp(m->receiver.target, cmd->def->name) != 0) {
+            warn_garbage(rt, tok->filter, "not a command for this topic");
+            loom_msg_release(m);
+            return;
+        }
+        const char *reply_to = m->reply_to ? m->reply_to : r->response_topic;
+        if (!reply_to) {
+            loom__run_command(rt, cmd, m, LOOM__TO_NONE, NULL, NULL, 0);
+            return;
+        }
+        loom__run_command(rt, cmd, m, LOOM__TO_TOPIC, reply_to, m->id, 32);
+        return;
+    }
+    if (err != LOOM_OK) {
+        warn_garbage(rt, tok->filter, why);
+        return;
+    }
+    switch (tok->kind) {
+    case LOOM__TOK_SUBSCRIPTION:
+        loom__run_subscription(rt, (loom__subscription *)tok, m, 0);
+        return;
+    case LOOM__TOK_REPLY:
+        if (m->type != LOOM_MSG_SUCCESS && m->type != LOOM_MSG_ERROR) {
+            warn_garbage(rt, tok->filter, "not a response");
+            loom_msg_release(m);
+            return;
+        }
+        loom__complete_pending(rt, m);
+        return;
+    default:
+        loom_msg_release(m);
+        return;
+    }
+}
+
+static void raw_job(void *a, void *b, uintptr_t c)
+{
+    (void)c;
+    run_raw(a, b);
+    raw_free(b);
+}
+
+static void msg_job(void *a, void *b, uintptr_t c)
+{
+    loom_runtime *rt = a;
+    loom_msg *m = b;
+    loom__token *tok = (loom__token *)c;
+    switch (tok->kind) {
+    case LOOM__TOK_COMMAND: {
+        loom__command *cmd = (loom__command *)tok;
+        if (m->type != LOOM_MSG_COMMAND) {
+            loom_msg_release(m);
+            return;
+        }
+        char id[33];
+        memcpy(id, m->id, 33);
+        loom__run_command(rt, cmd, m, m->reply_to ? LOOM__TO_TOPIC : LOOM__TO_NONE,
+                          m->reply_to, id, 32);
+        return;
+    }
+    case LOOM__TOK_SUBSCRIPTION:
+        loom__run_subscription(rt, (loom__subscription *)tok, m, 0);
+        return;
+    case LOOM__TOK_REPLY:
+        loom__complete_pending(rt, m);
+        return;
+    default:
+        loom_msg_release(m);
+        return;
+    }
+}
+
+static loom_err host_deliver(void *core, const loom_delivery *d)
+{
+    loom_runtime *rt = core;
+    loom__token *tok = d->token;
+    if (!tok)
+        return LOOM_EINVAL;
+    if (tok->kind == LOOM__TOK_DISCOVERY) {
+        /* Bookkeeping only, no user code: done here. */
+        loom_msg *m = d->msg ? loom_msg_retain(d->msg) : NULL;
+        bool empty = !d->msg && d->len == 0;
+        if (!d->msg && !empty) {
+            char why[160];
+            if (loom_msg_decode(d->data, d->len, &m, why, sizeof why) != LOOM_OK) {
+                warn_garbage(rt, d->topic, why);
+                return LOOM_OK;
+            }
+        }
+        loom__discovery_received(rt, d->topic, m, empty);
+        return LOOM_OK;
+    }
+    if (tok->kind == LOOM__TOK_REPLY) {
+        /* A blocking caller waits on a condition variable: wake it here so
+         * that replies never need a free worker. */
+        const char *id = d->msg ? d->msg->correlation_id : NULL;
+        char idbuf[33];
+        if (!id && d->correlation_len == 32) {
+            memcpy(idbuf, d->correlation, 32);
+            idbuf[32] = '\0';
+            id = idbuf;
+        }
+        if (id && loom__is_id(id) && loom__pending_is_sync(rt, id)) {
+            loom_msg *m = d->msg ? loom_msg_retain(d->msg) : NULL;
+            char why[160];
+            if (!m && loom_msg_decode(d->data, d->len, &m, why, sizeof why) != LOOM_OK) {
+                warn_garbage(rt, d->topic, why);
+                return LOOM_OK;
+            }
+            if (m->type == LOOM_MSG_SUCCESS || m->type == LOOM_MSG_ERROR)
+                loom__complete_pending(rt, m);
+            else
+                loom_msg_release(m);
+            return LOOM_OK;
+        }
+    }
+    loom_err err;
+    if (d->msg) {
+        loom_msg *m = loom_msg_retain(d->msg);
+        err = loom__pool_submit(&rt->pool, (loom__job){msg_job, rt, m, (uintptr_t)tok});
+        if (err != LOOM_OK) {
+            /* Overloaded: answer a command at once rather than drop it. */
+            if (tok->kind == LOOM__TOK_COMMAND && m->reply_to && m->type == LOOM_MSG_COMMAND) {
+                loom_msg *resp = loom__msg_error_for(m, 503, "overloaded", NULL, false);
+                if (resp && loom__publish(rt, m->reply_to, resp, rt->qos_reply, false, NULL,
+                                          m->id, 32) != LOOM_OK)
+                    loom_msg_release(resp);
+            } else if (tok->kind == LOOM__TOK_REPLY) {
+                loom__pool_submit_always(&rt->pool,
+                                         (loom__job){msg_job, rt, loom_msg_retain(m),
+                                                     (uintptr_t)tok});
+            }
+            loom_msg_release(m);
+        }
+        return err == LOOM_EOVERLOAD ? LOOM_EOVERLOAD : LOOM_OK;
+    }
+    raw_delivery *r = raw_copy(d);
+    if (!r)
+        return LOOM_ENOMEM;
+    loom__job job = {raw_job, rt, r, 0};
+    err = tok->kind == LOOM__TOK_REPLY ? loom__pool_submit_always(&rt->pool, job)
+                                       : loom__pool_submit(&rt->pool, job);
+    if (err != LOOM_OK)
+        raw_free(r);
+    return err;
+}
+
+/* --- create / add / start / stop / destroy -------------------------------------------- */
+
+static void token_init(loom__token *t, loom__token_kind kind, char *filter, char *group, int qos)
+{
+    t->kind = kind;
+    t->filter = filter;
+    t->group = group;
+    t->qos = qos;
+    atomic_init(&t->subscribed, false);
+}
+
+static void token_fini(loom__token *t)
+{
+    free(t->filter);
+    free(t->group);
+}
+
+loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
+{
+    if (!out)
+        return LOOM_EINVAL;
+    *out = NULL;
+    static const loom_runtime_config defaults = {0};
+    if (!cfg)
+        cfg = &defaults;
+    loom_runtime *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return LOOM_ENOMEM;
+    loom_err err = LOOM_ENOMEM;
+    rt->config = cfg->config ? loom__config_clone(cfg->config) : NULL;
+    if (!rt->config && loom_config_create(&rt->config) != LOOM_OK)
+        goto fail_early;
+    const loom_config *c = rt->config;
+
+    /* logging first, so the rest can report */
+    rt->log.level = cfg->log_level;
+    if (!rt->log.level && loom_log_level_parse(loom__config_str(c, "log.level", "info"),
+                                               &rt->log.level) != LOOM_OK)
+        rt->log.level = LOOM_LOG_INFO;
+    rt->log.format = cfg->log_format;
+    if (!rt->log.format)
+        rt->log.format = strcmp(loom__config_str(c, "log.format", "text"), "json") == 0
+                             ? LOOM_LOG_JSON
+                             : LOOM_LOG_TEXT;
+    rt->log.fn = cfg->log_fn;
+    rt->log.user = cfg->log_user;
+
+    const char *inst = cfg->instance_id ? cfg->instance_id : loom__config_str(c, "instance", NULL);
+    if (inst) {
+        if (!*inst || strlen(inst) >= sizeof rt->instance_id) {
+            loom__rt_log(rt, LOOM_LOG_ERROR, "instance id must be 1 to 64 characters");
+            err = LOOM_ECONFIG;
+            goto fail_early;
+        }
+        loom__strlcpy(rt->instance_id, inst, sizeof rt->instance_id);
+    } else {
+        loom__random_id(rt->instance_id);
+    }
+    loom__strlcpy(rt->log.instance, rt->instance_id, sizeof rt->log.instance);
+
+    rt->workers = cfg->workers ? cfg->workers
+                               : (unsigned)loom__config_int(c, "workers", loom__cpu_count());
+    rt->default_timeout_ms =
+        cfg->default_timeout_ms
+            ? cfg->default_timeout_ms
+            : (uint32_t)loom__config_int(c, "timeouts.default_ms", 30000);
+    rt->drain_timeout_ms = cfg->drain_timeout_ms
+                               ? cfg->drain_timeout_ms
+                               : (uint32_t)loom__config_int(c, "timeouts.drain_ms", 5000);
+    rt->max_message = (size_t)loom__config_int(c, "limits.max_message", 1 << 20);
+    rt->qos_command = (int)loom__config_int(c, "broker.qos.command", 1);
+    rt->qos_reply = (int)loom__config_int(c, "broker.qos.reply", 1);
+    rt->qos_event = (int)loom__config_int(c, "broker.qos.event", 1);
+    rt->qos_discovery = (int)loom__config_int(c, "broker.qos.discovery", 1);
+
+    rt->prefix = strdup(loom__config_str(c, "broker.prefix", "loom"));
+    if (!rt->prefix)
+        goto fail_early;
+    if (!loom__topic_prefix_valid(rt->prefix)) {
+        loom__rt_log(rt, LOOM_LOG_ERROR, "broker.prefix '%s' is not a valid topic prefix",
+                     rt->prefix);
+        err = LOOM_ECONFIG;
+        goto fail_early;
+    }
+    const char *url = cfg->broker_url ? cfg->broker_url : loom__config_str(c, "broker.url", "memory:");
+    rt->ops = find_adapter(url);
+    if (!rt->ops) {
+        loom__rt_log(rt, LOOM_LOG_ERROR, "no broker adapter for '%s' (built in: memory:, "
+                                         "mqtt://, mqtts://)", url);
+        err = LOOM_EUNSUPPORTED;
+        goto fail_early;
+    }
+    rt->broker_url = strdup(url);
+    const char *surl = cfg->state_url ? cfg->state_url : loom__config_str(c, "state.url", "memory:");
+    err = loom__store_open(&rt->store, surl, loom_config_get(c, "state"));
+    if (err != LOOM_OK) {
+        loom__rt_log(rt, LOOM_LOG_ERROR, "cannot open the state store '%s': %s", surl,
+                     loom_strerror(err));
+        goto fail_early;
+    }
+    const char *iseg[] = {rt->instance_id};
+    char *reply = loom__topic_build(rt->prefix, "reply", iseg, 1);
+    const char *dseg[] = {NULL};
+    char *disc = loom__topic_build(rt->prefix, "svc", dseg, 1);
+    rt->reply_topic = reply ? strdup(reply) : NULL;
+    rt->announce_topic = loom__topic_build(rt->prefix, "svc", iseg, 1);
+    token_init(&rt->reply_tok, LOOM__TOK_REPLY, reply, NULL, rt->qos_reply);
+    token_init(&rt->discovery_tok, LOOM__TOK_DISCOVERY, disc, NULL, rt->qos_discovery);
+    if (!reply || !disc || !rt->reply_topic || !rt->broker_url || !rt->announce_topic) {
+        err = LOOM_ENOMEM;
+        goto fail;
+    }
+    if ((err = loom__pending_init(rt)) != LOOM_OK)
+        goto fail;
+    pthread_mutex_init(&rt->ctx_mu, NULL);
+    pthread_mutex_init(&rt->disc_mu, NULL);
+    pthread_mutex_init(&rt->ready_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&rt->ready_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    rt->host = (loom_adapter_host){.core = rt,
+                                   .deliver = host_deliver,
+                                   .state_changed = host_state_changed,
+                                   .subscribed = host_subscribed,
+                                   .log = host_log};
+    rt->locks_ready = true;
+    *out = rt;
+    return LOOM_OK;
+fail:
+fail_early:
+    loom_runtime_destroy(rt);
+    return err;
+}
+
+static bool valid_segment(const char *s, size_t max)
+{
+    if (!s || !*s || strlen(s) > max)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '-' || *s == '.'))
+            return false;
+    return true;
+}
+
+static loom_err compile(loom_runtime *rt, const char *what, const char *text, loom__schema **out)
+{
+    *out = NULL;
+    if (!text)
+        return LOOM_OK;
+    char err[256];
+    loom_err e = loom__schema_compile(out, text, err, sizeof err);
+    if (e != LOOM_OK)
+        loom__rt_log(rt, LOOM_LOG_ERROR, "%s: %s", what, err);
+    return e;
+}
+
+static char *escaped_group(const char *a, const char *b, const char *c)
+{
+    char *raw = c ? loom__asprintf("%s.%s.%s", a, b, c) : loom__asprintf("%s.%s", a, b);
+    char *esc = raw ? loom__topic_escape(raw) : NULL;
+    free(raw);
+    return esc;
+}
+
+static void service_fini(loom__service *s)
+{
+    for (size_t j = 0; j < s->n_cmds; j++) {
+        token_fini(&s->cmds[j].tok);
+        loom__schema_free(s->cmds[j].payload_schema);
+        loom__schema_free(s->cmds[j].parameter_schema);
+        loom__schema_free(s->cmds[j].output_schema);
+    }
+    for (size_t j = 0; j < s->n_subs; j++) {
+        token_fini(&s->subs[j].tok);
+        loom__schema_free(s->subs[j].payload_schema);
+    }
+    free(s->cmds);
+    free(s->subs);
+}
+
+static bool valid_method(const char *m)
+{
+    static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE"};
+    for (size_t i = 0; i < LOOM__ARRAY_LEN(methods); i++)
+        if (strcmp(m, methods[i]) == 0)
+            return true;
+    return false;
+}
+
+static loom_err add_commands(loom_runtime *rt, loom__service *s)
+{
+    const loom_service_def *def = s->def;
+    size_t n = 0;
+    while (def->commands && def->commands[n])
+        n++;
+    s->cmds = calloc(n ? n : 1, sizeof *s->cmds);
+    if (!s->cmds)
+        return LOOM_ENOMEM;
+    for (size_t j = 0; j < n; j++) {
+        const loom_command_def *cd = def->commands[j];
+        loom__command *c = &s->cmds[s->n_cmds];
+        char what[300];
+        snprintf(what, sizeof what, "service %s: command %s", def->name,
+                 cd->name ? cd->name : "(null)");
+        if (!valid_segment(cd->name, 128) || !cd->handler) {
+            loom__rt_log(rt, LOOM_LOG_ERROR, "%s: needs a name ([A-Za-z0-9_.-]) and a handler",
+                         what);
+            return LOOM_EINVAL;
+        }
+        if ((cd->http_method == NULL) != (cd->http_path == NULL) ||
+            (cd->http_method && (!valid_method(cd->http_method) || cd->http_path[0] != '/'))) {
+            loom__rt_log(rt, LOOM_LOG_ERROR,
+                         "%s: http_method (GET|POST|PUT|PATCH|DELETE) and http_path "
+                         "(starting with '/') go together", what);
+            return LOOM_EINVAL;
+        }
+        for (size_t k = 0; k < s->n_cmds; k++)
+            if (strcmp(s->cmds[k].def->name, cd->name) == 0) {
+                loom__rt_log(rt, LOOM_LOG_ERROR, "%s: defined twice", what);
+                return LOOM_EEXIST;
+            }
+        c->svc = s;
+        c->def = cd;
+        c->timeout_ms = cd->timeout_ms;
+        s->n_cmds++;
+        char sw[340];
+        loom_err err;
+        snprintf(sw, sizeof sw, "%s: payload_schema", what);
+        if ((err = compile(rt, sw, cd->payload_schema, &c->payload_schema)))
+            return err;
+        snprintf(sw, sizeof sw, "%s: parameter_schema", what);
+        if ((err = compile(rt, sw, cd->parameter_schema, &c->parameter_schema)))
+            return err;
+        snprintf(sw, sizeof sw, "%s: output_schema", what);
+        if ((err = compile(rt, sw, cd->output_schema, &c->output_schema)))
+            return err;
+        const char *segs[] = {def->name, def->version, cd->name};
+        char *filter = loom__topic_build(rt->prefix, "cmd", segs, 3);
+        char *group = escaped_group(def->name, def->version, NULL);
+        token_init(&c->tok, LOOM__TOK_COMMAND, filter, group, rt->qos_command);
+        if (!filter || !group)
+            return LOOM_ENOMEM;
+    }
+    return LOOM_OK;
+}
+
+static loom_err add_subscriptions(loom_runtime *rt, loom__service *s)
+{
+    const loom_service_def *def = s->def;
+    size_t n = 0;
+    while (def->subscriptions && def->subscriptions[n])
+        n++;
+    s->subs = calloc(n ? n : 1, sizeof *s->subs);
+    if (!s->subs)
+        return LOOM_ENOMEM;
+    for (size_t j = 0; j < n; j++) {
+        const loom_subscription_def *sd = def->subscriptions[j];
+        loom__subscription *sub = &s->subs[s->n_subs];
+        char what[300];
+        snprintf(what, sizeof what, "service %s: subscription %s", def->name,
+                 sd->name ? sd->name : "(null)");
+        if (!valid_segment(sd->name, 128) || !sd->handler ||
+            (sd->delivery != LOOM_DELIVER_GROUP && sd->delivery != LOOM_DELIVER_ALL)) {
+            loom__rt_log(rt, LOOM_LOG_ERROR, "%s: needs a name, a handler and a valid delivery",
+                         what);
+            return LOOM_EINVAL;
+        }
+        sub->svc = s;
+        sub->def = sd;
+        sub->max_retries = sd->max_retries ? sd->max_retries : 3;
+        s->n_subs++;
+        loom_err err;
+        char sw[340];
+        snprintf(sw, sizeof sw, "%s: payload_schema", what);
+        if ((err = compile(rt, sw, sd->payload_schema, &sub->payload_schema)))
+            return err;
+        const char *segs[] = {sd->filter.event_name, sd->filter.sender_service,
+                              sd->filter.sender_version};
+        char *filter = loom__topic_build(rt->prefix, "evt", segs, 3);
+        char *group = sd->delivery == LOOM_DELIVER_GROUP
+                          ? escaped_group(def->name, def->version, sd->name)
+                          : NULL;
+        token_init(&sub->tok, LOOM__TOK_SUBSCRIPTION, filter, group, rt->qos_event);
+        if (!filter || (sd->delivery == LOOM_DELIVER_GROUP && !group))
+            return LOOM_ENOMEM;
+    }
+    return LOOM_OK;
+}
+
+loom_err loom_runtime_add_service(loom_runtime *rt, const loom_service_def *def, void *user)
+{
+    if (!rt || !def)
+        return LOOM_EINVAL;
+    if (atomic_load(&rt->state) != LOOM__CREATED)
+        return LOOM_ESTATE;
+    if (!valid_segment(def->name, 128) || !valid_segment(def->version, 32)) {
+        loom__rt_log(rt, LOOM_LOG_ERROR,
+                     "a service needs a name and a version made of [A-Za-z0-9_.-]");
+        return LOOM_EINVAL;
+    }
+    for (size_t i = 0; i < rt->n_services; i++)
+        if (strcmp(rt->services[i].def->name, def->name) == 0 &&
+            strcmp(rt->services[i].def->version, def->version) == 0)
+            return LOOM_EEXIST;
+    loom__service *grown = realloc(rt->services, (rt->n_services + 1) * sizeof *grown);
+    if (!grown)
+        return LOOM_ENOMEM;
+    rt->services = grown;
+    loom__service *s = &rt->services[rt->n_services];
+    memset(s, 0, sizeof *s);
+    s->def = def;
+    s->user = user;
+    char key[200];
+    snprintf(key, sizeof key, "config.%s", def->name);
+    s->config = loom_config_get(rt->config, key);
+    loom_err err = add_commands(rt, s);
+    if (err == LOOM_OK)
+        err = add_subscriptions(rt, s);
+    if (err != LOOM_OK) {
+        service_fini(s);
+        return err;
+    }
+    /* Tokens point into the arrays: fix the back-pointers of earlier
+     * services, which realloc may have moved. */
+    rt->n_services++;
+    for (size_t i = 0; i < rt->n_services; i++) {
+        loom__service *sv = &rt->services[i];
+        for (size_t j = 0; j < sv->n_cmds; j++)
+            sv->cmds[j].svc = sv;
+        for (size_t j = 0; j < sv->n_subs; j++)
+            sv->subs[j].svc = sv;
+    }
+    return LOOM_OK;
+}
+
+loom_err loom_runtime_start(loom_runtime *rt)
+{
+    if (!rt)
+        return LOOM_EINVAL;
+    int expected = LOOM__CREATED;
+    if (atomic_load(&rt->state) != LOOM__CREATED)
+        return LOOM_ESTATE;
+    size_t queue = (size_t)loom__config_int(rt->config, "limits.queue", 65536);
+    loom_err err = loom__pool_start(&rt->pool, rt->workers, queue);
+    if (err != LOOM_OK)
+        return err;
+    loom_adapter_options opts = {
+        .url = rt->broker_url,
+        .instance_id = rt->instance_id,
+        .options = loom_config_get(rt->config, "broker"),
+        .will_topic = rt->n_services ? rt->announce_topic : NULL,
+    };
+    err = rt->ops->init(&rt->adapter, &rt->host, &opts);
+    if (err != LOOM_OK) {
+        rt->adapter = NULL;
+        loom__pool_stop(&rt->pool);
+        loom__rt_log(rt, LOOM_LOG_ERROR, "broker adapter '%s' refused %s: %s", rt->ops->scheme,
+                     rt->broker_url, loom_strerror(err));
+        return err;
+    }
+    atomic_compare_exchange_strong(&rt->state, &expected, LOOM__STARTED);
+    err = rt->ops->connect(rt->adapter);
+    if (err != LOOM_OK) {
+        loom__rt_log(rt, LOOM_LOG_ERROR, "cannot connect to %s: %s", rt->broker_url,
+                     loom_strerror(err));
+        loom_runtime_stop(rt);
+        return err;
+    }
+    for (size_t i = 0; i < rt->n_services; i++)
+        loom__rt_log(rt, LOOM_LOG_INFO, "service %s v%s: %zu command(s), %zu subscription(s)",
+                     rt->services[i].def->name, rt->services[i].def->version,
+                     rt->services[i].n_cmds, rt->services[i].n_subs);
+    return LOOM_OK;
+}
+
+static bool is_ready(loom_runtime *rt)
+{
+    return atomic_load(&rt->broker_state) == LOOM_BROKER_CONNECTED && all_subscribed(rt);
+}
+
+loom_err loom_runtime_wait_ready(loom_runtime *rt, uint32_t timeout_ms)
+{
+    if (!rt)
+        return LOOM_EINVAL;
+    if (atomic_load(&rt->state) != LOOM__STARTED)
+        return LOOM_ESTATE;
+    int64_t deadline = loom__mono_ms() + timeout_ms;
+    while (!is_ready(rt)) {
+        int64_t left = deadline - loom__mono_ms();
+        if (left <= 0)
+            return LOOM_ETIMEDOUT;
+        if (left > 50)
+            left = 50;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += left * 1000000;
+        ts.tv_sec += ts.tv_nsec / 1000000000;
+        ts.tv_nsec %= 1000000000;
+        pthread_mutex_lock(&rt->ready_mu);
+        pthread_cond_timedwait(&rt->ready_cv, &rt->ready_mu, &ts);
+        pthread_mutex_unlock(&rt->ready_mu);
+    }
+    return LOOM_OK;
+}
+
+bool loom__runtime_ready(loom_runtime *rt)
+{
+    return atomic_load(&rt->state) == LOOM__STARTED && is_ready(rt);
+}
+
+static void unsubscribe_commands(loom_runtime *rt)
+{
+    for (size_t i = 0; i < rt->n_services; i++)
+        for (size_t j = 0; j < rt->services[i].n_cmds; j++) {
+            loom__token *t = &rt->services[i].cmds[j].tok;
+            rt->ops->unsubscribe(rt->adapter, t->filter, t->group, t);
+        }
+}
+
+loom_err loom_runtime_stop(loom_runtime *rt)
+{
+    if (!rt)
+        return LOOM_EINVAL;
+    int expected = LOOM__CREATED;
+    if (atomic_compare_exchange_strong(&rt->state, &expected, LOOM__STOPPED))
+        return LOOM_OK;
+    expected = LOOM__STARTED;
+    if (!atomic_compare_exchange_strong(&rt->state, &expected, LOOM__STOPPING))
+        return LOOM_OK; /* already stopping or stopped */
+    if (loom__pool_is_worker(&rt->pool)) {
+        loom__rt_log(rt, LOOM_LOG_ERROR, "loom_runtime_stop called from a handler: refused");
+        atomic_store(&rt->state, LOOM__STARTED);
+        return LOOM_ESTATE;
+    }
+    loom__rt_log(rt, LOOM_LOG_INFO, "stopping: draining in-flight work (up to %u ms)",
+                 rt->drain_timeout_ms);
+    /* Stop taking new work from the broker, tell the others we are gone. */
+    loom__unannounce(rt);
+    unsubscribe_commands(rt);
+    int64_t deadline = loom__mono_ms() + rt->drain_timeout_ms;
+    while (atomic_load(&rt->inflight) > 0 && loom__mono_ms() < deadline) {
+        struct timespec ts = {0, 5 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    loom__pool_wait_idle(&rt->pool, deadline);
+    long left = atomic_load(&rt->inflight);
+    if (left > 0)
+        loom__rt_log(rt, LOOM_LOG_WARN, "%ld command(s) still running after the drain limit",
+                     left);
+    loom__fail_all_pending(rt, 503, "the runtime stopped before the response");
+    rt->ops->close(rt->adapter);
+    rt->ops->stop(rt->adapter);
+    loom__pool_stop(&rt->pool);
+    /* Answers that came in while the pool drained. */
+    loom__fail_all_pending(rt, 503, "the runtime stopped before the response");
+    atomic_store(&rt->state, LOOM__STOPPED);
+    loom__rt_log(rt, LOOM_LOG_INFO, "stopped");
+    return LOOM_OK;
+}
+
+void loom_runtime_destroy(loom_runtime *rt)
+{
+    if (!rt)
+        return;
+    loom_runtime_stop(rt);
+    if (rt->adapter)
+        rt->ops->fini(rt->adapter);
+    for (size_t i = 0; i < rt->n_services; i++)
+        service_fini(&rt->services[i]);
+    free(rt->services);
+    token_fini(&rt->reply_tok);
+    token_fini(&rt->discovery_tok);
+    if (rt->locks_ready) {
+        loom__free_deferred(rt);
+        loom__discovery_fini(rt);
+        loom__pending_fini(rt);
+        pthread_mutex_destroy(&rt->ctx_mu);
+        pthread_mutex_destroy(&rt->disc_mu);
+        pthread_mutex_destroy(&rt->ready_mu);
+        pthread_cond_destroy(&rt->ready_cv);
+    }
+    loom__store_close(rt->store);
+    loom_config_destroy(rt->config);
+    free(rt->prefix);
+    free(rt->broker_url);
+    free(rt->reply_topic);
+    free(rt->announce_topic);
+    free(rt);
+}
+
+const char *loom_runtime_instance_id(const loom_runtime *rt) { return rt ? rt->instance_id : NULL; }
+loom_store *loom_runtime_store(loom_runtime *rt) { return rt ? rt->store : NULL; }

@@ -1,0 +1,239 @@
+/* Internal: the runtime's structures, shared by the files of lib/core. */
+#ifndef LOOM_CORE_RUNTIME_H
+#define LOOM_CORE_RUNTIME_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "codec/msg.h"
+#include "codec/schema.h"
+#include "core/log.h"
+#include "core/pool.h"
+#include "loom.h"
+#include "loom/adapter.h"
+
+typedef struct loom__service loom__service;
+
+/* Every subscription handed to an adapter carries a token whose first member
+ * says what it is. */
+typedef enum loom__token_kind {
+    LOOM__TOK_COMMAND = 1,
+    LOOM__TOK_SUBSCRIPTION,
+    LOOM__TOK_REPLY,
+    LOOM__TOK_DISCOVERY,
+} loom__token_kind;
+
+typedef struct loom__token {
+    loom__token_kind kind;
+    char *filter; /* topic filter */
+    char *group;  /* subscription group or NULL */
+    int qos;
+    atomic_bool subscribed;
+} loom__token;
+
+typedef struct loom__command {
+    loom__token tok; /* first: deliveries point here */
+    loom__service *svc;
+    const loom_command_def *def;
+    loom__schema *payload_schema;
+    loom__schema *parameter_schema;
+    loom__schema *output_schema;
+    uint32_t timeout_ms;
+} loom__command;
+
+typedef struct loom__subscription {
+    loom__token tok;
+    loom__service *svc;
+    const loom_subscription_def *def;
+    loom__schema *payload_schema;
+    uint32_t max_retries;
+} loom__subscription;
+
+struct loom__service {
+    const loom_service_def *def;
+    void *user;
+    const cJSON *config; /* config.<name>, borrowed from rt->config */
+    loom__command *cmds;
+    size_t n_cmds;
+    loom__subscription *subs;
+    size_t n_subs;
+};
+
+/* A call waiting for its response (remote or local asynchronous). */
+typedef struct loom__pending {
+    char id[33];
+    loom_reply_fn cb;
+    void *user;
+    loom_runtime *rt;
+    loom__timer timer;          /* fires the 504 */
+    uint32_t timeout_ms;
+    bool done;                  /* completed while its timer job was queued */
+    bool sync;                  /* a blocking caller: may complete on any thread */
+    struct loom__pending *next; /* hash chain */
+} loom__pending;
+
+/* A remote instance's announcement (discovery). */
+typedef struct loom__remote {
+    char *topic; /* announcement topic: identifies the instance */
+    cJSON *doc;  /* the announcement payload */
+    struct loom__remote *next;
+} loom__remote;
+
+enum { LOOM__CREATED = 0, LOOM__STARTED, LOOM__STOPPING, LOOM__STOPPED };
+
+struct loom_runtime {
+    loom__logger log;
+    char instance_id[65];
+    char *prefix;
+    char *broker_url;
+    char *announce_topic; /* {prefix}/svc/{instance}: this instance's services */
+    cJSON *local_doc;     /* the announcement of this instance's services */
+    bool locks_ready;     /* the mutexes below were initialized */
+    size_t ready_missing; /* scratch for the readiness check, under ready_mu */
+    loom_config *config; /* owned clone, never NULL */
+    unsigned workers;
+    uint32_t default_timeout_ms;
+    uint32_t drain_timeout_ms;
+    size_t max_message;
+    int qos_command, qos_reply, qos_event, qos_discovery;
+
+    loom__service *services;
+    size_t n_services;
+
+    /* broker */
+    const loom_adapter_ops *ops;
+    void *adapter;
+    loom_adapter_host host;
+    atomic_int broker_state;
+    loom__token reply_tok;
+    loom__token discovery_tok;
+    char *reply_topic;
+
+    loom_store *store;
+    loom__pool pool;
+
+    atomic_int state;
+    /* Commands being handled here (from start of the handler to its reply). */
+    atomic_long inflight;
+
+    /* pending calls, keyed by request id */
+    pthread_mutex_t pend_mu;
+    loom__pending **pend_buckets;
+    size_t pend_nbuckets; /* power of two */
+    size_t pend_count;
+
+    /* deferred handler contexts not yet answered (freed at destroy) */
+    pthread_mutex_t ctx_mu;
+    struct loom_ctx *deferred;
+
+    /* discovery: remote announcements */
+    pthread_mutex_t disc_mu;
+    loom__remote *remotes;
+    atomic_uint routes_version; /* bumped when remotes change */
+
+    /* readiness */
+    pthread_mutex_t ready_mu;
+    pthread_cond_t ready_cv;
+};
+
+/* Handler context. */
+struct loom_ctx {
+    loom_runtime *rt;
+    loom__service *svc;
+    loom__command *cmd;      /* commands */
+    loom__subscription *sub; /* subscriptions */
+    loom_msg *msg;           /* retained */
+    /* Where the response goes. */
+    int reply_kind; /* LOOM__TO_* */
+    char *reply_topic;
+    void *correlation;
+    size_t correlation_len;
+    atomic_int flags; /* LOOM__CTX_* */
+    cJSON *sub_result; /* subscriptions: what loom_ctx_reply gave */
+    struct loom_ctx *next_deferred, *prev_deferred;
+};
+
+/* Where a command's response goes. */
+enum {
+    LOOM__TO_NONE = 0, /* nobody asked (dropped) */
+    LOOM__TO_PENDING,  /* a call of this runtime: completes its pending entry */
+    LOOM__TO_TOPIC,    /* a remote loom caller: envelope on reply_topic */
+    LOOM__TO_BARE,     /* a plain MQTT client: bare JSON + status property */
+};
+
+enum {
+    LOOM__CTX_REPLIED = 1,
+    LOOM__CTX_DEFERRED = 2,
+    LOOM__CTX_RETURNED = 4,
+    LOOM__CTX_DONE = 8, /* the answer has been delivered */
+};
+
+/* runtime.c */
+void loom__rt_log(loom_runtime *rt, loom_log_level level, const char *fmt, ...) LOOM_PRINTF(3, 4);
+loom__command *loom__find_command(loom_runtime *rt, const char *service, const char *version,
+                                  const char *command);
+/* Publishes msg (taken over on LOOM_OK) on topic through the adapter,
+ * serializing it when the adapter is not in-process. */
+loom_err loom__publish(loom_runtime *rt, const char *topic, loom_msg *msg, int qos, bool retain,
+                       const char *response_topic, const void *corr, size_t corr_len);
+/* Emits an event as ctx's service (or the runtime when ctx is NULL);
+ * payload taken over on LOOM_OK. */
+loom_err loom__emit(loom_runtime *rt, const loom_ctx *ctx, const char *event, cJSON *payload);
+char *loom__event_topic(loom_runtime *rt, const char *event, const char *service,
+                        const char *version);
+
+/* invoke.c */
+loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
+                      loom_reply_fn cb, void *user);
+loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
+                    loom_msg **response);
+/* Completes the pending call response answers (response released here).
+ * False when no call waits for it (late or unknown). */
+bool loom__complete_pending(loom_runtime *rt, loom_msg *response);
+/* True when the pending call with this request id is a blocking caller. */
+bool loom__pending_is_sync(loom_runtime *rt, const char *id);
+/* Fails every pending call with status (stop). */
+void loom__fail_all_pending(loom_runtime *rt, int status, const char *message);
+loom_err loom__pending_init(loom_runtime *rt);
+void loom__pending_fini(loom_runtime *rt);
+
+/* dispatch.c */
+/* Runs a command handler for msg (retained by the caller, released here).
+ * The response goes as described by the reply fields. */
+void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg, int reply_kind,
+                       const char *reply_topic, const void *corr, size_t corr_len);
+void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg *msg,
+                            uint32_t attempt);
+bool loom__filter_matches(const loom_filter *f, const loom_msg *m);
+void loom__free_deferred(loom_runtime *rt);
+
+bool loom__runtime_ready(loom_runtime *rt);
+
+/* discovery.c */
+/* Calls fn for each command known to this runtime: local ones first, then
+ * those announced by live remote instances (each service/version/command
+ * once). cmd is the command's announcement object ({"name","description",
+ * "http":{"method","path","public"},"payloadSchema",...}), borrowed. Runs
+ * under the discovery lock: fn must not call into the runtime. */
+void loom__commands_each(loom_runtime *rt,
+                         void (*fn)(void *user, const char *service, const char *version,
+                                    const char *service_description, const cJSON *cmd,
+                                    bool local),
+                         void *user);
+/* Changes whenever the set of known remote commands changes. */
+unsigned loom__routes_version(loom_runtime *rt);
+loom_err loom__announce(loom_runtime *rt);
+void loom__unannounce(loom_runtime *rt);
+void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg, bool empty);
+/* True when some live remote instance announced service/version/command. */
+bool loom__remote_has_command(loom_runtime *rt, const char *service, const char *version,
+                              const char *command);
+/* The timeout a remote instance announced for the command, or 0. */
+uint32_t loom__remote_timeout(loom_runtime *rt, const char *service, const char *version,
+                              const char *command);
+void loom__discovery_fini(loom_runtime *rt);
+
+/* memory.c */
+extern const loom_adapter_ops loom__memory_adapter;
+
+#endif
