@@ -49,10 +49,12 @@ loom_err loom__msg_set(char **field, const char *v);
 loom_err loom__msg_set_address(loom_address *a, const char *service, const char *version,
                                const char *target, const char *instance);
 /* An error response correlated to request (which may be NULL): status,
- * message copied, data taken over. NULL on allocation failure. */
+ * message copied, data taken over only when non-NULL is returned. NULL on
+ * allocation failure. */
 loom_msg *loom__msg_error_for(const loom_msg *request, int status, const char *message,
                               cJSON *data, bool handled);
-/* A success response correlated to request; result taken over. */
+/* A success response correlated to request; result taken over only when
+ * non-NULL is returned. */
 loom_msg *loom__msg_success_for(const loom_msg *request, cJSON *result);
 
 #endif

@@ -317,7 +317,10 @@ static loom_msg *validation_error(const loom_msg *req, const char *what, cJSON *
         cJSON_Delete(details);
     char text[64];
     snprintf(text, sizeof text, "invalid %s", what);
-    return loom__msg_error_for(req, 400, text, data, true);
+    loom_msg *resp = loom__msg_error_for(req, 400, text, data, true);
+    if (!resp)
+        cJSON_Delete(data); /* taken over only on success */
+    return resp;
 }
 
 /* Answers without running the handler (validation, deadline, stopping). */
