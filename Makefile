@@ -64,7 +64,7 @@ TEST_SUPPORT := $(sort $(wildcard tests/support/*.c))
 TEST_BINS    := $(TEST_SRCS:tests/%.c=$(O)/tests/%)
 TEST_LIBS    := -lcmocka -lcurl
 
-.PHONY: all lib examples demo test check asan check-symbols install uninstall deps clean \
+.PHONY: loom.pc all lib examples demo test check asan check-symbols install uninstall deps clean \
         tests pkgconfig-test format bench fuzz
 
 all: lib examples

@@ -69,7 +69,7 @@ typedef enum loom_err {
 LOOM_API const char *loom_strerror(loom_err err);
 
 /* Frees memory that loom allocated and handed to you as a plain buffer
- * (loom_msg_encode, loom_config_dump, ...). Accepts NULL. */
+ * (loom_msg_encode). Accepts NULL. */
 LOOM_API void loom_free(void *ptr);
 
 /* ------------------------------------------------------------------------ */
@@ -429,14 +429,19 @@ LOOM_API loom_err loom_store_delete(loom_store *s, const char *key);
 LOOM_API loom_err loom_store_incr(loom_store *s, const char *key, int64_t delta, int64_t *out);
 
 /* ------------------------------------------------------------------------ */
-/* Deployment configuration (YAML file, environment, flags)                  */
+/* Deployment configuration (YAML file, environment, flags). A loom_config is
+ * not locked: change it from one thread; read-only use from many threads at
+ * once is fine.                                                               */
 
 /* Creates an empty configuration (every value at its default). */
 LOOM_API loom_err loom_config_create(loom_config **out);
 LOOM_API void loom_config_destroy(loom_config *cfg);
-/* Loads a YAML file over the current values. LOOM_EIO when it cannot be
- * read, LOOM_EPARSE for broken YAML, LOOM_ECONFIG for unknown keys or bad
- * values; loom_config_error() then says "FILE:LINE: KEY: reason". */
+/* Loads a YAML file over the current values (maps merge, lists and scalars
+ * replace; `key: ~` resets a key to its default). LOOM_EIO when it cannot be
+ * read, LOOM_ETOOBIG over 1 MiB, LOOM_EPARSE for broken or unsupported YAML
+ * (anchors, aliases, several documents), LOOM_ECONFIG for unknown keys or bad
+ * values; loom_config_error() then says "FILE:LINE: KEY: reason". A failed
+ * load leaves the configuration as it was. */
 LOOM_API loom_err loom_config_load_file(loom_config *cfg, const char *path);
 /* Same, from memory; name is used in error messages. */
 LOOM_API loom_err loom_config_load_string(loom_config *cfg, const char *yaml, size_t len,

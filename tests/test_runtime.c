@@ -214,6 +214,13 @@ static void test_sync_call_success(void **state)
     assert_non_null(loom_msg_correlation_id(r));
     loom_msg_release(r);
 
+    /* a blocking call whose in-process handler defers and answers from
+     * another thread */
+    r = call(rt, "deferred", NULL);
+    assert_int_equal(loom_msg_status(r), 200);
+    assert_true(t_json_eq(loom_msg_payload(r), "{\"answered\":\"later\"}"));
+    loom_msg_release(r);
+
     r = call(rt, "empty", NULL);
     assert_int_equal(loom_msg_status(r), 204);
     assert_null(loom_msg_result_json(r));

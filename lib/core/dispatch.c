@@ -83,6 +83,9 @@ static void route_response(loom_ctx *ctx, loom_msg *resp)
     case LOOM__TO_PENDING:
         loom__complete_pending(rt, resp);
         return;
+    case LOOM__TO_SLOT:
+        ctx->slot->resp = resp;
+        return;
     case LOOM__TO_TOPIC: {
         loom_err err = loom__publish(rt, ctx->reply_topic, resp, rt->qos_reply, false, NULL,
                                      ctx->correlation, ctx->correlation_len);
@@ -277,6 +280,10 @@ loom_err loom_ctx_defer(loom_ctx *ctx)
             atomic_fetch_and(&ctx->flags, ~LOOM__CTX_DEFERRED);
         return LOOM_ESTATE;
     }
+    if (ctx->reply_kind == LOOM__TO_SLOT && loom__slot_defer(ctx) != LOOM_OK) {
+        atomic_fetch_and(&ctx->flags, ~LOOM__CTX_DEFERRED);
+        return LOOM_ENOMEM;
+    }
     loom_runtime *rt = ctx->rt;
     pthread_mutex_lock(&rt->ctx_mu);
     ctx->prev_deferred = NULL;
@@ -324,13 +331,12 @@ static loom_msg *validation_error(const loom_msg *req, const char *what, cJSON *
 }
 
 /* Answers without running the handler (validation, deadline, stopping). */
-static void answer_early(loom_runtime *rt, loom__command *cmd, loom_msg *msg, int reply_kind,
-                         const char *reply_topic, const void *corr, size_t corr_len,
-                         loom_msg *resp)
+static void answer_early(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
+                         const loom__route *to, loom_msg *resp)
 {
-    loom_ctx tmp = {.rt = rt, .svc = cmd->svc, .cmd = cmd, .msg = msg,
-                    .reply_kind = reply_kind, .reply_topic = (char *)reply_topic,
-                    .correlation = (void *)corr, .correlation_len = corr_len};
+    loom_ctx tmp = {.rt = rt, .svc = cmd->svc, .cmd = cmd, .msg = msg, .reply_kind = to->kind,
+                    .slot = to->slot, .reply_topic = (char *)to->topic,
+                    .correlation = (void *)to->corr, .correlation_len = to->corr_len};
     if (resp) {
         loom__msg_set_address(&resp->sender, cmd->svc->def->name, cmd->svc->def->version,
                               cmd->def->name, rt->instance_id);
@@ -339,8 +345,8 @@ static void answer_early(loom_runtime *rt, loom__command *cmd, loom_msg *msg, in
     loom_msg_release(msg);
 }
 
-void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg, int reply_kind,
-                       const char *reply_topic, const void *corr, size_t corr_len)
+void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
+                       const loom__route *to)
 {
     loom_msg *early = NULL;
     if (atomic_load(&rt->state) >= LOOM__STOPPING)
@@ -359,29 +365,30 @@ void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg, int 
             early = validation_error(msg, "parameter", details);
     }
     if (early) {
-        answer_early(rt, cmd, msg, reply_kind, reply_topic, corr, corr_len, early);
+        answer_early(rt, cmd, msg, to, early);
         return;
     }
     loom_ctx *ctx = ctx_new(rt, cmd->svc, msg);
-    if (ctx && reply_topic)
-        ctx->reply_topic = strdup(reply_topic);
-    if (ctx && corr_len) {
-        ctx->correlation = malloc(corr_len);
+    if (ctx && to->topic)
+        ctx->reply_topic = strdup(to->topic);
+    if (ctx && to->corr_len) {
+        ctx->correlation = malloc(to->corr_len);
         if (ctx->correlation)
-            memcpy(ctx->correlation, corr, corr_len);
+            memcpy(ctx->correlation, to->corr, to->corr_len);
     }
-    if (!ctx || (reply_topic && !ctx->reply_topic) || (corr_len && !ctx->correlation)) {
+    if (!ctx || (to->topic && !ctx->reply_topic) || (to->corr_len && !ctx->correlation)) {
         if (ctx) {
             ctx->msg = NULL;
             ctx_free(ctx);
         }
-        answer_early(rt, cmd, msg, reply_kind, reply_topic, corr, corr_len,
+        answer_early(rt, cmd, msg, to,
                      loom__msg_error_for(msg, 503, "out of memory", NULL, false));
         return;
     }
     ctx->cmd = cmd;
-    ctx->reply_kind = reply_kind;
-    ctx->correlation_len = corr_len;
+    ctx->reply_kind = to->kind;
+    ctx->slot = to->slot;
+    ctx->correlation_len = to->corr_len;
     atomic_fetch_add(&rt->inflight, 1);
 
     cmd->def->handler(ctx, cmd->svc->user);

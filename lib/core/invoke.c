@@ -276,13 +276,6 @@ static loom_msg *build_request(loom_runtime *rt, const loom_ctx *parent, const l
     return m;
 }
 
-static char *command_topic(loom_runtime *rt, const char *service, const char *version,
-                           const char *command)
-{
-    const char *segs[] = {service, version, command};
-    return loom__topic_build(rt->prefix, "cmd", segs, 3);
-}
-
 typedef struct local_job {
     loom_runtime *rt;
     loom_msg *msg;
@@ -292,8 +285,8 @@ static void run_local(void *a, void *b, uintptr_t c)
 {
     (void)c;
     local_job *j = a;
-    loom__command *cmd = b;
-    loom__run_command(j->rt, cmd, j->msg, LOOM__TO_PENDING, NULL, NULL, 0);
+    loom__route to = {.kind = LOOM__TO_PENDING};
+    loom__run_command(j->rt, b, j->msg, &to);
     free(j);
 }
 
@@ -311,134 +304,178 @@ static uint32_t call_timeout(loom_runtime *rt, const loom_call *call, const loom
     return announced ? announced : rt->default_timeout_ms;
 }
 
-/* Answers cb at once with resp (consumed). */
-static loom_err answer_now(loom_runtime *rt, loom_reply_fn cb, void *user, loom_msg *resp)
-{
-    if (!resp)
-        return LOOM_ENOMEM;
-    answer(rt, cb, user, resp);
-    return LOOM_OK;
-}
+/* A request ready to go: either msg (with local set when this runtime
+ * serves it) or, when it cannot even be sent, an immediate response. */
+typedef struct prepared {
+    loom_msg *msg;
+    loom__command *local;
+    const char *version;
+    loom_msg *early;
+} prepared;
 
-static loom_err invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
-                       loom_reply_fn cb, void *user, bool sync)
+static loom_err prepare(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
+                        prepared *p)
 {
-    if (!rt || !call || !cb || !valid_name(call->service) || !valid_name(call->command) ||
+    memset(p, 0, sizeof *p);
+    if (!rt || !call || !valid_name(call->service) || !valid_name(call->command) ||
         (call->version && !valid_name(call->version)) ||
         (call->parameter && !cJSON_IsObject(call->parameter)) ||
         (call->trace_id && !loom__is_id(call->trace_id)))
         return LOOM_EINVAL;
     if (atomic_load(&rt->state) != LOOM__STARTED)
         return LOOM_ECLOSED;
-    const char *version = call->version ? call->version : "1";
-    loom__command *local = loom__find_command(rt, call->service, version, call->command);
-    uint32_t timeout = call_timeout(rt, call, local, version);
-    loom_msg *m = build_request(rt, parent, call, version, timeout);
+    p->version = call->version ? call->version : "1";
+    p->local = loom__find_command(rt, call->service, p->version, call->command);
+    uint32_t timeout = call_timeout(rt, call, p->local, p->version);
+    loom_msg *m = build_request(rt, parent, call, p->version, timeout);
     if (!m)
         return LOOM_ENOMEM;
     /* From here on the call cannot fail: take the payload and parameter. */
     m->payload = call->payload;
     m->parameter = call->parameter;
-
     if (m->deadline <= loom__now_ms()) {
-        loom_msg *r = fail_response(m, 504, "the deadline passed before the call was made");
+        p->early = fail_response(m, 504, "the deadline passed before the call was made");
         loom_msg_release(m);
-        return answer_now(rt, cb, user, r);
+        return p->early ? LOOM_OK : LOOM_ENOMEM;
     }
-    uint32_t remaining = (uint32_t)(m->deadline - loom__now_ms());
-    if (local) {
-        /* In-process: the local instance serves it, without the broker. */
-        if (!pend_add(rt, m->id, cb, user, remaining, sync)) {
-            loom_msg *r = fail_response(m, 503, "out of memory");
-            loom_msg_release(m);
-            return answer_now(rt, cb, user, r);
-        }
-        if (sync) {
-            /* Blocking callers run the handler on their own thread. */
-            loom__run_command(rt, local, m, LOOM__TO_PENDING, NULL, NULL, 0);
-            return LOOM_OK;
-        }
-        local_job *j = malloc(sizeof *j);
-        loom_err err = LOOM_ENOMEM;
-        if (j) {
-            *j = (local_job){rt, m};
-            err = loom__pool_submit(&rt->pool, (loom__job){run_local, j, local, 0});
-        }
-        if (err != LOOM_OK) {
-            free(j);
-            char id[33];
-            memcpy(id, m->id, 33);
-            loom_msg *r = fail_response(m, 503, "%s: %s.%s refused",
-                                        err == LOOM_EOVERLOAD ? "overloaded" : "unavailable",
-                                        call->service, call->command);
-            loom_msg_release(m);
-            loom_reply_fn pcb;
-            void *puser;
-            if (pend_take(rt, id, &pcb, &puser) && r)
-                answer(rt, pcb, puser, r);
-            else
-                loom_msg_release(r);
-        }
-        return LOOM_OK;
+    if (!p->local && !(rt->ops->caps & LOOM_CAP_KNOWS_RECEIVERS) &&
+        !loom__remote_has_command(rt, call->service, p->version, call->command)) {
+        p->early = fail_response(m, 503, "no receiver for %s.%s (version %s)", call->service,
+                                 call->command, p->version);
+        loom_msg_release(m);
+        return p->early ? LOOM_OK : LOOM_ENOMEM;
     }
+    p->msg = m;
+    return LOOM_OK;
+}
 
-    bool knows = rt->ops->caps & LOOM_CAP_KNOWS_RECEIVERS;
-    if (!knows && !loom__remote_has_command(rt, call->service, version, call->command)) {
-        loom_msg *r = fail_response(m, 503, "no receiver for %s.%s (version %s)", call->service,
-                                    call->command, version);
-        loom_msg_release(m);
-        return answer_now(rt, cb, user, r);
-    }
-    char *topic = command_topic(rt, call->service, version, call->command);
+static uint32_t remaining_ms(const loom_msg *m)
+{
+    int64_t left = m->deadline - loom__now_ms();
+    return left > 0 ? (uint32_t)left : 1;
+}
+
+/* Answers a pending call that could not be sent (resp consumed). */
+static void fail_pending(loom_runtime *rt, const char *id, loom_msg *resp)
+{
+    loom_reply_fn cb;
+    void *user;
+    if (resp && pend_take(rt, id, &cb, &user))
+        answer(rt, cb, user, resp);
+    else
+        loom_msg_release(resp);
+}
+
+/* Queues a local command for the worker pool; its answer completes the
+ * pending entry. */
+static void send_local(loom_runtime *rt, const prepared *p, loom_reply_fn cb, void *user)
+{
+    loom_msg *m = p->msg;
     char id[33];
     memcpy(id, m->id, 33);
-    if (!topic || !pend_add(rt, id, cb, user, remaining, sync)) {
-        free(topic);
+    if (!pend_add(rt, id, cb, user, remaining_ms(m), false)) {
         loom_msg *r = fail_response(m, 503, "out of memory");
         loom_msg_release(m);
-        return answer_now(rt, cb, user, r);
+        if (r)
+            answer(rt, cb, user, r);
+        return;
     }
-    loom_msg *r503 = fail_response(m, 503, "no receiver for %s.%s (version %s)", call->service,
-                                   call->command, version);
+    local_job *j = malloc(sizeof *j);
+    loom_err err = LOOM_ENOMEM;
+    if (j) {
+        *j = (local_job){rt, m};
+        err = loom__pool_submit(&rt->pool, (loom__job){run_local, j, p->local, 0});
+    }
+    if (err == LOOM_OK)
+        return;
+    free(j);
+    loom_msg *r = fail_response(m, 503, "%s: %s.%s refused",
+                                err == LOOM_EOVERLOAD ? "overloaded" : "unavailable",
+                                m->receiver.service, m->receiver.target);
+    loom_msg_release(m);
+    fail_pending(rt, id, r);
+}
+
+/* Publishes a command for a remote instance; its answer arrives on our
+ * reply topic and completes the pending entry. */
+static void send_remote(loom_runtime *rt, const prepared *p, loom_reply_fn cb, void *user,
+                        bool sync)
+{
+    loom_msg *m = p->msg;
+    char id[33];
+    memcpy(id, m->id, 33);
+    const char *segs[] = {m->receiver.service, m->receiver.version, m->receiver.target};
+    char *topic = loom__topic_build(rt->prefix, "cmd", segs, 3);
+    loom_msg *r503 = fail_response(m, 503, "no receiver for %s.%s (version %s)",
+                                   m->receiver.service, m->receiver.target, p->version);
+    if (!topic || !r503 || !pend_add(rt, id, cb, user, remaining_ms(m), sync)) {
+        free(topic);
+        loom_msg_release(m);
+        if (r503) {
+            free(r503->error_message);
+            r503->error_message = strdup("out of memory");
+            answer(rt, cb, user, r503);
+        }
+        return;
+    }
     loom_err err = loom__publish(rt, topic, m, rt->qos_command, false, rt->reply_topic, id, 32);
     free(topic);
     if (err == LOOM_OK) {
         loom_msg_release(r503);
-        return LOOM_OK;
+        return;
+    }
+    if (err != LOOM_EUNAVAILABLE) {
+        free(r503->error_message);
+        r503->error_message = loom__asprintf("cannot send to %s.%s: %s", m->receiver.service,
+                                             m->receiver.target, loom_strerror(err));
     }
     loom_msg_release(m);
-    loom_reply_fn pcb;
-    void *puser;
-    if (pend_take(rt, id, &pcb, &puser)) {
-        if (r503 && err != LOOM_EUNAVAILABLE) {
-            free(r503->error_message);
-            r503->error_message = loom__asprintf("cannot send to %s.%s: %s", call->service,
-                                                 call->command, loom_strerror(err));
-        }
-        if (r503)
-            answer(rt, pcb, puser, r503);
-        return LOOM_OK;
-    }
-    loom_msg_release(r503);
-    return LOOM_OK;
+    fail_pending(rt, id, r503);
 }
 
 loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
                       loom_reply_fn cb, void *user)
 {
-    return invoke(rt, parent, call, cb, user, false);
+    if (!cb)
+        return LOOM_EINVAL;
+    prepared p;
+    loom_err err = prepare(rt, parent, call, &p);
+    if (err != LOOM_OK)
+        return err;
+    if (p.early)
+        answer(rt, cb, user, p.early);
+    else if (p.local)
+        send_local(rt, &p, cb, user);
+    else
+        send_remote(rt, &p, cb, user, false);
+    return LOOM_OK;
 }
 
 /* --- blocking calls -------------------------------------------------------- */
 
-typedef struct waiter {
+struct loom__waiter {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     loom_msg *resp;
     atomic_int refs; /* the caller and the callback */
-} waiter;
+};
 
-static void waiter_unref(waiter *w)
+static loom__waiter *waiter_new(void)
+{
+    loom__waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&w->refs, 2);
+    return w;
+}
+
+static void waiter_unref(loom__waiter *w)
 {
     if (atomic_fetch_sub(&w->refs, 1) == 1) {
         loom_msg_release(w->resp);
@@ -451,7 +488,7 @@ static void waiter_unref(waiter *w)
 static void waiter_cb(loom_runtime *rt, const loom_msg *resp, void *user)
 {
     (void)rt;
-    waiter *w = user;
+    loom__waiter *w = user;
     pthread_mutex_lock(&w->mu);
     w->resp = loom_msg_retain((loom_msg *)resp);
     pthread_cond_signal(&w->cv);
@@ -459,35 +496,18 @@ static void waiter_cb(loom_runtime *rt, const loom_msg *resp, void *user)
     waiter_unref(w);
 }
 
-loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
-                    loom_msg **response)
+/* Waits for the waiter's response. The pending entry's timer answers 504 at
+ * the deadline; the extra second only guards against a pool too busy to run
+ * that answer. Drops the caller's reference. */
+static loom_msg *waiter_wait(loom__waiter *w, int64_t deadline)
 {
-    if (!response)
-        return LOOM_EINVAL;
-    *response = NULL;
-    waiter *w = calloc(1, sizeof *w);
-    if (!w)
-        return LOOM_ENOMEM;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    atomic_init(&w->refs, 2);
-    loom_err err = invoke(rt, parent, call, waiter_cb, w, true);
-    if (err != LOOM_OK) {
-        atomic_store(&w->refs, 1);
-        waiter_unref(w);
-        return err;
-    }
-    /* The pending entry's timer answers 504 at the deadline; the extra
-     * second only guards against a pool too busy to run that answer. */
-    uint32_t timeout = call->timeout_ms ? call->timeout_ms : rt->default_timeout_ms;
+    int64_t left = deadline - loom__now_ms();
+    if (left < 0)
+        left = 0;
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout / 1000 + 1;
-    ts.tv_nsec += (long)(timeout % 1000) * 1000000;
+    ts.tv_sec += left / 1000 + 1;
+    ts.tv_nsec += (long)(left % 1000) * 1000000;
     if (ts.tv_nsec >= 1000000000) {
         ts.tv_sec++;
         ts.tv_nsec -= 1000000000;
@@ -500,8 +520,76 @@ loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *c
     w->resp = NULL;
     pthread_mutex_unlock(&w->mu);
     waiter_unref(w);
-    if (!resp)
+    return resp;
+}
+
+loom_err loom__slot_defer(loom_ctx *ctx)
+{
+    loom__waiter *w = waiter_new();
+    if (!w)
+        return LOOM_ENOMEM;
+    if (!pend_add(ctx->rt, ctx->msg->id, waiter_cb, w, remaining_ms(ctx->msg), true)) {
+        free(w);
+        return LOOM_ENOMEM;
+    }
+    ctx->slot->waiter = w;
+    ctx->reply_kind = LOOM__TO_PENDING;
+    return LOOM_OK;
+}
+
+/* The handler runs here, on the caller's thread: no queue, no pending
+ * entry, no timer, unless it defers. A result that comes after the
+ * deadline is replaced by 504, as a remote caller would have had. */
+static loom_msg *call_inline(loom_runtime *rt, const prepared *p)
+{
+    char id[33];
+    memcpy(id, p->msg->id, 33);
+    int64_t deadline = p->msg->deadline;
+    loom__slot slot = {0};
+    loom__route to = {.kind = LOOM__TO_SLOT, .slot = &slot};
+    loom__run_command(rt, p->local, p->msg, &to);
+    loom_msg *resp = slot.waiter ? waiter_wait(slot.waiter, deadline) : slot.resp;
+    if (resp && deadline < loom__now_ms() && loom_msg_status(resp) < 500) {
+        loom_msg_release(resp);
+        resp = NULL;
+    }
+    if (!resp) {
         resp = loom__msg_error_for(NULL, 504, "timed out waiting for the response", NULL, false);
+        if (resp)
+            memcpy(resp->correlation_id, id, 33);
+    }
+    return resp;
+}
+
+loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
+                    loom_msg **response)
+{
+    if (!response)
+        return LOOM_EINVAL;
+    *response = NULL;
+    prepared p;
+    loom_err err = prepare(rt, parent, call, &p);
+    if (err != LOOM_OK)
+        return err;
+    loom_msg *resp;
+    if (p.early) {
+        resp = p.early;
+    } else if (p.local) {
+        resp = call_inline(rt, &p);
+    } else {
+        loom__waiter *w = waiter_new();
+        if (!w) {
+            resp = fail_response(p.msg, 503, "out of memory");
+            loom_msg_release(p.msg);
+        } else {
+            int64_t deadline = p.msg->deadline;
+            send_remote(rt, &p, waiter_cb, w, true);
+            resp = waiter_wait(w, deadline);
+            if (!resp)
+                resp = loom__msg_error_for(NULL, 504, "timed out waiting for the response",
+                                           NULL, false);
+        }
+    }
     if (!resp)
         return LOOM_ENOMEM;
     *response = resp;

@@ -385,8 +385,9 @@ static void run_bare_command(loom_runtime *rt, loom__command *cmd, raw_delivery 
         cJSON_Delete(body);
         return;
     }
-    loom__run_command(rt, cmd, m, LOOM__TO_BARE, r->response_topic, r->correlation,
-                      r->correlation_len);
+    loom__route to = {LOOM__TO_BARE, r->response_topic, r->correlation, r->correlation_len,
+                      NULL};
+    loom__run_command(rt, cmd, m, &to);
 }
 
 static void run_raw(loom_runtime *rt, raw_delivery *r)
@@ -414,11 +415,10 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
             return;
         }
         const char *reply_to = m->reply_to ? m->reply_to : r->response_topic;
-        if (!reply_to) {
-            loom__run_command(rt, cmd, m, LOOM__TO_NONE, NULL, NULL, 0);
-            return;
-        }
-        loom__run_command(rt, cmd, m, LOOM__TO_TOPIC, reply_to, m->id, 32);
+        char id[33];
+        memcpy(id, m->id, 33);
+        loom__route to = {reply_to ? LOOM__TO_TOPIC : LOOM__TO_NONE, reply_to, id, 32, NULL};
+        loom__run_command(rt, cmd, m, &to);
         return;
     }
     if (err != LOOM_OK) {
@@ -464,8 +464,9 @@ static void msg_job(void *a, void *b, uintptr_t c)
         }
         char id[33];
         memcpy(id, m->id, 33);
-        loom__run_command(rt, cmd, m, m->reply_to ? LOOM__TO_TOPIC : LOOM__TO_NONE,
-                          m->reply_to, id, 32);
+        loom__route to = {m->reply_to ? LOOM__TO_TOPIC : LOOM__TO_NONE, m->reply_to, id, 32,
+                          NULL};
+        loom__run_command(rt, cmd, m, &to);
         return;
     }
     case LOOM__TOK_SUBSCRIPTION:

@@ -136,6 +136,35 @@ struct loom_runtime {
     pthread_cond_t ready_cv;
 };
 
+/* Where a command's response goes. */
+enum {
+    LOOM__TO_NONE = 0, /* nobody asked (dropped) */
+    LOOM__TO_PENDING,  /* a call of this runtime: completes its pending entry */
+    LOOM__TO_TOPIC,    /* a remote loom caller: envelope on reply_topic */
+    LOOM__TO_BARE,     /* a plain MQTT client: bare JSON + status property */
+    LOOM__TO_SLOT,     /* a blocking in-process caller on this very thread */
+};
+
+typedef struct loom__waiter loom__waiter;
+
+/* A blocking in-process call: the handler runs on the caller's thread and
+ * its answer lands here, unless the handler defers (then `waiter` is set
+ * and the answer comes through the pending table). */
+typedef struct loom__slot {
+    loom_msg *resp;
+    loom__waiter *waiter;
+} loom__slot;
+
+/* Where a command's response goes (see LOOM__TO_*). Borrowed by
+ * loom__run_command, which copies what it keeps. */
+typedef struct loom__route {
+    int kind;
+    const char *topic;
+    const void *corr;
+    size_t corr_len;
+    loom__slot *slot;
+} loom__route;
+
 /* Handler context. */
 struct loom_ctx {
     loom_runtime *rt;
@@ -145,20 +174,13 @@ struct loom_ctx {
     loom_msg *msg;           /* retained */
     /* Where the response goes. */
     int reply_kind; /* LOOM__TO_* */
+    loom__slot *slot;
     char *reply_topic;
     void *correlation;
     size_t correlation_len;
     atomic_int flags; /* LOOM__CTX_* */
     cJSON *sub_result; /* subscriptions: what loom_ctx_reply gave */
     struct loom_ctx *next_deferred, *prev_deferred;
-};
-
-/* Where a command's response goes. */
-enum {
-    LOOM__TO_NONE = 0, /* nobody asked (dropped) */
-    LOOM__TO_PENDING,  /* a call of this runtime: completes its pending entry */
-    LOOM__TO_TOPIC,    /* a remote loom caller: envelope on reply_topic */
-    LOOM__TO_BARE,     /* a plain MQTT client: bare JSON + status property */
 };
 
 enum {
@@ -190,6 +212,9 @@ loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *c
 /* Completes the pending call response answers (response released here).
  * False when no call waits for it (late or unknown). */
 bool loom__complete_pending(loom_runtime *rt, loom_msg *response);
+/* Turns a blocking in-process call whose handler defers into a pending
+ * call with a waiter (ctx->slot->waiter). */
+loom_err loom__slot_defer(loom_ctx *ctx);
 /* True when the pending call with this request id is a blocking caller. */
 bool loom__pending_is_sync(loom_runtime *rt, const char *id);
 /* Fails every pending call with status (stop). */
@@ -200,8 +225,8 @@ void loom__pending_fini(loom_runtime *rt);
 /* dispatch.c */
 /* Runs a command handler for msg (retained by the caller, released here).
  * The response goes as described by the reply fields. */
-void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg, int reply_kind,
-                       const char *reply_topic, const void *corr, size_t corr_len);
+void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
+                       const loom__route *to);
 void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg *msg,
                             uint32_t attempt);
 bool loom__filter_matches(const loom_filter *f, const loom_msg *m);
