@@ -676,6 +676,42 @@ static void test_stop_answers_what_is_left(void **state)
     loom_runtime_destroy(rt);
 }
 
+
+static void test_concurrency_limit(void **state)
+{
+    (void)state;
+    loom_config *cfg = NULL;
+    assert_int_equal(loom_config_create(&cfg), LOOM_OK);
+    assert_int_equal(loom_config_set(cfg, "limits.concurrency.test.slow", "1"), LOOM_OK);
+    loom_runtime_config rc = {.config = cfg, .broker_url = "memory:bulkhead", .workers = 4,
+                              .log_fn = capture_log};
+    loom_runtime *rt = NULL;
+    assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
+    loom_config_destroy(cfg);
+    assert_int_equal(loom_runtime_add_service(rt, &svc_test, NULL), LOOM_OK);
+    assert_int_equal(loom_runtime_start(rt), LOOM_OK);
+    async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
+    async_result b = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
+    loom_call c = {.service = "test", .command = "slow", .payload = t_json("{\"ms\":200}"),
+                   .timeout_ms = 2000};
+    assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
+    sleep_ms(50); /* the first one runs */
+    c.payload = t_json("{\"ms\":1}");
+    assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &b), LOOM_OK);
+    async_wait(&b, 1);
+    assert_int_equal(b.status, 503);
+    async_wait(&a, 1);
+    assert_int_equal(a.status, 200);
+    /* the slot is free again */
+    c.payload = t_json("{\"ms\":1}");
+    assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &b), LOOM_OK);
+    async_wait(&b, 2);
+    assert_int_equal(b.status, 200);
+    cJSON_Delete(a.body);
+    cJSON_Delete(b.body);
+    loom_runtime_destroy(rt);
+}
+
 /* --- many threads ------------------------------------------------------------- */
 
 typedef struct worker_arg {
@@ -789,6 +825,7 @@ int main(void)
         cmocka_unit_test(test_stop_drains_in_flight),
         cmocka_unit_test(test_stop_answers_what_is_left),
         cmocka_unit_test(test_concurrency),
+        cmocka_unit_test(test_concurrency_limit),
         cmocka_unit_test(test_bad_definitions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -142,6 +142,7 @@ static void after_answer(loom_ctx *ctx)
 {
     loom_runtime *rt = ctx->rt;
     atomic_fetch_sub(&rt->inflight, 1);
+    atomic_fetch_sub(&ctx->cmd->running, 1);
     if (atomic_load(&ctx->flags) & LOOM__CTX_DEFERRED) {
         pthread_mutex_lock(&rt->ctx_mu);
         if (ctx->prev_deferred)
@@ -364,7 +365,13 @@ void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
                                         &details))
             early = validation_error(msg, "parameter", details);
     }
+    /* The bulkhead: a command never runs more than max_running at once. */
+    int running = atomic_fetch_add(&cmd->running, 1);
+    if (!early && cmd->max_running && running >= cmd->max_running)
+        early = loom__msg_error_for(msg, 503, "overloaded: too many concurrent requests", NULL,
+                                    false);
     if (early) {
+        atomic_fetch_sub(&cmd->running, 1);
         answer_early(rt, cmd, msg, to, early);
         return;
     }
@@ -381,6 +388,7 @@ void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
             ctx->msg = NULL;
             ctx_free(ctx);
         }
+        atomic_fetch_sub(&cmd->running, 1);
         answer_early(rt, cmd, msg, to,
                      loom__msg_error_for(msg, 503, "out of memory", NULL, false));
         return;

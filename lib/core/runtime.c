@@ -783,6 +783,10 @@ static loom_err add_commands(loom_runtime *rt, loom__service *s)
         c->svc = s;
         c->def = cd;
         c->timeout_ms = cd->timeout_ms;
+        char limit_key[300];
+        snprintf(limit_key, sizeof limit_key, "limits.concurrency.%s.%s", def->name, cd->name);
+        c->max_running = (int)loom__config_int(rt->config, limit_key, 0);
+        atomic_init(&c->running, 0);
         s->n_cmds++;
         char sw[340];
         loom_err err;

@@ -39,6 +39,8 @@ typedef struct loom__command {
     loom__schema *parameter_schema;
     loom__schema *output_schema;
     uint32_t timeout_ms;
+    int max_running;     /* limits.concurrency."service.command"; 0 = none */
+    atomic_int running;  /* handlers started and not yet answered */
 } loom__command;
 
 typedef struct loom__subscription {
