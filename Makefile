@@ -164,7 +164,7 @@ uninstall:
 
 DEB_PACKAGES := build-essential pkg-config libpaho-mqtt-dev libcjson-dev libyaml-dev \
                 libcmocka-dev libmicrohttpd-dev libcurl4-openssl-dev mosquitto \
-                mosquitto-clients curl
+                mosquitto-clients curl clang libclang-rt-14-dev valgrind
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' \
@@ -175,6 +175,30 @@ deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
+
+# --- fuzzing (clang + libFuzzer) ---------------------------------------------
+
+FUZZ_SECONDS ?= 30
+FZ := build/fuzz
+FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(FZ)/%)
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS := -std=gnu11 -g -O1 -Iinclude -Ilib -pthread $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+FUZZ_OBJS := $(LIB_SRCS:%.c=$(FZ)/%.o)
+
+$(FZ)/%.o: %.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+
+$(FZ)/libloom-fuzz.a: $(FUZZ_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(FZ)/libloom-fuzz.a
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FZ)/libloom-fuzz.a $(DEP_LIBS)
+
+fuzz: $(FUZZ_BINS)
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
 
 format:
 	clang-format -i include/*.h include/loom/*.h lib/*/*.[ch] tests/*.c tests/support/*.[ch] \
