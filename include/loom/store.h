@@ -8,9 +8,10 @@
  * cross this interface as serialized JSON text so remote stores need no
  * cJSON knowledge.
  *
- * Rules: every operation may be called from any thread concurrently;
- * operations block for at most the store's own timeout; a store never calls
- * back into the runtime.
+ * Rules: every operation may be called from any thread concurrently; an
+ * operation does not block for long (remote stores bound their waits with
+ * their own timeout; the file store holds its lock for one operation); a
+ * store never calls back into the runtime.
  */
 #ifndef LOOM_STORE_H
 #define LOOM_STORE_H

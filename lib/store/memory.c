@@ -221,98 +221,6 @@ static loom_err insert_locked(shard *sh, uint64_t h, const char *key, size_t kle
     return LOOM_OK;
 }
 
-/* --- integers ----------------------------------------------------------- */
-
-static bool is_digit(char c)
-{
-    return c >= '0' && c <= '9';
-}
-static bool is_ws(char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-
-/* Parses JSON text that must be exactly one number with an integral value
- * in int64 range ("42", "-7", "1e3", "2.50e1"), exactly (no doubles, no
- * locale). */
-static bool parse_integer(const char *s, int64_t *out)
-{
-    const char *p = s;
-    while (is_ws(*p))
-        p++;
-    bool neg = *p == '-';
-    if (neg)
-        p++;
-    if (!is_digit(*p) || (p[0] == '0' && is_digit(p[1])))
-        return false;
-
-    /* The digits read so far equal mant * 10^zeros: zeros are held back so
-     * that trailing ones never overflow mant. */
-    uint64_t mant = 0;
-    long long zeros = 0, frac = 0, exp = 0;
-    bool in_frac = false;
-    for (;; p++) {
-        if (*p == '.' && !in_frac && is_digit(p[1])) {
-            in_frac = true;
-            continue;
-        }
-        if (!is_digit(*p))
-            break;
-        if (in_frac)
-            frac++;
-        if (*p == '0') {
-            if (mant)
-                zeros++;
-            continue;
-        }
-        for (long long z = 0; z <= zeros; z++)
-            if (__builtin_mul_overflow(mant, 10, &mant))
-                return false; /* more than 20 significant digits */
-        if (__builtin_add_overflow(mant, (uint64_t)(*p - '0'), &mant))
-            return false;
-        zeros = 0;
-    }
-    if (*p == 'e' || *p == 'E') {
-        p++;
-        bool eneg = *p == '-';
-        if (*p == '+' || *p == '-')
-            p++;
-        if (!is_digit(*p))
-            return false;
-        for (; is_digit(*p); p++)
-            if (exp < 1000000) /* saturate: anything this big fails below */
-                exp = exp * 10 + (*p - '0');
-        if (eneg)
-            exp = -exp;
-    }
-    while (is_ws(*p))
-        p++;
-    if (*p)
-        return false;
-
-    if (mant == 0) {
-        *out = 0;
-        return true;
-    }
-    /* value = mant * 10^e10, and mant has no trailing zero digit. */
-    long long e10 = zeros - frac + exp;
-    if (e10 < 0)
-        return false; /* not integral */
-    for (long long i = 0; i < e10; i++)
-        if (__builtin_mul_overflow(mant, 10, &mant))
-            return false;
-    if (neg) {
-        if (mant > (uint64_t)INT64_MAX + 1)
-            return false;
-        *out = mant == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)mant;
-    } else {
-        if (mant > (uint64_t)INT64_MAX)
-            return false;
-        *out = (int64_t)mant;
-    }
-    return true;
-}
-
 /* --- operations --------------------------------------------------------- */
 
 static loom_err mem_get(void *self, const char *key, char **json)
@@ -412,7 +320,7 @@ static loom_err mem_incr(void *self, const char *key, int64_t delta, int64_t *ou
 
     pthread_mutex_lock(&sh->lock);
     entry **link = find_locked(sh, h, key, klen, now);
-    if (link && !parse_integer((*link)->value, &cur))
+    if (link && !loom__store_parse_integer((*link)->value, &cur))
         err = LOOM_EINVAL;
     else if (__builtin_add_overflow(cur, delta, &next))
         err = LOOM_EINVAL;

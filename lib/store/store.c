@@ -24,6 +24,7 @@ static void add_builtins_locked(void)
     if (builtins_added)
         return;
     registry[registry_len++] = &loom__store_memory_ops;
+    registry[registry_len++] = &loom__store_file_ops;
     builtins_added = true;
 }
 
@@ -115,6 +116,97 @@ void loom__store_close(loom_store *s)
     s->ops->close(s->self);
     free(s);
 }
+
+/* --- integers (shared by the stores' incr) ------------------------------ */
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+static bool is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+bool loom__store_parse_integer(const char *s, int64_t *out)
+{
+    const char *p = s;
+    while (is_ws(*p))
+        p++;
+    bool neg = *p == '-';
+    if (neg)
+        p++;
+    if (!is_digit(*p) || (p[0] == '0' && is_digit(p[1])))
+        return false;
+
+    /* The digits read so far equal mant * 10^zeros: zeros are held back so
+     * that trailing ones never overflow mant. */
+    uint64_t mant = 0;
+    long long zeros = 0, frac = 0, exp = 0;
+    bool in_frac = false;
+    for (;; p++) {
+        if (*p == '.' && !in_frac && is_digit(p[1])) {
+            in_frac = true;
+            continue;
+        }
+        if (!is_digit(*p))
+            break;
+        if (in_frac)
+            frac++;
+        if (*p == '0') {
+            if (mant)
+                zeros++;
+            continue;
+        }
+        for (long long z = 0; z <= zeros; z++)
+            if (__builtin_mul_overflow(mant, 10, &mant))
+                return false; /* more than 20 significant digits */
+        if (__builtin_add_overflow(mant, (uint64_t)(*p - '0'), &mant))
+            return false;
+        zeros = 0;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        bool eneg = *p == '-';
+        if (*p == '+' || *p == '-')
+            p++;
+        if (!is_digit(*p))
+            return false;
+        for (; is_digit(*p); p++)
+            if (exp < 1000000) /* saturate: anything this big fails below */
+                exp = exp * 10 + (*p - '0');
+        if (eneg)
+            exp = -exp;
+    }
+    while (is_ws(*p))
+        p++;
+    if (*p)
+        return false;
+
+    if (mant == 0) {
+        *out = 0;
+        return true;
+    }
+    /* value = mant * 10^e10, and mant has no trailing zero digit. */
+    long long e10 = zeros - frac + exp;
+    if (e10 < 0)
+        return false; /* not integral */
+    for (long long i = 0; i < e10; i++)
+        if (__builtin_mul_overflow(mant, 10, &mant))
+            return false;
+    if (neg) {
+        if (mant > (uint64_t)INT64_MAX + 1)
+            return false;
+        *out = mant == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)mant;
+    } else {
+        if (mant > (uint64_t)INT64_MAX)
+            return false;
+        *out = (int64_t)mant;
+    }
+    return true;
+}
+
+/* --- public operations -------------------------------------------------- */
 
 static loom_err check_key(const loom_store *s, const char *key)
 {

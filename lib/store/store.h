@@ -27,6 +27,12 @@ loom_err loom__store_open(loom_store **out, const char *url, const cJSON *option
  * s may be running or start afterwards. */
 void loom__store_close(loom_store *s);
 
+/* Parses JSON text that must be exactly one number with an integral value
+ * in int64 range ("42", "-7", "1e3", "2.50e1", surrounding JSON whitespace
+ * allowed), exactly: no doubles, no locale. False for anything else (other
+ * JSON types, fractions, overflow). The stores' incr uses it. */
+bool loom__store_parse_integer(const char *json, int64_t *out);
+
 /* The "memory" store (memory.c), registered lazily by the registry.
  *   "memory:"      a store private to its opener;
  *   "memory:NAME"  shared by everyone in the process who opens the same
@@ -35,5 +41,13 @@ void loom__store_close(loom_store *s);
  * Values are kept as JSON text with an optional expiry; expired entries are
  * invisible and purged lazily (on access and when a table grows). */
 extern const loom_store_ops loom__store_memory_ops;
+
+/* The "file" store (file.c), registered lazily by the registry.
+ *   "file:PATH", "file:///abs/PATH", "file://localhost/abs/PATH"
+ * One JSON file shared by every store (in any process on the machine) that
+ * opens the same PATH; a relative PATH is resolved against the working
+ * directory at open. Each operation locks PATH.lock (flock), reloads the
+ * file when it changed and, for writes, replaces it atomically. */
+extern const loom_store_ops loom__store_file_ops;
 
 #endif

@@ -1,0 +1,1153 @@
+/* The built-in "file" state store: one JSON file, shared by processes.
+ *
+ * File format: one JSON object, one entry per line, keys sorted:
+ *   {
+ *   "key":{"v":<value>,"exp":<epoch ms>},
+ *   ...
+ *   }
+ * "exp" is present only for entries with a TTL. Values are kept as the exact
+ * JSON text they were stored with (never re-printed through a double), so an
+ * incr counter stays exact across reloads. Expired entries are invisible and
+ * left out of the next save.
+ *
+ * Locking: db->lock (a mutex) serializes this store's users in this process.
+ * Across processes, and between two stores opened on one PATH in one
+ * process, every operation holds flock() on PATH.lock: shared for get,
+ * exclusive for writes. Order: db->lock, then the flock; nothing else is
+ * taken while holding them. The lock file is never removed.
+ *
+ * Under the locks the cache is checked against stat(PATH) and reloaded when
+ * the file changed. A write applies the change to the cache, saves it to
+ * PATH.tmp.<pid>, fsyncs and renames it over PATH, so anyone reading PATH
+ * sees either the old or the new complete file. When a save fails the cache
+ * is dropped (the next operation reloads), so the cache never holds a change
+ * that is not in the file.
+ *
+ * Change detection compares (st_dev, st_ino, st_size, st_mtim) with the file
+ * the cache came from. pin_fd keeps that file open, so its inode cannot be
+ * freed and reused by a newer file: without it a file written twice by
+ * another process within one timestamp tick could look unchanged.
+ */
+#define _GNU_SOURCE
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/util.h"
+
+#define MAX_FILE ((size_t)64 << 20)      /* bytes; a larger file is LOOM_ETOOBIG */
+#define MAX_DEPTH CJSON_NESTING_LIMIT    /* nesting of one value, as cJSON allows */
+#define MAX_NUMBER 63                    /* longest number text cJSON parses */
+#define WBUF ((size_t)64 << 10)          /* write buffer of a save */
+#define INT_TEXT 21                      /* "-9223372036854775808" and a NUL */
+#define TMP_SUFFIX (sizeof ".tmp." + 20) /* ".tmp.<pid>" and a NUL, bounded */
+
+typedef struct fentry {
+    char *value; /* JSON text, exactly as stored, NUL-terminated */
+    int64_t exp; /* epoch ms from which it is gone; 0 = never */
+    char key[];  /* NUL-terminated, no NUL inside */
+} fentry;
+
+typedef enum cache_state {
+    CACHE_NONE,    /* nothing known: the next operation loads */
+    CACHE_ABSENT,  /* PATH did not exist: the store is empty */
+    CACHE_LOADED,  /* items mirror the file held by pin_fd */
+    CACHE_CORRUPT, /* the file held by pin_fd is not a store: LOOM_EPARSE */
+    CACHE_TOOBIG,  /* the file held by pin_fd exceeds MAX_FILE: LOOM_ETOOBIG */
+} cache_state;
+
+typedef struct table {
+    fentry **items; /* sorted by strcmp of keys; keys unique */
+    size_t len, cap;
+} table;
+
+typedef struct file_db {
+    /* Immutable after open. */
+    char *path;      /* absolute */
+    char *lock_path; /* path + ".lock" */
+    char *dir;       /* the directory of path, fsync'd after a rename */
+
+    pthread_mutex_t lock; /* guards every field below */
+    int lock_fd;          /* PATH.lock, -1 until opened; opened by lock_pid */
+    pid_t lock_pid;       /* a child after fork() must open its own */
+    bool locked;          /* the flock is held (between enter and leave) */
+    cache_state state;
+    int pin_fd;      /* the file the cache came from (LOADED/CORRUPT/TOOBIG), else -1 */
+    struct stat pin; /* its identity when loaded or written */
+    table data;      /* CACHE_LOADED; empty otherwise, except during an operation */
+} file_db;
+
+/* --- entries ------------------------------------------------------------- */
+
+static void table_free(table *t)
+{
+    for (size_t i = 0; i < t->len; i++) {
+        free(t->items[i]->value);
+        free(t->items[i]);
+    }
+    free(t->items);
+    *t = (table){0};
+}
+
+static bool table_reserve(table *t, size_t extra)
+{
+    if (t->cap - t->len >= extra)
+        return true;
+    size_t cap = t->cap ? t->cap : 16;
+    while (cap - t->len < extra) {
+        if (cap > SIZE_MAX / 2 / sizeof *t->items)
+            return false;
+        cap *= 2;
+    }
+    fentry **items = realloc(t->items, cap * sizeof *items);
+    if (!items)
+        return false;
+    t->items = items;
+    t->cap = cap;
+    return true;
+}
+
+/* The index of key, or where it would be inserted; *found says which. */
+static size_t table_search(const table *t, const char *key, bool *found)
+{
+    size_t lo = 0, hi = t->len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(t->items[mid]->key, key);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
+}
+
+static bool expired(const fentry *e, int64_t now)
+{
+    return e->exp && e->exp <= now;
+}
+
+static void table_purge(table *t, int64_t now)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->len; i++) {
+        if (expired(t->items[i], now)) {
+            free(t->items[i]->value);
+            free(t->items[i]);
+        } else {
+            t->items[n++] = t->items[i];
+        }
+    }
+    t->len = n;
+}
+
+static fentry *entry_new(const char *key)
+{
+    size_t klen = strlen(key);
+    fentry *e = malloc(sizeof *e + klen + 1);
+    if (!e)
+        return NULL;
+    e->value = NULL;
+    e->exp = 0;
+    memcpy(e->key, key, klen + 1);
+    return e;
+}
+
+/* --- JSON scanning -------------------------------------------------------
+ * A strict RFC 8259 scanner over a length-bounded buffer, no recursion. It
+ * accepts nothing cJSON would refuse (nesting, surrogate escapes, number
+ * length), so a value it lets into the file parses again in loom_store_get. */
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+static long hex4(const char *p, const char *end)
+{
+    if (end - p < 4)
+        return -1;
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+static size_t utf8_encode(long cp, char *out)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    out[0] = (char)(0xf0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    out[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* Scans the string token at p. Returns the end past its closing quote, or
+ * NULL when it is malformed. When out is given the decoded bytes go there
+ * (NULL as well when they exceed cap); *outlen (optional) gets their count,
+ * which is never more than the token's length. */
+static const char *scan_string(const char *p, const char *end, char *out, size_t cap,
+                               size_t *outlen)
+{
+    if (p == end || *p != '"')
+        return NULL;
+    p++;
+    size_t n = 0;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p++;
+        char buf[4];
+        size_t blen = 1;
+        if (c == '"') {
+            if (outlen)
+                *outlen = n;
+            return p;
+        }
+        if (c < 0x20)
+            return NULL;
+        buf[0] = (char)c;
+        if (c == '\\') {
+            if (p == end)
+                return NULL;
+            static const char from[8] = "\"\\/bfnrt", to[8] = "\"\\/\b\f\n\r\t";
+            char esc = *p++;
+            if (esc != 'u') {
+                const char *hit = memchr(from, esc, sizeof from);
+                if (!hit)
+                    return NULL;
+                buf[0] = to[hit - from];
+            } else {
+                long cp = hex4(p, end);
+                if (cp < 0 || (cp >= 0xdc00 && cp <= 0xdfff))
+                    return NULL;
+                p += 4;
+                if (cp >= 0xd800 && cp <= 0xdbff) {
+                    /* A high surrogate must be followed by a low one. */
+                    long lo = end - p >= 2 && p[0] == '\\' && p[1] == 'u' ? hex4(p + 2, end) : -1;
+                    if (lo < 0xdc00 || lo > 0xdfff)
+                        return NULL;
+                    p += 6;
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                }
+                blen = utf8_encode(cp, buf);
+            }
+        }
+        if (out) {
+            if (blen > cap - n)
+                return NULL;
+            memcpy(out + n, buf, blen);
+        }
+        n += blen;
+    }
+    return NULL;
+}
+
+static const char *skip_digits(const char *p, const char *end)
+{
+    while (p < end && is_digit(*p))
+        p++;
+    return p;
+}
+
+static const char *skip_number(const char *p, const char *end)
+{
+    const char *start = p;
+    if (p < end && *p == '-')
+        p++;
+    if (p == end || !is_digit(*p))
+        return NULL;
+    p = *p == '0' ? p + 1 : skip_digits(p, end);
+    if (p < end && *p == '.') {
+        p++;
+        if (p == end || !is_digit(*p))
+            return NULL;
+        p = skip_digits(p, end);
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (p == end || !is_digit(*p))
+            return NULL;
+        p = skip_digits(p, end);
+    }
+    return p - start <= MAX_NUMBER ? p : NULL;
+}
+
+static const char *skip_literal(const char *p, const char *end, const char *word)
+{
+    size_t n = strlen(word);
+    return (size_t)(end - p) >= n && memcmp(p, word, n) == 0 ? p + n : NULL;
+}
+
+/* p at a member name: returns the position after its ':'. */
+static const char *skip_name(const char *p, const char *end)
+{
+    p = scan_string(p, end, NULL, 0, NULL);
+    if (!p)
+        return NULL;
+    p = skip_ws(p, end);
+    return p < end && *p == ':' ? p + 1 : NULL;
+}
+
+/* Skips one JSON value (and whitespace before it). Returns its end, or NULL
+ * when it is malformed or nests deeper than MAX_DEPTH. */
+static const char *skip_value(const char *p, const char *end)
+{
+    uint64_t is_obj[(MAX_DEPTH + 63) / 64]; /* bit d: container d is an object */
+    size_t depth = 0;
+    for (;;) {
+        /* p is where a value starts. */
+        p = skip_ws(p, end);
+        if (p == end)
+            return NULL;
+        switch (*p) {
+        case '{':
+        case '[': {
+            bool obj = *p == '{';
+            if (depth == MAX_DEPTH)
+                return NULL;
+            if (obj)
+                is_obj[depth / 64] |= (uint64_t)1 << (depth % 64);
+            else
+                is_obj[depth / 64] &= ~((uint64_t)1 << (depth % 64));
+            depth++;
+            p = skip_ws(p + 1, end);
+            if (p < end && *p == (obj ? '}' : ']')) {
+                p++;
+                depth--;
+                break; /* an empty container is a complete value */
+            }
+            if (obj && !(p = skip_name(p, end)))
+                return NULL;
+            continue;
+        }
+        case '"':
+            p = scan_string(p, end, NULL, 0, NULL);
+            break;
+        case 't':
+            p = skip_literal(p, end, "true");
+            break;
+        case 'f':
+            p = skip_literal(p, end, "false");
+            break;
+        case 'n':
+            p = skip_literal(p, end, "null");
+            break;
+        default:
+            p = skip_number(p, end);
+            break;
+        }
+        if (!p)
+            return NULL;
+        /* A value ended: close containers until one continues. */
+        for (;;) {
+            if (depth == 0)
+                return p;
+            bool obj = is_obj[(depth - 1) / 64] >> ((depth - 1) % 64) & 1;
+            p = skip_ws(p, end);
+            if (p == end)
+                return NULL;
+            if (*p == (obj ? '}' : ']')) {
+                p++;
+                depth--;
+                continue;
+            }
+            if (*p != ',')
+                return NULL;
+            p++;
+            if (obj && !(p = skip_name(skip_ws(p, end), end)))
+                return NULL;
+            break;
+        }
+    }
+}
+
+/* True when text[0..len) is exactly one JSON value (whitespace around). */
+static bool valid_json(const char *text, size_t len)
+{
+    const char *end = text + len;
+    const char *p = skip_value(text, end);
+    return p && skip_ws(p, end) == end;
+}
+
+/* --- loading ------------------------------------------------------------- */
+
+/* Parses the member value of one entry, {"v": ..., "exp": ...}, into e.
+ * LOOM_EPARSE for anything else (a missing "v", an unknown or repeated
+ * member, an "exp" that is not a positive integer). */
+static loom_err parse_entry(const char **pp, const char *end, fentry *e)
+{
+    const char *p = *pp;
+    bool have_v = false, have_exp = false;
+    if (p == end || *p != '{')
+        return LOOM_EPARSE;
+    p = skip_ws(p + 1, end);
+    for (;;) {
+        char name[3];
+        size_t nlen = 0;
+        p = scan_string(p, end, name, sizeof name, &nlen);
+        if (!p)
+            return LOOM_EPARSE; /* malformed, or longer than any known name */
+        p = skip_ws(p, end);
+        if (p == end || *p != ':')
+            return LOOM_EPARSE;
+        const char *vstart = skip_ws(p + 1, end);
+        const char *vend = skip_value(vstart, end);
+        if (!vend)
+            return LOOM_EPARSE;
+        size_t vlen = (size_t)(vend - vstart);
+        if (nlen == 1 && name[0] == 'v' && !have_v) {
+            e->value = strndup(vstart, vlen);
+            if (!e->value)
+                return LOOM_ENOMEM;
+            have_v = true;
+        } else if (nlen == 3 && memcmp(name, "exp", 3) == 0 && !have_exp) {
+            char num[32];
+            int64_t exp = 0;
+            if (vlen >= sizeof num || (*vstart != '-' && !is_digit(*vstart)))
+                return LOOM_EPARSE;
+            memcpy(num, vstart, vlen);
+            num[vlen] = '\0';
+            if (!loom__store_parse_integer(num, &exp) || exp <= 0)
+                return LOOM_EPARSE;
+            e->exp = exp;
+            have_exp = true;
+        } else {
+            return LOOM_EPARSE;
+        }
+        p = skip_ws(vend, end);
+        if (p < end && *p == ',') {
+            p = skip_ws(p + 1, end);
+            continue;
+        }
+        if (p < end && *p == '}')
+            break;
+        return LOOM_EPARSE;
+    }
+    if (!have_v)
+        return LOOM_EPARSE;
+    *pp = p + 1;
+    return LOOM_OK;
+}
+
+static int cmp_entries(const void *a, const void *b)
+{
+    return strcmp((*(fentry *const *)a)->key, (*(fentry *const *)b)->key);
+}
+
+/* Parses a whole store file. An empty file is an empty store. On error *out
+ * is left empty. Errors: LOOM_EPARSE (not a store file, including duplicate
+ * keys and keys with a NUL), LOOM_ENOMEM. */
+static loom_err parse_file(const char *buf, size_t len, table *out)
+{
+    table t = {0};
+    loom_err err = LOOM_EPARSE;
+    const char *p = buf, *end = buf + len;
+    *out = t;
+    if (len == 0)
+        return LOOM_OK;
+    p = skip_ws(p, end);
+    if (p == end || *p != '{')
+        goto fail;
+    p = skip_ws(p + 1, end);
+    if (p < end && *p == '}') {
+        p++;
+    } else {
+        for (;;) {
+            size_t klen = 0;
+            const char *q = scan_string(p, end, NULL, 0, &klen);
+            if (!q)
+                goto fail;
+            if (!table_reserve(&t, 1))
+                goto nomem;
+            fentry *e = malloc(sizeof *e + klen + 1);
+            if (!e)
+                goto nomem;
+            scan_string(p, end, e->key, klen, NULL);
+            e->key[klen] = '\0';
+            e->value = NULL;
+            e->exp = 0;
+            t.items[t.len++] = e; /* freed with t from here on */
+            if (memchr(e->key, '\0', klen))
+                goto fail;
+            p = skip_ws(q, end);
+            if (p == end || *p != ':')
+                goto fail;
+            p = skip_ws(p + 1, end);
+            err = parse_entry(&p, end, e);
+            if (err != LOOM_OK)
+                goto fail;
+            err = LOOM_EPARSE;
+            p = skip_ws(p, end);
+            if (p < end && *p == ',') {
+                p = skip_ws(p + 1, end);
+                continue;
+            }
+            if (p < end && *p == '}') {
+                p++;
+                break;
+            }
+            goto fail;
+        }
+    }
+    if (skip_ws(p, end) != end)
+        goto fail;
+    if (t.len > 1)
+        qsort(t.items, t.len, sizeof *t.items, cmp_entries);
+    for (size_t i = 1; i < t.len; i++)
+        if (strcmp(t.items[i - 1]->key, t.items[i]->key) == 0)
+            goto fail;
+    *out = t;
+    return LOOM_OK;
+nomem:
+    err = LOOM_ENOMEM;
+fail:
+    table_free(&t);
+    return err;
+}
+
+/* --- the file ------------------------------------------------------------ */
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* Caller holds db->lock. */
+static void cache_drop(file_db *db)
+{
+    table_free(&db->data);
+    if (db->pin_fd >= 0)
+        close(db->pin_fd);
+    db->pin_fd = -1;
+    db->state = CACHE_NONE;
+}
+
+static loom_err state_err(cache_state s)
+{
+    switch (s) {
+    case CACHE_CORRUPT:
+        return LOOM_EPARSE;
+    case CACHE_TOOBIG:
+        return LOOM_ETOOBIG;
+    case CACHE_NONE:
+        return LOOM_EIO; /* not reached: refresh never leaves it */
+    default:
+        return LOOM_OK;
+    }
+}
+
+/* Reads PATH into the cache. Caller holds db->lock and, when it can, the
+ * flock. The identity recorded is that of the file actually read. */
+static loom_err load_locked(file_db *db)
+{
+    cache_drop(db);
+    /* O_NONBLOCK: a FIFO planted at PATH must not hang us (refused below). */
+    int fd = open(db->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        if (errno == ENOENT || errno == ENOTDIR) {
+            db->state = CACHE_ABSENT;
+            return LOOM_OK;
+        }
+        return LOOM_EIO;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return LOOM_EIO;
+    }
+    loom_err err = LOOM_ETOOBIG;
+    if (st.st_size >= 0 && (uint64_t)st.st_size <= MAX_FILE) {
+        size_t size = (size_t)st.st_size, got = 0;
+        char *buf = malloc(size + 1);
+        if (!buf) {
+            close(fd);
+            return LOOM_ENOMEM;
+        }
+        /* A file that shrinks while read (only an in-place writer could do
+         * that) is parsed as read; its new size differs from st_size, so
+         * the next operation reloads it. */
+        while (got < size) {
+            ssize_t n = read(fd, buf + got, size - got);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                free(buf);
+                close(fd);
+                return LOOM_EIO;
+            }
+            if (n == 0)
+                break;
+            got += (size_t)n;
+        }
+        err = parse_file(buf, got, &db->data);
+        free(buf);
+        if (err == LOOM_ENOMEM) {
+            close(fd);
+            return err;
+        }
+    }
+    db->state = err == LOOM_OK ? CACHE_LOADED : err == LOOM_EPARSE ? CACHE_CORRUPT : CACHE_TOOBIG;
+    db->pin_fd = fd;
+    db->pin = st;
+    return err;
+}
+
+/* Brings the cache up to date with PATH. Caller holds db->lock and, when it
+ * can, the flock. Returns LOOM_OK, or the error every operation gets while
+ * the file stays as it is (LOOM_EPARSE, LOOM_ETOOBIG), or LOOM_EIO. */
+static loom_err refresh_locked(file_db *db)
+{
+    struct stat st;
+    if (stat(db->path, &st) != 0) {
+        if (errno != ENOENT && errno != ENOTDIR)
+            return LOOM_EIO;
+        cache_drop(db);
+        db->state = CACHE_ABSENT;
+        return LOOM_OK;
+    }
+    if (db->state >= CACHE_LOADED && same_file(&st, &db->pin)) {
+        db->pin = st; /* the same file; its mode may have changed since */
+        return state_err(db->state);
+    }
+    return load_locked(db);
+}
+
+/* Takes the flock: exclusive for writes. Caller holds db->lock. A reader
+ * that cannot open or create the lock file (read-only or missing directory)
+ * goes on without it: saves are atomic renames, so it still reads one
+ * complete version of the file. */
+static loom_err flock_locked(file_db *db, bool write)
+{
+    pid_t pid = getpid();
+    if (db->lock_fd >= 0 && db->lock_pid != pid) {
+        /* Inherited through fork(): the open file description, and any lock
+         * on it, is shared with the parent. Closing our copy leaves the
+         * parent's lock alone; we take our own. */
+        close(db->lock_fd);
+        db->lock_fd = -1;
+    }
+    if (db->lock_fd < 0) {
+        int fd = open(db->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0 && !write && (errno == EACCES || errno == EROFS))
+            fd = open(db->lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) {
+            if (!write &&
+                (errno == ENOENT || errno == ENOTDIR || errno == EACCES || errno == EROFS))
+                return LOOM_OK;
+            return LOOM_EIO;
+        }
+        db->lock_fd = fd;
+        db->lock_pid = pid;
+    }
+    int r;
+    while ((r = flock(db->lock_fd, write ? LOCK_EX : LOCK_SH)) != 0 && errno == EINTR)
+        ;
+    if (r != 0)
+        return LOOM_EIO;
+    db->locked = true;
+    return LOOM_OK;
+}
+
+static void leave(file_db *db)
+{
+    if (db->locked) {
+        flock(db->lock_fd, LOCK_UN);
+        db->locked = false;
+    }
+    pthread_mutex_unlock(&db->lock);
+}
+
+/* Starts an operation: takes db->lock and the flock and refreshes the
+ * cache. On LOOM_OK the caller works on db->data and calls leave(); on an
+ * error nothing is held. */
+static loom_err enter(file_db *db, bool write)
+{
+    pthread_mutex_lock(&db->lock);
+    loom_err err = flock_locked(db, write);
+    if (err == LOOM_OK)
+        err = refresh_locked(db);
+    if (err != LOOM_OK)
+        leave(db);
+    return err;
+}
+
+/* --- saving -------------------------------------------------------------- */
+
+typedef struct writer {
+    int fd;
+    char *buf; /* WBUF bytes */
+    size_t len;
+    size_t total; /* bytes of the file so far, <= MAX_FILE */
+    loom_err err; /* the first error; later writes are ignored */
+} writer;
+
+static void w_raw(writer *w, const char *s, size_t n)
+{
+    while (n && w->err == LOOM_OK) {
+        ssize_t k = write(w->fd, s, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            w->err = LOOM_EIO;
+            return;
+        }
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
+static void w_flush(writer *w)
+{
+    w_raw(w, w->buf, w->len);
+    w->len = 0;
+}
+
+static void w_put(writer *w, const char *s, size_t n)
+{
+    if (w->err != LOOM_OK)
+        return;
+    if (n > MAX_FILE - w->total) {
+        w->err = LOOM_ETOOBIG;
+        return;
+    }
+    w->total += n;
+    if (n > WBUF - w->len) {
+        w_flush(w);
+        if (n >= WBUF) {
+            w_raw(w, s, n);
+            return;
+        }
+    }
+    memcpy(w->buf + w->len, s, n);
+    w->len += n;
+}
+
+static void w_str(writer *w, const char *s)
+{
+    w_put(w, s, strlen(s));
+}
+
+/* Writes key as a JSON string. Bytes other than '"', '\\' and controls are
+ * copied as they are, so any key (UTF-8 or not) reads back identical. */
+static void w_key(writer *w, const char *key)
+{
+    w_put(w, "\"", 1);
+    const char *run = key;
+    for (const char *p = key;; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c != '\0' && c != '"' && c != '\\' && c >= 0x20)
+            continue;
+        w_put(w, run, (size_t)(p - run));
+        if (c == '\0')
+            break;
+        char esc[8];
+        switch (c) {
+        case '"':
+            strcpy(esc, "\\\"");
+            break;
+        case '\\':
+            strcpy(esc, "\\\\");
+            break;
+        case '\n':
+            strcpy(esc, "\\n");
+            break;
+        case '\r':
+            strcpy(esc, "\\r");
+            break;
+        case '\t':
+            strcpy(esc, "\\t");
+            break;
+        default:
+            snprintf(esc, sizeof esc, "\\u%04x", c);
+            break;
+        }
+        w_str(w, esc);
+        run = p + 1;
+    }
+    w_put(w, "\"", 1);
+}
+
+static void w_entries(writer *w, const table *t)
+{
+    w_str(w, t->len ? "{\n" : "{");
+    for (size_t i = 0; i < t->len; i++) {
+        const fentry *e = t->items[i];
+        w_key(w, e->key);
+        w_str(w, ":{\"v\":");
+        w_str(w, e->value);
+        if (e->exp) {
+            char num[48];
+            snprintf(num, sizeof num, ",\"exp\":%" PRId64, e->exp);
+            w_str(w, num);
+        }
+        w_str(w, i + 1 < t->len ? "},\n" : "}\n");
+    }
+    w_str(w, "}\n");
+    if (w->err == LOOM_OK)
+        w_flush(w);
+}
+
+/* Best effort: makes the rename durable. Some filesystems refuse fsync on a
+ * directory; the data itself is already synced. */
+static void sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* Writes the cache to PATH atomically (tmp file, fsync, rename) and makes
+ * the new file the cache's identity. On failure the cache is dropped and
+ * PATH is untouched. Caller holds db->lock and the exclusive flock.
+ * Errors: LOOM_EIO, LOOM_ETOOBIG, LOOM_ENOMEM. */
+static loom_err save_locked(file_db *db)
+{
+    table_purge(&db->data, loom__now_ms());
+    writer w = {.fd = -1, .err = LOOM_OK};
+    char *tmp = loom__asprintf("%s.tmp.%ld", db->path, (long)getpid());
+    w.buf = malloc(WBUF);
+    if (!tmp || !w.buf) {
+        w.err = LOOM_ENOMEM;
+        goto out;
+    }
+    /* O_NOFOLLOW: never write through a link planted at the tmp name. */
+    w.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (w.fd < 0) {
+        w.err = LOOM_EIO;
+        goto out;
+    }
+    if (db->state == CACHE_LOADED && fchmod(w.fd, db->pin.st_mode & 07777) != 0) {
+        /* Keeps 0600: stricter than before, still ours to use. */
+    }
+    w_entries(&w, &db->data);
+    if (w.err == LOOM_OK && fsync(w.fd) != 0)
+        w.err = LOOM_EIO;
+    if (w.err == LOOM_OK && rename(tmp, db->path) != 0)
+        w.err = LOOM_EIO;
+    if (w.err != LOOM_OK) {
+        unlink(tmp);
+        goto out;
+    }
+    sync_dir(db->dir);
+    struct stat st;
+    if (fstat(w.fd, &st) != 0) {
+        /* Saved, but without an identity: the next operation reloads. */
+        cache_drop(db);
+    } else {
+        if (db->pin_fd >= 0)
+            close(db->pin_fd);
+        db->pin_fd = w.fd;
+        db->pin = st;
+        db->state = CACHE_LOADED;
+        w.fd = -1;
+    }
+out:
+    if (w.fd >= 0)
+        close(w.fd);
+    if (w.err != LOOM_OK)
+        cache_drop(db);
+    free(w.buf);
+    free(tmp);
+    return w.err;
+}
+
+/* --- operations ---------------------------------------------------------- */
+
+/* Stores value (and exp) for key at index i of the cache, replacing
+ * items[i] when found. Takes over *value, and *fresh when it inserts (each
+ * set to what the caller must free: the old value, NULL). Caller holds
+ * db->lock. LOOM_ENOMEM leaves the cache as it was. */
+static loom_err put_locked(file_db *db, size_t i, bool found, fentry **fresh, char **value,
+                           int64_t exp)
+{
+    table *t = &db->data;
+    if (found) {
+        char *old = t->items[i]->value;
+        t->items[i]->value = *value;
+        t->items[i]->exp = exp;
+        *value = old;
+        return LOOM_OK;
+    }
+    if (!table_reserve(t, 1))
+        return LOOM_ENOMEM;
+    memmove(&t->items[i + 1], &t->items[i], (t->len - i) * sizeof *t->items);
+    t->items[i] = *fresh;
+    t->items[i]->value = *value;
+    t->items[i]->exp = exp;
+    t->len++;
+    *fresh = NULL;
+    *value = NULL;
+    return LOOM_OK;
+}
+
+static loom_err file_get(void *self, const char *key, char **json)
+{
+    file_db *db = self;
+    if (!db || !key || !json)
+        return LOOM_EINVAL;
+    loom_err err = enter(db, false);
+    if (err != LOOM_OK)
+        return err;
+    bool found;
+    size_t i = table_search(&db->data, key, &found);
+    if (!found || expired(db->data.items[i], loom__now_ms())) {
+        err = LOOM_ENOTFOUND;
+    } else {
+        *json = strdup(db->data.items[i]->value);
+        err = *json ? LOOM_OK : LOOM_ENOMEM;
+    }
+    leave(db);
+    return err;
+}
+
+static loom_err file_set(void *self, const char *key, const char *json, uint32_t ttl_ms,
+                         bool if_absent)
+{
+    file_db *db = self;
+    if (!db || !key || !json)
+        return LOOM_EINVAL;
+    size_t len = strlen(json);
+    if (len > MAX_FILE)
+        return LOOM_ETOOBIG;
+    /* Only JSON may enter the file: anything else would corrupt it. */
+    if (!valid_json(json, len))
+        return LOOM_EINVAL;
+    /* Allocated outside the locks. */
+    char *value = strdup(json);
+    fentry *fresh = entry_new(key);
+    loom_err err = value && fresh ? enter(db, true) : LOOM_ENOMEM;
+    if (err == LOOM_OK) {
+        int64_t now = loom__now_ms();
+        bool found;
+        size_t i = table_search(&db->data, key, &found);
+        if (found && if_absent && !expired(db->data.items[i], now)) {
+            err = LOOM_EEXIST;
+        } else {
+            err = put_locked(db, i, found, &fresh, &value, ttl_ms ? now + ttl_ms : 0);
+            if (err == LOOM_OK)
+                err = save_locked(db);
+        }
+        leave(db);
+    }
+    free(value);
+    free(fresh);
+    return err;
+}
+
+static loom_err file_del(void *self, const char *key)
+{
+    file_db *db = self;
+    if (!db || !key)
+        return LOOM_EINVAL;
+    loom_err err = enter(db, true);
+    if (err != LOOM_OK)
+        return err;
+    bool found;
+    size_t i = table_search(&db->data, key, &found);
+    if (!found || expired(db->data.items[i], loom__now_ms())) {
+        err = LOOM_ENOTFOUND;
+    } else {
+        table *t = &db->data;
+        free(t->items[i]->value);
+        free(t->items[i]);
+        memmove(&t->items[i], &t->items[i + 1], (t->len - i - 1) * sizeof *t->items);
+        t->len--;
+        err = save_locked(db);
+    }
+    leave(db);
+    return err;
+}
+
+static loom_err file_incr(void *self, const char *key, int64_t delta, int64_t *out)
+{
+    file_db *db = self;
+    if (!db || !key)
+        return LOOM_EINVAL;
+    /* Allocated outside the locks. */
+    char *text = malloc(INT_TEXT);
+    fentry *fresh = entry_new(key);
+    int64_t next = 0;
+    loom_err err = text && fresh ? enter(db, true) : LOOM_ENOMEM;
+    if (err == LOOM_OK) {
+        int64_t now = loom__now_ms(), cur = 0, exp = 0;
+        bool found;
+        size_t i = table_search(&db->data, key, &found);
+        /* An expired entry counts as absent and loses its expiry. */
+        bool live = found && !expired(db->data.items[i], now);
+        if (live && !loom__store_parse_integer(db->data.items[i]->value, &cur))
+            err = LOOM_EINVAL;
+        else if (__builtin_add_overflow(cur, delta, &next))
+            err = LOOM_EINVAL;
+        if (err == LOOM_OK) {
+            snprintf(text, INT_TEXT, "%" PRId64, next);
+            if (live)
+                exp = db->data.items[i]->exp; /* the TTL stays as it was */
+            err = put_locked(db, i, found, &fresh, &text, exp);
+            if (err == LOOM_OK)
+                err = save_locked(db);
+        }
+        leave(db);
+    }
+    free(text);
+    free(fresh);
+    if (err == LOOM_OK && out)
+        *out = next;
+    return err;
+}
+
+/* --- lifetime ------------------------------------------------------------ */
+
+/* The path part of a file URL (after "file:"): "PATH", "//" + "" or
+ * "localhost" + "/abs/PATH". NULL when it names another host or nothing. */
+static const char *url_path(const char *rest)
+{
+    if (rest[0] != '/' || rest[1] != '/')
+        return rest;
+    const char *host = rest + 2;
+    const char *slash = strchr(host, '/');
+    if (!slash)
+        return NULL;
+    size_t hlen = (size_t)(slash - host);
+    if (hlen != 0 && !(hlen == 9 && strncasecmp(host, "localhost", 9) == 0))
+        return NULL;
+    return slash;
+}
+
+static void db_free(file_db *db)
+{
+    if (!db)
+        return;
+    table_free(&db->data);
+    if (db->pin_fd >= 0)
+        close(db->pin_fd);
+    if (db->lock_fd >= 0)
+        close(db->lock_fd); /* releases a flock held on it: none is, by contract */
+    free(db->path);
+    free(db->lock_path);
+    free(db->dir);
+    free(db);
+}
+
+static loom_err file_open(void **self, const char *url, const cJSON *options)
+{
+    (void)options; /* nothing to configure yet */
+    if (!self || !url)
+        return LOOM_EINVAL;
+    *self = NULL;
+    const char *colon = strchr(url, ':');
+    if (!colon)
+        return LOOM_EINVAL;
+    const char *path = url_path(colon + 1);
+    if (!path)
+        return LOOM_ECONFIG;
+    size_t len = strnlen(path, PATH_MAX);
+    /* Empty, a directory, or too long for PATH.tmp.<pid>. */
+    if (len == 0 || path[len - 1] == '/' || len >= PATH_MAX - TMP_SUFFIX)
+        return LOOM_ECONFIG;
+
+    file_db *db = calloc(1, sizeof *db);
+    if (!db)
+        return LOOM_ENOMEM;
+    db->lock_fd = -1;
+    db->pin_fd = -1;
+    db->state = CACHE_NONE;
+    if (path[0] == '/') {
+        db->path = strdup(path);
+    } else {
+        /* Relative to the working directory now, not at each operation. */
+        char *cwd = getcwd(NULL, 0);
+        if (!cwd) {
+            db_free(db);
+            return errno == ENOMEM ? LOOM_ENOMEM : LOOM_ECONFIG;
+        }
+        db->path = loom__asprintf("%s%s%s", cwd, cwd[strlen(cwd) - 1] == '/' ? "" : "/", path);
+        free(cwd);
+    }
+    if (!db->path) {
+        db_free(db);
+        return LOOM_ENOMEM;
+    }
+    if (strlen(db->path) >= PATH_MAX - TMP_SUFFIX) {
+        db_free(db);
+        return LOOM_ECONFIG;
+    }
+    size_t dir_len = (size_t)(strrchr(db->path, '/') - db->path);
+    db->dir = dir_len ? strndup(db->path, dir_len) : strdup("/");
+    db->lock_path = loom__asprintf("%s.lock", db->path);
+    if (!db->dir || !db->lock_path || pthread_mutex_init(&db->lock, NULL) != 0) {
+        db_free(db);
+        return LOOM_ENOMEM;
+    }
+    *self = db;
+    return LOOM_OK;
+}
+
+static void file_close(void *self)
+{
+    file_db *db = self;
+    if (!db)
+        return;
+    pthread_mutex_destroy(&db->lock);
+    db_free(db);
+}
+
+const loom_store_ops loom__store_file_ops = {
+    .abi_version = LOOM_STORE_ABI_VERSION,
+    .scheme = "file",
+    .open = file_open,
+    .get = file_get,
+    .set = file_set,
+    .del = file_del,
+    .incr = file_incr,
+    .close = file_close,
+};
