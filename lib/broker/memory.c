@@ -101,8 +101,11 @@ static void bus_put(mem_bus *b)
 static loom_err mem_init(void **self, const loom_adapter_host *host,
                          const loom_adapter_options *opts)
 {
+    /* "memory:NAME": the bus is NAME. Any scheme is accepted so that a
+     * wrapper registered under another scheme can reuse these operations. */
     const char *url = opts->url ? opts->url : "memory:";
-    if (strncmp(url, "memory:", 7) != 0) {
+    const char *colon = strchr(url, ':');
+    if (!colon) {
         host->log(host->core, LOOM_LOG_ERROR, "memory broker: bad URL '%s'", url);
         return LOOM_ECONFIG;
     }
@@ -110,7 +113,7 @@ static loom_err mem_init(void **self, const loom_adapter_host *host,
     if (!a)
         return LOOM_ENOMEM;
     a->host = *host;
-    a->bus = bus_get(url + 7);
+    a->bus = bus_get(colon + 1);
     if (!a->bus) {
         free(a);
         return LOOM_ENOMEM;

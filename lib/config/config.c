@@ -106,6 +106,7 @@ static const key_def keys[] = {
     INT("broker.reconnect_min_ms", 1, 600000),
     INT("broker.reconnect_max_ms", 1, 3600000),
     INT("broker.buffer", 0, 10000000),
+    INT("broker.heartbeat_ms", 100, 600000),
     INT("broker.qos.command", 0, 2),
     INT("broker.qos.reply", 0, 2),
     INT("broker.qos.event", 0, 2),

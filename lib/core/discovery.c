@@ -54,7 +54,8 @@ static cJSON *build_local_doc(loom_runtime *rt)
 {
     cJSON *doc = cJSON_CreateObject();
     cJSON *svcs = doc ? cJSON_AddArrayToObject(doc, "services") : NULL;
-    if (!svcs || !cJSON_AddStringToObject(doc, "instanceId", rt->instance_id))
+    if (!svcs || !cJSON_AddStringToObject(doc, "instanceId", rt->instance_id) ||
+        (rt->heartbeat_ms && !cJSON_AddNumberToObject(doc, "ttlMs", 3.0 * rt->heartbeat_ms)))
         goto fail;
     for (size_t i = 0; i < rt->n_services; i++) {
         const loom__service *s = &rt->services[i];
@@ -104,7 +105,7 @@ loom_err loom__announce(loom_runtime *rt)
     pthread_mutex_unlock(&rt->disc_mu);
     if (!copy)
         return LOOM_ENOMEM;
-    if (rt->n_services == 0 || !(rt->ops->caps & LOOM_CAP_RETAIN)) {
+    if (rt->n_services == 0) {
         cJSON_Delete(copy);
         return LOOM_OK;
     }
@@ -116,19 +117,45 @@ loom_err loom__announce(loom_runtime *rt)
         return LOOM_ENOMEM;
     }
     m->payload = copy;
-    loom_err err = loom__publish(rt, rt->announce_topic, m, rt->qos_discovery, true, NULL, NULL, 0);
+    bool retain = rt->ops->caps & LOOM_CAP_RETAIN;
+    loom_err err =
+        loom__publish(rt, rt->announce_topic, m, rt->qos_discovery, retain, NULL, NULL, 0);
+    if (err == LOOM_EUNAVAILABLE && !retain && (rt->ops->caps & LOOM_CAP_KNOWS_RECEIVERS))
+        err = LOOM_OK; /* nobody listens yet: the next beat tells them */
     if (err != LOOM_OK)
         loom_msg_release(m);
     return err;
 }
 
+static void heartbeat_job(void *a, void *b, uintptr_t c)
+{
+    (void)b;
+    (void)c;
+    loom_runtime *rt = a;
+    if (atomic_load(&rt->state) != LOOM__STARTED)
+        return; /* stopping: the timer fired early; do not re-arm */
+    if (loom__runtime_ready(rt))
+        loom__announce(rt);
+    loom__timer_add(&rt->pool, &rt->heartbeat, rt->heartbeat_ms);
+}
+
+void loom__heartbeat_start(loom_runtime *rt)
+{
+    if (!rt->heartbeat_ms || rt->n_services == 0)
+        return;
+    rt->heartbeat.heap_index = SIZE_MAX;
+    rt->heartbeat.job = (loom__job){heartbeat_job, rt, NULL, 0};
+    loom__timer_add(&rt->pool, &rt->heartbeat, rt->heartbeat_ms);
+}
+
 void loom__unannounce(loom_runtime *rt)
 {
-    if (rt->n_services == 0 || !rt->adapter || !(rt->ops->caps & LOOM_CAP_RETAIN))
+    if (rt->n_services == 0 || !rt->adapter)
         return;
-    loom_err err = loom__publish(rt, rt->announce_topic, NULL, rt->qos_discovery, true, NULL,
+    bool retain = rt->ops->caps & LOOM_CAP_RETAIN;
+    loom_err err = loom__publish(rt, rt->announce_topic, NULL, rt->qos_discovery, retain, NULL,
                                  NULL, 0);
-    if (err != LOOM_OK)
+    if (err != LOOM_OK && !(err == LOOM_EUNAVAILABLE && !retain))
         loom__rt_log(rt, LOOM_LOG_WARN, "cannot clear the service announcement: %s",
                      loom_strerror(err));
 }
@@ -161,11 +188,19 @@ void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg
     loom__remote **pp = &rt->remotes;
     while (*pp && strcmp((*pp)->topic, topic) != 0)
         pp = &(*pp)->next;
+    const cJSON *ttl = doc ? cJSON_GetObjectItemCaseSensitive(doc, "ttlMs") : NULL;
+    int64_t expires = cJSON_IsNumber(ttl) && ttl->valuedouble >= 1 && ttl->valuedouble < 86400000
+                          ? loom__mono_ms() + (int64_t)ttl->valuedouble
+                          : 0;
+    bool changed = true;
     if (*pp) {
         loom__remote *r = *pp;
         if (doc) {
+            /* A heartbeat repeating the same announcement changes nothing. */
+            changed = !cJSON_Compare(r->doc, doc, true);
             cJSON_Delete(r->doc);
             r->doc = doc;
+            r->expires_mono = expires;
         } else {
             *pp = r->next;
             remote_free(r);
@@ -174,6 +209,7 @@ void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg
         loom__remote *r = calloc(1, sizeof *r);
         if (r && (r->topic = strdup(topic))) {
             r->doc = doc;
+            r->expires_mono = expires;
             r->next = rt->remotes;
             rt->remotes = r;
         } else {
@@ -181,8 +217,25 @@ void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg
             cJSON_Delete(doc);
         }
     }
-    atomic_fetch_add(&rt->routes_version, 1);
+    if (changed)
+        atomic_fetch_add(&rt->routes_version, 1);
     pthread_mutex_unlock(&rt->disc_mu);
+}
+
+/* Drops announcements whose heartbeats stopped. Under disc_mu. */
+static void purge_expired_locked(loom_runtime *rt)
+{
+    int64_t now = loom__mono_ms();
+    for (loom__remote **pp = &rt->remotes; *pp;) {
+        loom__remote *r = *pp;
+        if (r->expires_mono && r->expires_mono < now) {
+            *pp = r->next;
+            remote_free(r);
+            atomic_fetch_add(&rt->routes_version, 1);
+        } else {
+            pp = &r->next;
+        }
+    }
 }
 
 static const char *jstr(const cJSON *o, const char *key)
@@ -220,6 +273,7 @@ bool loom__remote_has_command(loom_runtime *rt, const char *service, const char 
 {
     bool found = false;
     pthread_mutex_lock(&rt->disc_mu);
+    purge_expired_locked(rt);
     for (loom__remote *r = rt->remotes; r && !found; r = r->next)
         found = doc_command(r->doc, service, version, command, NULL) != NULL;
     pthread_mutex_unlock(&rt->disc_mu);
@@ -283,6 +337,7 @@ void loom__commands_each(loom_runtime *rt,
                          void *user)
 {
     pthread_mutex_lock(&rt->disc_mu);
+    purge_expired_locked(rt);
     if (!rt->local_doc)
         rt->local_doc = build_local_doc(rt);
     if (rt->local_doc)
@@ -292,7 +347,13 @@ void loom__commands_each(loom_runtime *rt,
     pthread_mutex_unlock(&rt->disc_mu);
 }
 
-unsigned loom__routes_version(loom_runtime *rt) { return atomic_load(&rt->routes_version); }
+unsigned loom__routes_version(loom_runtime *rt)
+{
+    pthread_mutex_lock(&rt->disc_mu);
+    purge_expired_locked(rt);
+    pthread_mutex_unlock(&rt->disc_mu);
+    return atomic_load(&rt->routes_version);
+}
 
 void loom__discovery_fini(loom_runtime *rt)
 {

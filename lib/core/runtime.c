@@ -649,6 +649,14 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
         goto fail_early;
     }
     rt->broker_url = strdup(url);
+    /* Brokers that cannot keep an announcement (retained) or clear it when
+     * an instance dies (will) get a heartbeat; in-process buses need no
+     * will: their instances die with the process. */
+    uint32_t caps = rt->ops->caps;
+    bool needs_beat = !(caps & LOOM_CAP_RETAIN) ||
+                      (!(caps & LOOM_CAP_WILL) && !(caps & LOOM_CAP_IN_PROCESS));
+    rt->heartbeat_ms =
+        needs_beat ? (uint32_t)loom__config_int(c, "broker.heartbeat_ms", 1000) : 0;
     const char *surl = cfg->state_url ? cfg->state_url : loom__config_str(c, "state.url", "memory:");
     err = loom__store_open(&rt->store, surl, loom_config_get(c, "state"));
     if (err != LOOM_OK) {
@@ -924,6 +932,7 @@ loom_err loom_runtime_start(loom_runtime *rt)
         return err;
     }
     atomic_compare_exchange_strong(&rt->state, &expected, LOOM__STARTED);
+    loom__heartbeat_start(rt);
     err = rt->ops->connect(rt->adapter);
     if (err != LOOM_OK) {
         loom__rt_log(rt, LOOM_LOG_ERROR, "cannot connect to %s: %s", rt->broker_url,

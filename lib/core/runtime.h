@@ -76,8 +76,9 @@ typedef struct loom__pending {
 
 /* A remote instance's announcement (discovery). */
 typedef struct loom__remote {
-    char *topic; /* announcement topic: identifies the instance */
-    cJSON *doc;  /* the announcement payload */
+    char *topic;          /* announcement topic: identifies the instance */
+    cJSON *doc;           /* the announcement payload */
+    int64_t expires_mono; /* 0 = until cleared (retained + will) */
     struct loom__remote *next;
 } loom__remote;
 
@@ -132,6 +133,10 @@ struct loom_runtime {
     pthread_mutex_t disc_mu;
     loom__remote *remotes;
     atomic_uint routes_version; /* bumped when remotes change */
+    /* Without retained messages or a last will, announcements are repeated
+     * every heartbeat_ms and expire after three missed beats. */
+    uint32_t heartbeat_ms; /* 0 = no heartbeat */
+    loom__timer heartbeat;
 
     /* readiness */
     pthread_mutex_t ready_mu;
@@ -251,6 +256,8 @@ void loom__commands_each(loom_runtime *rt,
 unsigned loom__routes_version(loom_runtime *rt);
 loom_err loom__announce(loom_runtime *rt);
 void loom__unannounce(loom_runtime *rt);
+/* Starts the re-announcing timer when the broker needs it (heartbeat_ms). */
+void loom__heartbeat_start(loom_runtime *rt);
 void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg, bool empty);
 /* True when some live remote instance announced service/version/command. */
 bool loom__remote_has_command(loom_runtime *rt, const char *service, const char *version,
