@@ -137,7 +137,7 @@ test: deps
 	$(MAKE) pkgconfig-test
 
 demo: deps all
-	examples/shop/shop --services all --http 127.0.0.1:8080 --demo-help
+	examples/shop/demo.sh
 
 # --- install ---------------------------------------------------------------
 

@@ -554,7 +554,7 @@ static void test_unknown_keys(void **state)
     expect_load_error("broker:\n  x.y: 1\n", LOOM_ECONFIG,
                       "shop.yaml:2: broker.x.y: unknown key (known keys here: url, prefix, "
                       "client_id, username, password, password_file, keepalive, session_expiry, "
-                      "connect_timeout_ms, reconnect_min_ms, reconnect_max_ms, buffer, qos, tls)");
+                      "connect_timeout_ms, reconnect_min_ms, reconnect_max_ms, buffer, heartbeat_ms, qos, tls)");
     /* A very long key gets no suggestion attempt but the same error. */
     char yaml[300];
     memset(yaml, 'k', 200);
@@ -826,13 +826,13 @@ static void test_string_checks(void **state)
         expect_set_ok(cfg, "http.listen", listen_ok[i]);
         expect_str(cfg, "http.listen", listen_ok[i]);
     }
-    static const char *const listen_bad[] = {"8080",      "host:",    "host:0",    "host:65536",
+    static const char *const listen_bad[] = {"8080",      "host:",    "host:65536",
                                              "host:http", ":8080",    "[::1]8080", "[::1:8080",
                                              "[]:80",     "host:+80", "a b:80",    "host: 80"};
     for (size_t i = 0; i < sizeof listen_bad / sizeof listen_bad[0]; i++) {
         char want[256];
         snprintf(want, sizeof want,
-                 "http.listen: expected HOST:PORT with a port from 1 to 65535, got \"%s\"",
+                 "http.listen: expected HOST:PORT with a port from 0 to 65535, got \"%s\"",
                  listen_bad[i]);
         expect_set_error("http.listen", listen_bad[i], LOOM_ECONFIG, want);
     }
@@ -840,7 +840,7 @@ static void test_string_checks(void **state)
                      "http.listen: IPv6 addresses must be in brackets, e.g. [::1]:8080, got "
                      "\"::1:8080\"");
     expect_load_error("http:\n  listen: 1.2.3.4\n", LOOM_ECONFIG,
-                      "shop.yaml:2: http.listen: expected HOST:PORT with a port from 1 to "
+                      "shop.yaml:2: http.listen: expected HOST:PORT with a port from 0 to "
                       "65535, got \"1.2.3.4\"");
 
     static const char *const base_ok[] = {"/api", "/a/b-c", ""};
@@ -1001,7 +1001,7 @@ static void test_set_errors(void **state)
                      "limits.concurrency.b: expected an integer from 1 to 2147483647, got "
                      "\"no\"");
     expect_set_error("http.listen", "nope", LOOM_ECONFIG,
-                     "http.listen: expected HOST:PORT with a port from 1 to 65535, got \"nope\"");
+                     "http.listen: expected HOST:PORT with a port from 0 to 65535, got \"nope\"");
 
     loom_config *cfg = mk();
     assert_int_equal(loom_config_set(cfg, NULL, "1"), LOOM_EINVAL);
@@ -1098,7 +1098,7 @@ static void test_env(void **state)
     setenv("LOOM_HTTP", "8080", 1);
     assert_int_equal(loom_config_apply_env(cfg), LOOM_ECONFIG);
     assert_string_equal(loom_config_error(cfg), "environment LOOM_HTTP: expected HOST:PORT with a "
-                                                "port from 1 to 65535, got \"8080\"");
+                                                "port from 0 to 65535, got \"8080\"");
     unsetenv("LOOM_HTTP");
     setenv("LOOM_SERVICES", "all,orders", 1);
     assert_int_equal(loom_config_apply_env(cfg), LOOM_ECONFIG);

@@ -712,6 +712,22 @@ static void test_concurrency_limit(void **state)
     loom_runtime_destroy(rt);
 }
 
+
+static void test_stop_runs_queued_events(void **state)
+{
+    (void)state;
+    loom_runtime *rt = start_rt("memory:queued", &svc_events);
+    atomic_store(&seen_all_a, 0);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(loom_runtime_emit(rt, "ping", NULL), LOOM_OK);
+    /* stop at once: what was queued before the stop still runs, and the
+     * events the handlers emit while draining (pong) are accepted */
+    assert_int_equal(loom_runtime_stop(rt), LOOM_OK);
+    assert_int_equal(atomic_load(&seen_all_a), 50);
+    assert_false(log_contains("cannot emit pong"));
+    loom_runtime_destroy(rt);
+}
+
 /* --- many threads ------------------------------------------------------------- */
 
 typedef struct worker_arg {
@@ -824,6 +840,7 @@ int main(void)
         cmocka_unit_test(test_remote_call_across_runtimes),
         cmocka_unit_test(test_stop_drains_in_flight),
         cmocka_unit_test(test_stop_answers_what_is_left),
+        cmocka_unit_test(test_stop_runs_queued_events),
         cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_concurrency_limit),
         cmocka_unit_test(test_bad_definitions),

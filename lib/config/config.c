@@ -474,8 +474,8 @@ static bool check_listen(const cJSON *v, char *why, size_t n)
             ok = (unsigned char)*p > 0x20 && *p != 0x7f && *p != '/';
     }
     long long port;
-    if (!ok || !isdigit((unsigned char)colon[1]) || !parse_int_text(colon + 1, 1, 65535, &port)) {
-        snprintf(why, n, "expected HOST:PORT with a port from 1 to 65535, got %s",
+    if (!ok || !isdigit((unsigned char)colon[1]) || !parse_int_text(colon + 1, 0, 65535, &port)) {
+        snprintf(why, n, "expected HOST:PORT with a port from 0 to 65535, got %s",
                  quoted(s, q, sizeof q));
         return false;
     }

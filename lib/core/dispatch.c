@@ -350,7 +350,7 @@ void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
                        const loom__route *to)
 {
     loom_msg *early = NULL;
-    if (atomic_load(&rt->state) >= LOOM__STOPPING)
+    if (atomic_load(&rt->drain_over))
         early = loom__msg_error_for(msg, 503, "the service instance is stopping", NULL, false);
     else if (msg->deadline && msg->deadline <= loom__now_ms())
         early = loom__msg_error_for(msg, 504, "the deadline passed before the work started",
@@ -489,8 +489,8 @@ void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg 
                             uint32_t attempt)
 {
     const loom_subscription_def *def = sub->def;
-    if (atomic_load(&rt->state) >= LOOM__STOPPING || !loom__filter_matches(&def->filter, msg)) {
-        if (atomic_load(&rt->state) >= LOOM__STOPPING)
+    if (atomic_load(&rt->drain_over) || !loom__filter_matches(&def->filter, msg)) {
+        if (atomic_load(&rt->drain_over))
             loom__rt_log(rt, LOOM_LOG_WARN, "%s.%s: runtime stopping, event %s not handled",
                          sub->svc->def->name, def->name, msg->event_name ? msg->event_name : "");
         loom_msg_release(msg);

@@ -322,7 +322,7 @@ static loom_err prepare(loom_runtime *rt, const loom_ctx *parent, const loom_cal
         (call->parameter && !cJSON_IsObject(call->parameter)) ||
         (call->trace_id && !loom__is_id(call->trace_id)))
         return LOOM_EINVAL;
-    if (atomic_load(&rt->state) != LOOM__STARTED)
+    if (!loom__accepting(rt, parent != NULL))
         return LOOM_ECLOSED;
     p->version = call->version ? call->version : "1";
     p->local = loom__find_command(rt, call->service, p->version, call->command);

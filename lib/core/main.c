@@ -64,9 +64,8 @@ static const char *inline_value(const char *arg, const char *flag)
     return strncmp(arg, flag, n) == 0 && arg[n] == '=' ? arg + n + 1 : NULL;
 }
 
-static int parse_args(int argc, char **argv, loom_config *cfg, opts *o)
+static int parse_args(int argc, char **argv, const char *prog, loom_config *cfg, opts *o)
 {
-    const char *prog = argv[0] ? argv[0] : "loom";
     /* --config first, so that flags override the file whatever their order. */
     const char *config_path = getenv("LOOM_CONFIG");
     if (config_path && !*config_path)
@@ -343,7 +342,7 @@ int loom_main(int argc, char **argv, const loom_service_def *const *services)
         return EXIT_CALL_FAILED;
     }
     opts o = {0};
-    int rc = parse_args(argc, argv, cfg, &o);
+    int rc = parse_args(argc, argv, prog, cfg, &o);
     if (rc != 0) {
         loom_config_destroy(cfg);
         return rc < 0 ? 0 : rc;

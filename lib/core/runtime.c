@@ -136,7 +136,7 @@ loom_err loom__emit(loom_runtime *rt, const loom_ctx *ctx, const char *event, cJ
 {
     if (!rt || !event || !*event || strlen(event) > 256)
         return LOOM_EINVAL;
-    if (atomic_load(&rt->state) != LOOM__STARTED)
+    if (!loom__accepting(rt, ctx != NULL))
         return LOOM_ECLOSED;
     loom_msg *m = loom__msg_new(LOOM_MSG_CUSTOM);
     if (!m)
@@ -977,6 +977,13 @@ loom_err loom_runtime_wait_ready(loom_runtime *rt, uint32_t timeout_ms)
     return LOOM_OK;
 }
 
+bool loom__accepting(loom_runtime *rt, bool from_handler)
+{
+    int state = atomic_load(&rt->state);
+    return state == LOOM__STARTED ||
+           (from_handler && state == LOOM__STOPPING && !atomic_load(&rt->drain_over));
+}
+
 bool loom__runtime_ready(loom_runtime *rt)
 {
     return atomic_load(&rt->state) == LOOM__STARTED && is_ready(rt);
@@ -1016,7 +1023,14 @@ loom_err loom_runtime_stop(loom_runtime *rt)
         struct timespec ts = {0, 5 * 1000000};
         nanosleep(&ts, NULL);
     }
-    loom__pool_wait_idle(&rt->pool, deadline);
+    /* Queued work (commands delivered before we unsubscribed, events for
+     * our subscriptions, their retries) runs during the drain too. */
+    while (loom__mono_ms() < deadline &&
+           (!loom__pool_wait_idle(&rt->pool, deadline) || atomic_load(&rt->inflight) > 0)) {
+        struct timespec ts = {0, 5 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    atomic_store(&rt->drain_over, true);
     long left = atomic_load(&rt->inflight);
     if (left > 0)
         loom__rt_log(rt, LOOM_LOG_WARN, "%ld command(s) still running after the drain limit",

@@ -116,6 +116,9 @@ struct loom_runtime {
     loom__pool pool;
 
     atomic_int state;
+    /* Set when stop's drain limit has passed: from then on queued work is
+     * answered 503 / dropped instead of run. */
+    atomic_bool drain_over;
     /* Commands being handled here (from start of the handler to its reply). */
     atomic_long inflight;
 
@@ -240,6 +243,9 @@ bool loom__filter_matches(const loom_filter *f, const loom_msg *m);
 void loom__free_deferred(loom_runtime *rt);
 
 bool loom__runtime_ready(loom_runtime *rt);
+/* May new work start? Work from outside only while started; work on behalf
+ * of a running handler (parent) also while stop drains. */
+bool loom__accepting(loom_runtime *rt, bool from_handler);
 
 /* discovery.c */
 /* Calls fn for each command known to this runtime: local ones first, then
