@@ -33,6 +33,7 @@ extern char **environ;
 static char shop_path[4096];
 static char hello_path[4096];
 static char **child_env; /* environ without LOOM_* (except LOOM_TEST_*) */
+static char tmpdir_var[128];
 static char tmp_dir[] = "/tmp/loom-shop-cli-XXXXXX";
 
 /* --- helpers --------------------------------------------------------------- */
@@ -262,15 +263,21 @@ static int group_setup(void **state)
     size_t n = 0;
     while (environ[n])
         n++;
-    child_env = calloc(n + 1, sizeof *child_env);
+    child_env = calloc(n + 3, sizeof *child_env);
     if (!child_env)
         return -1;
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "LOOM_", 5) != 0 || strncmp(environ[i], "LOOM_TEST_", 10) == 0)
+        if ((strncmp(environ[i], "LOOM_", 5) != 0 || strncmp(environ[i], "LOOM_TEST_", 10) == 0) &&
+            strncmp(environ[i], "TMPDIR=", 7) != 0)
             child_env[k++] = environ[i];
     if (!mkdtemp(tmp_dir))
         return -1;
+    /* Each test starts from empty state: the shop's default file store is
+     * tested on its own (test_default_state_is_shared_file). */
+    snprintf(tmpdir_var, sizeof tmpdir_var, "TMPDIR=%s", tmp_dir);
+    child_env[k++] = tmpdir_var;
+    child_env[k++] = "LOOM_STATE=memory:";
     signal(SIGPIPE, SIG_IGN);
     return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
@@ -509,6 +516,41 @@ static void test_call_order_flow_across_processes(void **state)
     RUN_SHOP(&r, "--state", url, "--call", "payments.charge", "{\"orderId\":\"o-1\",\"amount\":3}");
     cJSON_Delete(expect_error_json(&r, 409));
     run_free(&r);
+}
+
+
+/* Without --state, the shop keeps its state in $TMPDIR/loom-shop-UID.json,
+ * so one-shot calls in separate processes see each other's writes. */
+static void test_default_state_is_shared_file(void **state)
+{
+    (void)state;
+    size_t n = 0;
+    while (child_env[n])
+        n++;
+    char **saved = child_env;
+    char **env = calloc(n + 1, sizeof *env);
+    assert_non_null(env);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(saved[i], "LOOM_STATE=", 11) != 0)
+            env[k++] = saved[i];
+    child_env = env;
+    run r;
+    RUN_SHOP(&r, "--call", "users.create", "{\"name\":\"Bo\",\"email\":\"bo@example.com\"}");
+    expect_status(&r, 0);
+    run_free(&r);
+    RUN_SHOP(&r, "--call", "orders.create", "{\"userId\":\"u-1\",\"items\":[{\"sku\":\"a\","
+                                             "\"quantity\":1}],\"amount\":2}");
+    expect_status(&r, 0);
+    cJSON *order = parse_json(out_of(&r), "stdout");
+    assert_string_equal(str_at(order, "status"), "paid");
+    cJSON_Delete(order);
+    run_free(&r);
+    child_env = saved;
+    free(env);
+    char path[256];
+    snprintf(path, sizeof path, "%s/loom-shop-%u.json", tmp_dir, (unsigned)getuid());
+    assert_int_equal(access(path, R_OK), 0);
 }
 
 /* --services chooses what runs here: the others have no receiver. */
@@ -980,6 +1022,7 @@ int main(void)
         cmocka_unit_test(test_call_order_for_unknown_user_is_422),
         cmocka_unit_test(test_call_notifications_list_empty),
         cmocka_unit_test(test_call_order_flow_across_processes),
+        cmocka_unit_test(test_default_state_is_shared_file),
         cmocka_unit_test(test_services_selection),
         cmocka_unit_test(test_emit),
         cmocka_unit_test(test_version_and_help),

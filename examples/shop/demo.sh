@@ -12,6 +12,9 @@ if [ ! -x "$shop" ]; then
     echo "demo: $shop is not built yet: run 'make' first" >&2
     exit 1
 fi
+# The shop keeps its state in this file (see main.c); the demo starts empty.
+state="${TMPDIR:-/tmp}/loom-shop-$(id -u).json"
+rm -f "$state" "$state.lock"
 
 cat <<EOF
 The shop is starting on http://$addr (stop it with Ctrl-C).
@@ -47,8 +50,11 @@ In another terminal, paste:
   curl -s \$B/readyz; echo
   curl -s \$B/metrics
 
-The same without HTTP, one process per call:
-  $shop --call users.create '{"name":"Ada","email":"ada@example.com"}'
+The same without HTTP, one process per call (the shop's state is the file
+$state, shared with the running demo):
+  $shop --call users.create '{"name":"Grace","email":"grace@example.com"}'
+  $shop --call orders.create '{"userId":"u-1","items":[{"sku":"pen","quantity":1}],"amount":2.5}'
+  $shop --call notifications.list
 
 EOF
 

@@ -5,17 +5,51 @@
  *
  *   ./shop --call users.create '{"name":"Ada","email":"ada@example.com"}'
  *   ./shop --services all --http 127.0.0.1:8080          (see demo.sh)
+ *
+ * Unless --state, --config, LOOM_STATE or LOOM_CONFIG say otherwise, the
+ * shop keeps its state in a file store, $TMPDIR/loom-shop-UID.json, so that
+ * one-shot --call processes and a running shop see the same users and
+ * orders. Pass --state memory: for a purely in-memory run.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "shop.h"
 
+static bool state_configured(int argc, char **argv)
+{
+    const char *env[] = {"LOOM_STATE", "LOOM_CONFIG"};
+    for (size_t i = 0; i < 2; i++)
+        if (getenv(env[i]) && *getenv(env[i]))
+            return true;
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--state") == 0 || strncmp(argv[i], "--state=", 8) == 0 ||
+            strcmp(argv[i], "--config") == 0 || strncmp(argv[i], "--config=", 9) == 0)
+            return true;
+    return false;
+}
+
 int main(int argc, char **argv)
 {
-    return loom_main(argc, argv,
-                     LOOM_SERVICES(&shop_users, &shop_orders, &shop_payments, &shop_notifications));
+    const loom_service_def *const *services =
+        LOOM_SERVICES(&shop_users, &shop_orders, &shop_payments, &shop_notifications);
+    if (state_configured(argc, argv))
+        return loom_main(argc, argv, services);
+    const char *tmp = getenv("TMPDIR");
+    char state[512];
+    snprintf(state, sizeof state, "--state=file:%s/loom-shop-%u.json", tmp && *tmp ? tmp : "/tmp",
+             (unsigned)getuid());
+    char **args = calloc((size_t)argc + 2, sizeof *args);
+    if (!args)
+        return 1;
+    memcpy(args, argv, (size_t)argc * sizeof *args);
+    args[argc] = state;
+    int rc = loom_main(argc + 1, args, services);
+    free(args);
+    return rc;
 }
 
 /* --- helpers shared by the services ------------------------------------- */
