@@ -93,9 +93,12 @@ typedef struct loom_adapter_host {
      * with acknowledgements may then withhold its ack or drop the message.*/
     loom_err (*deliver)(void *core, const loom_delivery *d);
     /* Reports connection changes; detail may be NULL. On every
-     * LOOM_BROKER_CONNECTED the core (re)subscribes everything. */
+     * LOOM_BROKER_CONNECTED the core (re)subscribes everything. May come
+     * from an adapter-owned thread; none after close(). */
     void (*state_changed)(void *core, loom_broker_state state, const char *detail);
-    /* Completes a subscribe(): LOOM_OK, or why the broker refused it. */
+    /* Completes a subscribe(): LOOM_OK; LOOM_EUNAVAILABLE when the broker
+     * refused it; LOOM_EIO when it was never answered (the connection was
+     * lost: the core subscribes again on the next CONNECTED). */
     void (*subscribed)(void *core, void *token, loom_err err);
     void (*log)(void *core, loom_log_level level, const char *fmt, ...) LOOM_PRINTF(3, 4);
 } loom_adapter_host;
@@ -138,7 +141,8 @@ typedef struct loom_adapter_ops {
     /* Publishes. On LOOM_OK the adapter owns p->msg (in-process adapters
      * hand it to receivers; others release it). On failure nothing is kept.
      * LOOM_EUNAVAILABLE when disconnected and its bounded buffer is full, or
-     * (LOOM_CAP_KNOWS_RECEIVERS) when nobody subscribes to the topic. */
+     * (LOOM_CAP_KNOWS_RECEIVERS) when nobody subscribes to the topic;
+     * LOOM_EOVERLOAD when connected but the client's send queue is full. */
     loom_err (*publish)(void *self, const loom_publish *p);
     /* Begins an orderly disconnect (no will). Does not block for long. */
     void (*close)(void *self);

@@ -271,6 +271,11 @@ static void host_subscribed(void *core, void *token, loom_err err)
 {
     loom_runtime *rt = core;
     loom__token *t = token;
+    if (err == LOOM_EIO) {
+        loom__rt_log(rt, LOOM_LOG_INFO, "subscription %s not confirmed (connection lost); "
+                                        "retried on reconnect", t->filter);
+        return;
+    }
     if (err != LOOM_OK) {
         loom__rt_log(rt, LOOM_LOG_ERROR, "the broker refused subscription %s: %s", t->filter,
                      loom_strerror(err));
