@@ -312,8 +312,9 @@ LOOM_API loom_err loom_runtime_add_service(loom_runtime *rt, const loom_service_
  * announces them. LOOM_ESTATE when already started. */
 LOOM_API loom_err loom_runtime_start(loom_runtime *rt);
 
-/* Waits until the broker is connected and subscriptions are in place, up to
- * timeout_ms. LOOM_ETIMEDOUT otherwise. */
+/* Waits until the broker is connected, this runtime's subscriptions are in
+ * place and the services that other instances had announced are known, up
+ * to timeout_ms. LOOM_ETIMEDOUT otherwise. */
 LOOM_API loom_err loom_runtime_wait_ready(loom_runtime *rt, uint32_t timeout_ms);
 
 /* Graceful stop: refuses new work (LOOM_ECLOSED / 503), clears the service
@@ -427,6 +428,17 @@ LOOM_API loom_err loom_store_delete(loom_store *s, const char *key);
  * value in *out (optional). LOOM_EINVAL when the value is not an integer or
  * the sum overflows int64. */
 LOOM_API loom_err loom_store_incr(loom_store *s, const char *key, int64_t delta, int64_t *out);
+/* Compare-and-set: atomically replaces the value with a copy of value (ttl_ms
+ * as in loom_store_set), or deletes the key when value is NULL, but only if
+ * the current value equals expected; expected NULL means "only if absent".
+ * Values are compared as the compact JSON text cJSON_PrintUnformatted makes
+ * of them, so objects must list their members in the same order; integers
+ * written by loom_store_incr compare equal to cJSON numbers below 1e15.
+ * LOOM_OK when swapped, LOOM_EEXIST when the current value differs (or is
+ * present when expected is NULL), LOOM_EUNSUPPORTED when the store has no
+ * cas (an adapter of ABI version 1). */
+LOOM_API loom_err loom_store_cas(loom_store *s, const char *key, const cJSON *expected,
+                                 const cJSON *value, uint32_t ttl_ms);
 
 /* ------------------------------------------------------------------------ */
 /* Deployment configuration (YAML file, environment, flags). A loom_config is

@@ -167,10 +167,45 @@ static void remote_free(loom__remote *r)
     free(r);
 }
 
+void loom__discovery_sync(loom_runtime *rt)
+{
+    if (!(rt->ops->caps & LOOM_CAP_RETAIN) || atomic_load(&rt->disc_synced))
+        return;
+    loom_err err = loom__publish(rt, rt->sync_topic, NULL, rt->qos_discovery, false, NULL, NULL, 0);
+    if (err != LOOM_OK) {
+        loom__rt_log(rt, LOOM_LOG_WARN, "cannot publish the discovery marker: %s",
+                     loom_strerror(err));
+        atomic_store(&rt->disc_synced, true); /* do not wait for it forever */
+    }
+}
+
+bool loom__discovery_synced(loom_runtime *rt)
+{
+    if (atomic_load(&rt->disc_synced))
+        return true;
+    if (rt->ops->caps & LOOM_CAP_RETAIN)
+        return false;
+    /* No retained announcements: everyone alive has beaten once by now. */
+    int64_t since = atomic_load(&rt->connected_mono);
+    if (since && loom__mono_ms() - since >= (int64_t)rt->heartbeat_ms + 200) {
+        atomic_store(&rt->disc_synced, true);
+        return true;
+    }
+    return false;
+}
+
 void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg, bool empty)
 {
     if (strcmp(topic, rt->announce_topic) == 0) {
         loom_msg_release(msg); /* our own */
+        return;
+    }
+    if (strcmp(topic, rt->sync_topic) == 0) {
+        loom_msg_release(msg);
+        atomic_store(&rt->disc_synced, true);
+        pthread_mutex_lock(&rt->ready_mu);
+        pthread_cond_broadcast(&rt->ready_cv);
+        pthread_mutex_unlock(&rt->ready_mu);
         return;
     }
     cJSON *doc = NULL;
@@ -205,7 +240,9 @@ void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg
             *pp = r->next;
             remote_free(r);
         }
-    } else if (doc) {
+    } else if (!doc) {
+        changed = false; /* clearing what we never knew (or another's marker) */
+    } else {
         loom__remote *r = calloc(1, sizeof *r);
         if (r && (r->topic = strdup(topic))) {
             r->doc = doc;

@@ -256,6 +256,8 @@ static void host_state_changed(void *core, loom_broker_state state, const char *
     if (state == LOOM_BROKER_CONNECTED) {
         loom__rt_log(rt, LOOM_LOG_INFO, "broker connected%s%s", detail ? ": " : "",
                      detail ? detail : "");
+        int64_t zero = 0;
+        atomic_compare_exchange_strong(&rt->connected_mono, &zero, loom__mono_ms());
         if (atomic_load(&rt->state) == LOOM__STARTED)
             for_each_token(rt, subscribe_token);
     } else if (old == LOOM_BROKER_CONNECTED || state == LOOM_BROKER_FAILED) {
@@ -282,6 +284,8 @@ static void host_subscribed(void *core, void *token, loom_err err)
         return;
     }
     atomic_store(&t->subscribed, true);
+    if (t == &rt->discovery_tok)
+        loom__discovery_sync(rt);
     if (atomic_load(&rt->state) == LOOM__STARTED && all_subscribed(rt)) {
         loom_err aerr = loom__announce(rt);
         if (aerr != LOOM_OK)
@@ -675,9 +679,14 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     char *disc = loom__topic_build(rt->prefix, "svc", dseg, 1);
     rt->reply_topic = reply ? strdup(reply) : NULL;
     rt->announce_topic = loom__topic_build(rt->prefix, "svc", iseg, 1);
+    char *sync_seg = loom__asprintf("%s#sync", rt->instance_id);
+    const char *sseg[] = {sync_seg};
+    rt->sync_topic = sync_seg ? loom__topic_build(rt->prefix, "svc", sseg, 1) : NULL;
+    free(sync_seg);
     token_init(&rt->reply_tok, LOOM__TOK_REPLY, reply, NULL, rt->qos_reply);
     token_init(&rt->discovery_tok, LOOM__TOK_DISCOVERY, disc, NULL, rt->qos_discovery);
-    if (!reply || !disc || !rt->reply_topic || !rt->broker_url || !rt->announce_topic) {
+    if (!reply || !disc || !rt->reply_topic || !rt->broker_url || !rt->announce_topic ||
+        !rt->sync_topic) {
         err = LOOM_ENOMEM;
         goto fail;
     }
@@ -954,7 +963,8 @@ loom_err loom_runtime_start(loom_runtime *rt)
 
 static bool is_ready(loom_runtime *rt)
 {
-    return atomic_load(&rt->broker_state) == LOOM_BROKER_CONNECTED && all_subscribed(rt);
+    return atomic_load(&rt->broker_state) == LOOM_BROKER_CONNECTED && all_subscribed(rt) &&
+           loom__discovery_synced(rt);
 }
 
 loom_err loom_runtime_wait_ready(loom_runtime *rt, uint32_t timeout_ms)
@@ -1078,6 +1088,7 @@ void loom_runtime_destroy(loom_runtime *rt)
     free(rt->broker_url);
     free(rt->reply_topic);
     free(rt->announce_topic);
+    free(rt->sync_topic);
     free(rt);
 }
 

@@ -140,6 +140,13 @@ struct loom_runtime {
      * every heartbeat_ms and expire after three missed beats. */
     uint32_t heartbeat_ms; /* 0 = no heartbeat */
     loom__timer heartbeat;
+    /* Discovery is "synced" once the announcements that existed when we
+     * subscribed have arrived: with retained messages, when our own marker
+     * published after the subscription comes back (the broker replays
+     * retained messages before it); without, after one heartbeat. */
+    char *sync_topic;
+    atomic_bool disc_synced;
+    _Atomic int64_t connected_mono;
 
     /* readiness */
     pthread_mutex_t ready_mu;
@@ -272,6 +279,9 @@ bool loom__remote_has_command(loom_runtime *rt, const char *service, const char 
 uint32_t loom__remote_timeout(loom_runtime *rt, const char *service, const char *version,
                               const char *command);
 void loom__discovery_fini(loom_runtime *rt);
+/* Publishes the sync marker (once the discovery subscription is in place). */
+void loom__discovery_sync(loom_runtime *rt);
+bool loom__discovery_synced(loom_runtime *rt);
 
 /* memory.c */
 extern const loom_adapter_ops loom__memory_adapter;
