@@ -194,13 +194,13 @@ static void fill_common(loom_msg *m)
     memcpy(m->trace_id, ID2, 33);
     memcpy(m->correlation_id, ID3, 33);
     m->deadline = m->timestamp + 30000;
-    assert_int_equal(loom__msg_set(&m->content_type, "application/json"), LOOM_OK);
-    assert_int_equal(loom__msg_set(&m->content_encoding, "utf-8"), LOOM_OK);
-    assert_int_equal(loom__msg_set(&m->principal_id, "al\"ice\\ \x01\x1f\t\n"), LOOM_OK);
-    assert_int_equal(loom__msg_set(&m->tenant_id, "acmé 🚀"), LOOM_OK);
-    assert_int_equal(loom__msg_set(&m->reply_to, "loom/reply/i-1"), LOOM_OK);
-    assert_int_equal(loom__msg_set_address(&m->sender, "web", "2", "page", "i-1"), LOOM_OK);
-    assert_int_equal(loom__msg_set_address(&m->receiver, "users", "1", "get", "i-2"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->content_type, "application/json"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->content_encoding, "utf-8"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->principal_id, "al\"ice\\ \x01\x1f\t\n"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->tenant_id, "acmé 🚀"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->reply_to, "loom/reply/i-1"), LOOM_OK);
+    assert_int_equal(loom__msg_set_address(m, &m->sender, "web", "2", "page", "i-1"), LOOM_OK);
+    assert_int_equal(loom__msg_set_address(m, &m->receiver, "users", "1", "get", "i-2"), LOOM_OK);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -212,7 +212,7 @@ static void test_roundtrip_command(void **state)
     loom_msg *m = loom__msg_new(LOOM_MSG_COMMAND);
     assert_non_null(m);
     fill_common(m);
-    assert_int_equal(loom__msg_set(&m->event_name, "userFetched"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->event_name, "userFetched"), LOOM_OK);
     m->payload = t_json("{\"name\":\"Zoë\",\"list\":[1,-2,3.25,1e-7,true,false,null,\"\\u0001\"],"
                         "\"deep\":{\"a\":{\"b\":[[]]}},\"empty\":{}}");
     m->parameter = t_json("{\"id\":\"42\",\"q\":\"a b\"}");
@@ -240,7 +240,7 @@ static void test_roundtrip_command_empty_payload(void **state)
 {
     (void)state;
     loom_msg *m = loom__msg_new(LOOM_MSG_COMMAND);
-    assert_int_equal(loom__msg_set_address(&m->receiver, "users", "1", "get", NULL), LOOM_OK);
+    assert_int_equal(loom__msg_set_address(m, &m->receiver, "users", "1", "get", NULL), LOOM_OK);
     char *s = round_trip(m);
     cJSON *j = t_json(s);
     assert_true(t_json_eq(cJSON_GetObjectItem(j, "payload"), "{}"));
@@ -286,7 +286,7 @@ static void test_roundtrip_error(void **state)
         fill_common(m);
         m->status = handled ? 422 : 500;
         m->handled = handled;
-        assert_int_equal(loom__msg_set(&m->error_message, "bad \"input\"\n"), LOOM_OK);
+        assert_int_equal(loom__msg_set(m, &m->error_message, "bad \"input\"\n"), LOOM_OK);
         m->error_data = handled ? t_json("{\"errors\":[{\"path\":\"/a\"}]}") : NULL;
         char *s = round_trip(m);
         cJSON *j = t_json(s);
@@ -305,7 +305,7 @@ static void test_roundtrip_custom(void **state)
     (void)state;
     loom_msg *m = loom__msg_new(LOOM_MSG_CUSTOM);
     fill_common(m);
-    assert_int_equal(loom__msg_set(&m->event_name, "user/created+#$%"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->event_name, "user/created+#$%"), LOOM_OK);
     m->payload = t_json("{\"id\":7}");
     free(round_trip(m));
     cJSON_Delete(m->payload);
@@ -319,7 +319,7 @@ static void test_roundtrip_info(void **state)
     (void)state;
     loom_msg *m = loom__msg_new(LOOM_MSG_INFO);
     fill_common(m);
-    assert_int_equal(loom__msg_set(&m->info_type, "infoServiceReady"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->info_type, "infoServiceReady"), LOOM_OK);
     m->payload = t_json("{\"commands\":[\"get\"]}");
     char *s = round_trip(m);
     assert_non_null(strstr(s, "\"messageType\":\"infoServiceReady\""));
@@ -350,8 +350,8 @@ static void test_encode_minimal_omits_absent(void **state)
     assert_string_equal(s, expect);
     free(s);
     /* Empty strings are present values; "" ids are absent. */
-    assert_int_equal(loom__msg_set(&m->tenant_id, ""), LOOM_OK);
-    assert_int_equal(loom__msg_set_address(&m->sender, "svc", NULL, NULL, NULL), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->tenant_id, ""), LOOM_OK);
+    assert_int_equal(loom__msg_set_address(m, &m->sender, "svc", NULL, NULL, NULL), LOOM_OK);
     s = encode(m, NULL);
     assert_non_null(strstr(s, ",\"tenantId\":\"\""));
     assert_non_null(strstr(s, ",\"sender\":{\"serviceName\":\"svc\"}"));
@@ -365,7 +365,7 @@ static void test_encode_escapes_strings(void **state)
 {
     (void)state;
     loom_msg *m = loom__msg_new(LOOM_MSG_SUCCESS);
-    assert_int_equal(loom__msg_set(&m->principal_id, "a\"b\\c\x01\x1f\x7f/é"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->principal_id, "a\"b\\c\x01\x1f\x7f/é"), LOOM_OK);
     char *s = encode(m, NULL);
     assert_non_null(strstr(s, "\"principalId\":\"a\\\"b\\\\c\\u0001\\u001f\x7f/é\""));
     loom_msg *d = must_decode(s);
@@ -380,7 +380,7 @@ static void test_encode_large_payload(void **state)
     (void)state;
     /* Larger than the encoder's first buffer: exercises the fallback. */
     loom_msg *m = loom__msg_new(LOOM_MSG_CUSTOM);
-    assert_int_equal(loom__msg_set(&m->event_name, "big"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->event_name, "big"), LOOM_OK);
     m->payload = cJSON_CreateArray();
     char *big = malloc(100001);
     memset(big, 'x', 100000);
@@ -408,7 +408,7 @@ static void test_encode_rejects_what_decode_would(void **state)
     /* No receiver. */
     assert_int_equal(loom_msg_encode(m, &out, NULL), LOOM_EINVAL);
     assert_null(out);
-    assert_int_equal(loom__msg_set_address(&m->receiver, "users", "1", "get", NULL), LOOM_OK);
+    assert_int_equal(loom__msg_set_address(m, &m->receiver, "users", "1", "get", NULL), LOOM_OK);
     assert_int_equal(loom_msg_encode(m, &out, NULL), LOOM_OK);
     free(out);
     /* Bad ids and times. */
@@ -425,16 +425,16 @@ static void test_encode_rejects_what_decode_would(void **state)
     char *longs = malloc(LOOM_MAX_STRING + 2);
     memset(longs, 'a', LOOM_MAX_STRING + 1);
     longs[LOOM_MAX_STRING + 1] = '\0';
-    assert_int_equal(loom__msg_set(&m->tenant_id, longs), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->tenant_id, longs), LOOM_OK);
     assert_int_equal(loom_msg_encode(m, &out, NULL), LOOM_ETOOBIG);
     longs[LOOM_MAX_STRING] = '\0'; /* exactly the limit is fine */
-    assert_int_equal(loom__msg_set(&m->tenant_id, longs), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->tenant_id, longs), LOOM_OK);
     assert_int_equal(loom_msg_encode(m, &out, NULL), LOOM_OK);
     free(out);
     free(longs);
-    assert_int_equal(loom__msg_set(&m->tenant_id, "\xc3\x28"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->tenant_id, "\xc3\x28"), LOOM_OK);
     assert_int_equal(loom_msg_encode(m, &out, NULL), LOOM_EINVAL);
-    assert_int_equal(loom__msg_set(&m->tenant_id, NULL), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->tenant_id, NULL), LOOM_OK);
     /* Payload: invalid UTF-8 in a value or a key; a parameter that is not
      * an object. */
     m->payload = t_json("{\"a\":\"ok\"}");
@@ -466,7 +466,7 @@ static void test_encode_rejects_what_decode_would(void **state)
     free(out);
     loom_msg_release(m);
     m = loom__msg_new(LOOM_MSG_INFO);
-    assert_int_equal(loom__msg_set(&m->info_type, "command"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->info_type, "command"), LOOM_OK);
     assert_int_equal(loom_msg_encode(m, &out, NULL), LOOM_EINVAL);
     loom_msg_release(m);
     m = loom__msg_new((loom_msg_type)12345);
@@ -493,7 +493,7 @@ static void test_encode_depth_limit(void **state)
     /* An event payload gets LOOM_MAX_NESTING - 1 levels (the envelope is
      * one); a command's LOOM_MAX_NESTING - 2. What encodes also decodes. */
     loom_msg *m = loom__msg_new(LOOM_MSG_CUSTOM);
-    assert_int_equal(loom__msg_set(&m->event_name, "e"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->event_name, "e"), LOOM_OK);
     m->payload = nest(LOOM_MAX_NESTING - 1);
     free(round_trip(m));
     cJSON_Delete(m->payload);
@@ -505,7 +505,7 @@ static void test_encode_depth_limit(void **state)
     loom_msg_release(m);
 
     m = loom__msg_new(LOOM_MSG_COMMAND);
-    assert_int_equal(loom__msg_set_address(&m->receiver, "s", "1", "c", NULL), LOOM_OK);
+    assert_int_equal(loom__msg_set_address(m, &m->receiver, "s", "1", "c", NULL), LOOM_OK);
     m->payload = nest(LOOM_MAX_NESTING - 2);
     free(round_trip(m));
     cJSON_Delete(m->payload);
@@ -1141,7 +1141,7 @@ static void test_refcount(void **state)
     assert_ptr_equal(loom_msg_retain(m), m);
     assert_int_equal(atomic_load(&m->refs), 3);
     m->payload = t_json("{\"owned\":true}");
-    assert_int_equal(loom__msg_set(&m->event_name, "e"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->event_name, "e"), LOOM_OK);
     loom_msg_release(m);
     loom_msg_release(m);
     assert_int_equal(atomic_load(&m->refs), 1);
@@ -1170,24 +1170,37 @@ static void test_new_message_defaults(void **state)
 static void test_set_helpers(void **state)
 {
     (void)state;
-    char *f = NULL;
-    assert_int_equal(loom__msg_set(&f, "one"), LOOM_OK);
-    assert_string_equal(f, "one");
-    assert_int_equal(loom__msg_set(&f, "two"), LOOM_OK);
-    assert_string_equal(f, "two");
-    assert_int_equal(loom__msg_set(&f, NULL), LOOM_OK);
-    assert_null(f);
-    assert_int_equal(loom__msg_set(NULL, "x"), LOOM_EINVAL);
-    loom_address a = {0};
-    assert_int_equal(loom__msg_set_address(&a, "s", NULL, "t", "i"), LOOM_OK);
-    assert_string_equal(a.service, "s");
-    assert_null(a.version);
-    assert_int_equal(loom__msg_set_address(&a, NULL, "v", NULL, NULL), LOOM_OK);
-    assert_null(a.service);
-    assert_string_equal(a.version, "v");
-    assert_int_equal(loom__msg_set_address(NULL, "s", NULL, NULL, NULL), LOOM_EINVAL);
-    assert_int_equal(loom__msg_set_address(&a, NULL, NULL, NULL, NULL), LOOM_OK);
-    assert_null(a.version);
+    loom_msg *m = loom__msg_new(LOOM_MSG_CUSTOM);
+    assert_non_null(m);
+    char **f = &m->event_name;
+    assert_int_equal(loom__msg_set(m, f, "one"), LOOM_OK);
+    assert_string_equal(*f, "one");
+    assert_int_equal(loom__msg_set(m, f, "two"), LOOM_OK);
+    assert_string_equal(*f, "two");
+    assert_int_equal(loom__msg_set(m, f, NULL), LOOM_OK);
+    assert_null(*f);
+    assert_int_equal(loom__msg_set(m, NULL, "x"), LOOM_EINVAL);
+    assert_int_equal(loom__msg_set(NULL, f, "x"), LOOM_EINVAL);
+    /* strings beyond the inline arena go to the heap and are freed too */
+    char big[600];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(loom__msg_set(m, &m->principal_id, big), LOOM_OK);
+        assert_int_equal(loom__msg_set(m, &m->tenant_id, "short"), LOOM_OK);
+    }
+    assert_string_equal(m->principal_id, big);
+    loom_address *a = &m->sender;
+    assert_int_equal(loom__msg_set_address(m, a, "s", NULL, "t", "i"), LOOM_OK);
+    assert_string_equal(a->service, "s");
+    assert_null(a->version);
+    assert_int_equal(loom__msg_set_address(m, a, NULL, "v", NULL, NULL), LOOM_OK);
+    assert_null(a->service);
+    assert_string_equal(a->version, "v");
+    assert_int_equal(loom__msg_set_address(m, NULL, "s", NULL, NULL, NULL), LOOM_EINVAL);
+    assert_int_equal(loom__msg_set_address(m, a, NULL, NULL, NULL, NULL), LOOM_OK);
+    assert_null(a->version);
+    loom_msg_release(m);
 }
 
 static loom_msg *request(void)

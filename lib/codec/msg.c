@@ -18,6 +18,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,9 +77,12 @@ void loom_free(void *ptr)
 
 loom_msg *loom__msg_new(loom_msg_type type)
 {
-    loom_msg *m = calloc(1, sizeof *m);
+    /* Everything but the string arena starts zeroed; the arena is written
+     * before it is read (arena_used). */
+    loom_msg *m = malloc(sizeof *m);
     if (!m)
         return NULL;
+    memset(m, 0, offsetof(loom_msg, arena));
     atomic_init(&m->refs, 1);
     m->type = type;
     loom__random_id(m->id);
@@ -86,42 +90,80 @@ loom_msg *loom__msg_new(loom_msg_type type)
     return m;
 }
 
-loom_err loom__msg_set(char **field, const char *v)
+/* A copy of v in m's arena when it fits, else on the heap. */
+static char *msg_strdup(loom_msg *m, const char *v)
 {
-    if (!field)
+    size_t n = strlen(v) + 1;
+    if (n <= sizeof m->arena - m->arena_used) {
+        char *p = m->arena + m->arena_used;
+        memcpy(p, v, n);
+        m->arena_used = (uint16_t)(m->arena_used + n);
+        return p;
+    }
+    return strdup(v);
+}
+
+static void msg_strfree(loom_msg *m, const char *p)
+{
+    if (p && (p < m->arena || p >= m->arena + sizeof m->arena))
+        free((char *)p);
+}
+
+loom_err loom__msg_set(loom_msg *m, char **field, const char *v)
+{
+    if (!m || !field)
         return LOOM_EINVAL;
     char *copy = NULL;
-    if (v && !(copy = strdup(v)))
+    if (v && !(copy = msg_strdup(m, v)))
         return LOOM_ENOMEM;
-    free(*field);
+    msg_strfree(m, *field);
     *field = copy;
     return LOOM_OK;
 }
 
-static void address_clear(loom_address *a)
+static void address_clear(loom_msg *m, loom_address *a)
 {
-    free((char *)a->service);
-    free((char *)a->version);
-    free((char *)a->target);
-    free((char *)a->instance);
+    msg_strfree(m, a->service);
+    msg_strfree(m, a->version);
+    msg_strfree(m, a->target);
+    msg_strfree(m, a->instance);
     memset(a, 0, sizeof *a);
 }
 
-loom_err loom__msg_set_address(loom_address *a, const char *service, const char *version,
-                               const char *target, const char *instance)
+static const char *addr_dup(loom_msg *m, const char *v, bool *ok)
 {
-    if (!a)
+    if (!v)
+        return NULL;
+    char *c = msg_strdup(m, v);
+    if (!c)
+        *ok = false;
+    return c;
+}
+
+loom_err loom__msg_set_address(loom_msg *m, loom_address *a, const char *service,
+                               const char *version, const char *target, const char *instance)
+{
+    if (!m || !a)
         return LOOM_EINVAL;
     /* All or nothing: the old values stay when a copy fails. */
-    loom_address n = {loom__strdup(service), loom__strdup(version), loom__strdup(target),
-                      loom__strdup(instance)};
-    if ((service && !n.service) || (version && !n.version) || (target && !n.target) ||
-        (instance && !n.instance)) {
-        address_clear(&n);
+    bool ok = true;
+    const char *sv = addr_dup(m, service, &ok), *vv = addr_dup(m, version, &ok);
+    const char *tv = addr_dup(m, target, &ok), *iv = addr_dup(m, instance, &ok);
+    if (!ok) {
+        msg_strfree(m, sv);
+        msg_strfree(m, vv);
+        msg_strfree(m, tv);
+        msg_strfree(m, iv);
         return LOOM_ENOMEM;
     }
-    address_clear(a);
-    *a = n;
+    msg_strfree(m, a->service);
+    msg_strfree(m, a->version);
+    msg_strfree(m, a->target);
+    msg_strfree(m, a->instance);
+    a->service = sv;
+    a->version = vv;
+    a->target = tv;
+    a->instance = iv;
     return LOOM_OK;
 }
 
@@ -134,11 +176,11 @@ static bool correlate(loom_msg *r, const loom_msg *req)
         return true;
     memcpy(r->correlation_id, req->id, sizeof r->correlation_id);
     memcpy(r->trace_id, req->trace_id, sizeof r->trace_id);
-    return loom__msg_set(&r->principal_id, req->principal_id) == LOOM_OK &&
-           loom__msg_set(&r->tenant_id, req->tenant_id) == LOOM_OK &&
-           loom__msg_set_address(&r->receiver, req->sender.service, req->sender.version,
+    return loom__msg_set(r, &r->principal_id, req->principal_id) == LOOM_OK &&
+           loom__msg_set(r, &r->tenant_id, req->tenant_id) == LOOM_OK &&
+           loom__msg_set_address(r, &r->receiver, req->sender.service, req->sender.version,
                                  req->sender.target, req->sender.instance) == LOOM_OK &&
-           loom__msg_set_address(&r->sender, req->receiver.service, req->receiver.version,
+           loom__msg_set_address(r, &r->sender, req->receiver.service, req->receiver.version,
                                  req->receiver.target, req->receiver.instance) == LOOM_OK;
 }
 
@@ -151,7 +193,7 @@ loom_msg *loom__msg_error_for(const loom_msg *request, int status, const char *m
     r->status = status;
     r->handled = handled;
     if (!correlate(r, request) ||
-        loom__msg_set(&r->error_message, message ? message : "") != LOOM_OK) {
+        loom__msg_set(r, &r->error_message, message ? message : "") != LOOM_OK) {
         loom_msg_release(r); /* data is not attached yet: the caller keeps it */
         return NULL;
     }
@@ -187,18 +229,18 @@ void loom_msg_release(loom_msg *m)
      * the free below. */
     if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1)
         return;
-    free(m->content_type);
-    free(m->content_encoding);
-    free(m->principal_id);
-    free(m->tenant_id);
-    free(m->event_name);
-    free(m->reply_to);
-    free(m->info_type);
-    address_clear(&m->sender);
-    address_clear(&m->receiver);
+    msg_strfree(m, m->content_type);
+    msg_strfree(m, m->content_encoding);
+    msg_strfree(m, m->principal_id);
+    msg_strfree(m, m->tenant_id);
+    msg_strfree(m, m->event_name);
+    msg_strfree(m, m->reply_to);
+    msg_strfree(m, m->info_type);
+    address_clear(m, &m->sender);
+    address_clear(m, &m->receiver);
     cJSON_Delete(m->payload);
     cJSON_Delete(m->parameter);
-    free(m->error_message);
+    msg_strfree(m, m->error_message);
     cJSON_Delete(m->error_data);
     free(m);
 }
@@ -1138,9 +1180,12 @@ static cJSON *detach(cJSON *parent, cJSON *item)
 /* Step 3: copies the strings, then moves the payload subtrees out of root. */
 static loom_msg *build(const fields *f)
 {
-    loom_msg *m = calloc(1, sizeof *m);
+    /* Everything but the string arena starts zeroed; the arena is written
+     * before it is read (arena_used). */
+    loom_msg *m = malloc(sizeof *m);
     if (!m)
         return NULL;
+    memset(m, 0, offsetof(loom_msg, arena));
     atomic_init(&m->refs, 1);
     m->type = f->type;
     memcpy(m->id, f->id, LOOM_ID_LEN + 1);
@@ -1157,16 +1202,16 @@ static loom_msg *build(const fields *f)
                      &m->tenant_id,    &m->event_name,       &m->reply_to};
     bool ok = true;
     for (int i = 0; i < 6; i++)
-        ok = ok && loom__msg_set(dst[i], f->strs[i]) == LOOM_OK;
+        ok = ok && loom__msg_set(m, dst[i], f->strs[i]) == LOOM_OK;
     ok = ok &&
-         loom__msg_set_address(&m->sender, f->sender[0], f->sender[1], f->sender[2],
+         loom__msg_set_address(m, &m->sender, f->sender[0], f->sender[1], f->sender[2],
                                f->sender[3]) == LOOM_OK &&
-         loom__msg_set_address(&m->receiver, f->receiver[0], f->receiver[1], f->receiver[2],
+         loom__msg_set_address(m, &m->receiver, f->receiver[0], f->receiver[1], f->receiver[2],
                                f->receiver[3]) == LOOM_OK;
     if (ok && f->type == LOOM_MSG_INFO)
-        ok = loom__msg_set(&m->info_type, f->type_name) == LOOM_OK;
+        ok = loom__msg_set(m, &m->info_type, f->type_name) == LOOM_OK;
     if (ok && f->error_message)
-        ok = loom__msg_set(&m->error_message, f->error_message) == LOOM_OK;
+        ok = loom__msg_set(m, &m->error_message, f->error_message) == LOOM_OK;
     if (!ok) {
         loom_msg_release(m);
         return NULL;

@@ -38,16 +38,20 @@ struct loom_msg {
     char *error_message;
     cJSON *error_data;
     bool handled;
+    /* Short strings live here (one allocation per message); longer ones
+     * are malloc'd. A string inside the arena is never freed by itself. */
+    uint16_t arena_used;
+    char arena[256];
 };
 
 /* A new message of the given type: refs 1, fresh id, timestamp now, every
  * other field empty. NULL on allocation failure. */
 loom_msg *loom__msg_new(loom_msg_type type);
-/* Replaces an owned string field with a copy of v (NULL clears). */
-loom_err loom__msg_set(char **field, const char *v);
-/* Sets all four address fields (each copied, NULL allowed). */
-loom_err loom__msg_set_address(loom_address *a, const char *service, const char *version,
-                               const char *target, const char *instance);
+/* Replaces a string field of m with a copy of v (NULL clears). */
+loom_err loom__msg_set(loom_msg *m, char **field, const char *v);
+/* Sets all four fields of an address of m (each copied, NULL allowed). */
+loom_err loom__msg_set_address(loom_msg *m, loom_address *a, const char *service,
+                               const char *version, const char *target, const char *instance);
 /* An error response correlated to request (which may be NULL): status,
  * message copied, data taken over only when non-NULL is returned. NULL on
  * allocation failure. */

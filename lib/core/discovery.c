@@ -110,8 +110,8 @@ loom_err loom__announce(loom_runtime *rt)
         return LOOM_OK;
     }
     loom_msg *m = loom__msg_new(LOOM_MSG_INFO);
-    if (!m || loom__msg_set(&m->info_type, "infoServiceAvailable") ||
-        loom__msg_set_address(&m->sender, NULL, NULL, NULL, rt->instance_id)) {
+    if (!m || loom__msg_set(m, &m->info_type, "infoServiceAvailable") ||
+        loom__msg_set_address(m, &m->sender, NULL, NULL, NULL, rt->instance_id)) {
         loom_msg_release(m);
         cJSON_Delete(copy);
         return LOOM_ENOMEM;

@@ -142,7 +142,8 @@ static void after_answer(loom_ctx *ctx)
 {
     loom_runtime *rt = ctx->rt;
     atomic_fetch_sub(&rt->inflight, 1);
-    atomic_fetch_sub(&ctx->cmd->running, 1);
+    if (ctx->cmd->max_running)
+        atomic_fetch_sub(&ctx->cmd->running, 1);
     if (atomic_load(&ctx->flags) & LOOM__CTX_DEFERRED) {
         pthread_mutex_lock(&rt->ctx_mu);
         if (ctx->prev_deferred)
@@ -176,7 +177,7 @@ static void emit_success_event(loom_ctx *ctx, loom_msg *resp)
 static void deliver_answer(loom_ctx *ctx, loom_msg *resp)
 {
     if (resp->type == LOOM_MSG_SUCCESS && ctx->cmd->def->success_event) {
-        if (loom__msg_set(&resp->event_name, ctx->cmd->def->success_event) == LOOM_OK)
+        if (loom__msg_set(resp, &resp->event_name, ctx->cmd->def->success_event) == LOOM_OK)
             emit_success_event(ctx, resp);
     }
     route_response(ctx, resp);
@@ -233,8 +234,8 @@ loom_err loom_ctx_reply(loom_ctx *ctx, cJSON *result)
         atomic_fetch_and(&ctx->flags, ~LOOM__CTX_REPLIED);
         return LOOM_ENOMEM;
     }
-    if (loom__msg_set_address(&resp->sender, ctx->svc->def->name, ctx->svc->def->version,
-                              cmd->def->name, ctx->rt->instance_id) != LOOM_OK) {
+    /* The response's sender is the request's receiver: add our instance. */
+    if (loom__msg_set(resp, (char **)&resp->sender.instance, ctx->rt->instance_id) != LOOM_OK) {
         resp->payload = NULL; /* hand result back */
         loom_msg_release(resp);
         atomic_fetch_and(&ctx->flags, ~LOOM__CTX_REPLIED);
@@ -266,8 +267,7 @@ loom_err loom_ctx_fail(loom_ctx *ctx, int status, const char *message, cJSON *da
     }
     if (unexpected)
         cJSON_Delete(data);
-    loom__msg_set_address(&resp->sender, ctx->svc->def->name, ctx->svc->def->version,
-                          ctx->cmd->def->name, ctx->rt->instance_id);
+    loom__msg_set(resp, (char **)&resp->sender.instance, ctx->rt->instance_id);
     return answer_command(ctx, resp);
 }
 
@@ -339,7 +339,7 @@ static void answer_early(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
                     .slot = to->slot, .reply_topic = (char *)to->topic,
                     .correlation = (void *)to->corr, .correlation_len = to->corr_len};
     if (resp) {
-        loom__msg_set_address(&resp->sender, cmd->svc->def->name, cmd->svc->def->version,
+        loom__msg_set_address(resp, &resp->sender, cmd->svc->def->name, cmd->svc->def->version,
                               cmd->def->name, rt->instance_id);
         route_response(&tmp, resp);
     }
@@ -366,12 +366,13 @@ void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
             early = validation_error(msg, "parameter", details);
     }
     /* The bulkhead: a command never runs more than max_running at once. */
-    int running = atomic_fetch_add(&cmd->running, 1);
-    if (!early && cmd->max_running && running >= cmd->max_running)
+    bool counted = !early && cmd->max_running;
+    if (counted && atomic_fetch_add(&cmd->running, 1) >= cmd->max_running)
         early = loom__msg_error_for(msg, 503, "overloaded: too many concurrent requests", NULL,
                                     false);
     if (early) {
-        atomic_fetch_sub(&cmd->running, 1);
+        if (counted)
+            atomic_fetch_sub(&cmd->running, 1);
         answer_early(rt, cmd, msg, to, early);
         return;
     }
@@ -388,7 +389,8 @@ void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
             ctx->msg = NULL;
             ctx_free(ctx);
         }
-        atomic_fetch_sub(&cmd->running, 1);
+        if (counted)
+            atomic_fetch_sub(&cmd->running, 1);
         answer_early(rt, cmd, msg, to,
                      loom__msg_error_for(msg, 503, "out of memory", NULL, false));
         return;

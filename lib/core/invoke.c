@@ -264,12 +264,12 @@ static loom_msg *build_request(loom_runtime *rt, const loom_ctx *parent, const l
     const char *target = parent ? (parent->cmd ? parent->cmd->def->name
                                                : parent->sub ? parent->sub->def->name : NULL)
                                 : NULL;
-    if (loom__msg_set(&m->principal_id, principal) || loom__msg_set(&m->tenant_id, tenant) ||
-        loom__msg_set(&m->reply_to, rt->reply_topic) ||
-        loom__msg_set_address(&m->sender, parent ? parent->svc->def->name : NULL,
+    if (loom__msg_set(m, &m->principal_id, principal) || loom__msg_set(m, &m->tenant_id, tenant) ||
+        loom__msg_set(m, &m->reply_to, rt->reply_topic) ||
+        loom__msg_set_address(m, &m->sender, parent ? parent->svc->def->name : NULL,
                               parent ? parent->svc->def->version : NULL, target,
                               rt->instance_id) ||
-        loom__msg_set_address(&m->receiver, call->service, version, call->command, NULL)) {
+        loom__msg_set_address(m, &m->receiver, call->service, version, call->command, NULL)) {
         loom_msg_release(m);
         return NULL;
     }
@@ -412,8 +412,7 @@ static void send_remote(loom_runtime *rt, const prepared *p, loom_reply_fn cb, v
         free(topic);
         loom_msg_release(m);
         if (r503) {
-            free(r503->error_message);
-            r503->error_message = strdup("out of memory");
+            loom__msg_set(r503, &r503->error_message, "out of memory");
             answer(rt, cb, user, r503);
         }
         return;
@@ -425,9 +424,11 @@ static void send_remote(loom_runtime *rt, const prepared *p, loom_reply_fn cb, v
         return;
     }
     if (err != LOOM_EUNAVAILABLE) {
-        free(r503->error_message);
-        r503->error_message = loom__asprintf("cannot send to %s.%s: %s", m->receiver.service,
-                                             m->receiver.target, loom_strerror(err));
+        char *why = loom__asprintf("cannot send to %s.%s: %s", m->receiver.service,
+                                   m->receiver.target, loom_strerror(err));
+        if (why)
+            loom__msg_set(r503, &r503->error_message, why);
+        free(why);
     }
     loom_msg_release(m);
     fail_pending(rt, id, r503);

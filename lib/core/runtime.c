@@ -148,8 +148,8 @@ loom_err loom__emit(loom_runtime *rt, const loom_ctx *ctx, const char *event, cJ
     if (ctx) {
         const loom_msg *pm = ctx->msg;
         memcpy(m->trace_id, pm->trace_id, sizeof m->trace_id);
-        if (loom__msg_set(&m->principal_id, pm->principal_id) ||
-            loom__msg_set(&m->tenant_id, pm->tenant_id)) {
+        if (loom__msg_set(m, &m->principal_id, pm->principal_id) ||
+            loom__msg_set(m, &m->tenant_id, pm->tenant_id)) {
             loom_msg_release(m);
             return LOOM_ENOMEM;
         }
@@ -157,8 +157,8 @@ loom_err loom__emit(loom_runtime *rt, const loom_ctx *ctx, const char *event, cJ
     if (!m->trace_id[0])
         loom__random_id(m->trace_id);
     char *topic = loom__event_topic(rt, event, svc, ver);
-    if (!topic || loom__msg_set(&m->event_name, event) ||
-        loom__msg_set_address(&m->sender, svc, ver, target, rt->instance_id)) {
+    if (!topic || loom__msg_set(m, &m->event_name, event) ||
+        loom__msg_set_address(m, &m->sender, svc, ver, target, rt->instance_id)) {
         free(topic);
         loom_msg_release(m);
         return LOOM_ENOMEM;
@@ -367,7 +367,7 @@ static void run_bare_command(loom_runtime *rt, loom__command *cmd, raw_delivery 
         return;
     loom__random_id(m->trace_id);
     m->deadline = m->timestamp + (cmd->timeout_ms ? cmd->timeout_ms : rt->default_timeout_ms);
-    loom__msg_set_address(&m->receiver, cmd->svc->def->name, cmd->svc->def->version,
+    loom__msg_set_address(m, &m->receiver, cmd->svc->def->name, cmd->svc->def->version,
                           cmd->def->name, NULL);
     int status = 0;
     if (r->len) {

@@ -2,6 +2,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,8 +13,10 @@
 
 int64_t loom__now_ms(void)
 {
+    /* The coarse clock (a few ms resolution, no clock read): timestamps and
+     * deadlines are whole milliseconds and every message needs one. */
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
@@ -58,12 +61,19 @@ static uint64_t rng_next(void)
 void loom__random_id(char out[33])
 {
     static const char hex[] = "0123456789abcdef";
+    static char pairs[256][2];
+    static atomic_bool ready;
+    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
+        for (int i = 0; i < 256; i++) { /* idempotent: racing threads write the same */
+            pairs[i][0] = hex[i >> 4];
+            pairs[i][1] = hex[i & 15];
+        }
+        atomic_store_explicit(&ready, true, memory_order_release);
+    }
     for (int w = 0; w < 2; w++) {
         uint64_t v = rng_next();
-        for (int i = 0; i < 16; i++) {
-            out[w * 16 + i] = hex[v & 15];
-            v >>= 4;
-        }
+        for (int i = 0; i < 8; i++, v >>= 8)
+            memcpy(out + w * 16 + i * 2, pairs[v & 255], 2);
     }
     out[32] = '\0';
 }

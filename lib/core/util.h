@@ -10,7 +10,7 @@
 
 #define LOOM__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
-/* Wall clock, epoch milliseconds. */
+/* Wall clock, epoch milliseconds (coarse: a few ms resolution). */
 int64_t loom__now_ms(void);
 /* Monotonic clock, milliseconds. */
 int64_t loom__mono_ms(void);
