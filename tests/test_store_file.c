@@ -864,6 +864,139 @@ static void test_limits(void **state)
     loom__store_close(s);
 }
 
+static loom_err cas_text(loom_store *s, const char *key, const char *expected, const char *value,
+                         uint32_t ttl)
+{
+    cJSON *e = expected ? t_json(expected) : NULL;
+    cJSON *v = value ? t_json(value) : NULL;
+    loom_err err = loom_store_cas(s, key, e, v, ttl);
+    cJSON_Delete(e);
+    cJSON_Delete(v);
+    return err;
+}
+
+static void test_cas(void **state)
+{
+    fixture *f = *state;
+    loom_store *s = open_url(f->url);
+    /* expected NULL: only when absent. */
+    assert_int_equal(cas_text(s, "k", NULL, "{\"v\":1}", 0), LOOM_OK);
+    assert_int_equal(cas_text(s, "k", NULL, "{\"v\":2}", 0), LOOM_EEXIST);
+    assert_value(s, "k", "{\"v\":1}");
+    /* A match swaps, a mismatch changes nothing (and writes nothing). */
+    struct stat before, after;
+    assert_int_equal(stat(f->path, &before), 0);
+    assert_int_equal(cas_text(s, "k", "{\"v\":0}", "{\"v\":2}", 0), LOOM_EEXIST);
+    assert_int_equal(stat(f->path, &after), 0);
+    assert_true(before.st_ino == after.st_ino);
+    assert_int_equal(cas_text(s, "k", " { \"v\" : 1 } ", "{\"v\":2}", 0), LOOM_OK);
+    assert_value(s, "k", "{\"v\":2}");
+    set_text(s, "o", "{\"a\":1,\"b\":2}", 0);
+    assert_int_equal(cas_text(s, "o", "{\"b\":2,\"a\":1}", "0", 0), LOOM_EEXIST);
+    assert_int_equal(cas_text(s, "o", "{\"a\":1,\"b\":2}", "0", 0), LOOM_OK);
+    assert_int_equal(cas_text(s, "none", "1", "2", 0), LOOM_EEXIST);
+    assert_absent(s, "none");
+    /* value NULL deletes. */
+    assert_int_equal(cas_text(s, "k", "{\"v\":3}", NULL, 0), LOOM_EEXIST);
+    assert_int_equal(cas_text(s, "k", "{\"v\":2}", NULL, 0), LOOM_OK);
+    assert_absent(s, "k");
+    assert_int_equal(cas_text(s, "k", NULL, NULL, 0), LOOM_OK);
+    /* Counters written by incr compare with cJSON numbers below 1e15. */
+    assert_int_equal(loom_store_incr(s, "n", 123456789012345LL, NULL), LOOM_OK);
+    assert_int_equal(cas_text(s, "n", "123456789012345", "-5", 0), LOOM_OK);
+    /* TTL with the swap; an expired key is absent. */
+    assert_int_equal(cas_text(s, "t", NULL, "1", 30), LOOM_OK);
+    assert_int_equal(cas_text(s, "t2", NULL, "1", 30), LOOM_OK);
+    assert_int_equal(cas_text(s, "t2", "1", "2", 0), LOOM_OK);
+    sleep_ms(45);
+    assert_absent(s, "t");
+    assert_int_equal(cas_text(s, "t", "1", "3", 0), LOOM_EEXIST);
+    assert_int_equal(cas_text(s, "t", NULL, "3", 0), LOOM_OK);
+    loom__store_close(s);
+
+    /* In the file, seen by another store. */
+    loom_store *b = open_url(f->url);
+    assert_value(b, "t", "3");
+    assert_value(b, "t2", "2");
+    assert_value(b, "n", "-5");
+    assert_value(b, "o", "0");
+    /* Only JSON enters the file. */
+    assert_int_equal(b->ops->cas(b->self, "t", "3", "{bad", 0), LOOM_EINVAL);
+    assert_int_equal(b->ops->cas(b->self, "t", "3", "1 2", 0), LOOM_EINVAL);
+    assert_value(b, "t", "3");
+    loom__store_close(b);
+
+    /* A corrupt file is never overwritten. */
+    write_file(f->path, "not json", 8);
+    s = open_url(f->url);
+    assert_int_equal(cas_text(s, "t", NULL, "1", 0), LOOM_EPARSE);
+    assert_int_equal(cas_text(s, "t", "3", NULL, 0), LOOM_EPARSE);
+    loom__store_close(s);
+    size_t len = 0;
+    char *text = read_file(f->path, &len);
+    assert_int_equal(len, 8);
+    free(text);
+}
+
+/* Parent and a forked child update one document with read-modify-cas
+ * loops: no update is lost across processes. */
+#define CAS_ROUNDS 150
+
+static int cas_rounds(loom_store *s)
+{
+    for (int i = 0; i < CAS_ROUNDS; i++) {
+        for (;;) {
+            cJSON *cur = NULL;
+            if (loom_store_get(s, "doc", &cur) != LOOM_OK)
+                return 1;
+            cJSON *next = cJSON_Duplicate(cur, true);
+            cJSON *n = cJSON_GetObjectItem(next, "n");
+            cJSON_SetNumberValue(n, n->valuedouble + 1);
+            loom_err err = loom_store_cas(s, "doc", cur, next, 0);
+            cJSON_Delete(cur);
+            cJSON_Delete(next);
+            if (err == LOOM_OK)
+                break;
+            if (err != LOOM_EEXIST)
+                return 2;
+        }
+    }
+    return 0;
+}
+
+static void test_cas_processes(void **state)
+{
+    fixture *f = *state;
+    loom_store *s = open_url(f->url);
+    set_text(s, "doc", "{\"n\":0}", 0);
+    int go[2];
+    assert_int_equal(pipe(go), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(go[1]);
+        char c;
+        loom_store *own = NULL;
+        if (read(go[0], &c, 1) != 1 || loom__store_open(&own, f->url, NULL) != LOOM_OK)
+            _exit(3);
+        int rc = cas_rounds(own);
+        loom__store_close(own);
+        _exit(rc);
+    }
+    close(go[0]);
+    assert_int_equal(write(go[1], "g", 1), 1);
+    close(go[1]);
+    assert_int_equal(cas_rounds(s), 0);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    char want[32];
+    snprintf(want, sizeof want, "{\"n\":%d}", 2 * CAS_ROUNDS);
+    assert_value(s, "doc", want);
+    loom__store_close(s);
+}
+
 static void test_urls(void **state)
 {
     fixture *f = *state;
@@ -938,6 +1071,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_missing_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cas, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cas_processes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_urls, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -22,7 +22,8 @@
 extern "C" {
 #endif
 
-#define LOOM_STORE_ABI_VERSION 1
+/* 2 added cas. Tables of version 1 are still accepted (without cas). */
+#define LOOM_STORE_ABI_VERSION 2
 
 typedef struct loom_store_ops {
     uint32_t abi_version; /* LOOM_STORE_ABI_VERSION */
@@ -35,11 +36,22 @@ typedef struct loom_store_ops {
      * the core frees. LOOM_ENOTFOUND when absent or expired. */
     loom_err (*get)(void *self, const char *key, char **json);
     /* if_absent: fail with LOOM_EEXIST when the key exists. ttl_ms 0 = none. */
-    loom_err (*set)(void *self, const char *key, const char *json, uint32_t ttl_ms,
-                    bool if_absent);
+    loom_err (*set)(void *self, const char *key, const char *json, uint32_t ttl_ms, bool if_absent);
     loom_err (*del)(void *self, const char *key);
     loom_err (*incr)(void *self, const char *key, int64_t delta, int64_t *out);
     void (*close)(void *self);
+
+    /* --- abi_version >= 2 --- */
+
+    /* Compare-and-set, atomically: when the current value's JSON text is
+     * byte for byte expected_json (NULL: when the key is absent or expired),
+     * replaces it with new_json and ttl_ms as set does (NULL: deletes the
+     * key; ttl_ms is then ignored) and returns LOOM_OK; otherwise changes
+     * nothing and returns LOOM_EEXIST. The core passes both texts printed by
+     * cJSON_PrintUnformatted. May be NULL: loom_store_cas then returns
+     * LOOM_EUNSUPPORTED. */
+    loom_err (*cas)(void *self, const char *key, const char *expected_json, const char *new_json,
+                    uint32_t ttl_ms);
 } loom_store_ops;
 
 /* Registers a store for ops->scheme, process-wide and permanently: ops must

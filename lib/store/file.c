@@ -1045,6 +1045,54 @@ static loom_err file_incr(void *self, const char *key, int64_t delta, int64_t *o
     return err;
 }
 
+static loom_err file_cas(void *self, const char *key, const char *expected_json,
+                         const char *new_json, uint32_t ttl_ms)
+{
+    file_db *db = self;
+    if (!db || !key)
+        return LOOM_EINVAL;
+    char *value = NULL;
+    if (new_json) {
+        size_t len = strlen(new_json);
+        if (len > MAX_FILE)
+            return LOOM_ETOOBIG;
+        /* Only JSON may enter the file: anything else would corrupt it. */
+        if (!valid_json(new_json, len))
+            return LOOM_EINVAL;
+        value = strdup(new_json); /* allocated outside the locks */
+    }
+    fentry *fresh = entry_new(key);
+    loom_err err = (value || !new_json) && fresh ? enter(db, true) : LOOM_ENOMEM;
+    if (err == LOOM_OK) {
+        int64_t now = loom__now_ms();
+        bool found;
+        size_t i = table_search(&db->data, key, &found);
+        bool live = found && !expired(db->data.items[i], now);
+        bool match =
+            expected_json ? live && strcmp(db->data.items[i]->value, expected_json) == 0 : !live;
+        if (!match) {
+            err = LOOM_EEXIST;
+        } else if (value) {
+            err = put_locked(db, i, found, &fresh, &value, ttl_ms ? now + ttl_ms : 0);
+            if (err == LOOM_OK)
+                err = save_locked(db);
+        } else if (found) {
+            /* Deleting a live entry, or purging an expired one: either way
+             * the key is absent afterwards. */
+            table *t = &db->data;
+            free(t->items[i]->value);
+            free(t->items[i]);
+            memmove(&t->items[i], &t->items[i + 1], (t->len - i - 1) * sizeof *t->items);
+            t->len--;
+            err = save_locked(db);
+        }
+        leave(db);
+    }
+    free(value);
+    free(fresh);
+    return err;
+}
+
 /* --- lifetime ------------------------------------------------------------ */
 
 /* The path part of a file URL (after "file:"): "PATH", "//" + "" or
@@ -1150,4 +1198,5 @@ const loom_store_ops loom__store_file_ops = {
     .del = file_del,
     .incr = file_incr,
     .close = file_close,
+    .cas = file_cas,
 };

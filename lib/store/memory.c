@@ -344,6 +344,45 @@ static loom_err mem_incr(void *self, const char *key, int64_t delta, int64_t *ou
     return err;
 }
 
+static loom_err mem_cas(void *self, const char *key, const char *expected_json,
+                        const char *new_json, uint32_t ttl_ms)
+{
+    mem_db *db = self;
+    if (!db || !key)
+        return LOOM_EINVAL;
+    size_t klen = strlen(key);
+    uint64_t h = hash_key(db, key, klen);
+    shard *sh = shard_for(db, h);
+    char *copy = NULL; /* allocated outside the lock */
+    if (new_json && !(copy = strdup(new_json)))
+        return LOOM_ENOMEM;
+    int64_t now = loom__mono_ms();
+    int64_t expires = ttl_ms ? now + ttl_ms : 0;
+    loom_err err = LOOM_OK;
+
+    pthread_mutex_lock(&sh->lock);
+    entry **link = find_locked(sh, h, key, klen, now);
+    bool match = expected_json ? link && strcmp((*link)->value, expected_json) == 0 : !link;
+    if (!match) {
+        err = LOOM_EEXIST;
+    } else if (!copy) {
+        if (link)
+            unlink_locked(sh, link);
+    } else if (link) {
+        char *old = (*link)->value;
+        (*link)->value = copy;
+        (*link)->expires = expires;
+        copy = old;
+    } else {
+        err = insert_locked(sh, h, key, klen, copy, expires, now);
+        if (err == LOOM_OK)
+            copy = NULL;
+    }
+    pthread_mutex_unlock(&sh->lock);
+    free(copy);
+    return err;
+}
+
 /* --- lifetime ----------------------------------------------------------- */
 
 static void db_free(mem_db *db)
@@ -485,4 +524,5 @@ const loom_store_ops loom__store_memory_ops = {
     .del = mem_del,
     .incr = mem_incr,
     .close = mem_close,
+    .cas = mem_cas,
 };

@@ -25,6 +25,7 @@ static void add_builtins_locked(void)
         return;
     registry[registry_len++] = &loom__store_memory_ops;
     registry[registry_len++] = &loom__store_file_ops;
+    registry[registry_len++] = &loom__store_redis_ops;
     builtins_added = true;
 }
 
@@ -288,5 +289,27 @@ loom_err loom_store_incr(loom_store *s, const char *key, int64_t delta, int64_t 
     err = s->ops->incr(s->self, key, delta, &v);
     if (err == LOOM_OK && out)
         *out = v;
+    return err;
+}
+
+loom_err loom_store_cas(loom_store *s, const char *key, const cJSON *expected, const cJSON *value,
+                        uint32_t ttl_ms)
+{
+    loom_err err = check_key(s, key);
+    if (err != LOOM_OK)
+        return err;
+    if ((expected && cJSON_IsInvalid(expected)) || (value && cJSON_IsInvalid(value)))
+        return LOOM_EINVAL;
+    /* A version 1 table ends before cas: do not read past it. */
+    if (s->ops->abi_version < 2 || !s->ops->cas)
+        return LOOM_EUNSUPPORTED;
+    char *old_json = expected ? cJSON_PrintUnformatted(expected) : NULL;
+    char *new_json = value ? cJSON_PrintUnformatted(value) : NULL;
+    if ((expected && !old_json) || (value && !new_json))
+        err = LOOM_ENOMEM;
+    else
+        err = s->ops->cas(s->self, key, old_json, new_json, ttl_ms);
+    cJSON_free(old_json);
+    cJSON_free(new_json);
     return err;
 }

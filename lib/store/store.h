@@ -1,4 +1,4 @@
-/* Internal: opening state stores by URL, and the built-in memory store. */
+/* Internal: opening state stores by URL, and the built-in stores. */
 #ifndef LOOM_STORE_STORE_H
 #define LOOM_STORE_STORE_H
 
@@ -49,5 +49,18 @@ extern const loom_store_ops loom__store_memory_ops;
  * directory at open. Each operation locks PATH.lock (flock), reloads the
  * file when it changed and, for writes, replaces it atomically. */
 extern const loom_store_ops loom__store_file_ops;
+
+/* The "redis" store (redis.c), registered lazily by the registry.
+ *   "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]", HOST may be "[IPv6]";
+ *   port 6379 and database 0 by default; the password may also come from
+ *   the `password` option (the URL's wins).
+ * Options: `prefix` (prepended to every key, default "loom:"), `password`,
+ * `timeout_ms` (bounds each operation: waiting for a connection,
+ * connecting, each command; default 2000). Up to 8 pooled connections;
+ * while Redis is unreachable every operation fails with LOOM_EUNAVAILABLE
+ * within timeout_ms, and the store reconnects by itself. open fails with
+ * LOOM_ECONFIG for a bad URL or option, or when the server refuses the
+ * password or database; an unreachable server is not an open error. */
+extern const loom_store_ops loom__store_redis_ops;
 
 #endif
