@@ -32,4 +32,43 @@
 extern const loom_adapter_ops loom__mqtt_adapter;  /* scheme "mqtt" */
 extern const loom_adapter_ops loom__mqtts_adapter; /* scheme "mqtts" (TLS) */
 
+/* NATS core over the nats.c client library (lib/broker/nats.c). Both tables
+ * share their functions.
+ *
+ *   nats://[user:password@]host[:port][,[user:password@]host[:port]...]
+ *                         every listed server is a seed of one cluster;
+ *                         default port 4222; nats://token@host works too
+ *   tls://...             the same over TLS (scheme "tls")
+ *
+ * Reconnects forever across the cluster's servers (those listed and those
+ * the cluster announces), reporting DISCONNECTED on a loss and CONNECTED
+ * again. Topics map to subjects segment by segment ('.', '*', '>', ' ' and
+ * control bytes escaped as %XX, '+' -> '*', trailing '#' -> '>'); groups
+ * are queue groups. Correlation data travels as the hex header
+ * "correlation", the status as the header "status", the response topic as
+ * the reply subject. No retained messages, no will (caps GROUPS and
+ * PROPERTIES only).
+ *
+ * Options, read from the `broker:` configuration subtree (unknown keys are
+ * ignored):
+ *   client_id            connection name, default: the runtime's instance id
+ *   username, password   credentials (win over the URL's)
+ *   password_file        the password is the file's first line
+ *   connect_timeout_ms   per server, default 5000; also bounds the round
+ *                        trip that confirms a subscription
+ *   reconnect_min_ms     first retry delay, default 250
+ *   reconnect_max_ms     backoff ceiling, default 10000
+ *   buffer               messages kept while reconnecting, default 10000
+ *                        (estimated at 1 KiB each; 0 = publish fails with
+ *                        LOOM_EUNAVAILABLE then). Before the first
+ *                        connection publish always fails so.
+ *   keepalive            ping interval in seconds, default 30 (0 = none)
+ *   randomize            shuffle the servers, default true
+ *   send_asap            write each publish at once (lowest latency),
+ *                        default true; false batches writes
+ *   tls.ca, tls.cert, tls.key, tls.verify (default true)   tls:// only
+ */
+extern const loom_adapter_ops loom__nats_adapter;     /* scheme "nats" */
+extern const loom_adapter_ops loom__nats_tls_adapter; /* scheme "tls" */
+
 #endif

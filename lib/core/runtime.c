@@ -34,6 +34,8 @@ static void register_builtins_locked(void)
     registry[registry_n++] = &loom__memory_adapter;
     registry[registry_n++] = &loom__mqtt_adapter;
     registry[registry_n++] = &loom__mqtts_adapter;
+    registry[registry_n++] = &loom__nats_adapter;
+    registry[registry_n++] = &loom__nats_tls_adapter;
 }
 
 loom_err loom_adapter_register(const loom_adapter_ops *ops)
@@ -653,7 +655,7 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     rt->ops = find_adapter(url);
     if (!rt->ops) {
         loom__rt_log(rt, LOOM_LOG_ERROR, "no broker adapter for '%s' (built in: memory:, "
-                                         "mqtt://, mqtts://)", url);
+                                         "mqtt://, mqtts://, nats://, tls://)", url);
         err = LOOM_EUNSUPPORTED;
         goto fail_early;
     }
