@@ -60,9 +60,11 @@ static void noreply_fn(loom_ctx *ctx, void *user)
     (void)user;
 }
 
+static atomic_int slow_started;
 static void slow_fn(loom_ctx *ctx, void *user)
 {
     (void)user;
+    atomic_fetch_add(&slow_started, 1);
     const cJSON *ms = cJSON_GetObjectItem(loom_ctx_payload(ctx), "ms");
     sleep_ms(ms ? ms->valueint : 300);
     loom_ctx_reply(ctx, cJSON_CreateString("slept"));
@@ -692,10 +694,11 @@ static void test_concurrency_limit(void **state)
     assert_int_equal(loom_runtime_start(rt), LOOM_OK);
     async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
     async_result b = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
-    loom_call c = {.service = "test", .command = "slow", .payload = t_json("{\"ms\":200}"),
-                   .timeout_ms = 2000};
+    loom_call c = {.service = "test", .command = "slow", .payload = t_json("{\"ms\":300}"),
+                   .timeout_ms = 5000};
+    atomic_store(&slow_started, 0);
     assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
-    sleep_ms(50); /* the first one runs */
+    assert_true(wait_for(&slow_started, 1, 3000)); /* the first one runs */
     c.payload = t_json("{\"ms\":1}");
     assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &b), LOOM_OK);
     async_wait(&b, 1);

@@ -727,7 +727,10 @@ static bool valid_segment(const char *s, size_t max)
     return true;
 }
 
-static loom_err compile(loom_runtime *rt, const char *what, const char *text, loom__schema **out)
+/* Compiles one optional schema of a definition; `what` names the
+ * definition and `field` the schema in the error. */
+static loom_err compile(loom_runtime *rt, const char *what, const char *field, const char *text,
+                        loom__schema **out)
 {
     *out = NULL;
     if (!text)
@@ -735,7 +738,7 @@ static loom_err compile(loom_runtime *rt, const char *what, const char *text, lo
     char err[256];
     loom_err e = loom__schema_compile(out, text, err, sizeof err);
     if (e != LOOM_OK)
-        loom__rt_log(rt, LOOM_LOG_ERROR, "%s: %s", what, err);
+        loom__rt_log(rt, LOOM_LOG_ERROR, "%s: %s: %s", what, field, err);
     return e;
 }
 
@@ -772,108 +775,104 @@ static bool valid_method(const char *m)
     return false;
 }
 
-static loom_err add_commands(loom_runtime *rt, loom__service *s)
+static size_t list_len(const void *const *list)
 {
-    const loom_service_def *def = s->def;
     size_t n = 0;
-    while (def->commands && def->commands[n])
+    while (list && list[n])
         n++;
-    s->cmds = calloc(n ? n : 1, sizeof *s->cmds);
-    if (!s->cmds)
-        return LOOM_ENOMEM;
-    for (size_t j = 0; j < n; j++) {
-        const loom_command_def *cd = def->commands[j];
-        loom__command *c = &s->cmds[s->n_cmds];
-        char what[300];
-        snprintf(what, sizeof what, "service %s: command %s", def->name,
-                 cd->name ? cd->name : "(null)");
-        if (!valid_segment(cd->name, 128) || !cd->handler) {
-            loom__rt_log(rt, LOOM_LOG_ERROR, "%s: needs a name ([A-Za-z0-9_.-]) and a handler",
-                         what);
-            return LOOM_EINVAL;
-        }
-        if ((cd->http_method == NULL) != (cd->http_path == NULL) ||
-            (cd->http_method && (!valid_method(cd->http_method) || cd->http_path[0] != '/'))) {
-            loom__rt_log(rt, LOOM_LOG_ERROR,
-                         "%s: http_method (GET|POST|PUT|PATCH|DELETE) and http_path "
-                         "(starting with '/') go together", what);
-            return LOOM_EINVAL;
-        }
-        for (size_t k = 0; k < s->n_cmds; k++)
-            if (strcmp(s->cmds[k].def->name, cd->name) == 0) {
-                loom__rt_log(rt, LOOM_LOG_ERROR, "%s: defined twice", what);
-                return LOOM_EEXIST;
-            }
-        c->svc = s;
-        c->def = cd;
-        c->timeout_ms = cd->timeout_ms;
-        char limit_key[300];
-        snprintf(limit_key, sizeof limit_key, "limits.concurrency.%s.%s", def->name, cd->name);
-        c->max_running = (int)loom__config_int(rt->config, limit_key, 0);
-        atomic_init(&c->running, 0);
-        s->n_cmds++;
-        char sw[340];
-        loom_err err;
-        snprintf(sw, sizeof sw, "%s: payload_schema", what);
-        if ((err = compile(rt, sw, cd->payload_schema, &c->payload_schema)))
-            return err;
-        snprintf(sw, sizeof sw, "%s: parameter_schema", what);
-        if ((err = compile(rt, sw, cd->parameter_schema, &c->parameter_schema)))
-            return err;
-        snprintf(sw, sizeof sw, "%s: output_schema", what);
-        if ((err = compile(rt, sw, cd->output_schema, &c->output_schema)))
-            return err;
-        const char *segs[] = {def->name, def->version, cd->name};
-        char *filter = loom__topic_build(rt->prefix, "cmd", segs, 3);
-        char *group = escaped_group(def->name, def->version, NULL);
-        token_init(&c->tok, LOOM__TOK_COMMAND, filter, group, rt->qos_command);
-        if (!filter || !group)
-            return LOOM_ENOMEM;
-    }
-    return LOOM_OK;
+    return n;
 }
 
-static loom_err add_subscriptions(loom_runtime *rt, loom__service *s)
+/* Adds cd as the next command of s (s->cmds has room). */
+static loom_err add_command(loom_runtime *rt, loom__service *s, const loom_command_def *cd)
 {
     const loom_service_def *def = s->def;
-    size_t n = 0;
-    while (def->subscriptions && def->subscriptions[n])
-        n++;
-    s->subs = calloc(n ? n : 1, sizeof *s->subs);
-    if (!s->subs)
-        return LOOM_ENOMEM;
-    for (size_t j = 0; j < n; j++) {
-        const loom_subscription_def *sd = def->subscriptions[j];
-        loom__subscription *sub = &s->subs[s->n_subs];
-        char what[300];
-        snprintf(what, sizeof what, "service %s: subscription %s", def->name,
-                 sd->name ? sd->name : "(null)");
-        if (!valid_segment(sd->name, 128) || !sd->handler ||
-            (sd->delivery != LOOM_DELIVER_GROUP && sd->delivery != LOOM_DELIVER_ALL)) {
-            loom__rt_log(rt, LOOM_LOG_ERROR, "%s: needs a name, a handler and a valid delivery",
-                         what);
-            return LOOM_EINVAL;
-        }
-        sub->svc = s;
-        sub->def = sd;
-        sub->max_retries = sd->max_retries ? sd->max_retries : 3;
-        s->n_subs++;
-        loom_err err;
-        char sw[340];
-        snprintf(sw, sizeof sw, "%s: payload_schema", what);
-        if ((err = compile(rt, sw, sd->payload_schema, &sub->payload_schema)))
-            return err;
-        const char *segs[] = {sd->filter.event_name, sd->filter.sender_service,
-                              sd->filter.sender_version};
-        char *filter = loom__topic_build(rt->prefix, "evt", segs, 3);
-        char *group = sd->delivery == LOOM_DELIVER_GROUP
-                          ? escaped_group(def->name, def->version, sd->name)
-                          : NULL;
-        token_init(&sub->tok, LOOM__TOK_SUBSCRIPTION, filter, group, rt->qos_event);
-        if (!filter || (sd->delivery == LOOM_DELIVER_GROUP && !group))
-            return LOOM_ENOMEM;
+    char what[300];
+    snprintf(what, sizeof what, "service %s: command %s", def->name,
+             cd->name ? cd->name : "(null)");
+    if (!valid_segment(cd->name, 128) || !cd->handler) {
+        loom__rt_log(rt, LOOM_LOG_ERROR, "%s: needs a name ([A-Za-z0-9_.-]) and a handler", what);
+        return LOOM_EINVAL;
     }
-    return LOOM_OK;
+    if ((cd->http_method == NULL) != (cd->http_path == NULL) ||
+        (cd->http_method && (!valid_method(cd->http_method) || cd->http_path[0] != '/'))) {
+        loom__rt_log(rt, LOOM_LOG_ERROR,
+                     "%s: http_method (GET|POST|PUT|PATCH|DELETE) and http_path "
+                     "(starting with '/') go together",
+                     what);
+        return LOOM_EINVAL;
+    }
+    for (size_t k = 0; k < s->n_cmds; k++)
+        if (strcmp(s->cmds[k].def->name, cd->name) == 0) {
+            loom__rt_log(rt, LOOM_LOG_ERROR, "%s: defined twice", what);
+            return LOOM_EEXIST;
+        }
+    loom__command *c = &s->cmds[s->n_cmds++];
+    c->svc = s;
+    c->def = cd;
+    c->timeout_ms = cd->timeout_ms;
+    char limit_key[300];
+    snprintf(limit_key, sizeof limit_key, "limits.concurrency.%s.%s", def->name, cd->name);
+    c->max_running = (int)loom__config_int(rt->config, limit_key, 0);
+    atomic_init(&c->running, 0);
+    loom_err err;
+    if ((err = compile(rt, what, "payload_schema", cd->payload_schema, &c->payload_schema)) ||
+        (err = compile(rt, what, "parameter_schema", cd->parameter_schema,
+                       &c->parameter_schema)) ||
+        (err = compile(rt, what, "output_schema", cd->output_schema, &c->output_schema)))
+        return err;
+    const char *segs[] = {def->name, def->version, cd->name};
+    char *filter = loom__topic_build(rt->prefix, "cmd", segs, 3);
+    char *group = escaped_group(def->name, def->version, NULL);
+    token_init(&c->tok, LOOM__TOK_COMMAND, filter, group, rt->qos_command);
+    return filter && group ? LOOM_OK : LOOM_ENOMEM;
+}
+
+/* Adds sd as the next subscription of s (s->subs has room). */
+static loom_err add_subscription(loom_runtime *rt, loom__service *s,
+                                 const loom_subscription_def *sd)
+{
+    const loom_service_def *def = s->def;
+    char what[300];
+    snprintf(what, sizeof what, "service %s: subscription %s", def->name,
+             sd->name ? sd->name : "(null)");
+    if (!valid_segment(sd->name, 128) || !sd->handler ||
+        (sd->delivery != LOOM_DELIVER_GROUP && sd->delivery != LOOM_DELIVER_ALL)) {
+        loom__rt_log(rt, LOOM_LOG_ERROR, "%s: needs a name, a handler and a valid delivery",
+                     what);
+        return LOOM_EINVAL;
+    }
+    loom__subscription *sub = &s->subs[s->n_subs++];
+    sub->svc = s;
+    sub->def = sd;
+    sub->max_retries = sd->max_retries ? sd->max_retries : 3;
+    loom_err err = compile(rt, what, "payload_schema", sd->payload_schema, &sub->payload_schema);
+    if (err)
+        return err;
+    const char *segs[] = {sd->filter.event_name, sd->filter.sender_service,
+                          sd->filter.sender_version};
+    char *filter = loom__topic_build(rt->prefix, "evt", segs, 3);
+    bool grouped = sd->delivery == LOOM_DELIVER_GROUP;
+    char *group = grouped ? escaped_group(def->name, def->version, sd->name) : NULL;
+    token_init(&sub->tok, LOOM__TOK_SUBSCRIPTION, filter, group, rt->qos_event);
+    return filter && (group || !grouped) ? LOOM_OK : LOOM_ENOMEM;
+}
+
+/* Registers the commands and subscriptions of s->def. */
+static loom_err add_definitions(loom_runtime *rt, loom__service *s)
+{
+    size_t nc = list_len((const void *const *)s->def->commands);
+    size_t ns = list_len((const void *const *)s->def->subscriptions);
+    s->cmds = calloc(nc ? nc : 1, sizeof *s->cmds);
+    s->subs = calloc(ns ? ns : 1, sizeof *s->subs);
+    if (!s->cmds || !s->subs)
+        return LOOM_ENOMEM;
+    loom_err err = LOOM_OK;
+    for (size_t j = 0; j < nc && !err; j++)
+        err = add_command(rt, s, s->def->commands[j]);
+    for (size_t j = 0; j < ns && !err; j++)
+        err = add_subscription(rt, s, s->def->subscriptions[j]);
+    return err;
 }
 
 loom_err loom_runtime_add_service(loom_runtime *rt, const loom_service_def *def, void *user)
@@ -902,9 +901,7 @@ loom_err loom_runtime_add_service(loom_runtime *rt, const loom_service_def *def,
     char key[200];
     snprintf(key, sizeof key, "config.%s", def->name);
     s->config = loom_config_get(rt->config, key);
-    loom_err err = add_commands(rt, s);
-    if (err == LOOM_OK)
-        err = add_subscriptions(rt, s);
+    loom_err err = add_definitions(rt, s);
     if (err != LOOM_OK) {
         service_fini(s);
         return err;
