@@ -38,8 +38,12 @@ typedef bool (*loom_http_auth_fn)(const loom_http_auth_request *req, loom_http_i
                                   void *user);
 
 /* Creates a bridge for rt with the `http:` settings of cfg (listen address,
- * base path, limits, auth, CORS; cfg may be NULL for the defaults). Does not
- * listen yet. Errors: LOOM_EINVAL, LOOM_ECONFIG (logged), LOOM_ENOMEM. */
+ * base path, limits, auth, CORS; cfg may be NULL for the defaults; without
+ * http.listen it listens on 127.0.0.1 on a free port, see loom_http_port).
+ * Does not listen yet. Destroy the bridge before its runtime. Errors:
+ * LOOM_EINVAL, LOOM_ENOMEM, LOOM_ECONFIG (logged) — also when a configured
+ * token file or environment variable is unreadable or empty: auth is never
+ * silently off. */
 LOOM_API loom_err loom_http_create(loom_http **out, loom_runtime *rt, const loom_config *cfg);
 
 /* Installs a custom authentication hook (replacing the built-in token
@@ -47,14 +51,16 @@ LOOM_API loom_err loom_http_create(loom_http **out, loom_runtime *rt, const loom
 LOOM_API loom_err loom_http_set_auth(loom_http *h, loom_http_auth_fn fn, void *user);
 
 /* Starts listening. The runtime should be started first. LOOM_EIO when the
- * address cannot be bound. */
+ * address cannot be bound, LOOM_ESTATE when already started (a stopped
+ * bridge may be started again). */
 LOOM_API loom_err loom_http_start(loom_http *h);
 
 /* The TCP port actually bound (useful with port 0), or 0 when not started. */
 LOOM_API int loom_http_port(const loom_http *h);
 
 /* Stops accepting, answers every suspended request (503), closes all
- * connections and joins the bridge's threads. Idempotent. */
+ * connections and joins the bridge's threads. Idempotent. Not from an
+ * authentication hook or a handler. */
 LOOM_API loom_err loom_http_stop(loom_http *h);
 
 /* Stops if needed and frees. Accepts NULL. */

@@ -141,7 +141,6 @@ static bool mark_replied(loom_ctx *ctx)
 static void after_answer(loom_ctx *ctx)
 {
     loom_runtime *rt = ctx->rt;
-    atomic_fetch_sub(&rt->inflight, 1);
     if (ctx->cmd->max_running)
         atomic_fetch_sub(&ctx->cmd->running, 1);
     if (atomic_load(&ctx->flags) & LOOM__CTX_DEFERRED) {
@@ -156,6 +155,9 @@ static void after_answer(loom_ctx *ctx)
     }
     if (atomic_fetch_or(&ctx->flags, LOOM__CTX_DONE) & LOOM__CTX_RETURNED)
         ctx_free(ctx);
+    /* Last: once nothing is in flight, stop may free the services and the
+     * runtime this answer used. */
+    atomic_fetch_sub(&rt->inflight, 1);
 }
 
 static void emit_success_event(loom_ctx *ctx, loom_msg *resp)
