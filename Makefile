@@ -113,7 +113,8 @@ tests: $(TEST_BINS) $(EXAMPLES)
 # Runs every test binary; a failure fails the target after all have run.
 # LOOM_TEST_BUILD tells tests where this variant's examples are.
 check: tests
-	@LOOM_TEST_BUILD=$(if $(filter release,$(BUILD)),.,$(O)) tests/run-all.sh $(TEST_BINS)
+	@LOOM_TEST_BUILD=$(if $(filter release,$(BUILD)),.,$(O)) LOOM_SUMMARY=$(O)/summary \
+	  tests/run-all.sh $(TEST_BINS)
 
 asan:
 	$(MAKE) BUILD=asan check
@@ -130,11 +131,15 @@ pkgconfig-test: lib
 	@tests/pkgconfig-test.sh
 
 test: deps
+	@rm -f build/release/summary build/asan/summary
 	$(MAKE) all
 	$(MAKE) check
 	$(MAKE) asan
 	$(MAKE) check-symbols
 	$(MAKE) pkgconfig-test
+	@cat build/release/summary build/asan/summary | \
+	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, symbols, pkg-config build"; \
+	       printf "%d passed, %d failed\n", p, f; exit f > 0}'
 
 demo: deps all
 	examples/shop/demo.sh

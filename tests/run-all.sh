@@ -26,4 +26,6 @@ for t in "$@"; do
 done
 [ ${#failed[@]} -eq 0 ] || echo "failed binaries: ${failed[*]}"
 echo "tests: $pass passed, $fail failed"
+# For `make test`'s closing summary.
+[ -z "${LOOM_SUMMARY:-}" ] || echo "$pass $fail" > "$LOOM_SUMMARY"
 [ "$fail" -eq 0 ]
