@@ -1,188 +1,42 @@
 /* The examples as their users run them: the built shop and hello binaries
- * started as subprocesses (fork/exec, output captured through pipes, every
- * run bounded in time), checked by exit code, stdout and stderr. The last
+ * started as subprocesses (tests/support/proc.h: output captured through
+ * pipes, every run bounded in time), checked by exit code, stdout and stderr. The last
  * test runs the whole order flow through the HTTP bridge with libcurl.
  *
  * The binaries are found under $LOOM_TEST_BUILD (set by `make check` to the
  * variant's build tree; default "."); sample files are read relative to the
  * working directory, the top of the source tree. */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
 
+#include "support/proc.h"
 #include "support/support.h"
 
 #define RUN_TIMEOUT_MS 30000 /* one one-shot run, generous for sanitizer builds */
-#define EXIT_TIMEOUT -1      /* run.status when the child had to be killed */
-
-extern char **environ;
 
 static char shop_path[4096];
 static char hello_path[4096];
-static char **child_env; /* environ without LOOM_* (except LOOM_TEST_*) */
+static char **child_env; /* t_env_new: no LOOM_* from the caller's shell */
 static char tmpdir_var[128];
 static char tmp_dir[] = "/tmp/loom-shop-cli-XXXXXX";
 
 /* --- helpers --------------------------------------------------------------- */
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-typedef struct buf {
-    char *data;
-    size_t len, cap;
-} buf;
-
-static void buf_add(buf *b, const char *p, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *d = realloc(b->data, cap);
-        assert_non_null(d);
-        b->data = d;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
-typedef struct run {
-    int status; /* exit code, 128 + signal, or EXIT_TIMEOUT */
-    buf out, err;
-} run;
-
-static void run_free(run *r)
-{
-    free(r->out.data);
-    free(r->err.data);
-    memset(r, 0, sizeof *r);
-}
-
-static const char *out_of(const run *r)
-{
-    return r->out.data ? r->out.data : "";
-}
-static const char *err_of(const run *r)
-{
-    return r->err.data ? r->err.data : "";
-}
-
-/* Starts prog with args (argv[0] is prog), stdin from /dev/null; its stdout
- * and stderr go to the given descriptors. Returns the pid. */
-static pid_t spawn(const char *prog, const char *const *args, int out_fd, int err_fd)
-{
-    const char *argv[64] = {prog};
-    size_t n = 1;
-    for (; args && args[n - 1]; n++) {
-        assert_true(n < 63);
-        argv[n] = args[n - 1];
-    }
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int in = open("/dev/null", O_RDONLY);
-        if (in < 0 || dup2(in, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
-            _exit(126);
-        execve(prog, (char *const *)argv, child_env);
-        dprintf(2, "exec %s: %s\n", prog, strerror(errno));
-        _exit(127);
-    }
-    return pid;
-}
-
-static int decode_status(int ws)
-{
-    if (WIFEXITED(ws))
-        return WEXITSTATUS(ws);
-    if (WIFSIGNALED(ws))
-        return 128 + WTERMSIG(ws);
-    return EXIT_TIMEOUT;
-}
-
-/* Runs prog to completion (killed after RUN_TIMEOUT_MS) capturing its
- * output. args is NULL-terminated. */
-static void run_prog(run *r, const char *prog, const char *const *args)
-{
-    memset(r, 0, sizeof *r);
-    int op[2], ep[2];
-    assert_int_equal(pipe2(op, O_CLOEXEC), 0);
-    assert_int_equal(pipe2(ep, O_CLOEXEC), 0);
-    pid_t pid = spawn(prog, args, op[1], ep[1]);
-    close(op[1]);
-    close(ep[1]);
-    struct pollfd fds[2] = {{.fd = op[0], .events = POLLIN}, {.fd = ep[0], .events = POLLIN}};
-    buf *bufs[2] = {&r->out, &r->err};
-    int64_t deadline = mono_ms() + RUN_TIMEOUT_MS;
-    bool timed_out = false;
-    int open_fds = 2;
-    while (open_fds > 0) {
-        int64_t left = deadline - mono_ms();
-        if (left <= 0) {
-            timed_out = true;
-            break;
-        }
-        int k = poll(fds, 2, (int)left);
-        if (k < 0 && errno == EINTR)
-            continue;
-        assert_true(k >= 0);
-        for (int i = 0; i < 2; i++) {
-            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
-                continue;
-            char chunk[4096];
-            ssize_t got = read(fds[i].fd, chunk, sizeof chunk);
-            if (got > 0) {
-                buf_add(bufs[i], chunk, (size_t)got);
-            } else if (got == 0 || errno != EINTR) {
-                close(fds[i].fd);
-                fds[i].fd = -1;
-                open_fds--;
-            }
-        }
-    }
-    if (timed_out)
-        kill(pid, SIGKILL);
-    for (int i = 0; i < 2; i++)
-        if (fds[i].fd >= 0)
-            close(fds[i].fd);
-    int ws = 0;
-    while (waitpid(pid, &ws, 0) < 0 && errno == EINTR)
-        ;
-    r->status = timed_out ? EXIT_TIMEOUT : decode_status(ws);
-    if (!r->out.data)
-        buf_add(&r->out, "", 0);
-    if (!r->err.data)
-        buf_add(&r->err, "", 0);
-}
-
-#define RUN_SHOP(r, ...) run_prog((r), shop_path, (const char *const[]){__VA_ARGS__, NULL})
+#define RUN_SHOP(r, ...)                                                                           \
+    t_run_prog((r), shop_path, (const char *const[]){__VA_ARGS__, NULL}, child_env, RUN_TIMEOUT_MS)
 
 /* Fails with the child's output when its exit status is not want. */
-static void expect_status(const run *r, int want)
+static void expect_status(const t_run *r, int want)
 {
     if (r->status != want)
         fail_msg("exit status %d, expected %d\n--- stdout:\n%s\n--- stderr:\n%s", r->status, want,
-                 out_of(r), err_of(r));
+                 t_run_out(r), t_run_err(r));
 }
 
 /* Parses text as one JSON value; fails the test otherwise. */
@@ -207,12 +61,12 @@ static int int_at(const cJSON *obj, const char *key)
 
 /* The error JSON a failed --call prints on stderr: checks its status and
  * returns it (cJSON_Delete it). */
-static cJSON *expect_error_json(const run *r, int status)
+static cJSON *expect_error_json(const t_run *r, int status)
 {
     if (r->status == 0)
-        fail_msg("the call succeeded, expected %d:\n%s", status, out_of(r));
-    assert_string_equal(out_of(r), "");
-    cJSON *e = parse_json(err_of(r), "stderr");
+        fail_msg("the call succeeded, expected %d:\n%s", status, t_run_out(r));
+    assert_string_equal(t_run_out(r), "");
+    cJSON *e = parse_json(t_run_err(r), "stderr");
     assert_int_equal(int_at(e, "status"), status);
     assert_non_null(str_at(e, "message"));
     return e;
@@ -259,25 +113,13 @@ static int group_setup(void **state)
                 hello_path);
         return -1;
     }
-    /* The children must not pick up a deployment from the environment. */
-    size_t n = 0;
-    while (environ[n])
-        n++;
-    child_env = calloc(n + 3, sizeof *child_env);
-    if (!child_env)
-        return -1;
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if ((strncmp(environ[i], "LOOM_", 5) != 0 || strncmp(environ[i], "LOOM_TEST_", 10) == 0) &&
-            strncmp(environ[i], "TMPDIR=", 7) != 0)
-            child_env[k++] = environ[i];
     if (!mkdtemp(tmp_dir))
         return -1;
-    /* Each test starts from empty state: the shop's default file store is
+    /* The children must not pick up a deployment from the environment, and
+     * each test starts from empty state: the shop's default file store is
      * tested on its own (test_default_state_is_shared_file). */
     snprintf(tmpdir_var, sizeof tmpdir_var, "TMPDIR=%s", tmp_dir);
-    child_env[k++] = tmpdir_var;
-    child_env[k++] = "LOOM_STATE=memory:";
+    child_env = t_env_new((const char *const[]){tmpdir_var, "LOOM_STATE=memory:", NULL});
     signal(SIGPIPE, SIG_IGN);
     return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
@@ -285,11 +127,12 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
+    t_proc_reap_all(5000);
     char cmd[256];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
     if (system(cmd) != 0)
         fprintf(stderr, "test_shop_cli: cannot remove %s\n", tmp_dir);
-    free(child_env);
+    t_env_free(child_env);
     curl_global_cleanup();
     return 0;
 }
@@ -299,111 +142,111 @@ static int group_teardown(void **state)
 static void test_call_users_create_prints_user(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--call", "users.create", "{\"name\":\"Ada\",\"email\":\"ada@example.com\"}");
     expect_status(&r, 0);
-    cJSON *u = parse_json(out_of(&r), "stdout");
+    cJSON *u = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(u, "id"), "u-1");
     assert_string_equal(str_at(u, "name"), "Ada");
     assert_string_equal(str_at(u, "email"), "ada@example.com");
     assert_non_null(str_at(u, "createdAt"));
     /* One-shot runs keep stderr quiet (log level warn) when all went well. */
-    assert_string_equal(err_of(&r), "");
+    assert_string_equal(t_run_err(&r), "");
     cJSON_Delete(u);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 static void test_call_missing_field_is_400(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--call", "users.create", "{\"name\":\"Ada\"}");
     expect_status(&r, 1);
     cJSON *e = expect_error_json(&r, 400);
     assert_true(has_detail(e, "", "email"));
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 static void test_call_wrong_type_is_400(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--call", "users.create", "{\"name\":\"Ada\",\"email\":5}");
     expect_status(&r, 1);
     cJSON *e = expect_error_json(&r, 400);
     assert_true(has_detail(e, "/email", "string"));
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
 
     /* The pattern and additionalProperties: false are enforced as well. */
     RUN_SHOP(&r, "--call", "users.create", "{\"name\":\"Ada\",\"email\":\"not-an-email\"}");
     e = expect_error_json(&r, 400);
     assert_true(has_detail(e, "/email", ""));
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
     RUN_SHOP(&r, "--call", "users.create", "{\"name\":\"A\",\"email\":\"a@b.io\",\"admin\":true}");
     e = expect_error_json(&r, 400);
     assert_true(has_detail(e, "/admin", "") || has_detail(e, "", "admin"));
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 static void test_call_payload_not_json(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--call", "users.create", "{\"name\":");
     expect_status(&r, 2);
-    assert_non_null(strstr(err_of(&r), "not valid JSON"));
-    assert_string_equal(out_of(&r), "");
-    run_free(&r);
+    assert_non_null(strstr(t_run_err(&r), "not valid JSON"));
+    assert_string_equal(t_run_out(&r), "");
+    t_run_free(&r);
 }
 
 static void test_call_unknown_command_is_503(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--call", "users.nosuch", "{}");
     expect_status(&r, 1);
     cJSON *e = expect_error_json(&r, 503);
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--call", "nosuch.get");
     expect_status(&r, 1);
     cJSON_Delete(expect_error_json(&r, 503));
-    run_free(&r);
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--call", "nodot");
     expect_status(&r, 2);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 static void test_call_get_unknown_user_is_404(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--call", "users.get", "--param", "{\"id\":\"u-42\"}");
     expect_status(&r, 1);
     cJSON *e = expect_error_json(&r, 404);
     assert_string_equal(str_at(cJSON_GetObjectItemCaseSensitive(e, "data"), "id"), "u-42");
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
 
     /* The parameter schema requires the id. */
     RUN_SHOP(&r, "--call", "users.get", "--param", "{}");
     e = expect_error_json(&r, 400);
     assert_true(has_detail(e, "", "id"));
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 static void test_call_charge_rejects_non_positive_amounts(void **state)
 {
     (void)state;
     static const char *const bad[] = {"0", "-5", "-0.01"};
-    run r;
+    t_run r;
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char payload[128];
         snprintf(payload, sizeof payload, "{\"orderId\":\"o-1\",\"amount\":%s}", bad[i]);
@@ -412,31 +255,31 @@ static void test_call_charge_rejects_non_positive_amounts(void **state)
         cJSON *e = expect_error_json(&r, 400);
         assert_true(has_detail(e, "/amount", ""));
         cJSON_Delete(e);
-        run_free(&r);
+        t_run_free(&r);
     }
     RUN_SHOP(&r, "--call", "payments.charge", "{\"orderId\":\"o-1\",\"amount\":12.5}");
     expect_status(&r, 0);
-    cJSON *p = parse_json(out_of(&r), "stdout");
+    cJSON *p = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(p, "paymentId"), "p-1");
     assert_string_equal(str_at(p, "orderId"), "o-1");
     assert_string_equal(str_at(p, "status"), "captured");
     assert_string_equal(str_at(p, "currency"), "EUR");
     assert_true(cJSON_GetObjectItemCaseSensitive(p, "amount")->valuedouble == 12.5);
     cJSON_Delete(p);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 static void test_call_order_for_unknown_user_is_422(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--call", "orders.create",
              "{\"userId\":\"u-7\",\"items\":[{\"sku\":\"book\",\"quantity\":1}],\"amount\":3}");
     expect_status(&r, 1);
     cJSON *e = expect_error_json(&r, 422);
     assert_string_equal(str_at(cJSON_GetObjectItemCaseSensitive(e, "data"), "userId"), "u-7");
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
 
     /* quantity must be an integer >= 1 */
     RUN_SHOP(&r, "--call", "orders.create",
@@ -444,21 +287,21 @@ static void test_call_order_for_unknown_user_is_422(void **state)
     e = expect_error_json(&r, 400);
     assert_true(has_detail(e, "/items/0/quantity", ""));
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 static void test_call_notifications_list_empty(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--call", "notifications.list");
     expect_status(&r, 0);
-    cJSON *l = parse_json(out_of(&r), "stdout");
+    cJSON *l = parse_json(t_run_out(&r), "stdout");
     const cJSON *arr = cJSON_GetObjectItemCaseSensitive(l, "notifications");
     assert_true(cJSON_IsArray(arr));
     assert_int_equal(cJSON_GetArraySize(arr), 0);
     cJSON_Delete(l);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 /* The order flow with one process per call, the state kept in a file store
@@ -468,86 +311,78 @@ static void test_call_order_flow_across_processes(void **state)
     (void)state;
     char url[128];
     snprintf(url, sizeof url, "file:%s/state.json", tmp_dir);
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--state", url, "--call", "users.create",
              "{\"name\":\"Ada\",\"email\":\"ada@example.com\"}");
     expect_status(&r, 0);
-    cJSON *u = parse_json(out_of(&r), "stdout");
+    cJSON *u = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(u, "id"), "u-1");
     cJSON_Delete(u);
-    run_free(&r);
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--state", url, "--call", "orders.create",
              "{\"userId\":\"u-1\",\"items\":[{\"sku\":\"book-42\",\"quantity\":2}],"
              "\"amount\":9.5}");
     expect_status(&r, 0);
-    cJSON *order = parse_json(out_of(&r), "stdout");
+    cJSON *order = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(order, "id"), "o-1");
     assert_string_equal(str_at(order, "userId"), "u-1");
     assert_string_equal(str_at(order, "status"), "paid");
     assert_string_equal(str_at(order, "paymentId"), "p-1");
     assert_string_equal(str_at(order, "currency"), "EUR");
     assert_true(cJSON_GetObjectItemCaseSensitive(order, "amount")->valuedouble == 9.5);
-    run_free(&r);
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--state", url, "--call", "orders.get", "--param", "{\"id\":\"o-1\"}");
     expect_status(&r, 0);
-    cJSON *again = parse_json(out_of(&r), "stdout");
+    cJSON *again = parse_json(t_run_out(&r), "stdout");
     assert_true(cJSON_Compare(order, again, true));
     cJSON_Delete(again);
     cJSON_Delete(order);
-    run_free(&r);
+    t_run_free(&r);
 
     /* Emails are unique (case-insensitively). */
     RUN_SHOP(&r, "--state", url, "--call", "users.create",
              "{\"name\":\"Ada\",\"email\":\"ADA@example.com\"}");
     cJSON_Delete(expect_error_json(&r, 409));
-    run_free(&r);
+    t_run_free(&r);
 
     /* Charging is idempotent per order: the same payment again, and a
      * different amount for the same order is refused. */
     RUN_SHOP(&r, "--state", url, "--call", "payments.charge",
              "{\"orderId\":\"o-1\",\"amount\":9.5}");
     expect_status(&r, 0);
-    cJSON *p = parse_json(out_of(&r), "stdout");
+    cJSON *p = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(p, "paymentId"), "p-1");
     cJSON_Delete(p);
-    run_free(&r);
+    t_run_free(&r);
     RUN_SHOP(&r, "--state", url, "--call", "payments.charge", "{\"orderId\":\"o-1\",\"amount\":3}");
     cJSON_Delete(expect_error_json(&r, 409));
-    run_free(&r);
+    t_run_free(&r);
 }
-
 
 /* Without --state, the shop keeps its state in $TMPDIR/loom-shop-UID.json,
  * so one-shot calls in separate processes see each other's writes. */
 static void test_default_state_is_shared_file(void **state)
 {
     (void)state;
-    size_t n = 0;
-    while (child_env[n])
-        n++;
     char **saved = child_env;
-    char **env = calloc(n + 1, sizeof *env);
-    assert_non_null(env);
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(saved[i], "LOOM_STATE=", 11) != 0)
-            env[k++] = saved[i];
+    char **env = t_env_new((const char *const[]){tmpdir_var, NULL}); /* no LOOM_STATE */
     child_env = env;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--call", "users.create", "{\"name\":\"Bo\",\"email\":\"bo@example.com\"}");
     expect_status(&r, 0);
-    run_free(&r);
-    RUN_SHOP(&r, "--call", "orders.create", "{\"userId\":\"u-1\",\"items\":[{\"sku\":\"a\","
-                                             "\"quantity\":1}],\"amount\":2}");
+    t_run_free(&r);
+    RUN_SHOP(&r, "--call", "orders.create",
+             "{\"userId\":\"u-1\",\"items\":[{\"sku\":\"a\","
+             "\"quantity\":1}],\"amount\":2}");
     expect_status(&r, 0);
-    cJSON *order = parse_json(out_of(&r), "stdout");
+    cJSON *order = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(order, "status"), "paid");
     cJSON_Delete(order);
-    run_free(&r);
+    t_run_free(&r);
     child_env = saved;
-    free(env);
+    t_env_free(env);
     char path[256];
     snprintf(path, sizeof path, "%s/loom-shop-%u.json", tmp_dir, (unsigned)getuid());
     assert_int_equal(access(path, R_OK), 0);
@@ -557,40 +392,40 @@ static void test_default_state_is_shared_file(void **state)
 static void test_services_selection(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--services", "users", "--call", "payments.charge",
              "{\"orderId\":\"o-1\",\"amount\":1}");
     expect_status(&r, 1);
     cJSON_Delete(expect_error_json(&r, 503));
-    run_free(&r);
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--services", "payments", "--call", "payments.charge",
              "{\"orderId\":\"o-1\",\"amount\":1}");
     expect_status(&r, 0);
-    run_free(&r);
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--services", "nosuch", "--call", "users.get", "--param", "{\"id\":\"u-1\"}");
     expect_status(&r, 2);
-    assert_non_null(strstr(err_of(&r), "nosuch"));
-    run_free(&r);
+    assert_non_null(strstr(t_run_err(&r), "nosuch"));
+    t_run_free(&r);
 }
 
 static void test_emit(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--emit", "orderCreated", "{\"id\":\"o-1\",\"userId\":\"u-1\",\"amount\":2}");
     expect_status(&r, 0);
-    assert_string_equal(out_of(&r), "");
-    run_free(&r);
+    assert_string_equal(t_run_out(&r), "");
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--emit", "orderCreated", "{not json");
     expect_status(&r, 2);
-    run_free(&r);
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--emit");
     expect_status(&r, 2);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 /* --- flags ---------------------------------------------------------------------- */
@@ -598,37 +433,37 @@ static void test_emit(void **state)
 static void test_version_and_help(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--version");
     expect_status(&r, 0);
-    assert_non_null(strstr(out_of(&r), LOOM_VERSION_STRING));
-    run_free(&r);
+    assert_non_null(strstr(t_run_out(&r), LOOM_VERSION_STRING));
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--help");
     expect_status(&r, 0);
-    assert_non_null(strstr(out_of(&r), "Usage"));
-    assert_non_null(strstr(out_of(&r), "--call"));
-    assert_non_null(strstr(out_of(&r), "--services"));
-    run_free(&r);
+    assert_non_null(strstr(t_run_out(&r), "Usage"));
+    assert_non_null(strstr(t_run_out(&r), "--call"));
+    assert_non_null(strstr(t_run_out(&r), "--services"));
+    t_run_free(&r);
 }
 
 static void test_unknown_flag_exits_2(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--no-such-flag");
     expect_status(&r, 2);
-    assert_non_null(strstr(err_of(&r), "--no-such-flag"));
-    run_free(&r);
+    assert_non_null(strstr(t_run_err(&r), "--no-such-flag"));
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--workers", "zero", "--call", "notifications.list");
     expect_status(&r, 2);
-    assert_non_null(strstr(err_of(&r), "--workers"));
-    run_free(&r);
+    assert_non_null(strstr(t_run_err(&r), "--workers"));
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--call");
     expect_status(&r, 2);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 /* --- configuration files ------------------------------------------------------------ */
@@ -652,22 +487,23 @@ static void test_broken_config_rejected_with_line(void **state)
         char *path = write_temp(cases[i].name, cases[i].yaml);
         char where[4200];
         snprintf(where, sizeof where, "%s%s", path, cases[i].line);
-        run r;
+        t_run r;
         RUN_SHOP(&r, "--config", path, "--call", "notifications.list");
         expect_status(&r, 2);
-        if (!strstr(err_of(&r), where))
-            fail_msg("%s: stderr does not name %s:\n%s", cases[i].name, where, err_of(&r));
-        if (cases[i].key && !strstr(err_of(&r), cases[i].key))
-            fail_msg("%s: stderr does not name %s:\n%s", cases[i].name, cases[i].key, err_of(&r));
-        assert_string_equal(out_of(&r), "");
-        run_free(&r);
+        if (!strstr(t_run_err(&r), where))
+            fail_msg("%s: stderr does not name %s:\n%s", cases[i].name, where, t_run_err(&r));
+        if (cases[i].key && !strstr(t_run_err(&r), cases[i].key))
+            fail_msg("%s: stderr does not name %s:\n%s", cases[i].name, cases[i].key,
+                     t_run_err(&r));
+        assert_string_equal(t_run_out(&r), "");
+        t_run_free(&r);
         free(path);
     }
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--config", "/nonexistent/shop.yaml", "--call", "notifications.list");
     expect_status(&r, 2);
-    assert_non_null(strstr(err_of(&r), "/nonexistent/shop.yaml"));
-    run_free(&r);
+    assert_non_null(strstr(t_run_err(&r), "/nonexistent/shop.yaml"));
+    t_run_free(&r);
 }
 
 /* The shipped sample must stay valid, and config.<service> reaches the
@@ -675,23 +511,23 @@ static void test_broken_config_rejected_with_line(void **state)
 static void test_sample_config_and_service_config(void **state)
 {
     (void)state;
-    run r;
+    t_run r;
     RUN_SHOP(&r, "--config", "examples/shop/shop.yaml", "--log-level", "warn", "--call",
              "payments.charge", "{\"orderId\":\"o-9\",\"amount\":1}");
     expect_status(&r, 0);
-    cJSON *p = parse_json(out_of(&r), "stdout");
+    cJSON *p = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(p, "currency"), "EUR");
     cJSON_Delete(p);
-    run_free(&r);
+    t_run_free(&r);
 
     char *path = write_temp("usd.yaml", "config:\n  payments:\n    currency: USD\n");
     RUN_SHOP(&r, "--config", path, "--call", "payments.charge",
              "{\"orderId\":\"o-9\",\"amount\":1}");
     expect_status(&r, 0);
-    p = parse_json(out_of(&r), "stdout");
+    p = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(p, "currency"), "USD");
     cJSON_Delete(p);
-    run_free(&r);
+    t_run_free(&r);
     free(path);
 }
 
@@ -700,33 +536,35 @@ static void test_sample_config_and_service_config(void **state)
 static void test_hello(void **state)
 {
     (void)state;
-    run r;
-    run_prog(&r, hello_path,
-             (const char *const[]){"--call", "greeter.hello", "{\"name\":\"Ada\"}", NULL});
+    t_run r;
+    t_run_prog(&r, hello_path,
+               (const char *const[]){"--call", "greeter.hello", "{\"name\":\"Ada\"}", NULL},
+               child_env, RUN_TIMEOUT_MS);
     expect_status(&r, 0);
-    cJSON *j = parse_json(out_of(&r), "stdout");
+    cJSON *j = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(j, "message"), "Hello, Ada!");
     cJSON_Delete(j);
-    run_free(&r);
+    t_run_free(&r);
 
-    run_prog(&r, hello_path, (const char *const[]){"--call", "greeter.hello", "{}", NULL});
+    t_run_prog(&r, hello_path, (const char *const[]){"--call", "greeter.hello", "{}", NULL},
+               child_env, RUN_TIMEOUT_MS);
     expect_status(&r, 1);
     cJSON *e = expect_error_json(&r, 400);
     assert_true(has_detail(e, "", "name"));
     cJSON_Delete(e);
-    run_free(&r);
+    t_run_free(&r);
 }
 
 /* --- the order flow over HTTP ---------------------------------------------------------- */
 
 typedef struct http_res {
     long status;
-    buf body;
+    t_buf body;
 } http_res;
 
 static size_t collect(char *p, size_t size, size_t n, void *user)
 {
-    buf_add(user, p, size * n);
+    t_buf_add(user, p, size * n);
     return size * n;
 }
 
@@ -736,7 +574,7 @@ static long http(http_res *res, int port, const char *method, const char *path, 
 {
     free(res->body.data);
     memset(res, 0, sizeof *res);
-    buf_add(&res->body, "", 0);
+    t_buf_add(&res->body, "", 0);
     char url[512];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
     CURL *c = curl_easy_init();
@@ -768,48 +606,15 @@ static void expect_http(const http_res *res, long want, const char *what)
         fail_msg("%s: HTTP %ld, expected %ld: %s", what, res->status, want, res->body.data);
 }
 
-static int free_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(s >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
-    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &len), 0);
-    close(s);
-    return ntohs(a.sin_port);
-}
-
-static char *read_file(const char *path)
-{
-    buf b = {0};
-    buf_add(&b, "", 0);
-    FILE *f = fopen(path, "r");
-    if (f) {
-        char chunk[4096];
-        size_t n;
-        while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
-            buf_add(&b, chunk, n);
-        fclose(f);
-    }
-    return b.data;
-}
-
 typedef struct server {
-    pid_t pid;
+    t_proc proc;
     int port;
-    char *log_path;
 } server;
 
-/* Prints the server's log, frees s and fails the test (no leaks reported
- * on top of the failure). */
-static void fail_with_log(const char *what, server *s)
+/* Prints the server's log and fails the test. */
+static void fail_with_log(const char *what, const server *s)
 {
-    char *log = read_file(s->log_path);
-    print_error("%s; the shop's output:\n%s\n", what, log);
-    free(log);
-    free(s->log_path);
-    s->log_path = NULL;
+    t_proc_print_log(&s->proc, 64 * 1024);
     fail_msg("%s", what);
 }
 
@@ -820,24 +625,19 @@ static void server_start(server *s)
 {
     memset(s, 0, sizeof *s);
     for (int attempt = 0; attempt < 3; attempt++) {
-        s->port = free_port();
-        char addr[64];
+        s->port = t_free_port();
+        char addr[64], log_path[256];
         snprintf(addr, sizeof addr, "127.0.0.1:%d", s->port);
-        free(s->log_path);
-        assert_true(asprintf(&s->log_path, "%s/server-%d.log", tmp_dir, attempt) > 0);
-        int fd = open(s->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        assert_true(fd >= 0);
-        s->pid = spawn(
-            shop_path,
+        snprintf(log_path, sizeof log_path, "%s/server-%d.log", tmp_dir, attempt);
+        t_proc_start(
+            &s->proc, "shop", shop_path,
             (const char *const[]){"--services", "all", "--http", addr, "--log-level", "info", NULL},
-            fd, fd);
-        close(fd);
+            child_env, log_path);
         http_res res = {0};
-        int64_t deadline = mono_ms() + 20000;
+        int64_t deadline = t_mono_ms() + 20000;
         bool exited = false;
-        int ws = 0;
-        while (mono_ms() < deadline) {
-            if (waitpid(s->pid, &ws, WNOHANG) == s->pid) {
+        while (t_mono_ms() < deadline) {
+            if (!t_proc_running(&s->proc)) {
                 exited = true;
                 break;
             }
@@ -850,17 +650,13 @@ static void server_start(server *s)
         if (status == 200)
             return;
         if (!exited) {
-            kill(s->pid, SIGKILL);
-            waitpid(s->pid, &ws, 0);
+            t_proc_kill(&s->proc);
             fail_with_log("the shop did not answer /healthz within 20 s", s);
         }
-        char *log = read_file(s->log_path);
-        bool port_taken = strstr(log, "cannot start the HTTP bridge") != NULL;
-        free(log);
+        bool port_taken = t_proc_log_count(&s->proc, "cannot start the HTTP bridge") > 0;
         if (!port_taken || attempt == 2) {
             char what[96];
-            snprintf(what, sizeof what, "the shop exited with %d before serving",
-                     decode_status(ws));
+            snprintf(what, sizeof what, "the shop exited with %d before serving", s->proc.status);
             fail_with_log(what, s);
         }
     }
@@ -869,24 +665,14 @@ static void server_start(server *s)
 /* SIGTERM: a graceful stop exits 0 within the drain time. */
 static void server_stop(server *s)
 {
-    assert_int_equal(kill(s->pid, SIGTERM), 0);
-    int ws = 0;
-    int64_t deadline = mono_ms() + 15000;
-    pid_t got = 0;
-    while ((got = waitpid(s->pid, &ws, WNOHANG)) == 0 && mono_ms() < deadline)
-        usleep(20000);
-    if (got != s->pid) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, &ws, 0);
+    int status = t_proc_stop(&s->proc, SIGTERM, 15000);
+    if (status == T_EXIT_TIMEOUT)
         fail_with_log("the shop did not stop within 15 s of SIGTERM", s);
-    }
-    if (decode_status(ws) != 0) {
+    if (status != 0) {
         char what[96];
-        snprintf(what, sizeof what, "the shop exited with %d after SIGTERM", decode_status(ws));
+        snprintf(what, sizeof what, "the shop exited with %d after SIGTERM", status);
         fail_with_log(what, s);
     }
-    free(s->log_path);
-    s->log_path = NULL;
 }
 
 static bool has_path_ending(const cJSON *paths, const char *suffix)
@@ -964,7 +750,7 @@ static void test_http_order_flow(void **state)
     /* The notification comes from the orderCreated event, asynchronously. */
     snprintf(path, sizeof path, "/api/v1/notifications?userId=%s", user_id);
     bool notified = false;
-    for (int64_t deadline = mono_ms() + 10000; !notified && mono_ms() < deadline;) {
+    for (int64_t deadline = t_mono_ms() + 10000; !notified && t_mono_ms() < deadline;) {
         http(&res, s.port, "GET", path, NULL);
         expect_http(&res, 200, "GET /notifications");
         cJSON *l = parse_json(res.body.data, "the notifications");

@@ -1,0 +1,170 @@
+#!/bin/sh
+# Runs the shop split across processes on loopback, all from the one shop
+# binary, talking through a private mosquitto:
+#
+#   shop-a   --services users,orders,notifications
+#   pay-1    --services payments           (two instances of payments:
+#   pay-2    --services payments            the broker balances the charges)
+#   bridge   --services none --http ...     (the HTTP bridge, no services)
+#
+# The service processes share one file: state store. Prints ready-to-paste
+# curl and mosquitto_rr commands, then runs until Ctrl-C (or SIGTERM), which
+# stops every process it started. Logs go to a temporary directory (printed).
+#
+# Environment:
+#   MQTT_PORT   mosquitto's port on 127.0.0.1 (default 1883)
+#   SHOP_HTTP   the bridge's address (default 127.0.0.1:8080)
+#   SHOP        the shop binary (default: ../shop next to this script; run
+#               `make` first)
+#   MOSQUITTO   the broker binary (default: mosquitto from PATH or /usr/sbin)
+#   STATE       the shared state store (default: a file: store in the
+#               temporary directory; e.g. redis://127.0.0.1:6379 with a
+#               redis-server running)
+#   LOG_LEVEL   the shop processes' log level (default info)
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+shop=${SHOP:-$here/../shop}
+mqtt_port=${MQTT_PORT:-1883}
+http_addr=${SHOP_HTTP:-127.0.0.1:8080}
+log_level=${LOG_LEVEL:-info}
+
+die() {
+    echo "split.sh: $*" >&2
+    exit 1
+}
+
+find_tool() {
+    command -v "$1" 2>/dev/null || {
+        for d in /usr/sbin /usr/local/sbin /usr/bin; do
+            if [ -x "$d/$1" ]; then
+                echo "$d/$1"
+                return 0
+            fi
+        done
+        return 1
+    }
+}
+
+[ -x "$shop" ] || die "$shop is not built yet: run 'make' first"
+mosquitto=${MOSQUITTO:-$(find_tool mosquitto)} || die "mosquitto is not installed (make deps)"
+command -v mosquitto_pub >/dev/null || die "mosquitto-clients is not installed (make deps)"
+command -v curl >/dev/null || die "curl is not installed (make deps)"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/loom-split.XXXXXX")
+pids=""
+
+# Stops every process this script started: SIGTERM (a graceful stop
+# withdraws the announcements), then SIGKILL after 15 s.
+cleanup() {
+    trap - EXIT INT TERM
+    [ -z "$pids" ] || echo "split.sh: stopping" >&2
+    for p in $pids; do kill "$p" 2>/dev/null || true; done
+    i=0
+    while [ $i -lt 150 ]; do
+        alive=""
+        for p in $pids; do
+            if kill -0 "$p" 2>/dev/null; then alive="$alive $p"; fi
+        done
+        [ -n "$alive" ] || break
+        sleep 0.1
+        i=$((i + 1))
+    done
+    for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# mosquitto, with this directory's configuration on the chosen port.
+sed "s/^listener .*/listener $mqtt_port 127.0.0.1/" "$here/mosquitto.conf" >"$work/mosquitto.conf"
+"$mosquitto" -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+pids="$pids $!"
+i=0
+until mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -t loom-deploy/ping -n 2>/dev/null; do
+    i=$((i + 1))
+    if [ $i -ge 50 ]; then
+        cat "$work/mosquitto.log" >&2
+        die "mosquitto did not start on 127.0.0.1:$mqtt_port (is the port taken? set MQTT_PORT)"
+    fi
+    sleep 0.1
+done
+
+broker=mqtt://127.0.0.1:$mqtt_port
+state=${STATE:-file:$work/state.json}
+
+# start NAME FLAGS...: one shop process, its output in $work/NAME.log.
+start() {
+    name=$1
+    shift
+    "$shop" --broker "$broker" --instance "$name" --log-level "$log_level" "$@" \
+        >"$work/$name.log" 2>&1 &
+    pids="$pids $!"
+}
+
+start shop-a --services users,orders,notifications --state "$state"
+start pay-1 --services payments --state "$state"
+start pay-2 --services payments --state "$state"
+start bridge --services none --state memory: --http "$http_addr"
+
+# Ready when the bridge has discovered the six routes of the four services.
+i=0
+until curl -fsS "http://$http_addr/readyz" 2>/dev/null | grep -q '"routes":6'; do
+    i=$((i + 1))
+    if [ $i -ge 200 ]; then
+        tail -n 20 "$work"/*.log >&2
+        die "the bridge on $http_addr did not discover the services within 20 s"
+    fi
+    sleep 0.1
+done
+
+cat <<EOF
+The shop runs split across 4 processes over mosquitto on $broker:
+  shop-a  users, orders, notifications
+  pay-1   payments
+  pay-2   payments
+  bridge  HTTP on http://$http_addr
+Logs: $work/*.log (removed on exit). Stop everything with Ctrl-C.
+
+In another terminal, paste:
+
+  B=http://$http_addr
+
+  # create a user (u-1), place an order: orders (shop-a) charges through
+  # payments (pay-1 or pay-2) over the broker, then emits orderCreated
+  curl -s -X POST \$B/api/v1/users -H 'Content-Type: application/json' \\
+      -d '{"name":"Ada","email":"ada@example.com"}'; echo
+  curl -s -X POST \$B/api/v1/orders -H 'Content-Type: application/json' \\
+      -d '{"userId":"u-1","items":[{"sku":"book-42","quantity":2}],"amount":39.90}'; echo
+  curl -s \$B/api/v1/orders/o-1; echo
+  curl -s "\$B/api/v1/notifications?userId=u-1"; echo
+
+  # which payments instance served it
+  grep -h captured $work/pay-*.log
+
+  # a plain MQTT 5 client calls a command: bare JSON in, bare JSON out
+  mosquitto_rr -V 5 -h 127.0.0.1 -p $mqtt_port -t loom/cmd/payments/1/charge \\
+      -e rr/reply/\$\$ -m '{"orderId":"o-77","amount":5}' -F '%p  (%P)'
+
+  # a one-shot client process over the broker
+  $shop --broker $broker --services none --state memory: --call notifications.list
+
+  # one more payments instance (the broker spreads the charges over three)
+  $shop --broker $broker --services payments --state $state --instance pay-3
+
+  # the service announcements (retained)
+  mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'loom/svc/+' -v -W 1
+
+EOF
+
+# Run until interrupted; report a process that dies on its own.
+while sleep 1; do
+    for p in $pids; do
+        if ! kill -0 "$p" 2>/dev/null; then
+            tail -n 20 "$work"/*.log >&2
+            die "process $p exited; see the logs above"
+        fi
+    done
+done
