@@ -404,6 +404,15 @@ static void send_remote(loom_runtime *rt, const prepared *p, loom_reply_fn cb, v
     loom_msg *m = p->msg;
     char id[33];
     memcpy(id, m->id, 33);
+    if (atomic_load(&rt->broker_state) != LOOM_BROKER_CONNECTED) {
+        /* A command buffered while the broker is away would reach nobody
+         * subscribed yet and time out: say so at once instead. */
+        loom_msg *r = fail_response(m, 503, "the broker is not connected");
+        loom_msg_release(m);
+        if (r)
+            answer(rt, cb, user, r);
+        return;
+    }
     const char *segs[] = {m->receiver.service, m->receiver.version, m->receiver.target};
     char *topic = loom__topic_build(rt->prefix, "cmd", segs, 3);
     loom_msg *r503 = fail_response(m, 503, "no receiver for %s.%s (version %s)",

@@ -350,9 +350,8 @@ static raw_delivery *raw_copy(const loom_delivery *d)
 /* Rate-limited warning about garbage on loom topics: one line per second. */
 static void warn_garbage(loom_runtime *rt, const char *what, const char *why)
 {
-    static _Atomic int64_t last;
-    int64_t now = loom__mono_ms(), prev = atomic_load(&last);
-    if (now - prev < 1000 || !atomic_compare_exchange_strong(&last, &prev, now))
+    int64_t now = loom__mono_ms(), prev = atomic_load(&rt->garbage_warned_mono);
+    if (now - prev < 1000 || !atomic_compare_exchange_strong(&rt->garbage_warned_mono, &prev, now))
         return;
     loom__rt_log(rt, LOOM_LOG_WARN, "dropped a malformed message on %s: %s", what, why);
 }

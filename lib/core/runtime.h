@@ -148,6 +148,8 @@ struct loom_runtime {
     atomic_bool disc_synced;
     _Atomic int64_t connected_mono;
 
+    _Atomic int64_t garbage_warned_mono; /* rate limit of "dropped a malformed message" */
+
     /* readiness */
     pthread_mutex_t ready_mu;
     pthread_cond_t ready_cv;
