@@ -871,12 +871,13 @@ static void test_string_checks(void **state)
                       "shop.yaml:2: services: \"all\" cannot be combined with other services");
 
     expect_set_ok(cfg, "broker.prefix", "acme/loom");
-    static const char *const prefix_bad[] = {"", "$SYS", "/loom", "loom/", "a/+/b", "a#"};
+    static const char *const prefix_bad[] = {"",    "$SYS", "/loom", "loom/", "a/+/b",
+                                             "a#",  "a//b", "a$b"};
     for (size_t i = 0; i < sizeof prefix_bad / sizeof prefix_bad[0]; i++) {
         char want[256];
         snprintf(want, sizeof want,
-                 "broker.prefix: expected a topic prefix (not empty, no '+' or '#', not "
-                 "starting with '$' or '/', not ending with '/'), got \"%s\"",
+                 "broker.prefix: expected a topic prefix (1 to 256 bytes, levels separated by "
+                 "single '/', no '+', '#', '$' or control characters), got \"%s\"",
                  prefix_bad[i]);
         expect_set_error("broker.prefix", prefix_bad[i], LOOM_ECONFIG, want);
     }

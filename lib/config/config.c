@@ -16,6 +16,7 @@
  * expansion, hence no billion laughs), and so that every error knows its line.
  */
 #define _GNU_SOURCE
+#include "codec/topic.h"
 #include "config/config.h"
 
 #include <ctype.h>
@@ -434,12 +435,12 @@ static bool check_services(const cJSON *v, char *why, size_t n)
 static bool check_prefix(const cJSON *v, char *why, size_t n)
 {
     const char *s = v->valuestring;
-    size_t len = strlen(s);
-    if (len == 0 || s[0] == '$' || s[0] == '/' || s[len - 1] == '/' || strpbrk(s, "+#")) {
+    /* The same rule the runtime applies, so a prefix that loads also runs. */
+    if (!loom__topic_prefix_valid(s) || s[0] == '$') {
         char q[80];
         snprintf(why, n,
-                 "expected a topic prefix (not empty, no '+' or '#', not starting with '$' "
-                 "or '/', not ending with '/'), got %s",
+                 "expected a topic prefix (1 to 256 bytes, levels separated by single '/', "
+                 "no '+', '#', '$' or control characters), got %s",
                  quoted(s, q, sizeof q));
         return false;
     }

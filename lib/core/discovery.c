@@ -156,7 +156,7 @@ void loom__unannounce(loom_runtime *rt)
     loom_err err = loom__publish(rt, rt->announce_topic, NULL, rt->qos_discovery, retain, NULL,
                                  NULL, 0);
     if (err != LOOM_OK && !(err == LOOM_EUNAVAILABLE && !retain))
-        loom__rt_log(rt, LOOM_LOG_WARN, "cannot clear the service announcement: %s",
+        loom_runtime_log(rt, LOOM_LOG_WARN, "cannot clear the service announcement: %s",
                      loom_strerror(err));
 }
 
@@ -173,7 +173,7 @@ void loom__discovery_sync(loom_runtime *rt)
         return;
     loom_err err = loom__publish(rt, rt->sync_topic, NULL, rt->qos_discovery, false, NULL, NULL, 0);
     if (err != LOOM_OK) {
-        loom__rt_log(rt, LOOM_LOG_WARN, "cannot publish the discovery marker: %s",
+        loom_runtime_log(rt, LOOM_LOG_WARN, "cannot publish the discovery marker: %s",
                      loom_strerror(err));
         atomic_store(&rt->disc_synced, true); /* do not wait for it forever */
     }
@@ -212,7 +212,7 @@ void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg
     if (!empty) {
         const cJSON *p = msg ? loom_msg_payload(msg) : NULL;
         if (!msg || msg->type != LOOM_MSG_INFO || !cJSON_IsArray(cJSON_GetObjectItem(p, "services"))) {
-            loom__rt_log(rt, LOOM_LOG_WARN, "ignored a malformed announcement on %s", topic);
+            loom_runtime_log(rt, LOOM_LOG_WARN, "ignored a malformed announcement on %s", topic);
             loom_msg_release(msg);
             return;
         }

@@ -495,14 +495,14 @@ void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg 
     const loom_subscription_def *def = sub->def;
     if (atomic_load(&rt->drain_over) || !loom__filter_matches(&def->filter, msg)) {
         if (atomic_load(&rt->drain_over))
-            loom__rt_log(rt, LOOM_LOG_WARN, "%s.%s: runtime stopping, event %s not handled",
+            loom_runtime_log(rt, LOOM_LOG_WARN, "%s.%s: runtime stopping, event %s not handled",
                          sub->svc->def->name, def->name, msg->event_name ? msg->event_name : "");
         loom_msg_release(msg);
         return;
     }
     loom_ctx *ctx = ctx_new(rt, sub->svc, msg);
     if (!ctx) {
-        loom__rt_log(rt, LOOM_LOG_ERROR, "%s.%s: out of memory, event dropped",
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "%s.%s: out of memory, event dropped",
                      sub->svc->def->name, def->name);
         loom_msg_release(msg);
         return;

@@ -75,23 +75,19 @@ static const loom_adapter_ops *find_adapter(const char *url)
 
 /* --- logging ------------------------------------------------------------------ */
 
-void loom__rt_log(loom_runtime *rt, loom_log_level level, const char *fmt, ...)
+static void rt_logv(loom_runtime *rt, loom_log_level level, const char *fmt, va_list ap)
 {
-    if (!loom__log_enabled(&rt->log, level))
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    loom__logv(&rt->log, level, NULL, NULL, NULL, fmt, ap);
-    va_end(ap);
+    if (loom__log_enabled(&rt->log, level))
+        loom__logv(&rt->log, level, NULL, NULL, NULL, fmt, ap);
 }
 
 void loom_runtime_log(loom_runtime *rt, loom_log_level level, const char *fmt, ...)
 {
-    if (!rt || !fmt || !loom__log_enabled(&rt->log, level))
+    if (!rt || !fmt)
         return;
     va_list ap;
     va_start(ap, fmt);
-    loom__logv(&rt->log, level, NULL, NULL, NULL, fmt, ap);
+    rt_logv(rt, level, fmt, ap);
     va_end(ap);
 }
 
@@ -240,7 +236,7 @@ static void subscribe_token(loom_runtime *rt, loom__token *t)
     atomic_store(&t->subscribed, false);
     loom_err err = rt->ops->subscribe(rt->adapter, t->filter, t->group, t, t->qos);
     if (err != LOOM_OK)
-        loom__rt_log(rt, LOOM_LOG_WARN, "subscribe %s%s%s: %s", t->group ? t->group : "",
+        loom_runtime_log(rt, LOOM_LOG_WARN, "subscribe %s%s%s: %s", t->group ? t->group : "",
                      t->group ? " " : "", t->filter, loom_strerror(err));
 }
 
@@ -256,14 +252,14 @@ static void host_state_changed(void *core, loom_broker_state state, const char *
     loom_runtime *rt = core;
     int old = atomic_exchange(&rt->broker_state, (int)state);
     if (state == LOOM_BROKER_CONNECTED) {
-        loom__rt_log(rt, LOOM_LOG_INFO, "broker connected%s%s", detail ? ": " : "",
+        loom_runtime_log(rt, LOOM_LOG_INFO, "broker connected%s%s", detail ? ": " : "",
                      detail ? detail : "");
         int64_t zero = 0;
         atomic_compare_exchange_strong(&rt->connected_mono, &zero, loom__mono_ms());
         if (atomic_load(&rt->state) == LOOM__STARTED)
             for_each_token(rt, subscribe_token);
     } else if (old == LOOM_BROKER_CONNECTED || state == LOOM_BROKER_FAILED) {
-        loom__rt_log(rt, state == LOOM_BROKER_FAILED ? LOOM_LOG_ERROR : LOOM_LOG_WARN,
+        loom_runtime_log(rt, state == LOOM_BROKER_FAILED ? LOOM_LOG_ERROR : LOOM_LOG_WARN,
                      "broker %s%s%s",
                      state == LOOM_BROKER_FAILED ? "failed" : "disconnected",
                      detail ? ": " : "", detail ? detail : "");
@@ -276,12 +272,12 @@ static void host_subscribed(void *core, void *token, loom_err err)
     loom_runtime *rt = core;
     loom__token *t = token;
     if (err == LOOM_EIO) {
-        loom__rt_log(rt, LOOM_LOG_INFO, "subscription %s not confirmed (connection lost); "
+        loom_runtime_log(rt, LOOM_LOG_INFO, "subscription %s not confirmed (connection lost); "
                                         "retried on reconnect", t->filter);
         return;
     }
     if (err != LOOM_OK) {
-        loom__rt_log(rt, LOOM_LOG_ERROR, "the broker refused subscription %s: %s", t->filter,
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "the broker refused subscription %s: %s", t->filter,
                      loom_strerror(err));
         return;
     }
@@ -291,7 +287,7 @@ static void host_subscribed(void *core, void *token, loom_err err)
     if (atomic_load(&rt->state) == LOOM__STARTED && all_subscribed(rt)) {
         loom_err aerr = loom__announce(rt);
         if (aerr != LOOM_OK)
-            loom__rt_log(rt, LOOM_LOG_WARN, "cannot announce services: %s",
+            loom_runtime_log(rt, LOOM_LOG_WARN, "cannot announce services: %s",
                          loom_strerror(aerr));
         signal_ready(rt);
     }
@@ -299,12 +295,9 @@ static void host_subscribed(void *core, void *token, loom_err err)
 
 static void host_log(void *core, loom_log_level level, const char *fmt, ...)
 {
-    loom_runtime *rt = core;
-    if (!loom__log_enabled(&rt->log, level))
-        return;
     va_list ap;
     va_start(ap, fmt);
-    loom__logv(&rt->log, level, NULL, NULL, NULL, fmt, ap);
+    rt_logv(core, level, fmt, ap);
     va_end(ap);
 }
 
@@ -353,7 +346,7 @@ static void warn_garbage(loom_runtime *rt, const char *what, const char *why)
     int64_t now = loom__mono_ms(), prev = atomic_load(&rt->garbage_warned_mono);
     if (now - prev < 1000 || !atomic_compare_exchange_strong(&rt->garbage_warned_mono, &prev, now))
         return;
-    loom__rt_log(rt, LOOM_LOG_WARN, "dropped a malformed message on %s: %s", what, why);
+    loom_runtime_log(rt, LOOM_LOG_WARN, "dropped a malformed message on %s: %s", what, why);
 }
 
 /* A plain MQTT client's request: bare JSON payload, answered bare. */
@@ -616,7 +609,7 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     const char *inst = cfg->instance_id ? cfg->instance_id : loom__config_str(c, "instance", NULL);
     if (inst) {
         if (!*inst || strlen(inst) >= sizeof rt->instance_id) {
-            loom__rt_log(rt, LOOM_LOG_ERROR, "instance id must be 1 to 64 characters");
+            loom_runtime_log(rt, LOOM_LOG_ERROR, "instance id must be 1 to 64 characters");
             err = LOOM_ECONFIG;
             goto fail_early;
         }
@@ -645,7 +638,7 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     if (!rt->prefix)
         goto fail_early;
     if (!loom__topic_prefix_valid(rt->prefix)) {
-        loom__rt_log(rt, LOOM_LOG_ERROR, "broker.prefix '%s' is not a valid topic prefix",
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "broker.prefix '%s' is not a valid topic prefix",
                      rt->prefix);
         err = LOOM_ECONFIG;
         goto fail_early;
@@ -653,7 +646,7 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     const char *url = cfg->broker_url ? cfg->broker_url : loom__config_str(c, "broker.url", "memory:");
     rt->ops = find_adapter(url);
     if (!rt->ops) {
-        loom__rt_log(rt, LOOM_LOG_ERROR, "no broker adapter for '%s' (built in: memory:, "
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "no broker adapter for '%s' (built in: memory:, "
                                          "mqtt://, mqtts://, nats://, tls://)", url);
         err = LOOM_EUNSUPPORTED;
         goto fail_early;
@@ -670,7 +663,7 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     const char *surl = cfg->state_url ? cfg->state_url : loom__config_str(c, "state.url", "memory:");
     err = loom__store_open(&rt->store, surl, loom_config_get(c, "state"));
     if (err != LOOM_OK) {
-        loom__rt_log(rt, LOOM_LOG_ERROR, "cannot open the state store '%s': %s", surl,
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "cannot open the state store '%s': %s", surl,
                      loom_strerror(err));
         goto fail_early;
     }
@@ -737,7 +730,7 @@ static loom_err compile(loom_runtime *rt, const char *what, const char *field, c
     char err[256];
     loom_err e = loom__schema_compile(out, text, err, sizeof err);
     if (e != LOOM_OK)
-        loom__rt_log(rt, LOOM_LOG_ERROR, "%s: %s: %s", what, field, err);
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "%s: %s: %s", what, field, err);
     return e;
 }
 
@@ -790,12 +783,12 @@ static loom_err add_command(loom_runtime *rt, loom__service *s, const loom_comma
     snprintf(what, sizeof what, "service %s: command %s", def->name,
              cd->name ? cd->name : "(null)");
     if (!valid_segment(cd->name, 128) || !cd->handler) {
-        loom__rt_log(rt, LOOM_LOG_ERROR, "%s: needs a name ([A-Za-z0-9_.-]) and a handler", what);
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "%s: needs a name ([A-Za-z0-9_.-]) and a handler", what);
         return LOOM_EINVAL;
     }
     if ((cd->http_method == NULL) != (cd->http_path == NULL) ||
         (cd->http_method && (!valid_method(cd->http_method) || cd->http_path[0] != '/'))) {
-        loom__rt_log(rt, LOOM_LOG_ERROR,
+        loom_runtime_log(rt, LOOM_LOG_ERROR,
                      "%s: http_method (GET|POST|PUT|PATCH|DELETE) and http_path "
                      "(starting with '/') go together",
                      what);
@@ -803,7 +796,7 @@ static loom_err add_command(loom_runtime *rt, loom__service *s, const loom_comma
     }
     for (size_t k = 0; k < s->n_cmds; k++)
         if (strcmp(s->cmds[k].def->name, cd->name) == 0) {
-            loom__rt_log(rt, LOOM_LOG_ERROR, "%s: defined twice", what);
+            loom_runtime_log(rt, LOOM_LOG_ERROR, "%s: defined twice", what);
             return LOOM_EEXIST;
         }
     loom__command *c = &s->cmds[s->n_cmds++];
@@ -837,7 +830,7 @@ static loom_err add_subscription(loom_runtime *rt, loom__service *s,
              sd->name ? sd->name : "(null)");
     if (!valid_segment(sd->name, 128) || !sd->handler ||
         (sd->delivery != LOOM_DELIVER_GROUP && sd->delivery != LOOM_DELIVER_ALL)) {
-        loom__rt_log(rt, LOOM_LOG_ERROR, "%s: needs a name, a handler and a valid delivery",
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "%s: needs a name, a handler and a valid delivery",
                      what);
         return LOOM_EINVAL;
     }
@@ -881,7 +874,7 @@ loom_err loom_runtime_add_service(loom_runtime *rt, const loom_service_def *def,
     if (atomic_load(&rt->state) != LOOM__CREATED)
         return LOOM_ESTATE;
     if (!valid_segment(def->name, 128) || !valid_segment(def->version, 32)) {
-        loom__rt_log(rt, LOOM_LOG_ERROR,
+        loom_runtime_log(rt, LOOM_LOG_ERROR,
                      "a service needs a name and a version made of [A-Za-z0-9_.-]");
         return LOOM_EINVAL;
     }
@@ -939,7 +932,7 @@ loom_err loom_runtime_start(loom_runtime *rt)
     if (err != LOOM_OK) {
         rt->adapter = NULL;
         loom__pool_stop(&rt->pool);
-        loom__rt_log(rt, LOOM_LOG_ERROR, "broker adapter '%s' refused %s: %s", rt->ops->scheme,
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "broker adapter '%s' refused %s: %s", rt->ops->scheme,
                      rt->broker_url, loom_strerror(err));
         return err;
     }
@@ -947,13 +940,13 @@ loom_err loom_runtime_start(loom_runtime *rt)
     loom__heartbeat_start(rt);
     err = rt->ops->connect(rt->adapter);
     if (err != LOOM_OK) {
-        loom__rt_log(rt, LOOM_LOG_ERROR, "cannot connect to %s: %s", rt->broker_url,
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "cannot connect to %s: %s", rt->broker_url,
                      loom_strerror(err));
         loom_runtime_stop(rt);
         return err;
     }
     for (size_t i = 0; i < rt->n_services; i++)
-        loom__rt_log(rt, LOOM_LOG_INFO, "service %s v%s: %zu command(s), %zu subscription(s)",
+        loom_runtime_log(rt, LOOM_LOG_INFO, "service %s v%s: %zu command(s), %zu subscription(s)",
                      rt->services[i].def->name, rt->services[i].def->version,
                      rt->services[i].n_cmds, rt->services[i].n_subs);
     return LOOM_OK;
@@ -1022,11 +1015,11 @@ loom_err loom_runtime_stop(loom_runtime *rt)
     if (!atomic_compare_exchange_strong(&rt->state, &expected, LOOM__STOPPING))
         return LOOM_OK; /* already stopping or stopped */
     if (loom__pool_is_worker(&rt->pool)) {
-        loom__rt_log(rt, LOOM_LOG_ERROR, "loom_runtime_stop called from a handler: refused");
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "loom_runtime_stop called from a handler: refused");
         atomic_store(&rt->state, LOOM__STARTED);
         return LOOM_ESTATE;
     }
-    loom__rt_log(rt, LOOM_LOG_INFO, "stopping: draining in-flight work (up to %u ms)",
+    loom_runtime_log(rt, LOOM_LOG_INFO, "stopping: draining in-flight work (up to %u ms)",
                  rt->drain_timeout_ms);
     /* Stop taking new work from the broker, tell the others we are gone. */
     loom__unannounce(rt);
@@ -1046,7 +1039,7 @@ loom_err loom_runtime_stop(loom_runtime *rt)
     atomic_store(&rt->drain_over, true);
     long left = atomic_load(&rt->inflight);
     if (left > 0)
-        loom__rt_log(rt, LOOM_LOG_WARN, "%ld command(s) still running after the drain limit",
+        loom_runtime_log(rt, LOOM_LOG_WARN, "%ld command(s) still running after the drain limit",
                      left);
     loom__fail_all_pending(rt, 503, "the runtime stopped before the response");
     rt->ops->close(rt->adapter);
@@ -1055,7 +1048,7 @@ loom_err loom_runtime_stop(loom_runtime *rt)
     /* Answers that came in while the pool drained. */
     loom__fail_all_pending(rt, 503, "the runtime stopped before the response");
     atomic_store(&rt->state, LOOM__STOPPED);
-    loom__rt_log(rt, LOOM_LOG_INFO, "stopped");
+    loom_runtime_log(rt, LOOM_LOG_INFO, "stopped");
     return LOOM_OK;
 }
 

@@ -210,7 +210,6 @@ enum {
 };
 
 /* runtime.c */
-void loom__rt_log(loom_runtime *rt, loom_log_level level, const char *fmt, ...) LOOM_PRINTF(3, 4);
 loom__command *loom__find_command(loom_runtime *rt, const char *service, const char *version,
                                   const char *command);
 /* Publishes msg (taken over on LOOM_OK) on topic through the adapter,
