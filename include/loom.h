@@ -345,6 +345,13 @@ typedef struct loom_call {
     const char *trace_id;  /* 32 hex; NULL = new */
     const char *principal_id;
     const char *tenant_id;
+    /* loom_runtime_invoke only: when this runtime serves the command, run
+     * its handler on the calling thread (no worker hop); the callback then
+     * runs before loom_runtime_invoke returns unless the handler defers.
+     * For callers that can afford the handler's time on their thread (the
+     * HTTP bridge uses it). Blocking calls always run in-process handlers
+     * inline. */
+    bool run_inline;
 } loom_call;
 
 /* Called once with the response: a success (status 200/204) or an error

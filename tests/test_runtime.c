@@ -731,6 +731,43 @@ static void test_stop_runs_queued_events(void **state)
     loom_runtime_destroy(rt);
 }
 
+
+static void test_invoke_inline(void **state)
+{
+    (void)state;
+    loom_runtime *rt = start_rt("memory:inline", &svc_test);
+    async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
+    /* answered on this thread, before invoke returns */
+    loom_call c = {.service = "test", .command = "echo", .payload = t_json("{\"x\":1}"),
+                   .run_inline = true};
+    assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
+    assert_int_equal(a.count, 1);
+    assert_int_equal(a.status, 200);
+    /* a deferring handler answers later, through the pending table */
+    c.command = "deferred";
+    c.payload = NULL;
+    assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
+    assert_int_equal(a.count, 1);
+    async_wait(&a, 2);
+    assert_int_equal(a.status, 200);
+    /* a result after the deadline becomes 504 */
+    c.command = "slow";
+    c.payload = t_json("{\"ms\":150}");
+    c.timeout_ms = 50;
+    assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
+    assert_int_equal(a.count, 3);
+    assert_int_equal(a.status, 504);
+    /* a remote command is not inline: it goes through the bus */
+    loom_runtime *client = start_rt("memory:inline", NULL);
+    c = (loom_call){.service = "test", .command = "echo", .run_inline = true};
+    assert_int_equal(loom_runtime_invoke(client, &c, async_cb, &a), LOOM_OK);
+    async_wait(&a, 4);
+    assert_int_equal(a.status, 200);
+    cJSON_Delete(a.body);
+    loom_runtime_destroy(client);
+    loom_runtime_destroy(rt);
+}
+
 /* --- many threads ------------------------------------------------------------- */
 
 typedef struct worker_arg {
@@ -846,6 +883,7 @@ int main(void)
         cmocka_unit_test(test_stop_runs_queued_events),
         cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_concurrency_limit),
+        cmocka_unit_test(test_invoke_inline),
         cmocka_unit_test(test_bad_definitions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -443,6 +443,8 @@ static void send_remote(loom_runtime *rt, const prepared *p, loom_reply_fn cb, v
     fail_pending(rt, id, r503);
 }
 
+static void invoke_inline(loom_runtime *rt, const prepared *p, loom_reply_fn cb, void *user);
+
 loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
                       loom_reply_fn cb, void *user)
 {
@@ -454,6 +456,8 @@ loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call 
         return err;
     if (p.early)
         answer(rt, cb, user, p.early);
+    else if (p.local && call->run_inline)
+        invoke_inline(rt, &p, cb, user);
     else if (p.local)
         send_local(rt, &p, cb, user);
     else
@@ -535,16 +539,53 @@ static loom_msg *waiter_wait(loom__waiter *w, int64_t deadline)
 
 loom_err loom__slot_defer(loom_ctx *ctx)
 {
-    loom__waiter *w = waiter_new();
-    if (!w)
+    loom__slot *slot = ctx->slot;
+    loom__waiter *w = slot->cb ? NULL : waiter_new();
+    if (!slot->cb && !w)
         return LOOM_ENOMEM;
-    if (!pend_add(ctx->rt, ctx->msg->id, waiter_cb, w, remaining_ms(ctx->msg), true)) {
+    if (!pend_add(ctx->rt, ctx->msg->id, w ? waiter_cb : slot->cb, w ? (void *)w : slot->user,
+                  remaining_ms(ctx->msg), w != NULL)) {
         free(w);
         return LOOM_ENOMEM;
     }
-    ctx->slot->waiter = w;
+    slot->waiter = w;
     ctx->reply_kind = LOOM__TO_PENDING;
     return LOOM_OK;
+}
+
+/* A result that comes after the deadline is replaced by 504, as a remote
+ * caller would have had. Consumes resp (may be NULL); never NULL unless out
+ * of memory. */
+static loom_msg *late_is_504(loom_msg *resp, int64_t deadline, const char *id)
+{
+    if (resp && deadline < loom__now_ms() && loom_msg_status(resp) < 500) {
+        loom_msg_release(resp);
+        resp = NULL;
+    }
+    if (!resp) {
+        resp = loom__msg_error_for(NULL, 504, "timed out waiting for the response", NULL, false);
+        if (resp)
+            memcpy(resp->correlation_id, id, 33);
+    }
+    return resp;
+}
+
+/* An asynchronous invoke run inline: the handler answers here (callback
+ * now) or defers (callback later, from the pending table). */
+static void invoke_inline(loom_runtime *rt, const prepared *p, loom_reply_fn cb, void *user)
+{
+    char id[33];
+    memcpy(id, p->msg->id, 33);
+    int64_t deadline = p->msg->deadline;
+    loom__slot slot = {.cb = cb, .user = user};
+    loom__route to = {.kind = LOOM__TO_SLOT, .slot = &slot};
+    loom__run_command(rt, p->local, p->msg, &to);
+    if (slot.resp) {
+        loom_msg *resp = late_is_504(slot.resp, deadline, id);
+        if (resp)
+            answer(rt, cb, user, resp);
+    }
+    /* else: deferred; the pending entry answers cb */
 }
 
 /* The handler runs here, on the caller's thread: no queue, no pending
@@ -559,16 +600,7 @@ static loom_msg *call_inline(loom_runtime *rt, const prepared *p)
     loom__route to = {.kind = LOOM__TO_SLOT, .slot = &slot};
     loom__run_command(rt, p->local, p->msg, &to);
     loom_msg *resp = slot.waiter ? waiter_wait(slot.waiter, deadline) : slot.resp;
-    if (resp && deadline < loom__now_ms() && loom_msg_status(resp) < 500) {
-        loom_msg_release(resp);
-        resp = NULL;
-    }
-    if (!resp) {
-        resp = loom__msg_error_for(NULL, 504, "timed out waiting for the response", NULL, false);
-        if (resp)
-            memcpy(resp->correlation_id, id, 33);
-    }
-    return resp;
+    return late_is_504(resp, deadline, id);
 }
 
 loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,

@@ -172,6 +172,9 @@ typedef struct loom__waiter loom__waiter;
 typedef struct loom__slot {
     loom_msg *resp;
     loom__waiter *waiter;
+    /* An inline asynchronous invoke: a deferred answer goes to cb. */
+    loom_reply_fn cb;
+    void *user;
 } loom__slot;
 
 /* Where a command's response goes (see LOOM__TO_*). Borrowed by
@@ -230,8 +233,9 @@ loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *c
 /* Completes the pending call response answers (response released here).
  * False when no call waits for it (late or unknown). */
 bool loom__complete_pending(loom_runtime *rt, loom_msg *response);
-/* Turns a blocking in-process call whose handler defers into a pending
- * call with a waiter (ctx->slot->waiter). */
+/* Turns an inline in-process call whose handler defers into a pending
+ * call: answered to slot->cb, or to a new waiter (slot->waiter) for a
+ * blocking caller. */
 loom_err loom__slot_defer(loom_ctx *ctx);
 /* True when the pending call with this request id is a blocking caller. */
 bool loom__pending_is_sync(loom_runtime *rt, const char *id);
