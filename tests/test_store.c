@@ -1,277 +1,57 @@
-/* The state store: public API, scheme registry, and the memory store. */
+/* The state store: public API, scheme registry, and the memory store. The
+ * semantics every store shares are the conformance suite's
+ * (support/store_suite.c), run here against named memory stores. */
 #define _GNU_SOURCE
-#include <inttypes.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "support/proc.h"
+#include "support/store_suite.h"
 #include "support/support.h"
 
 #include "core/util.h"
 #include "loom/store.h"
 #include "store/store.h"
 
-static void sleep_ms(int ms)
+/* The suite's store: a named memory store, a new name for each test, so
+ * that every handle a test opens shares its data. */
+typedef struct memory_suite {
+    int n;
+    char url[32];
+} memory_suite;
+
+static int suite_reset(void *ctx)
 {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
+    memory_suite *m = ctx;
+    snprintf(m->url, sizeof m->url, "memory:suite-%d", ++m->n);
+    return 0;
 }
 
-static loom_store *open_store(const char *url)
+static loom_store *suite_open(void *ctx)
 {
-    loom_store *s = NULL;
-    assert_int_equal(loom__store_open(&s, url, NULL), LOOM_OK);
-    assert_non_null(s);
-    return s;
+    return t_store_open(((memory_suite *)ctx)->url, NULL);
 }
 
-/* Stores JSON text for key, parsed from text. */
-static void set_text(loom_store *s, const char *key, const char *text, uint32_t ttl)
-{
-    cJSON *v = t_json(text);
-    assert_int_equal(loom_store_set(s, key, v, ttl), LOOM_OK);
-    cJSON_Delete(v);
-}
-
-static void assert_value(loom_store *s, const char *key, const char *text)
-{
-    cJSON *v = NULL;
-    assert_int_equal(loom_store_get(s, key, &v), LOOM_OK);
-    if (!t_json_eq(v, text)) {
-        char *got = cJSON_PrintUnformatted(v);
-        cJSON_Delete(v);
-        fail_msg("key %s: got %s, want %s", key, got, text);
-    }
-    cJSON_Delete(v);
-}
-
-static void assert_absent(loom_store *s, const char *key)
-{
-    cJSON *v = (cJSON *)1;
-    assert_int_equal(loom_store_get(s, key, &v), LOOM_ENOTFOUND);
-    assert_null(v);
-}
+static memory_suite suite_ctx;
+static const t_store_factory memory_factory = {
+    .name = "memory",
+    .reset = suite_reset,
+    .open = suite_open,
+    .ctx = &suite_ctx,
+    .ttl_ms = 30,
+    .threads = 8,
+    .ops = 10000,
+    .cas_rounds = 2000,
+};
 
 /* ---------------------------------------------------------------------- */
-
-static void test_set_get(void **state)
-{
-    (void)state;
-    loom_store *s = open_store("memory:");
-    const char *values[] = {
-        "{\"a\":1,\"b\":[true,false,null],\"c\":{\"d\":\"é\\n\\\"x\\\"\"}}",
-        "[1,2.5,-3,\"s\"]",
-        "\"plain string\"",
-        "42",
-        "-0.125",
-        "true",
-        "null",
-        "{}",
-        "[]",
-    };
-    for (size_t i = 0; i < LOOM__ARRAY_LEN(values); i++) {
-        char key[32];
-        snprintf(key, sizeof key, "k%zu", i);
-        set_text(s, key, values[i], 0);
-    }
-    for (size_t i = 0; i < LOOM__ARRAY_LEN(values); i++) {
-        char key[32];
-        snprintf(key, sizeof key, "k%zu", i);
-        assert_value(s, key, values[i]);
-    }
-    /* Overwrite replaces; the stored value is a copy. */
-    cJSON *v = t_json("{\"n\":1}");
-    assert_int_equal(loom_store_set(s, "k0", v, 0), LOOM_OK);
-    cJSON_ReplaceItemInObject(v, "n", cJSON_CreateNumber(2));
-    assert_value(s, "k0", "{\"n\":1}");
-    cJSON_Delete(v);
-    /* Keys are exact byte strings. */
-    set_text(s, "K0", "\"upper\"", 0);
-    assert_value(s, "k0", "{\"n\":1}");
-    assert_value(s, "K0", "\"upper\"");
-    assert_absent(s, "k00");
-    assert_absent(s, "never");
-    loom__store_close(s);
-}
-
-static void test_add_delete(void **state)
-{
-    (void)state;
-    loom_store *s = open_store("memory:");
-    cJSON *one = t_json("1"), *two = t_json("2");
-    assert_int_equal(loom_store_add(s, "k", one, 0), LOOM_OK);
-    assert_int_equal(loom_store_add(s, "k", two, 0), LOOM_EEXIST);
-    assert_value(s, "k", "1");
-    assert_int_equal(loom_store_delete(s, "k"), LOOM_OK);
-    assert_absent(s, "k");
-    assert_int_equal(loom_store_delete(s, "k"), LOOM_ENOTFOUND);
-    assert_int_equal(loom_store_delete(s, "other"), LOOM_ENOTFOUND);
-    assert_int_equal(loom_store_add(s, "k", two, 0), LOOM_OK);
-    assert_value(s, "k", "2");
-    /* set overwrites what add created */
-    assert_int_equal(loom_store_set(s, "k", one, 0), LOOM_OK);
-    assert_value(s, "k", "1");
-    cJSON_Delete(one);
-    cJSON_Delete(two);
-    loom__store_close(s);
-}
-
-static void test_incr(void **state)
-{
-    (void)state;
-    loom_store *s = open_store("memory:");
-    int64_t v = 0;
-    assert_int_equal(loom_store_incr(s, "c", 5, &v), LOOM_OK);
-    assert_int_equal(v, 5);
-    assert_int_equal(loom_store_incr(s, "c", -7, &v), LOOM_OK);
-    assert_int_equal(v, -2);
-    assert_int_equal(loom_store_incr(s, "c", 1, NULL), LOOM_OK);
-    assert_value(s, "c", "-1");
-
-    /* Values set through the API, written by cJSON in its own forms. */
-    set_text(s, "n", "41", 0);
-    assert_int_equal(loom_store_incr(s, "n", 1, &v), LOOM_OK);
-    assert_int_equal(v, 42);
-    cJSON *big = cJSON_CreateNumber(1e15); /* cJSON prints "1e+15" */
-    assert_int_equal(loom_store_set(s, "big", big, 0), LOOM_OK);
-    cJSON_Delete(big);
-    assert_int_equal(loom_store_incr(s, "big", 1, &v), LOOM_OK);
-    assert_int_equal(v, 1000000000000001LL);
-    set_text(s, "whole", "3.0", 0);
-    assert_int_equal(loom_store_incr(s, "whole", 1, &v), LOOM_OK);
-    assert_int_equal(v, 4);
-
-    /* Not integral numbers: refused, value untouched. */
-    const char *bad[] = {"2.5", "\"3\"", "{\"a\":1}", "[1]", "true", "null", "1e-1"};
-    for (size_t i = 0; i < LOOM__ARRAY_LEN(bad); i++) {
-        set_text(s, "bad", bad[i], 0);
-        v = 99;
-        assert_int_equal(loom_store_incr(s, "bad", 1, &v), LOOM_EINVAL);
-        assert_int_equal(v, 99);
-        assert_value(s, "bad", bad[i]);
-    }
-
-    /* Overflow both ways. */
-    assert_int_equal(loom_store_incr(s, "max", INT64_MAX, &v), LOOM_OK);
-    assert_int_equal(loom_store_incr(s, "max", 1, &v), LOOM_EINVAL);
-    assert_int_equal(loom_store_incr(s, "max", 0, &v), LOOM_OK);
-    assert_true(v == INT64_MAX);
-    assert_int_equal(loom_store_incr(s, "min", -INT64_MAX, &v), LOOM_OK);
-    assert_int_equal(loom_store_incr(s, "min", -1, &v), LOOM_OK);
-    assert_true(v == INT64_MIN);
-    assert_int_equal(loom_store_incr(s, "min", -1, &v), LOOM_EINVAL);
-    assert_int_equal(loom_store_incr(s, "min", 0, &v), LOOM_OK);
-    assert_true(v == INT64_MIN);
-    loom__store_close(s);
-}
-
-/* The memory store's number parser, fed raw text through the adapter. */
-static void test_incr_raw_text(void **state)
-{
-    (void)state;
-    loom_store *s = open_store("memory:");
-    const loom_store_ops *ops = s->ops;
-    struct {
-        const char *text;
-        bool ok;
-        int64_t want; /* after +1 */
-    } cases[] = {
-        {"2.50e1", true, 26},
-        {"  7 \n", true, 8},
-        {"-0", true, 1},
-        {"0", true, 1},
-        {"1E2", true, 101},
-        {"100.000", true, 101},
-        {"12e+0", true, 13},
-        {"-9223372036854775808", true, -9223372036854775807LL},
-        {"9223372036854775806", true, INT64_MAX},
-        {"0.00000000000000000000000000000000000000001e41", true, 2},
-        {"1000000000000000000000e-21", true, 2},
-        {"9223372036854775808", false, 0},
-        {"-9223372036854775809", false, 0},
-        {"1e19", false, 0},
-        {"1e400", false, 0},
-        {"1e-400", false, 0},
-        {"1.5", false, 0},
-        {"01", false, 0},
-        {"+1", false, 0},
-        {"1.", false, 0},
-        {".5", false, 0},
-        {"1e", false, 0},
-        {"1e+", false, 0},
-        {"0x10", false, 0},
-        {"1 2", false, 0},
-        {"-", false, 0},
-        {"", false, 0},
-        {"inf", false, 0},
-        {"NaN", false, 0},
-        {"1.2.3", false, 0},
-        {"123456789012345678901234567890", false, 0},
-    };
-    for (size_t i = 0; i < LOOM__ARRAY_LEN(cases); i++) {
-        assert_int_equal(ops->set(s->self, "x", cases[i].text, 0, false), LOOM_OK);
-        int64_t v = 0;
-        loom_err err = loom_store_incr(s, "x", 1, &v);
-        if (cases[i].ok) {
-            if (err != LOOM_OK || v != cases[i].want)
-                fail_msg("%s: err %d v %" PRId64, cases[i].text, err, v);
-        } else if (err != LOOM_EINVAL) {
-            fail_msg("%s: err %d, want EINVAL", cases[i].text, err);
-        }
-    }
-    loom__store_close(s);
-}
-
-static void test_ttl(void **state)
-{
-    (void)state;
-    loom_store *s = open_store("memory:");
-    cJSON *v = t_json("{\"x\":1}");
-    int64_t t0 = loom__mono_ms();
-    assert_int_equal(loom_store_set(s, "short", v, 30), LOOM_OK);
-    assert_int_equal(loom_store_set(s, "long", v, 60000), LOOM_OK);
-    assert_int_equal(loom_store_set(s, "cleared", v, 30), LOOM_OK);
-    assert_int_equal(loom_store_set(s, "cleared", v, 0), LOOM_OK); /* drops the TTL */
-    assert_int_equal(loom_store_add(s, "added", v, 30), LOOM_OK);
-    assert_int_equal(loom_store_set(s, "gone", v, 30), LOOM_OK);
-    assert_int_equal(loom_store_incr(s, "counter", 10, NULL), LOOM_OK);
-    assert_int_equal(loom_store_set(s, "counter", v, 0), LOOM_OK);
-    int64_t t1 = loom__mono_ms();
-    set_text(s, "counter", "10", 30);
-    assert_int_equal(loom_store_incr(s, "counter", 1, NULL), LOOM_OK); /* keeps the TTL */
-    /* Only meaningful when incr ran before the 30 ms were up. */
-    bool counter_live = loom__mono_ms() - t1 < 30;
-    if (loom__mono_ms() - t0 < 25)
-        assert_value(s, "short", "{\"x\":1}");
-    sleep_ms(45);
-
-    assert_absent(s, "short");
-    if (counter_live)
-        assert_absent(s, "counter");
-    assert_value(s, "long", "{\"x\":1}");
-    assert_value(s, "cleared", "{\"x\":1}");
-    /* Expired entries are invisible to add, incr and delete. */
-    assert_int_equal(loom_store_add(s, "added", v, 0), LOOM_OK);
-    assert_int_equal(loom_store_delete(s, "gone"), LOOM_ENOTFOUND);
-    int64_t n = 0;
-    assert_int_equal(loom_store_incr(s, "short", 3, &n), LOOM_OK);
-    assert_int_equal(n, 3);
-    /* A counter that incr created has no TTL. */
-    sleep_ms(35);
-    assert_value(s, "short", "3");
-    assert_value(s, "added", "{\"x\":1}");
-    cJSON_Delete(v);
-    loom__store_close(s);
-}
 
 /* Many keys: the tables grow, and expired entries are swept when they do. */
 static void test_many_keys(void **state)
 {
     (void)state;
-    loom_store *s = open_store("memory:");
+    loom_store *s = t_store_open("memory:", NULL);
     char key[32];
     cJSON *n = cJSON_CreateNumber(0);
     for (int i = 0; i < 2000; i++) {
@@ -279,7 +59,7 @@ static void test_many_keys(void **state)
         cJSON_SetNumberValue(n, i);
         assert_int_equal(loom_store_set(s, key, n, 20), LOOM_OK);
     }
-    sleep_ms(30);
+    t_sleep_ms(30);
     for (int i = 0; i < 50000; i++) {
         snprintf(key, sizeof key, "key:%d", i);
         cJSON_SetNumberValue(n, i);
@@ -294,7 +74,7 @@ static void test_many_keys(void **state)
     }
     for (int i = 0; i < 2000; i += 97) {
         snprintf(key, sizeof key, "tmp:%d", i);
-        assert_absent(s, key);
+        t_store_assert_absent(s, key);
     }
     for (int i = 0; i < 50000; i += 2) {
         snprintf(key, sizeof key, "key:%d", i);
@@ -302,9 +82,9 @@ static void test_many_keys(void **state)
     }
     for (int i = 0; i < 50000; i += 1000) {
         snprintf(key, sizeof key, "key:%d", i);
-        assert_absent(s, key);
+        t_store_assert_absent(s, key);
         snprintf(key, sizeof key, "key:%d", i + 1);
-        assert_value(s, key, key + 4);
+        t_store_assert_value(s, key, key + 4);
     }
     cJSON_Delete(n);
     loom__store_close(s);
@@ -313,28 +93,28 @@ static void test_many_keys(void **state)
 static void test_named_shared(void **state)
 {
     (void)state;
-    loom_store *a = open_store("memory:shared");
-    loom_store *b = open_store("memory://shared"); /* the same name */
-    loom_store *c = open_store("memory:other");
-    set_text(a, "k", "\"from a\"", 0);
-    assert_value(b, "k", "\"from a\"");
-    assert_absent(c, "k");
+    loom_store *a = t_store_open("memory:shared", NULL);
+    loom_store *b = t_store_open("memory://shared", NULL); /* the same name */
+    loom_store *c = t_store_open("memory:other", NULL);
+    t_store_set_text(a, "k", "\"from a\"", 0);
+    t_store_assert_value(b, "k", "\"from a\"");
+    t_store_assert_absent(c, "k");
     assert_int_equal(loom_store_incr(b, "n", 2, NULL), LOOM_OK);
     int64_t v = 0;
     assert_int_equal(loom_store_incr(a, "n", 3, &v), LOOM_OK);
     assert_int_equal(v, 5);
     /* Survives one closer... */
     loom__store_close(a);
-    assert_value(b, "k", "\"from a\"");
-    loom_store *d = open_store("memory:shared");
-    assert_value(d, "n", "5");
+    t_store_assert_value(b, "k", "\"from a\"");
+    loom_store *d = t_store_open("memory:shared", NULL);
+    t_store_assert_value(d, "n", "5");
     loom__store_close(b);
-    assert_value(d, "n", "5");
+    t_store_assert_value(d, "n", "5");
     /* ...and is gone after the last. */
     loom__store_close(d);
-    loom_store *e = open_store("memory:shared");
-    assert_absent(e, "k");
-    assert_absent(e, "n");
+    loom_store *e = t_store_open("memory:shared", NULL);
+    t_store_assert_absent(e, "k");
+    t_store_assert_absent(e, "n");
     loom__store_close(e);
     loom__store_close(c);
 
@@ -350,298 +130,26 @@ static void test_named_shared(void **state)
 static void test_private(void **state)
 {
     (void)state;
-    loom_store *a = open_store("memory:");
-    loom_store *b = open_store("memory:");
-    loom_store *c = open_store("MEMORY:"); /* schemes are case-insensitive */
-    set_text(a, "k", "1", 0);
-    assert_absent(b, "k");
-    assert_absent(c, "k");
-    set_text(b, "k", "2", 0);
-    assert_value(a, "k", "1");
-    assert_value(b, "k", "2");
+    loom_store *a = t_store_open("memory:", NULL);
+    loom_store *b = t_store_open("memory:", NULL);
+    loom_store *c = t_store_open("MEMORY:", NULL); /* schemes are case-insensitive */
+    t_store_set_text(a, "k", "1", 0);
+    t_store_assert_absent(b, "k");
+    t_store_assert_absent(c, "k");
+    t_store_set_text(b, "k", "2", 0);
+    t_store_assert_value(a, "k", "1");
+    t_store_assert_value(b, "k", "2");
     loom__store_close(a);
     loom__store_close(b);
     loom__store_close(c);
     loom__store_close(NULL);
 }
-
-static void test_big_values(void **state)
-{
-    (void)state;
-    loom_store *s = open_store("memory:");
-    size_t n = 4u << 20;
-    char *str = malloc(n + 1);
-    assert_non_null(str);
-    for (size_t i = 0; i < n; i++)
-        str[i] = (char)('a' + i % 26);
-    str[n] = '\0';
-    cJSON *v = cJSON_CreateString(str);
-    assert_int_equal(loom_store_set(s, "str", v, 0), LOOM_OK);
-    cJSON_Delete(v);
-    cJSON *arr = cJSON_CreateArray();
-    for (int i = 0; i < 20000; i++)
-        cJSON_AddItemToArray(arr, cJSON_CreateNumber(i));
-    assert_int_equal(loom_store_set(s, "arr", arr, 0), LOOM_OK);
-
-    cJSON *got = NULL;
-    assert_int_equal(loom_store_get(s, "str", &got), LOOM_OK);
-    assert_true(cJSON_IsString(got));
-    assert_int_equal(strlen(got->valuestring), n);
-    assert_memory_equal(got->valuestring, str, n);
-    cJSON_Delete(got);
-    assert_int_equal(loom_store_get(s, "arr", &got), LOOM_OK);
-    assert_true(cJSON_Compare(got, arr, true));
-    cJSON_Delete(got);
-    cJSON_Delete(arr);
-    free(str);
-
-    /* The longest key works, one more byte does not. */
-    char key[LOOM__STORE_MAX_KEY + 2];
-    memset(key, 'k', sizeof key);
-    key[LOOM__STORE_MAX_KEY] = '\0';
-    set_text(s, key, "1", 0);
-    assert_value(s, key, "1");
-    loom__store_close(s);
-}
-
-/* --- compare-and-set ---------------------------------------------------- */
-
-static loom_err cas_text(loom_store *s, const char *key, const char *expected, const char *value,
-                         uint32_t ttl)
-{
-    cJSON *e = expected ? t_json(expected) : NULL;
-    cJSON *v = value ? t_json(value) : NULL;
-    loom_err err = loom_store_cas(s, key, e, v, ttl);
-    cJSON_Delete(e);
-    cJSON_Delete(v);
-    return err;
-}
-
-static void test_cas(void **state)
-{
-    (void)state;
-    loom_store *s = open_store("memory:");
-    /* expected NULL: only when absent. */
-    assert_int_equal(cas_text(s, "k", NULL, "{\"v\":1}", 0), LOOM_OK);
-    assert_value(s, "k", "{\"v\":1}");
-    assert_int_equal(cas_text(s, "k", NULL, "{\"v\":2}", 0), LOOM_EEXIST);
-    assert_value(s, "k", "{\"v\":1}");
-    /* A match swaps, a mismatch changes nothing. */
-    assert_int_equal(cas_text(s, "k", "{\"v\":0}", "{\"v\":2}", 0), LOOM_EEXIST);
-    assert_int_equal(cas_text(s, "k", "{\"v\":1}", "{\"v\":2}", 0), LOOM_OK);
-    assert_value(s, "k", "{\"v\":2}");
-    assert_int_equal(cas_text(s, "k", "{\"v\":1}", "{\"v\":3}", 0), LOOM_EEXIST);
-    assert_value(s, "k", "{\"v\":2}");
-    /* Both sides are normalized: spacing does not matter, member order does. */
-    assert_int_equal(cas_text(s, "k", " { \"v\" : 2 } ", "[1, 2]", 0), LOOM_OK);
-    assert_value(s, "k", "[1,2]");
-    set_text(s, "o", "{\"a\":1,\"b\":2}", 0);
-    assert_int_equal(cas_text(s, "o", "{\"b\":2,\"a\":1}", "0", 0), LOOM_EEXIST);
-    assert_int_equal(cas_text(s, "o", "{\"a\":1,\"b\":2}", "0", 0), LOOM_OK);
-    assert_int_equal(cas_text(s, "none", "1", "2", 0), LOOM_EEXIST);
-    assert_absent(s, "none");
-    /* value NULL deletes. */
-    assert_int_equal(cas_text(s, "k", "[1,3]", NULL, 0), LOOM_EEXIST);
-    assert_value(s, "k", "[1,2]");
-    assert_int_equal(cas_text(s, "k", "[1,2]", NULL, 0), LOOM_OK);
-    assert_absent(s, "k");
-    assert_int_equal(cas_text(s, "k", NULL, NULL, 0), LOOM_OK);
-    assert_absent(s, "k");
-    /* Counters written by incr compare with cJSON numbers below 1e15. */
-    assert_int_equal(loom_store_incr(s, "n", 123456789012345LL, NULL), LOOM_OK);
-    assert_int_equal(cas_text(s, "n", "123456789012345", "-5", 0), LOOM_OK);
-    assert_int_equal(loom_store_incr(s, "n", 1, NULL), LOOM_OK);
-    assert_int_equal(cas_text(s, "n", "-4", "\"s\"", 0), LOOM_OK);
-    assert_value(s, "n", "\"s\"");
-    /* TTL: set with the swap; 0 clears it; an expired key is absent. */
-    assert_int_equal(cas_text(s, "t", NULL, "1", 30), LOOM_OK);
-    assert_int_equal(cas_text(s, "t2", NULL, "1", 30), LOOM_OK);
-    assert_int_equal(cas_text(s, "t2", "1", "2", 0), LOOM_OK);
-    sleep_ms(45);
-    assert_absent(s, "t");
-    assert_value(s, "t2", "2");
-    assert_int_equal(cas_text(s, "t", "1", "3", 0), LOOM_EEXIST);
-    assert_int_equal(cas_text(s, "t", NULL, "3", 0), LOOM_OK);
-    assert_value(s, "t", "3");
-    /* Shared by the holders of a named store. */
-    loom_store *a = open_store("memory:cas"), *b = open_store("memory:cas");
-    assert_int_equal(cas_text(a, "x", NULL, "1", 0), LOOM_OK);
-    assert_int_equal(cas_text(b, "x", NULL, "2", 0), LOOM_EEXIST);
-    assert_int_equal(cas_text(b, "x", "1", "2", 0), LOOM_OK);
-    assert_value(a, "x", "2");
-    loom__store_close(a);
-    loom__store_close(b);
-
-    cJSON *v = t_json("1");
-    cJSON bad = {0}; /* cJSON_Invalid */
-    assert_int_equal(loom_store_cas(NULL, "k", NULL, v, 0), LOOM_EINVAL);
-    assert_int_equal(loom_store_cas(s, NULL, NULL, v, 0), LOOM_EINVAL);
-    assert_int_equal(loom_store_cas(s, "", NULL, v, 0), LOOM_EINVAL);
-    assert_int_equal(loom_store_cas(s, "k", &bad, v, 0), LOOM_EINVAL);
-    assert_int_equal(loom_store_cas(s, "k", NULL, &bad, 0), LOOM_EINVAL);
-    assert_absent(s, "k");
-    cJSON_Delete(v);
-    loom__store_close(s);
-}
-
-/* Read-modify-cas loops from several threads on one document: none of the
- * updates is lost. */
-#define CAS_THREADS 4
-#define CAS_ROUNDS 2000
-
-static void *cas_worker(void *arg)
-{
-    loom_store *s = arg;
-    intptr_t failures = 0;
-    for (int i = 0; i < CAS_ROUNDS; i++) {
-        for (;;) {
-            cJSON *cur = NULL;
-            if (loom_store_get(s, "doc", &cur) != LOOM_OK) {
-                failures++;
-                break;
-            }
-            cJSON *next = cJSON_Duplicate(cur, true);
-            cJSON *n = cJSON_GetObjectItem(next, "n");
-            cJSON_SetNumberValue(n, n->valuedouble + 1);
-            loom_err err = loom_store_cas(s, "doc", cur, next, 0);
-            cJSON_Delete(cur);
-            cJSON_Delete(next);
-            if (err == LOOM_OK)
-                break;
-            if (err != LOOM_EEXIST) {
-                failures++;
-                break;
-            }
-        }
-    }
-    return (void *)failures;
-}
-
-static void test_cas_concurrent(void **state)
-{
-    (void)state;
-    loom_store *s = open_store("memory:");
-    set_text(s, "doc", "{\"n\":0,\"name\":\"x\"}", 0);
-    pthread_t th[CAS_THREADS];
-    for (int i = 0; i < CAS_THREADS; i++)
-        assert_int_equal(pthread_create(&th[i], NULL, cas_worker, s), 0);
-    for (int i = 0; i < CAS_THREADS; i++) {
-        void *ret = NULL;
-        pthread_join(th[i], &ret);
-        assert_int_equal((intptr_t)ret, 0);
-    }
-    char want[64];
-    snprintf(want, sizeof want, "{\"n\":%d,\"name\":\"x\"}", CAS_THREADS * CAS_ROUNDS);
-    assert_value(s, "doc", want);
-    loom__store_close(s);
-}
-
-/* --- concurrency -------------------------------------------------------- */
-
-#define THREADS 8
-#define OPS 10000
-
-typedef struct worker {
-    loom_store *store;
-    int id;
-    int adds_ok;
-    int errors;
-} worker;
-
-static void *worker_main(void *arg)
-{
-    worker *w = arg;
-    char key[64];
-    cJSON *num = cJSON_CreateNumber(0);
-    for (int i = 0; i < OPS; i++) {
-        loom_err err = LOOM_OK;
-        cJSON *v = NULL;
-        switch (i % 6) {
-        case 0:
-            err = loom_store_incr(w->store, "total", 1, NULL);
-            break;
-        case 1:
-            snprintf(key, sizeof key, "mine:%d", w->id);
-            err = loom_store_incr(w->store, key, 2, NULL);
-            break;
-        case 2:
-            snprintf(key, sizeof key, "k:%d:%d", w->id, i % 100);
-            cJSON_SetNumberValue(num, i);
-            err = loom_store_set(w->store, key, num, (i % 12 == 2) ? 1 : 0);
-            break;
-        case 3:
-            snprintf(key, sizeof key, "k:%d:%d", (w->id + 1) % THREADS, i % 100);
-            err = loom_store_get(w->store, key, &v);
-            if (err == LOOM_OK && !cJSON_IsNumber(v))
-                w->errors++;
-            cJSON_Delete(v);
-            if (err == LOOM_ENOTFOUND)
-                err = LOOM_OK;
-            break;
-        case 4:
-            snprintf(key, sizeof key, "once:%d", i % 1200);
-            cJSON_SetNumberValue(num, w->id);
-            err = loom_store_add(w->store, key, num, 0);
-            if (err == LOOM_OK)
-                w->adds_ok++;
-            else if (err == LOOM_EEXIST)
-                err = LOOM_OK;
-            break;
-        case 5:
-            snprintf(key, sizeof key, "k:%d:%d", w->id, (i + 3) % 100);
-            err = loom_store_delete(w->store, key);
-            if (err == LOOM_ENOTFOUND)
-                err = LOOM_OK;
-            break;
-        }
-        if (err != LOOM_OK)
-            w->errors++;
-    }
-    cJSON_Delete(num);
-    return NULL;
-}
-
-static void test_concurrency(void **state)
-{
-    (void)state;
-    /* Two handles on one named store: half the threads use each. */
-    loom_store *a = open_store("memory:concurrent");
-    loom_store *b = open_store("memory:concurrent");
-    pthread_t th[THREADS];
-    worker w[THREADS];
-    for (int i = 0; i < THREADS; i++) {
-        w[i] = (worker){.store = i % 2 ? a : b, .id = i};
-        assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
-    }
-    int adds = 0;
-    for (int i = 0; i < THREADS; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(w[i].errors, 0);
-        adds += w[i].adds_ok;
-    }
-    int per_kind = OPS / 6 + (OPS % 6 > 0); /* ops with i % 6 == 0 */
-    int64_t v = 0;
-    assert_int_equal(loom_store_incr(a, "total", 0, &v), LOOM_OK);
-    assert_int_equal(v, (int64_t)THREADS * per_kind);
-    for (int i = 0; i < THREADS; i++) {
-        char key[32];
-        snprintf(key, sizeof key, "mine:%d", i);
-        assert_int_equal(loom_store_incr(b, key, 0, &v), LOOM_OK);
-        assert_int_equal(v, 2 * (OPS / 6 + (OPS % 6 > 1)));
-    }
-    /* i % 6 == 4 gives i % 1200 in {4, 10, ..., 1198}: 200 distinct keys,
-     * each added exactly once among all threads. */
-    assert_int_equal(adds, 200);
-    loom__store_close(a);
-    loom__store_close(b);
-}
-
 /* --- arguments ---------------------------------------------------------- */
 
 static void test_invalid_args(void **state)
 {
     (void)state;
-    loom_store *s = open_store("memory:");
+    loom_store *s = t_store_open("memory:", NULL);
     cJSON *v = t_json("1");
     cJSON *out = (cJSON *)1;
     char key[LOOM__STORE_MAX_KEY + 2];
@@ -670,7 +178,7 @@ static void test_invalid_args(void **state)
     assert_int_equal(loom_store_incr(s, "", 1, NULL), LOOM_EINVAL);
     assert_int_equal(loom_store_incr(s, key, 1, NULL), LOOM_EINVAL);
     /* Nothing was stored by the refused calls. */
-    assert_absent(s, "k");
+    t_store_assert_absent(s, "k");
 
     loom_store *o = (loom_store *)1;
     assert_int_equal(loom__store_open(NULL, "memory:", NULL), LOOM_EINVAL);
@@ -892,7 +400,7 @@ static void test_custom_cas(void **state)
     ops.scheme = "fakecas";
     ops.cas = fake_cas;
     assert_int_equal(loom_store_register(&ops), LOOM_OK);
-    loom_store *s = open_store("fakecas:");
+    loom_store *s = t_store_open("fakecas:", NULL);
     cJSON *e = t_json("{ \"a\" : [ 1 , 2 ] }"), *v = t_json(" \"new\" ");
     assert_int_equal(loom_store_cas(s, "k", e, v, 500), LOOM_OK);
     assert_string_equal(cas_seen.expected, "{\"a\":[1,2]}");
@@ -950,7 +458,7 @@ static void test_abi_v1(void **state)
     assert_non_null(old);
     *old = (v1_ops){1, "oldstore", v1_open, fake_get, fake_set, fake_del, fake_incr, v1_close};
     assert_int_equal(loom_store_register((const loom_store_ops *)(const void *)old), LOOM_OK);
-    loom_store *s = open_store("oldstore:");
+    loom_store *s = t_store_open("oldstore:", NULL);
     cJSON *v = t_json("1"), *out = NULL;
     assert_int_equal(loom_store_cas(s, "k", NULL, v, 0), LOOM_EUNSUPPORTED);
     assert_int_equal(loom_store_get(s, "ok", &out), LOOM_OK);
@@ -1008,33 +516,20 @@ static void test_register_full(void **state)
     assert_int_equal(err, LOOM_EOVERLOAD);
     assert_true(ok > 0 && ok < LOOM__STORE_MAX_SCHEMES);
     /* Registered ones work; the built-in store still does. */
-    loom_store *s = open_store("s0:");
+    loom_store *s = t_store_open("s0:", NULL);
     loom__store_close(s);
-    s = open_store("memory:");
+    s = t_store_open("memory:", NULL);
     loom__store_close(s);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_set_get),
-        cmocka_unit_test(test_add_delete),
-        cmocka_unit_test(test_incr),
-        cmocka_unit_test(test_incr_raw_text),
-        cmocka_unit_test(test_ttl),
-        cmocka_unit_test(test_many_keys),
-        cmocka_unit_test(test_named_shared),
-        cmocka_unit_test(test_private),
-        cmocka_unit_test(test_big_values),
-        cmocka_unit_test(test_cas),
-        cmocka_unit_test(test_cas_concurrent),
-        cmocka_unit_test(test_concurrency),
-        cmocka_unit_test(test_invalid_args),
-        cmocka_unit_test(test_custom_adapter),
-        cmocka_unit_test(test_custom_cas),
-        cmocka_unit_test(test_abi_v1),
-        cmocka_unit_test(test_register_invalid),
-        cmocka_unit_test(test_register_full),
+        T_STORE_SUITE(&memory_factory),          cmocka_unit_test(test_many_keys),
+        cmocka_unit_test(test_named_shared),     cmocka_unit_test(test_private),
+        cmocka_unit_test(test_invalid_args),     cmocka_unit_test(test_custom_adapter),
+        cmocka_unit_test(test_custom_cas),       cmocka_unit_test(test_abi_v1),
+        cmocka_unit_test(test_register_invalid), cmocka_unit_test(test_register_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

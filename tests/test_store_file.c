@@ -1,4 +1,5 @@
-/* The "file" state store: format, persistence, cross-store and
+/* The "file" state store: the conformance suite (support/store_suite.c),
+ * and what only a file has: format, persistence, cross-store and
  * cross-process consistency, corrupt files, limits, URL forms. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -6,7 +7,6 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "support/proc.h"
+#include "support/store_suite.h"
 #include "support/support.h"
 
 #include "core/util.h"
@@ -27,13 +29,6 @@ typedef struct fixture {
     char path[128];
     char url[160];
 } fixture;
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
 
 /* Names in dir that contain ".tmp." (a save's temporary file). */
 static int count_tmp(const char *dir)
@@ -50,26 +45,19 @@ static int count_tmp(const char *dir)
     return n;
 }
 
-static int setup(void **state)
+static int fixture_init(fixture *f)
 {
-    fixture *f = calloc(1, sizeof *f);
-    if (!f)
-        return -1;
     strcpy(f->dir, "/tmp/loom-fstore-XXXXXX");
-    if (!mkdtemp(f->dir)) {
-        free(f);
+    if (!mkdtemp(f->dir))
         return -1;
-    }
     snprintf(f->path, sizeof f->path, "%s/state.json", f->dir);
     snprintf(f->url, sizeof f->url, "file:%s", f->path);
-    *state = f;
     return 0;
 }
 
 /* Every test ends without a temporary file left behind. */
-static int teardown(void **state)
+static int fixture_fini(fixture *f)
 {
-    fixture *f = *state;
     int tmp = count_tmp(f->dir);
     DIR *d = opendir(f->dir);
     if (d) {
@@ -85,7 +73,6 @@ static int teardown(void **state)
         closedir(d);
     }
     rmdir(f->dir);
-    free(f);
     if (tmp) {
         fprintf(stderr, "teardown: %d temporary file(s) left behind\n", tmp);
         return -1;
@@ -93,43 +80,56 @@ static int teardown(void **state)
     return 0;
 }
 
-static loom_store *open_url(const char *url)
+static int setup(void **state)
 {
-    loom_store *s = NULL;
-    loom_err err = loom__store_open(&s, url, NULL);
-    if (err != LOOM_OK)
-        fail_msg("open %s: %s", url, loom_strerror(err));
-    assert_non_null(s);
-    return s;
-}
-
-static void set_text(loom_store *s, const char *key, const char *text, uint32_t ttl)
-{
-    cJSON *v = t_json(text);
-    assert_int_equal(loom_store_set(s, key, v, ttl), LOOM_OK);
-    cJSON_Delete(v);
-}
-
-static void assert_value(loom_store *s, const char *key, const char *text)
-{
-    cJSON *v = NULL;
-    loom_err err = loom_store_get(s, key, &v);
-    if (err != LOOM_OK)
-        fail_msg("get %s: %s", key, loom_strerror(err));
-    if (!t_json_eq(v, text)) {
-        char *got = cJSON_PrintUnformatted(v);
-        cJSON_Delete(v);
-        fail_msg("key %s: got %s, want %s", key, got, text);
+    fixture *f = calloc(1, sizeof *f);
+    if (!f || fixture_init(f) != 0) {
+        free(f);
+        return -1;
     }
-    cJSON_Delete(v);
+    *state = f;
+    return 0;
 }
 
-static void assert_absent(loom_store *s, const char *key)
+static int teardown(void **state)
 {
-    cJSON *v = (cJSON *)1;
-    assert_int_equal(loom_store_get(s, key, &v), LOOM_ENOTFOUND);
-    assert_null(v);
+    fixture *f = *state;
+    int rc = fixture_fini(f);
+    free(f);
+    return rc;
 }
+
+/* The suite's store: a new file in a new directory for each test. */
+static int suite_reset(void *ctx)
+{
+    return fixture_init(ctx);
+}
+
+static int suite_cleanup(void *ctx)
+{
+    return fixture_fini(ctx);
+}
+
+static loom_store *suite_open(void *ctx)
+{
+    return t_store_open(((fixture *)ctx)->url, NULL);
+}
+
+static fixture suite_fixture;
+/* Every write rewrites and fsyncs the file: fewer operations than the
+ * memory store's, and a TTL that outlasts a few of them. */
+static const t_store_factory file_factory = {
+    .name = "file",
+    .reset = suite_reset,
+    .open = suite_open,
+    .cleanup = suite_cleanup,
+    .ctx = &suite_fixture,
+    .ttl_ms = 300,
+    .threads = 4,
+    .ops = 150,
+    .cas_rounds = 50,
+    .json_only = true,
+};
 
 /* The stored text of key, exactly, through the adapter. */
 static char *raw_get(loom_store *s, const char *key)
@@ -178,75 +178,15 @@ static void replace_file(const char *path, const char *text)
 
 /* ---------------------------------------------------------------------- */
 
-static void test_basic(void **state)
+/* What the file holds, and that reading creates nothing. */
+static void test_format(void **state)
 {
     fixture *f = *state;
-    loom_store *s = open_url(f->url);
-    assert_absent(s, "k");
+    loom_store *s = t_store_open(f->url, NULL);
+    t_store_assert_absent(s, "k");
     assert_int_equal(access(f->path, F_OK), -1); /* reads create nothing */
-
-    const char *values[] = {
-        "{\"a\":1,\"b\":[true,false,null],\"c\":{\"d\":\"é\\n\\\"x\\\"\"}}",
-        "[1,2.5,-3,\"s\"]",
-        "\"plain\"",
-        "42",
-        "-0.125",
-        "true",
-        "null",
-        "{}",
-        "[]",
-    };
-    for (size_t i = 0; i < LOOM__ARRAY_LEN(values); i++) {
-        char key[16];
-        snprintf(key, sizeof key, "k%zu", i);
-        set_text(s, key, values[i], 0);
-    }
-    for (size_t i = 0; i < LOOM__ARRAY_LEN(values); i++) {
-        char key[16];
-        snprintf(key, sizeof key, "k%zu", i);
-        assert_value(s, key, values[i]);
-    }
-    set_text(s, "k0", "{\"n\":1}", 0);
-    assert_value(s, "k0", "{\"n\":1}");
-
-    /* add, delete */
-    cJSON *one = t_json("1"), *two = t_json("2");
-    assert_int_equal(loom_store_add(s, "a", one, 0), LOOM_OK);
-    assert_int_equal(loom_store_add(s, "a", two, 0), LOOM_EEXIST);
-    assert_value(s, "a", "1");
-    assert_int_equal(loom_store_delete(s, "a"), LOOM_OK);
-    assert_absent(s, "a");
-    assert_int_equal(loom_store_delete(s, "a"), LOOM_ENOTFOUND);
-    assert_int_equal(loom_store_add(s, "a", two, 0), LOOM_OK);
-    assert_value(s, "a", "2");
-    cJSON_Delete(one);
-    cJSON_Delete(two);
-
-    /* incr, as in the memory store */
-    int64_t v = 0;
-    assert_int_equal(loom_store_incr(s, "c", 5, &v), LOOM_OK);
-    assert_int_equal(v, 5);
-    assert_int_equal(loom_store_incr(s, "c", -7, &v), LOOM_OK);
-    assert_int_equal(v, -2);
-    assert_int_equal(loom_store_incr(s, "c", 1, NULL), LOOM_OK);
-    assert_value(s, "c", "-1");
-    set_text(s, "whole", "3.0", 0);
-    assert_int_equal(loom_store_incr(s, "whole", 1, &v), LOOM_OK);
-    assert_int_equal(v, 4);
-    const char *bad[] = {"2.5", "\"3\"", "{\"a\":1}", "[1]", "true", "null"};
-    for (size_t i = 0; i < LOOM__ARRAY_LEN(bad); i++) {
-        set_text(s, "bad", bad[i], 0);
-        v = 99;
-        assert_int_equal(loom_store_incr(s, "bad", 1, &v), LOOM_EINVAL);
-        assert_int_equal(v, 99);
-        assert_value(s, "bad", bad[i]);
-    }
-    assert_int_equal(loom_store_incr(s, "max", INT64_MAX, &v), LOOM_OK);
-    assert_int_equal(loom_store_incr(s, "max", 1, &v), LOOM_EINVAL);
-    assert_int_equal(loom_store_incr(s, "min", INT64_MIN, &v), LOOM_OK);
-    assert_int_equal(loom_store_incr(s, "min", -1, &v), LOOM_EINVAL);
-    assert_int_equal(loom_store_incr(s, "min", 0, &v), LOOM_OK);
-    assert_true(v == INT64_MIN);
+    t_store_set_text(s, "k1", "[1,2.5,-3,\"s\"]", 0);
+    assert_int_equal(loom_store_incr(s, "c", -1, NULL), LOOM_OK);
 
     /* The file is a JSON object of {"v": value} entries. */
     char *text = read_file(f->path, NULL);
@@ -262,55 +202,22 @@ static void test_basic(void **state)
     loom__store_close(s);
 }
 
-static void test_ttl(void **state)
+/* Expiries are in the file, and a save leaves expired entries out. */
+static void test_ttl_in_file(void **state)
 {
     fixture *f = *state;
-    loom_store *s = open_url(f->url);
-    loom_store *other = open_url(f->url);
-    cJSON *v = t_json("{\"x\":1}");
-    assert_int_equal(loom_store_set(s, "short", v, 300), LOOM_OK);
-    assert_int_equal(loom_store_set(s, "long", v, 60000), LOOM_OK);
-    assert_int_equal(loom_store_set(s, "cleared", v, 300), LOOM_OK);
-    assert_int_equal(loom_store_set(s, "cleared", v, 0), LOOM_OK); /* drops the TTL */
-    assert_int_equal(loom_store_add(s, "added", v, 300), LOOM_OK);
-    assert_int_equal(loom_store_incr(s, "counter", 10, NULL), LOOM_OK);
-    set_text(s, "ctr_ttl", "5", 300);
-    int64_t n = 0;
-    assert_int_equal(loom_store_incr(s, "ctr_ttl", 1, &n), LOOM_OK); /* keeps the TTL */
-    assert_int_equal(n, 6);
-
-    /* The expiry is in the file: another store sees it too. */
+    loom_store *s = t_store_open(f->url, NULL);
+    t_store_set_text(s, "short", "1", 50);
+    t_store_set_text(s, "long", "2", 60000);
     char *text = read_file(f->path, NULL);
     assert_non_null(strstr(text, "\"exp\":"));
     free(text);
-    assert_value(other, "short", "{\"x\":1}");
-    assert_value(other, "ctr_ttl", "6");
-
-    sleep_ms(450);
-    assert_absent(s, "short");
-    assert_absent(other, "short");
-    assert_absent(other, "added");
-    assert_absent(s, "ctr_ttl");
-    assert_value(s, "long", "{\"x\":1}");
-    assert_value(s, "cleared", "{\"x\":1}");
-    assert_value(other, "counter", "10");
-    assert_int_equal(loom_store_delete(s, "short"), LOOM_ENOTFOUND);
-    /* An expired key is absent for add and incr (which starts over at 0
-     * without a TTL). */
-    assert_int_equal(loom_store_add(other, "added", v, 0), LOOM_OK);
-    assert_int_equal(loom_store_incr(s, "ctr_ttl", 1, &n), LOOM_OK);
-    assert_int_equal(n, 1);
-    sleep_ms(80);
-    assert_value(s, "ctr_ttl", "1");
-    assert_value(s, "added", "{\"x\":1}");
-
-    /* The last save dropped the expired entries from the file. */
+    t_sleep_ms(80);
+    t_store_set_text(s, "k", "3", 0);
     text = read_file(f->path, NULL);
     assert_null(strstr(text, "\"short\""));
     assert_non_null(strstr(text, "\"long\""));
     free(text);
-    cJSON_Delete(v);
-    loom__store_close(other);
     loom__store_close(s);
 }
 
@@ -322,7 +229,7 @@ static void test_persistence(void **state)
         "plain",       "with \"quotes\"",  "back\\slash",        "new\nline", "ctl\x01\x1f",
         "caf\xc3\xa9", "\xf0\x9f\x98\x80", "not utf-8 \xff\xfe", "/slash/",
     };
-    loom_store *s = open_url(f->url);
+    loom_store *s = t_store_open(f->url, NULL);
     for (size_t i = 0; i < LOOM__ARRAY_LEN(keys); i++) {
         cJSON *v = cJSON_CreateString(keys[i]);
         assert_int_equal(loom_store_set(s, keys[i], v, 0), LOOM_OK);
@@ -332,10 +239,10 @@ static void test_persistence(void **state)
     int64_t n = 0;
     assert_int_equal(loom_store_incr(s, "big", 9007199254740993LL, &n), LOOM_OK);
     assert_int_equal(loom_store_incr(s, "max", INT64_MAX, &n), LOOM_OK);
-    set_text(s, "ttl", "\"later\"", 60000);
+    t_store_set_text(s, "ttl", "\"later\"", 60000);
     loom__store_close(s);
 
-    s = open_url(f->url);
+    s = t_store_open(f->url, NULL);
     for (size_t i = 0; i < LOOM__ARRAY_LEN(keys); i++) {
         cJSON *v = NULL;
         assert_int_equal(loom_store_get(s, keys[i], &v), LOOM_OK);
@@ -350,7 +257,7 @@ static void test_persistence(void **state)
     assert_true(n == 9007199254740994LL);
     assert_int_equal(loom_store_incr(s, "max", 0, &n), LOOM_OK);
     assert_true(n == INT64_MAX);
-    assert_value(s, "ttl", "\"later\"");
+    t_store_assert_value(s, "ttl", "\"later\"");
     loom__store_close(s);
 
     /* The file itself is JSON that cJSON reads back with the same keys. */
@@ -368,20 +275,20 @@ static void test_two_stores(void **state)
     fixture *f = *state;
     char url2[200];
     snprintf(url2, sizeof url2, "file://%s", f->path); /* file:///abs */
-    loom_store *a = open_url(f->url);
-    loom_store *b = open_url(url2);
+    loom_store *a = t_store_open(f->url, NULL);
+    loom_store *b = t_store_open(url2, NULL);
 
-    set_text(a, "k", "\"from a\"", 0);
-    assert_value(b, "k", "\"from a\"");
-    set_text(b, "k", "\"from b\"", 0);
-    assert_value(a, "k", "\"from b\"");
+    t_store_set_text(a, "k", "\"from a\"", 0);
+    t_store_assert_value(b, "k", "\"from a\"");
+    t_store_set_text(b, "k", "\"from b\"", 0);
+    t_store_assert_value(a, "k", "\"from b\"");
     cJSON *one = t_json("1");
     assert_int_equal(loom_store_add(a, "k", one, 0), LOOM_EEXIST);
     assert_int_equal(loom_store_delete(b, "k"), LOOM_OK);
-    assert_absent(a, "k");
+    t_store_assert_absent(a, "k");
     assert_int_equal(loom_store_delete(a, "k"), LOOM_ENOTFOUND);
     assert_int_equal(loom_store_add(a, "k", one, 0), LOOM_OK);
-    assert_value(b, "k", "1");
+    t_store_assert_value(b, "k", "1");
     cJSON_Delete(one);
 
     /* Alternating writers, each write immediately after the other's: the
@@ -400,15 +307,15 @@ static void test_two_stores(void **state)
 
     /* The file removed from outside: both see an empty store. */
     assert_int_equal(unlink(f->path), 0);
-    assert_absent(a, "n");
-    assert_absent(b, "k");
-    set_text(b, "again", "true", 0);
-    assert_value(a, "again", "true");
+    t_store_assert_absent(a, "n");
+    t_store_assert_absent(b, "k");
+    t_store_set_text(b, "again", "true", 0);
+    t_store_assert_value(a, "again", "true");
 
     /* Replaced from outside (a new file renamed over it). */
     replace_file(f->path, "{\"ext\":{\"v\":\"outside\"}}");
-    assert_value(a, "ext", "\"outside\"");
-    assert_absent(b, "again");
+    t_store_assert_value(a, "ext", "\"outside\"");
+    t_store_assert_absent(b, "again");
     loom__store_close(a);
     loom__store_close(b);
 }
@@ -429,8 +336,8 @@ static void test_same_size_and_time(void **state)
     fixture *f = *state;
     time_t t = 1000000000;
     replace_at(f->path, "{\"k\":{\"v\":111}}", t);
-    loom_store *s = open_url(f->url);
-    assert_value(s, "k", "111");
+    loom_store *s = t_store_open(f->url, NULL);
+    t_store_assert_value(s, "k", "111");
     for (int i = 0; i < 20; i++) {
         char text[64];
         snprintf(text, sizeof text, "{\"k\":{\"v\":%d}}", 200 + i);
@@ -438,95 +345,80 @@ static void test_same_size_and_time(void **state)
         snprintf(text, sizeof text, "{\"k\":{\"v\":%d}}", 300 + i);
         replace_at(f->path, text, t);
         snprintf(text, sizeof text, "%d", 300 + i);
-        assert_value(s, "k", text);
+        t_store_assert_value(s, "k", text);
     }
     loom__store_close(s);
 }
 
-/* Incremented from several threads through two stores on one file (two
- * flocks in one process): no update may be lost. */
-#define THREADS 4
-#define THREAD_INCRS 100
-
-static void *incr_thread(void *arg)
+/* Forks a child that waits until this returns, then runs fn(arg) and
+ * exits with its result: the child and the caller start together. */
+static pid_t start_child(int (*fn)(void *arg), void *arg)
 {
-    loom_store *s = arg;
-    for (int i = 0; i < THREAD_INCRS; i++)
-        if (loom_store_incr(s, "n", 1, NULL) != LOOM_OK)
-            return (void *)1;
-    return NULL;
+    int go[2];
+    assert_int_equal(pipe(go), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* No cmocka in the child. */
+        close(go[1]);
+        char c;
+        _exit(read(go[0], &c, 1) == 1 ? fn(arg) : 125);
+    }
+    close(go[0]);
+    assert_int_equal(write(go[1], "g", 1), 1);
+    close(go[1]);
+    return pid;
 }
 
-static void test_threads(void **state)
+/* Waits for a child of start_child, which must have exited with 0. */
+static void wait_child(pid_t pid)
 {
-    fixture *f = *state;
-    loom_store *a = open_url(f->url);
-    loom_store *b = open_url(f->url);
-    pthread_t th[THREADS];
-    for (int i = 0; i < THREADS; i++)
-        assert_int_equal(pthread_create(&th[i], NULL, incr_thread, i % 2 ? a : b), 0);
-    for (int i = 0; i < THREADS; i++) {
-        void *ret = NULL;
-        assert_int_equal(pthread_join(th[i], &ret), 0);
-        assert_null(ret);
-    }
-    int64_t v = 0;
-    assert_int_equal(loom_store_incr(a, "n", 0, &v), LOOM_OK);
-    assert_int_equal(v, THREADS * THREAD_INCRS);
-    loom__store_close(a);
-    loom__store_close(b);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
 }
 
 /* Parent and a forked child each increment one counter 500 times, started
  * together. Without the cross-process lock, updates are lost. */
 #define PROC_INCRS 500
 
-/* Runs in the child: no cmocka here. */
-static int child_incr(loom_store *s, const char *url, int go_fd)
+typedef struct incr_child {
+    loom_store *inherited; /* NULL: the child opens its own store */
+    const char *url;
+} incr_child;
+
+static int child_incr(void *arg)
 {
-    char c;
-    if (read(go_fd, &c, 1) != 1)
-        return 2;
-    bool own = s == NULL;
-    if (own && loom__store_open(&s, url, NULL) != LOOM_OK)
+    const incr_child *c = arg;
+    loom_store *s = c->inherited;
+    if (!s && loom__store_open(&s, c->url, NULL) != LOOM_OK)
         return 3;
     for (int i = 0; i < PROC_INCRS; i++)
         if (loom_store_incr(s, "n", 1, NULL) != LOOM_OK)
             return 4;
-    if (own)
+    if (!c->inherited)
         loom__store_close(s);
     return 0;
 }
 
 static void run_fork_counter(fixture *f, bool inherit)
 {
-    loom_store *s = open_url(f->url);
+    loom_store *s = t_store_open(f->url, NULL);
     /* Used before fork, so the child inherits an open lock file. */
     assert_int_equal(loom_store_incr(s, "n", 1, NULL), LOOM_OK);
-    int go[2];
-    assert_int_equal(pipe(go), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(go[1]);
-        _exit(child_incr(inherit ? s : NULL, f->url, go[0]));
-    }
-    close(go[0]);
-    assert_int_equal(write(go[1], "g", 1), 1);
-    close(go[1]);
+    incr_child child = {.inherited = inherit ? s : NULL, .url = f->url};
+    pid_t pid = start_child(child_incr, &child);
     for (int i = 0; i < PROC_INCRS; i++)
         assert_int_equal(loom_store_incr(s, "n", 1, NULL), LOOM_OK);
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    wait_child(pid);
     int64_t v = 0;
     assert_int_equal(loom_store_incr(s, "n", 0, &v), LOOM_OK);
     assert_int_equal(v, 1 + 2 * PROC_INCRS);
     loom__store_close(s);
 
-    loom_store *fresh = open_url(f->url);
-    assert_value(fresh, "n", "1001");
+    loom_store *fresh = t_store_open(f->url, NULL);
+    t_store_assert_value(fresh, "n", "1001");
     loom__store_close(fresh);
 }
 
@@ -582,7 +474,7 @@ static void test_corrupt(void **state)
         struct stat before, after;
         assert_int_equal(stat(f->path, &before), 0);
 
-        loom_store *s = open_url(f->url);
+        loom_store *s = t_store_open(f->url, NULL);
         cJSON *v = NULL, *one = t_json("1");
         int64_t n = 7;
         loom_err errs[] = {
@@ -611,7 +503,7 @@ static void test_corrupt(void **state)
     }
 
     /* Once the file is repaired, the same store works again. */
-    loom_store *s = open_url(f->url);
+    loom_store *s = t_store_open(f->url, NULL);
     assert_int_equal(loom_store_incr(s, "n", 1, NULL), LOOM_EPARSE);
     replace_file(f->path, "{\"n\":{\"v\":41}}");
     int64_t n = 0;
@@ -634,8 +526,8 @@ static char *nested(int depth)
 static void test_values_checked(void **state)
 {
     fixture *f = *state;
-    loom_store *s = open_url(f->url);
-    set_text(s, "keep", "\"kept\"", 0);
+    loom_store *s = t_store_open(f->url, NULL);
+    t_store_set_text(s, "keep", "\"kept\"", 0);
     const loom_store_ops *ops = s->ops;
     /* Text that is not exactly one JSON value never enters the file. */
     static const char *bad[] = {
@@ -662,15 +554,15 @@ static void test_values_checked(void **state)
     for (size_t i = 0; i < LOOM__ARRAY_LEN(bad); i++)
         if (ops->set(s->self, "x", bad[i], 0, false) != LOOM_EINVAL)
             fail_msg("accepted %s", bad[i]);
-    assert_absent(s, "x");
-    assert_value(s, "keep", "\"kept\"");
+    t_store_assert_absent(s, "x");
+    t_store_assert_value(s, "keep", "\"kept\"");
 
     /* Raw text is kept as given, whitespace and all. */
     assert_int_equal(ops->set(s->self, "ws", " [ 1 , {\"a\" : null} ]\n", 0, false), LOOM_OK);
     char *raw = raw_get(s, "ws");
     assert_string_equal(raw, " [ 1 , {\"a\" : null} ]\n");
     free(raw);
-    assert_value(s, "ws", "[1,{\"a\":null}]");
+    t_store_assert_value(s, "ws", "[1,{\"a\":null}]");
 
     char *deep = nested(CJSON_NESTING_LIMIT);
     cJSON *parsed = cJSON_Parse(deep);
@@ -684,23 +576,12 @@ static void test_values_checked(void **state)
     deep = nested(CJSON_NESTING_LIMIT + 1);
     assert_int_equal(ops->set(s->self, "deeper", deep, 0, false), LOOM_EINVAL);
     free(deep);
-
-    /* Bad arguments at the adapter. */
-    char *out = NULL;
-    assert_int_equal(ops->get(NULL, "k", &out), LOOM_EINVAL);
-    assert_int_equal(ops->get(s->self, NULL, &out), LOOM_EINVAL);
-    assert_int_equal(ops->get(s->self, "k", NULL), LOOM_EINVAL);
-    assert_int_equal(ops->set(s->self, "k", NULL, 0, false), LOOM_EINVAL);
-    assert_int_equal(ops->set(NULL, "k", "1", 0, false), LOOM_EINVAL);
-    assert_int_equal(ops->del(s->self, NULL), LOOM_EINVAL);
-    assert_int_equal(ops->incr(NULL, "k", 1, NULL), LOOM_EINVAL);
-    ops->close(NULL);
     loom__store_close(s);
 
     /* The file still parses and holds what was accepted. */
-    s = open_url(f->url);
-    assert_value(s, "keep", "\"kept\"");
-    assert_value(s, "ws", "[1,{\"a\":null}]");
+    s = t_store_open(f->url, NULL);
+    t_store_assert_value(s, "keep", "\"kept\"");
+    t_store_assert_value(s, "ws", "[1,{\"a\":null}]");
     loom__store_close(s);
 }
 
@@ -718,15 +599,15 @@ static void test_handwritten(void **state)
              "}\n",
              loom__now_ms() + 3600000);
     write_file(f->path, text, strlen(text));
-    loom_store *s = open_url(f->url);
-    assert_value(s, "z", "[1,2]");
-    assert_value(s, "caf\xc3\xa9", "\"\xc3\xa9\xf0\x9f\x98\x80/\"");
-    assert_value(s, "a", "{\"n\":1500}");
-    assert_absent(s, "old");
+    loom_store *s = t_store_open(f->url, NULL);
+    t_store_assert_value(s, "z", "[1,2]");
+    t_store_assert_value(s, "caf\xc3\xa9", "\"\xc3\xa9\xf0\x9f\x98\x80/\"");
+    t_store_assert_value(s, "a", "{\"n\":1500}");
+    t_store_assert_absent(s, "old");
     assert_int_equal(loom_store_delete(s, "old"), LOOM_ENOTFOUND);
 
     /* A write rewrites it: sorted, expired entries gone, one per line. */
-    set_text(s, "m", "true", 0);
+    t_store_set_text(s, "m", "true", 0);
     char *now = read_file(f->path, NULL);
     assert_null(strstr(now, "\"old\""));
     char *pa = strstr(now, "\n\"a\":"), *pc = strstr(now, "\n\"caf"), *pm = strstr(now, "\n\"m\":");
@@ -738,13 +619,13 @@ static void test_handwritten(void **state)
 
     /* Empty file and empty object: an empty store. */
     write_file(f->path, "", 0);
-    s = open_url(f->url);
-    assert_absent(s, "z");
-    set_text(s, "k", "1", 0);
+    s = t_store_open(f->url, NULL);
+    t_store_assert_absent(s, "z");
+    t_store_set_text(s, "k", "1", 0);
     loom__store_close(s);
     write_file(f->path, " {\n} ", 5);
-    s = open_url(f->url);
-    assert_absent(s, "k");
+    s = t_store_open(f->url, NULL);
+    t_store_assert_absent(s, "k");
     assert_int_equal(loom_store_delete(s, "k"), LOOM_ENOTFOUND);
     loom__store_close(s);
 }
@@ -755,9 +636,9 @@ static void test_missing_dir(void **state)
     char url[256], dir[200];
     snprintf(dir, sizeof dir, "%s/nope", f->dir);
     snprintf(url, sizeof url, "file:%s/state.json", dir);
-    loom_store *s = open_url(url); /* opening touches nothing */
+    loom_store *s = t_store_open(url, NULL); /* opening touches nothing */
     cJSON *one = t_json("1");
-    assert_absent(s, "k"); /* nothing there yet: an empty store */
+    t_store_assert_absent(s, "k"); /* nothing there yet: an empty store */
     assert_int_equal(loom_store_set(s, "k", one, 0), LOOM_EIO);
     assert_int_equal(loom_store_add(s, "k", one, 0), LOOM_EIO);
     assert_int_equal(loom_store_incr(s, "k", 1, NULL), LOOM_EIO);
@@ -766,7 +647,7 @@ static void test_missing_dir(void **state)
     /* Once the directory exists, the same store works. */
     assert_int_equal(mkdir(dir, 0700), 0);
     assert_int_equal(loom_store_set(s, "k", one, 0), LOOM_OK);
-    assert_value(s, "k", "1");
+    t_store_assert_value(s, "k", "1");
     loom__store_close(s);
     char p[256];
     snprintf(p, sizeof p, "%s/state.json", dir);
@@ -778,8 +659,8 @@ static void test_missing_dir(void **state)
     /* A parent that is a regular file. */
     snprintf(url, sizeof url, "file:%s/sub/state.json", f->path);
     write_file(f->path, "{}", 2);
-    s = open_url(url);
-    assert_absent(s, "k");
+    s = t_store_open(url, NULL);
+    t_store_assert_absent(s, "k");
     assert_int_equal(loom_store_set(s, "k", one, 0), LOOM_EIO);
     loom__store_close(s);
 
@@ -787,7 +668,7 @@ static void test_missing_dir(void **state)
     snprintf(dir, sizeof dir, "%s/adir", f->dir);
     assert_int_equal(mkdir(dir, 0700), 0);
     snprintf(url, sizeof url, "file:%s", dir);
-    s = open_url(url);
+    s = t_store_open(url, NULL);
     assert_int_equal(loom_store_get(s, "k", &(cJSON *){NULL}), LOOM_EIO);
     loom__store_close(s);
     cJSON_Delete(one);
@@ -797,14 +678,14 @@ static void test_mode(void **state)
 {
     fixture *f = *state;
     mode_t old = umask(022);
-    loom_store *s = open_url(f->url);
-    set_text(s, "k", "1", 0);
+    loom_store *s = t_store_open(f->url, NULL);
+    t_store_set_text(s, "k", "1", 0);
     struct stat st;
     assert_int_equal(stat(f->path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
     /* A mode the owner chose survives rewrites. */
     assert_int_equal(chmod(f->path, 0640), 0);
-    set_text(s, "k", "2", 0);
+    t_store_set_text(s, "k", "2", 0);
     assert_int_equal(stat(f->path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0640);
     loom__store_close(s);
@@ -814,7 +695,7 @@ static void test_mode(void **state)
 static void test_limits(void **state)
 {
     fixture *f = *state;
-    loom_store *s = open_url(f->url);
+    loom_store *s = t_store_open(f->url, NULL);
     const loom_store_ops *ops = s->ops;
 
     /* A value that alone exceeds 64 MiB is refused before any I/O. */
@@ -864,73 +745,35 @@ static void test_limits(void **state)
     loom__store_close(s);
 }
 
-static loom_err cas_text(loom_store *s, const char *key, const char *expected, const char *value,
-                         uint32_t ttl)
-{
-    cJSON *e = expected ? t_json(expected) : NULL;
-    cJSON *v = value ? t_json(value) : NULL;
-    loom_err err = loom_store_cas(s, key, e, v, ttl);
-    cJSON_Delete(e);
-    cJSON_Delete(v);
-    return err;
-}
-
-static void test_cas(void **state)
+/* What cas does to the file. */
+static void test_cas_file(void **state)
 {
     fixture *f = *state;
-    loom_store *s = open_url(f->url);
-    /* expected NULL: only when absent. */
-    assert_int_equal(cas_text(s, "k", NULL, "{\"v\":1}", 0), LOOM_OK);
-    assert_int_equal(cas_text(s, "k", NULL, "{\"v\":2}", 0), LOOM_EEXIST);
-    assert_value(s, "k", "{\"v\":1}");
-    /* A match swaps, a mismatch changes nothing (and writes nothing). */
+    loom_store *s = t_store_open(f->url, NULL);
+    assert_int_equal(t_store_cas_text(s, "k", NULL, "{\"v\":1}", 0), LOOM_OK);
+    /* A mismatch writes nothing. */
     struct stat before, after;
     assert_int_equal(stat(f->path, &before), 0);
-    assert_int_equal(cas_text(s, "k", "{\"v\":0}", "{\"v\":2}", 0), LOOM_EEXIST);
+    assert_int_equal(t_store_cas_text(s, "k", "{\"v\":0}", "{\"v\":2}", 0), LOOM_EEXIST);
     assert_int_equal(stat(f->path, &after), 0);
     assert_true(before.st_ino == after.st_ino);
-    assert_int_equal(cas_text(s, "k", " { \"v\" : 1 } ", "{\"v\":2}", 0), LOOM_OK);
-    assert_value(s, "k", "{\"v\":2}");
-    set_text(s, "o", "{\"a\":1,\"b\":2}", 0);
-    assert_int_equal(cas_text(s, "o", "{\"b\":2,\"a\":1}", "0", 0), LOOM_EEXIST);
-    assert_int_equal(cas_text(s, "o", "{\"a\":1,\"b\":2}", "0", 0), LOOM_OK);
-    assert_int_equal(cas_text(s, "none", "1", "2", 0), LOOM_EEXIST);
-    assert_absent(s, "none");
-    /* value NULL deletes. */
-    assert_int_equal(cas_text(s, "k", "{\"v\":3}", NULL, 0), LOOM_EEXIST);
-    assert_int_equal(cas_text(s, "k", "{\"v\":2}", NULL, 0), LOOM_OK);
-    assert_absent(s, "k");
-    assert_int_equal(cas_text(s, "k", NULL, NULL, 0), LOOM_OK);
-    /* Counters written by incr compare with cJSON numbers below 1e15. */
-    assert_int_equal(loom_store_incr(s, "n", 123456789012345LL, NULL), LOOM_OK);
-    assert_int_equal(cas_text(s, "n", "123456789012345", "-5", 0), LOOM_OK);
-    /* TTL with the swap; an expired key is absent. */
-    assert_int_equal(cas_text(s, "t", NULL, "1", 30), LOOM_OK);
-    assert_int_equal(cas_text(s, "t2", NULL, "1", 30), LOOM_OK);
-    assert_int_equal(cas_text(s, "t2", "1", "2", 0), LOOM_OK);
-    sleep_ms(45);
-    assert_absent(s, "t");
-    assert_int_equal(cas_text(s, "t", "1", "3", 0), LOOM_EEXIST);
-    assert_int_equal(cas_text(s, "t", NULL, "3", 0), LOOM_OK);
+    assert_int_equal(t_store_cas_text(s, "k", " { \"v\" : 1 } ", "{\"v\":2}", 0), LOOM_OK);
     loom__store_close(s);
 
-    /* In the file, seen by another store. */
-    loom_store *b = open_url(f->url);
-    assert_value(b, "t", "3");
-    assert_value(b, "t2", "2");
-    assert_value(b, "n", "-5");
-    assert_value(b, "o", "0");
+    /* In the file, seen by a store opened later. */
+    loom_store *b = t_store_open(f->url, NULL);
+    t_store_assert_value(b, "k", "{\"v\":2}");
     /* Only JSON enters the file. */
-    assert_int_equal(b->ops->cas(b->self, "t", "3", "{bad", 0), LOOM_EINVAL);
-    assert_int_equal(b->ops->cas(b->self, "t", "3", "1 2", 0), LOOM_EINVAL);
-    assert_value(b, "t", "3");
+    assert_int_equal(b->ops->cas(b->self, "k", "{\"v\":2}", "{bad", 0), LOOM_EINVAL);
+    assert_int_equal(b->ops->cas(b->self, "k", "{\"v\":2}", "1 2", 0), LOOM_EINVAL);
+    t_store_assert_value(b, "k", "{\"v\":2}");
     loom__store_close(b);
 
     /* A corrupt file is never overwritten. */
     write_file(f->path, "not json", 8);
-    s = open_url(f->url);
-    assert_int_equal(cas_text(s, "t", NULL, "1", 0), LOOM_EPARSE);
-    assert_int_equal(cas_text(s, "t", "3", NULL, 0), LOOM_EPARSE);
+    s = t_store_open(f->url, NULL);
+    assert_int_equal(t_store_cas_text(s, "t", NULL, "1", 0), LOOM_EPARSE);
+    assert_int_equal(t_store_cas_text(s, "t", "3", NULL, 0), LOOM_EPARSE);
     loom__store_close(s);
     size_t len = 0;
     char *text = read_file(f->path, &len);
@@ -942,58 +785,27 @@ static void test_cas(void **state)
  * loops: no update is lost across processes. */
 #define CAS_ROUNDS 150
 
-static int cas_rounds(loom_store *s)
+static int child_cas(void *url)
 {
-    for (int i = 0; i < CAS_ROUNDS; i++) {
-        for (;;) {
-            cJSON *cur = NULL;
-            if (loom_store_get(s, "doc", &cur) != LOOM_OK)
-                return 1;
-            cJSON *next = cJSON_Duplicate(cur, true);
-            cJSON *n = cJSON_GetObjectItem(next, "n");
-            cJSON_SetNumberValue(n, n->valuedouble + 1);
-            loom_err err = loom_store_cas(s, "doc", cur, next, 0);
-            cJSON_Delete(cur);
-            cJSON_Delete(next);
-            if (err == LOOM_OK)
-                break;
-            if (err != LOOM_EEXIST)
-                return 2;
-        }
-    }
-    return 0;
+    loom_store *own = NULL;
+    if (loom__store_open(&own, url, NULL) != LOOM_OK)
+        return 3;
+    int failed = t_store_cas_loop(own, CAS_ROUNDS);
+    loom__store_close(own);
+    return failed ? 2 : 0;
 }
 
 static void test_cas_processes(void **state)
 {
     fixture *f = *state;
-    loom_store *s = open_url(f->url);
-    set_text(s, "doc", "{\"n\":0}", 0);
-    int go[2];
-    assert_int_equal(pipe(go), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(go[1]);
-        char c;
-        loom_store *own = NULL;
-        if (read(go[0], &c, 1) != 1 || loom__store_open(&own, f->url, NULL) != LOOM_OK)
-            _exit(3);
-        int rc = cas_rounds(own);
-        loom__store_close(own);
-        _exit(rc);
-    }
-    close(go[0]);
-    assert_int_equal(write(go[1], "g", 1), 1);
-    close(go[1]);
-    assert_int_equal(cas_rounds(s), 0);
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    loom_store *s = t_store_open(f->url, NULL);
+    t_store_set_text(s, "doc", "{\"n\":0}", 0);
+    pid_t pid = start_child(child_cas, f->url);
+    assert_int_equal(t_store_cas_loop(s, CAS_ROUNDS), 0);
+    wait_child(pid);
     char want[32];
     snprintf(want, sizeof want, "{\"n\":%d}", 2 * CAS_ROUNDS);
-    assert_value(s, "doc", want);
+    t_store_assert_value(s, "doc", want);
     loom__store_close(s);
 }
 
@@ -1001,15 +813,15 @@ static void test_urls(void **state)
 {
     fixture *f = *state;
     char url[300];
-    loom_store *s = open_url(f->url);
-    set_text(s, "k", "\"here\"", 0);
+    loom_store *s = t_store_open(f->url, NULL);
+    t_store_set_text(s, "k", "\"here\"", 0);
     loom__store_close(s);
 
     const char *forms[] = {"file://%s", "file://localhost%s", "FILE:%s", "file://LOCALHOST%s"};
     for (size_t i = 0; i < LOOM__ARRAY_LEN(forms); i++) {
         snprintf(url, sizeof url, forms[i], f->path);
-        s = open_url(url);
-        assert_value(s, "k", "\"here\"");
+        s = t_store_open(url, NULL);
+        t_store_assert_value(s, "k", "\"here\"");
         loom__store_close(s);
     }
 
@@ -1017,16 +829,16 @@ static void test_urls(void **state)
     char *cwd = getcwd(NULL, 0);
     assert_non_null(cwd);
     assert_int_equal(chdir(f->dir), 0);
-    s = open_url("file:state.json");
+    s = t_store_open("file:state.json", NULL);
     assert_int_equal(chdir("/"), 0);
-    assert_value(s, "k", "\"here\"");
-    set_text(s, "rel", "1", 0);
+    t_store_assert_value(s, "k", "\"here\"");
+    t_store_set_text(s, "rel", "1", 0);
     loom__store_close(s);
     assert_int_equal(chdir(f->dir), 0);
-    s = open_url("file:./state.json");
+    s = t_store_open("file:./state.json", NULL);
     assert_int_equal(chdir(cwd), 0);
     free(cwd);
-    assert_value(s, "rel", "1");
+    t_store_assert_value(s, "rel", "1");
     loom__store_close(s);
 
     /* Refused. */
@@ -1057,12 +869,12 @@ static void test_urls(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_basic, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_ttl, setup, teardown),
+        T_STORE_SUITE(&file_factory),
+        cmocka_unit_test_setup_teardown(test_format, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ttl_in_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_stores, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_size_and_time, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fork_counter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fork_inherited, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
@@ -1071,7 +883,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_missing_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cas, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cas_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cas_processes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_urls, setup, teardown),
     };

@@ -50,7 +50,6 @@
 #define MAX_DEPTH CJSON_NESTING_LIMIT    /* nesting of one value, as cJSON allows */
 #define MAX_NUMBER 63                    /* longest number text cJSON parses */
 #define WBUF ((size_t)64 << 10)          /* write buffer of a save */
-#define INT_TEXT 21                      /* "-9223372036854775808" and a NUL */
 #define TMP_SUFFIX (sizeof ".tmp." + 20) /* ".tmp.<pid>" and a NUL, bounded */
 
 typedef struct fentry {
@@ -90,12 +89,16 @@ typedef struct file_db {
 
 /* --- entries ------------------------------------------------------------- */
 
+static void entry_free(fentry *e)
+{
+    free(e->value);
+    free(e);
+}
+
 static void table_free(table *t)
 {
-    for (size_t i = 0; i < t->len; i++) {
-        free(t->items[i]->value);
-        free(t->items[i]);
-    }
+    for (size_t i = 0; i < t->len; i++)
+        entry_free(t->items[i]);
     free(t->items);
     *t = (table){0};
 }
@@ -147,14 +150,20 @@ static void table_purge(table *t, int64_t now)
 {
     size_t n = 0;
     for (size_t i = 0; i < t->len; i++) {
-        if (expired(t->items[i], now)) {
-            free(t->items[i]->value);
-            free(t->items[i]);
-        } else {
+        if (expired(t->items[i], now))
+            entry_free(t->items[i]);
+        else
             t->items[n++] = t->items[i];
-        }
     }
     t->len = n;
+}
+
+/* Removes items[i] and frees it. */
+static void table_remove(table *t, size_t i)
+{
+    entry_free(t->items[i]);
+    memmove(&t->items[i], &t->items[i + 1], (t->len - i - 1) * sizeof *t->items);
+    t->len--;
 }
 
 static fentry *entry_new(const char *key)
@@ -779,6 +788,10 @@ static void w_str(writer *w, const char *s)
  * copied as they are, so any key (UTF-8 or not) reads back identical. */
 static void w_key(writer *w, const char *key)
 {
+    /* The short escapes used; other controls are written as \u00XX. */
+    static const char *const named[] = {
+        ['"'] = "\\\"", ['\\'] = "\\\\", ['\n'] = "\\n", ['\r'] = "\\r", ['\t'] = "\\t",
+    };
     w_put(w, "\"", 1);
     const char *run = key;
     for (const char *p = key;; p++) {
@@ -788,28 +801,13 @@ static void w_key(writer *w, const char *key)
         w_put(w, run, (size_t)(p - run));
         if (c == '\0')
             break;
-        char esc[8];
-        switch (c) {
-        case '"':
-            strcpy(esc, "\\\"");
-            break;
-        case '\\':
-            strcpy(esc, "\\\\");
-            break;
-        case '\n':
-            strcpy(esc, "\\n");
-            break;
-        case '\r':
-            strcpy(esc, "\\r");
-            break;
-        case '\t':
-            strcpy(esc, "\\t");
-            break;
-        default:
+        if (c < LOOM__ARRAY_LEN(named) && named[c]) {
+            w_str(w, named[c]);
+        } else {
+            char esc[8];
             snprintf(esc, sizeof esc, "\\u%04x", c);
-            break;
+            w_str(w, esc);
         }
-        w_str(w, esc);
         run = p + 1;
     }
     w_put(w, "\"", 1);
@@ -903,6 +901,21 @@ out:
 
 /* --- operations ---------------------------------------------------------- */
 
+/* Copies json for the cache, outside the locks, once it is known to be
+ * exactly one JSON value that fits in a file: anything else would corrupt
+ * the file. Errors: LOOM_ETOOBIG, LOOM_EINVAL, LOOM_ENOMEM. */
+static loom_err copy_value(const char *json, char **out)
+{
+    *out = NULL;
+    size_t len = strlen(json);
+    if (len > MAX_FILE)
+        return LOOM_ETOOBIG;
+    if (!valid_json(json, len))
+        return LOOM_EINVAL;
+    *out = strdup(json);
+    return *out ? LOOM_OK : LOOM_ENOMEM;
+}
+
 /* Stores value (and exp) for key at index i of the cache, replacing
  * items[i] when found. Takes over *value, and *fresh when it inserts (each
  * set to what the caller must free: the old value, NULL). Caller holds
@@ -930,6 +943,16 @@ static loom_err put_locked(file_db *db, size_t i, bool found, fentry **fresh, ch
     return LOOM_OK;
 }
 
+/* The live entry for key, or NULL when it is absent or expired at now.
+ * *i and *found say where key is or would go, as table_search does.
+ * Caller holds db->lock. */
+static fentry *find_live(file_db *db, const char *key, int64_t now, size_t *i, bool *found)
+{
+    *i = table_search(&db->data, key, found);
+    fentry *e = *found ? db->data.items[*i] : NULL;
+    return e && !expired(e, now) ? e : NULL;
+}
+
 static loom_err file_get(void *self, const char *key, char **json)
 {
     file_db *db = self;
@@ -938,50 +961,62 @@ static loom_err file_get(void *self, const char *key, char **json)
     loom_err err = enter(db, false);
     if (err != LOOM_OK)
         return err;
+    size_t i;
     bool found;
-    size_t i = table_search(&db->data, key, &found);
-    if (!found || expired(db->data.items[i], loom__now_ms())) {
+    fentry *e = find_live(db, key, loom__now_ms(), &i, &found);
+    if (!e) {
         err = LOOM_ENOTFOUND;
     } else {
-        *json = strdup(db->data.items[i]->value);
+        *json = strdup(e->value);
         err = *json ? LOOM_OK : LOOM_ENOMEM;
     }
     leave(db);
     return err;
 }
 
-static loom_err file_set(void *self, const char *key, const char *json, uint32_t ttl_ms,
-                         bool if_absent)
+/* set, add and cas: stores json (NULL: deletes the key) with ttl_ms,
+ * unconditionally or (check) only when the current value matches
+ * expected_json as cas compares; add is "only if absent". LOOM_EEXIST when
+ * it does not match. */
+static loom_err file_put(file_db *db, const char *key, const char *json, uint32_t ttl_ms,
+                         bool check, const char *expected_json)
 {
-    file_db *db = self;
-    if (!db || !key || !json)
-        return LOOM_EINVAL;
-    size_t len = strlen(json);
-    if (len > MAX_FILE)
-        return LOOM_ETOOBIG;
-    /* Only JSON may enter the file: anything else would corrupt it. */
-    if (!valid_json(json, len))
-        return LOOM_EINVAL;
-    /* Allocated outside the locks. */
-    char *value = strdup(json);
-    fentry *fresh = entry_new(key);
-    loom_err err = value && fresh ? enter(db, true) : LOOM_ENOMEM;
+    char *value = NULL;
+    loom_err err = json ? copy_value(json, &value) : LOOM_OK;
+    if (err != LOOM_OK)
+        return err;
+    fentry *fresh = entry_new(key); /* allocated outside the locks */
+    err = fresh ? enter(db, true) : LOOM_ENOMEM;
     if (err == LOOM_OK) {
         int64_t now = loom__now_ms();
+        size_t i;
         bool found;
-        size_t i = table_search(&db->data, key, &found);
-        if (found && if_absent && !expired(db->data.items[i], now)) {
+        fentry *cur = find_live(db, key, now, &i, &found);
+        if (check && !loom__store_cas_match(cur ? cur->value : NULL, expected_json)) {
             err = LOOM_EEXIST;
-        } else {
+        } else if (value) {
             err = put_locked(db, i, found, &fresh, &value, ttl_ms ? now + ttl_ms : 0);
             if (err == LOOM_OK)
                 err = save_locked(db);
+        } else if (found) {
+            /* Deleting a live entry, or purging an expired one: either way
+             * the key is absent afterwards. */
+            table_remove(&db->data, i);
+            err = save_locked(db);
         }
         leave(db);
     }
     free(value);
     free(fresh);
     return err;
+}
+
+static loom_err file_set(void *self, const char *key, const char *json, uint32_t ttl_ms,
+                         bool if_absent)
+{
+    if (!self || !key || !json)
+        return LOOM_EINVAL;
+    return file_put(self, key, json, ttl_ms, if_absent, NULL);
 }
 
 static loom_err file_del(void *self, const char *key)
@@ -992,16 +1027,12 @@ static loom_err file_del(void *self, const char *key)
     loom_err err = enter(db, true);
     if (err != LOOM_OK)
         return err;
+    size_t i;
     bool found;
-    size_t i = table_search(&db->data, key, &found);
-    if (!found || expired(db->data.items[i], loom__now_ms())) {
+    if (!find_live(db, key, loom__now_ms(), &i, &found)) {
         err = LOOM_ENOTFOUND;
     } else {
-        table *t = &db->data;
-        free(t->items[i]->value);
-        free(t->items[i]);
-        memmove(&t->items[i], &t->items[i + 1], (t->len - i - 1) * sizeof *t->items);
-        t->len--;
+        table_remove(&db->data, i);
         err = save_locked(db);
     }
     leave(db);
@@ -1014,25 +1045,19 @@ static loom_err file_incr(void *self, const char *key, int64_t delta, int64_t *o
     if (!db || !key)
         return LOOM_EINVAL;
     /* Allocated outside the locks. */
-    char *text = malloc(INT_TEXT);
+    char *text = malloc(LOOM__STORE_INT_TEXT);
     fentry *fresh = entry_new(key);
     int64_t next = 0;
     loom_err err = text && fresh ? enter(db, true) : LOOM_ENOMEM;
     if (err == LOOM_OK) {
-        int64_t now = loom__now_ms(), cur = 0, exp = 0;
+        size_t i;
         bool found;
-        size_t i = table_search(&db->data, key, &found);
         /* An expired entry counts as absent and loses its expiry. */
-        bool live = found && !expired(db->data.items[i], now);
-        if (live && !loom__store_parse_integer(db->data.items[i]->value, &cur))
-            err = LOOM_EINVAL;
-        else if (__builtin_add_overflow(cur, delta, &next))
-            err = LOOM_EINVAL;
+        fentry *cur = find_live(db, key, loom__now_ms(), &i, &found);
+        err = loom__store_incr_text(cur ? cur->value : NULL, delta, &next, text);
         if (err == LOOM_OK) {
-            snprintf(text, INT_TEXT, "%" PRId64, next);
-            if (live)
-                exp = db->data.items[i]->exp; /* the TTL stays as it was */
-            err = put_locked(db, i, found, &fresh, &text, exp);
+            /* The TTL stays as it was. */
+            err = put_locked(db, i, found, &fresh, &text, cur ? cur->exp : 0);
             if (err == LOOM_OK)
                 err = save_locked(db);
         }
@@ -1048,49 +1073,9 @@ static loom_err file_incr(void *self, const char *key, int64_t delta, int64_t *o
 static loom_err file_cas(void *self, const char *key, const char *expected_json,
                          const char *new_json, uint32_t ttl_ms)
 {
-    file_db *db = self;
-    if (!db || !key)
+    if (!self || !key)
         return LOOM_EINVAL;
-    char *value = NULL;
-    if (new_json) {
-        size_t len = strlen(new_json);
-        if (len > MAX_FILE)
-            return LOOM_ETOOBIG;
-        /* Only JSON may enter the file: anything else would corrupt it. */
-        if (!valid_json(new_json, len))
-            return LOOM_EINVAL;
-        value = strdup(new_json); /* allocated outside the locks */
-    }
-    fentry *fresh = entry_new(key);
-    loom_err err = (value || !new_json) && fresh ? enter(db, true) : LOOM_ENOMEM;
-    if (err == LOOM_OK) {
-        int64_t now = loom__now_ms();
-        bool found;
-        size_t i = table_search(&db->data, key, &found);
-        bool live = found && !expired(db->data.items[i], now);
-        bool match =
-            expected_json ? live && strcmp(db->data.items[i]->value, expected_json) == 0 : !live;
-        if (!match) {
-            err = LOOM_EEXIST;
-        } else if (value) {
-            err = put_locked(db, i, found, &fresh, &value, ttl_ms ? now + ttl_ms : 0);
-            if (err == LOOM_OK)
-                err = save_locked(db);
-        } else if (found) {
-            /* Deleting a live entry, or purging an expired one: either way
-             * the key is absent afterwards. */
-            table *t = &db->data;
-            free(t->items[i]->value);
-            free(t->items[i]);
-            memmove(&t->items[i], &t->items[i + 1], (t->len - i - 1) * sizeof *t->items);
-            t->len--;
-            err = save_locked(db);
-        }
-        leave(db);
-    }
-    free(value);
-    free(fresh);
-    return err;
+    return file_put(self, key, new_json, ttl_ms, true, expected_json);
 }
 
 /* --- lifetime ------------------------------------------------------------ */

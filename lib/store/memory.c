@@ -18,9 +18,7 @@
 #define _GNU_SOURCE
 #include "store.h"
 
-#include <inttypes.h>
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -109,15 +107,14 @@ static uint64_t siphash13(const uint64_t k[2], const char *data, size_t len)
     return v0 ^ v1 ^ v2 ^ v3;
 }
 
-static uint64_t hash_key(const mem_db *db, const char *key, size_t klen)
-{
-    return siphash13(db->seed, key, klen);
-}
-
-static shard *shard_for(mem_db *db, uint64_t h)
-{
-    return &db->shards[h & (SHARDS - 1)];
-}
+/* The key of an operation, where it lives and when the operation runs. */
+typedef struct keyref {
+    const char *key;
+    size_t len;
+    uint64_t hash;
+    shard *sh;
+    int64_t now; /* loom__mono_ms() */
+} keyref;
 
 static size_t bucket_of(const shard *sh, uint64_t h)
 {
@@ -140,13 +137,15 @@ static void unlink_locked(shard *sh, entry **link)
     free(e);
 }
 
-/* The link to the live entry for key, or NULL. Removes the entry instead
+/* The link to the live entry for k, or NULL. Removes the entry instead
  * when it has expired. */
-static entry **find_locked(shard *sh, uint64_t h, const char *key, size_t klen, int64_t now)
+static entry **find_locked(const keyref *k)
 {
-    for (entry **link = &sh->buckets[bucket_of(sh, h)]; *link; link = &(*link)->next) {
+    shard *sh = k->sh;
+    int64_t now = k->now;
+    for (entry **link = &sh->buckets[bucket_of(sh, k->hash)]; *link; link = &(*link)->next) {
         entry *e = *link;
-        if (e->hash != h || e->klen != klen || memcmp(e->key, key, klen) != 0)
+        if (e->hash != k->hash || e->klen != k->len || memcmp(e->key, k->key, k->len) != 0)
             continue;
         if (expired(e, now)) {
             unlink_locked(sh, link);
@@ -200,144 +199,128 @@ static void make_room_locked(shard *sh, int64_t now)
     sh->nbuckets = n;
 }
 
-/* Inserts a new entry that takes over value. LOOM_ENOMEM leaves value to
- * the caller. */
-static loom_err insert_locked(shard *sh, uint64_t h, const char *key, size_t klen, char *value,
-                              int64_t expires, int64_t now)
+/* Stores *value for k with expiry expires: into the live entry at link,
+ * handing its old value back in *value, or (link NULL) into a new entry,
+ * setting *value to NULL. The caller frees *value after unlocking.
+ * LOOM_ENOMEM leaves the shard and *value as they were. */
+static loom_err put_locked(const keyref *k, entry **link, char **value, int64_t expires)
 {
-    make_room_locked(sh, now);
-    entry *e = malloc(sizeof *e + klen + 1);
+    if (link) {
+        char *old = (*link)->value;
+        (*link)->value = *value;
+        (*link)->expires = expires;
+        *value = old;
+        return LOOM_OK;
+    }
+    shard *sh = k->sh;
+    make_room_locked(sh, k->now);
+    entry *e = malloc(sizeof *e + k->len + 1);
     if (!e)
         return LOOM_ENOMEM;
-    e->hash = h;
+    e->hash = k->hash;
     e->expires = expires;
-    e->value = value;
-    e->klen = klen;
-    memcpy(e->key, key, klen + 1);
-    size_t b = bucket_of(sh, h);
+    e->value = *value;
+    e->klen = k->len;
+    memcpy(e->key, k->key, k->len + 1);
+    size_t b = bucket_of(sh, k->hash);
     e->next = sh->buckets[b];
     sh->buckets[b] = e;
     sh->count++;
+    *value = NULL;
     return LOOM_OK;
 }
 
 /* --- operations --------------------------------------------------------- */
 
+/* Starts an operation on key: fills k, takes the lock of its shard and
+ * returns the link to its live entry, or NULL. The caller ends the
+ * operation with pthread_mutex_unlock(&k->sh->lock), and allocates what it
+ * can before starting. */
+static entry **lock_key(mem_db *db, const char *key, keyref *k)
+{
+    k->key = key;
+    k->len = strlen(key);
+    k->hash = siphash13(db->seed, key, k->len);
+    k->sh = &db->shards[k->hash & (SHARDS - 1)];
+    k->now = loom__mono_ms();
+    pthread_mutex_lock(&k->sh->lock);
+    return find_locked(k);
+}
+
 static loom_err mem_get(void *self, const char *key, char **json)
 {
-    mem_db *db = self;
-    if (!db || !key || !json)
+    if (!self || !key || !json)
         return LOOM_EINVAL;
-    size_t klen = strlen(key);
-    uint64_t h = hash_key(db, key, klen);
-    shard *sh = shard_for(db, h);
-    int64_t now = loom__mono_ms();
+    keyref k;
+    entry **link = lock_key(self, key, &k);
     loom_err err = LOOM_ENOTFOUND;
-
-    pthread_mutex_lock(&sh->lock);
-    entry **link = find_locked(sh, h, key, klen, now);
     if (link) {
         *json = strdup((*link)->value);
         err = *json ? LOOM_OK : LOOM_ENOMEM;
     }
-    pthread_mutex_unlock(&sh->lock);
+    pthread_mutex_unlock(&k.sh->lock);
+    return err;
+}
+
+/* set, add and cas: stores a copy of json (NULL: deletes the key) with
+ * ttl_ms, unconditionally or (check) only when the current value matches
+ * expected_json as cas compares; add is "only if absent". LOOM_EEXIST when
+ * it does not match. */
+static loom_err put(mem_db *db, const char *key, const char *json, uint32_t ttl_ms, bool check,
+                    const char *expected_json)
+{
+    char *copy = NULL;
+    if (json && !(copy = strdup(json)))
+        return LOOM_ENOMEM;
+    keyref k;
+    entry **link = lock_key(db, key, &k);
+    loom_err err = LOOM_OK;
+    if (check && !loom__store_cas_match(link ? (*link)->value : NULL, expected_json))
+        err = LOOM_EEXIST;
+    else if (copy)
+        err = put_locked(&k, link, &copy, ttl_ms ? k.now + ttl_ms : 0);
+    else if (link)
+        unlink_locked(k.sh, link);
+    pthread_mutex_unlock(&k.sh->lock);
+    free(copy);
     return err;
 }
 
 static loom_err mem_set(void *self, const char *key, const char *json, uint32_t ttl_ms,
                         bool if_absent)
 {
-    mem_db *db = self;
-    if (!db || !key || !json)
+    if (!self || !key || !json)
         return LOOM_EINVAL;
-    size_t klen = strlen(key);
-    uint64_t h = hash_key(db, key, klen);
-    shard *sh = shard_for(db, h);
-    char *copy = strdup(json); /* allocated outside the lock */
-    if (!copy)
-        return LOOM_ENOMEM;
-    int64_t now = loom__mono_ms();
-    int64_t expires = ttl_ms ? now + ttl_ms : 0;
-    loom_err err = LOOM_OK;
-
-    pthread_mutex_lock(&sh->lock);
-    entry **link = find_locked(sh, h, key, klen, now);
-    if (link && if_absent) {
-        err = LOOM_EEXIST;
-    } else if (link) {
-        char *old = (*link)->value;
-        (*link)->value = copy;
-        (*link)->expires = expires;
-        copy = old;
-    } else {
-        err = insert_locked(sh, h, key, klen, copy, expires, now);
-        if (err == LOOM_OK)
-            copy = NULL;
-    }
-    pthread_mutex_unlock(&sh->lock);
-    free(copy);
-    return err;
+    return put(self, key, json, ttl_ms, if_absent, NULL);
 }
 
 static loom_err mem_del(void *self, const char *key)
 {
-    mem_db *db = self;
-    if (!db || !key)
+    if (!self || !key)
         return LOOM_EINVAL;
-    size_t klen = strlen(key);
-    uint64_t h = hash_key(db, key, klen);
-    shard *sh = shard_for(db, h);
-    int64_t now = loom__mono_ms();
-    loom_err err = LOOM_ENOTFOUND;
-
-    pthread_mutex_lock(&sh->lock);
-    entry **link = find_locked(sh, h, key, klen, now);
-    if (link) {
-        unlink_locked(sh, link);
-        err = LOOM_OK;
-    }
-    pthread_mutex_unlock(&sh->lock);
-    return err;
+    keyref k;
+    entry **link = lock_key(self, key, &k);
+    bool found = link != NULL;
+    if (found)
+        unlink_locked(k.sh, link);
+    pthread_mutex_unlock(&k.sh->lock);
+    return found ? LOOM_OK : LOOM_ENOTFOUND;
 }
-
-/* "-9223372036854775808" and a NUL. */
-#define INT_TEXT 21
 
 static loom_err mem_incr(void *self, const char *key, int64_t delta, int64_t *out)
 {
-    mem_db *db = self;
-    if (!db || !key)
+    if (!self || !key)
         return LOOM_EINVAL;
-    size_t klen = strlen(key);
-    uint64_t h = hash_key(db, key, klen);
-    shard *sh = shard_for(db, h);
-    char *text = malloc(INT_TEXT); /* allocated outside the lock */
+    char *text = malloc(LOOM__STORE_INT_TEXT);
     if (!text)
         return LOOM_ENOMEM;
-    int64_t now = loom__mono_ms();
-    int64_t cur = 0, next = 0;
-    loom_err err = LOOM_OK;
-
-    pthread_mutex_lock(&sh->lock);
-    entry **link = find_locked(sh, h, key, klen, now);
-    if (link && !loom__store_parse_integer((*link)->value, &cur))
-        err = LOOM_EINVAL;
-    else if (__builtin_add_overflow(cur, delta, &next))
-        err = LOOM_EINVAL;
-    if (err == LOOM_OK) {
-        snprintf(text, INT_TEXT, "%" PRId64, next);
-        if (link) {
-            /* The expiry stays as it was. */
-            char *old = (*link)->value;
-            (*link)->value = text;
-            text = old;
-        } else {
-            err = insert_locked(sh, h, key, klen, text, 0, now);
-            if (err == LOOM_OK)
-                text = NULL;
-        }
-    }
-    pthread_mutex_unlock(&sh->lock);
+    int64_t next = 0;
+    keyref k;
+    entry **link = lock_key(self, key, &k);
+    loom_err err = loom__store_incr_text(link ? (*link)->value : NULL, delta, &next, text);
+    if (err == LOOM_OK) /* the expiry stays as it was */
+        err = put_locked(&k, link, &text, link ? (*link)->expires : 0);
+    pthread_mutex_unlock(&k.sh->lock);
     free(text);
     if (err == LOOM_OK && out)
         *out = next;
@@ -347,40 +330,9 @@ static loom_err mem_incr(void *self, const char *key, int64_t delta, int64_t *ou
 static loom_err mem_cas(void *self, const char *key, const char *expected_json,
                         const char *new_json, uint32_t ttl_ms)
 {
-    mem_db *db = self;
-    if (!db || !key)
+    if (!self || !key)
         return LOOM_EINVAL;
-    size_t klen = strlen(key);
-    uint64_t h = hash_key(db, key, klen);
-    shard *sh = shard_for(db, h);
-    char *copy = NULL; /* allocated outside the lock */
-    if (new_json && !(copy = strdup(new_json)))
-        return LOOM_ENOMEM;
-    int64_t now = loom__mono_ms();
-    int64_t expires = ttl_ms ? now + ttl_ms : 0;
-    loom_err err = LOOM_OK;
-
-    pthread_mutex_lock(&sh->lock);
-    entry **link = find_locked(sh, h, key, klen, now);
-    bool match = expected_json ? link && strcmp((*link)->value, expected_json) == 0 : !link;
-    if (!match) {
-        err = LOOM_EEXIST;
-    } else if (!copy) {
-        if (link)
-            unlink_locked(sh, link);
-    } else if (link) {
-        char *old = (*link)->value;
-        (*link)->value = copy;
-        (*link)->expires = expires;
-        copy = old;
-    } else {
-        err = insert_locked(sh, h, key, klen, copy, expires, now);
-        if (err == LOOM_OK)
-            copy = NULL;
-    }
-    pthread_mutex_unlock(&sh->lock);
-    free(copy);
-    return err;
+    return put(self, key, new_json, ttl_ms, true, expected_json);
 }
 
 /* --- lifetime ----------------------------------------------------------- */

@@ -76,7 +76,6 @@
 #define BACKOFF_MAX_MS 1000
 #define SLACK_MS 10      /* a command timeout this close to the full one keeps it */
 #define INCR_ATTEMPTS 16 /* incr's compare-and-set rounds before LOOM_EOVERLOAD */
-#define INT_TEXT 21      /* "-9223372036854775808" and a NUL */
 #define KEY_BUF (MAX_PREFIX + LOOM__STORE_MAX_KEY + 1)
 
 /* KEYS[1] = key. ARGV: [1] "1" compare with [2], "0" the key must be
@@ -506,42 +505,56 @@ static loom_err op_cmd(op *o, redisReply **out, int argc, const char **argv, con
     return LOOM_OK;
 }
 
-static loom_err redis_get(void *self, const char *key, char **json)
+/* Runs "CMD KEY" (GET, DEL) on the operation's key, as op_cmd does. */
+static loom_err op_key_cmd(op *o, const char *cmd, redisReply **out)
 {
-    redis_db *db = self;
-    if (!db || !key || !json)
-        return LOOM_EINVAL;
+    const char *argv[] = {cmd, o->key};
+    size_t lens[] = {strlen(cmd), o->key_len};
+    return op_cmd(o, out, 2, argv, lens);
+}
+
+/* An operation of one "CMD KEY" command (GET, DEL). On LOOM_OK *r is the
+ * reply (error replies included) for the caller to judge and free; the
+ * connection is already back in the pool. */
+static loom_err key_cmd(redis_db *db, const char *key, const char *cmd, redisReply **r)
+{
     op o;
     loom_err err = op_begin(&o, db, key);
     if (err != LOOM_OK)
         return err;
-    const char *argv[] = {"GET", o.key};
-    size_t lens[] = {3, o.key_len};
+    err = op_key_cmd(&o, cmd, r);
+    op_end(&o);
+    return err;
+}
+
+static loom_err redis_get(void *self, const char *key, char **json)
+{
+    if (!self || !key || !json)
+        return LOOM_EINVAL;
     redisReply *r = NULL;
-    err = op_cmd(&o, &r, 2, argv, lens);
-    if (err == LOOM_OK) {
-        if (r->type == REDIS_REPLY_NIL) {
-            err = LOOM_ENOTFOUND;
-        } else if (r->type == REDIS_REPLY_STRING) {
-            /* A NUL inside would cut the text short: not ours. */
-            if (memchr(r->str, '\0', r->len)) {
-                err = LOOM_EPARSE;
-            } else {
-                *json = malloc(r->len + 1);
-                if (*json) {
-                    memcpy(*json, r->str, r->len);
-                    (*json)[r->len] = '\0';
-                }
-                err = *json ? LOOM_OK : LOOM_ENOMEM;
-            }
-        } else if (r->type == REDIS_REPLY_ERROR) {
-            err = is_wrongtype(r) ? LOOM_EPARSE : reply_error(r);
+    loom_err err = key_cmd(self, key, "GET", &r);
+    if (err != LOOM_OK)
+        return err;
+    if (r->type == REDIS_REPLY_NIL) {
+        err = LOOM_ENOTFOUND;
+    } else if (r->type == REDIS_REPLY_STRING) {
+        /* A NUL inside would cut the text short: not ours. */
+        if (memchr(r->str, '\0', r->len)) {
+            err = LOOM_EPARSE;
         } else {
-            err = LOOM_EIO;
+            *json = malloc(r->len + 1);
+            if (*json) {
+                memcpy(*json, r->str, r->len);
+                (*json)[r->len] = '\0';
+            }
+            err = *json ? LOOM_OK : LOOM_ENOMEM;
         }
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        err = is_wrongtype(r) ? LOOM_EPARSE : reply_error(r);
+    } else {
+        err = LOOM_EIO;
     }
     freeReplyObject(r);
-    op_end(&o);
     return err;
 }
 
@@ -592,27 +605,19 @@ static loom_err redis_set(void *self, const char *key, const char *json, uint32_
 
 static loom_err redis_del(void *self, const char *key)
 {
-    redis_db *db = self;
-    if (!db || !key)
+    if (!self || !key)
         return LOOM_EINVAL;
-    op o;
-    loom_err err = op_begin(&o, db, key);
+    redisReply *r = NULL;
+    loom_err err = key_cmd(self, key, "DEL", &r);
     if (err != LOOM_OK)
         return err;
-    const char *argv[] = {"DEL", o.key};
-    size_t lens[] = {3, o.key_len};
-    redisReply *r = NULL;
-    err = op_cmd(&o, &r, 2, argv, lens);
-    if (err == LOOM_OK) {
-        if (r->type == REDIS_REPLY_INTEGER)
-            err = r->integer > 0 ? LOOM_OK : LOOM_ENOTFOUND;
-        else if (r->type == REDIS_REPLY_ERROR)
-            err = reply_error(r);
-        else
-            err = LOOM_EIO;
-    }
+    if (r->type == REDIS_REPLY_INTEGER)
+        err = r->integer > 0 ? LOOM_OK : LOOM_ENOTFOUND;
+    else if (r->type == REDIS_REPLY_ERROR)
+        err = reply_error(r);
+    else
+        err = LOOM_EIO;
     freeReplyObject(r);
-    op_end(&o);
     return err;
 }
 
@@ -683,7 +688,7 @@ static loom_err redis_incr(void *self, const char *key, int64_t delta, int64_t *
     loom_err err = op_begin(&o, db, key);
     if (err != LOOM_OK)
         return err;
-    char num[INT_TEXT];
+    char num[LOOM__STORE_INT_TEXT];
     snprintf(num, sizeof num, "%" PRId64, delta);
     int64_t result = 0;
     err = LOOM_EOVERLOAD;
@@ -708,9 +713,7 @@ static loom_err redis_incr(void *self, const char *key, int64_t delta, int64_t *
             break;
 
         /* Not an integer for Redis, or the sum overflows: judge the text. */
-        const char *gargv[] = {"GET", o.key};
-        size_t glens[] = {3, o.key_len};
-        err = op_cmd(&o, &r, 2, gargv, glens);
+        err = op_key_cmd(&o, "GET", &r);
         if (err != LOOM_OK)
             break;
         if (r->type == REDIS_REPLY_NIL) {
@@ -723,15 +726,13 @@ static loom_err redis_incr(void *self, const char *key, int64_t delta, int64_t *
             freeReplyObject(r);
             break;
         }
-        int64_t cur = 0;
-        char next[INT_TEXT];
-        if (memchr(r->str, '\0', r->len) || !loom__store_parse_integer(r->str, &cur) ||
-            __builtin_add_overflow(cur, delta, &result)) {
+        char next[LOOM__STORE_INT_TEXT];
+        err = memchr(r->str, '\0', r->len) ? LOOM_EINVAL
+                                           : loom__store_incr_text(r->str, delta, &result, next);
+        if (err != LOOM_OK) {
             freeReplyObject(r);
-            err = LOOM_EINVAL;
             break;
         }
-        snprintf(next, sizeof next, "%" PRId64, result);
         err = run_cas(&o, r->str, r->len, next, strlen(next), "-1");
         freeReplyObject(r);
         if (err != LOOM_EEXIST)

@@ -1,7 +1,9 @@
 #define _GNU_SOURCE
 #include "store.h"
 
+#include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -205,6 +207,19 @@ bool loom__store_parse_integer(const char *s, int64_t *out)
         *out = (int64_t)mant;
     }
     return true;
+}
+
+loom_err loom__store_incr_text(const char *cur_json, int64_t delta, int64_t *sum,
+                               char text[LOOM__STORE_INT_TEXT])
+{
+    int64_t cur = 0, next;
+    if (cur_json && !loom__store_parse_integer(cur_json, &cur))
+        return LOOM_EINVAL;
+    if (__builtin_add_overflow(cur, delta, &next))
+        return LOOM_EINVAL;
+    snprintf(text, LOOM__STORE_INT_TEXT, "%" PRId64, next);
+    *sum = next;
+    return LOOM_OK;
 }
 
 /* --- public operations -------------------------------------------------- */

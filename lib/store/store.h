@@ -2,6 +2,8 @@
 #ifndef LOOM_STORE_STORE_H
 #define LOOM_STORE_STORE_H
 
+#include <string.h>
+
 #include "loom.h"
 #include "loom/store.h"
 
@@ -30,8 +32,28 @@ void loom__store_close(loom_store *s);
 /* Parses JSON text that must be exactly one number with an integral value
  * in int64 range ("42", "-7", "1e3", "2.50e1", surrounding JSON whitespace
  * allowed), exactly: no doubles, no locale. False for anything else (other
- * JSON types, fractions, overflow). The stores' incr uses it. */
+ * JSON types, fractions, overflow). */
 bool loom__store_parse_integer(const char *json, int64_t *out);
+
+/* Room for the text incr stores: "-9223372036854775808" and a NUL. */
+#define LOOM__STORE_INT_TEXT 21
+
+/* incr's arithmetic, shared by the stores so that they judge values alike:
+ * cur_json is the current value's text (NULL when the key is absent or
+ * expired: 0) and must be an integer for loom__store_parse_integer. Puts
+ * cur + delta in *sum and its decimal text in text. LOOM_EINVAL when
+ * cur_json is no integer or the sum overflows int64 (*sum and text are
+ * then left alone). Any thread; touches nothing else. */
+loom_err loom__store_incr_text(const char *cur_json, int64_t delta, int64_t *sum,
+                               char text[LOOM__STORE_INT_TEXT]);
+
+/* cas's comparison, for stores that do it in C: whether the current value
+ * cur (NULL: absent or expired) matches expected_json (NULL: "only if
+ * absent") byte for byte, as loom_store_ops.cas defines. */
+static inline bool loom__store_cas_match(const char *cur, const char *expected_json)
+{
+    return expected_json ? cur && strcmp(cur, expected_json) == 0 : !cur;
+}
 
 /* The "memory" store (memory.c), registered lazily by the registry.
  *   "memory:"      a store private to its opener;
