@@ -1,14 +1,28 @@
-/* In-process invoke benchmark (memory broker).
+/* Invoke benchmark: in process (memory broker) or against a remote command.
  *
- *   bench_invoke [seconds] [threads]
+ *   bench_invoke [seconds] [threads] [scenarios] [options]
  *
- * Prints one JSON object per scenario:
- *   direct   - the handler called directly with the same cJSON payload (the
- *              reference: what the work itself costs)
+ * scenarios is a comma-separated list (default: all four):
+ *   direct   - the handler's work called directly with the same cJSON payload
+ *              (the reference: what the work itself costs)
  *   call     - loom_runtime_call in a loop on one thread (blocking, inline)
- *   call_mt  - the same on N threads at once
- *   invoke   - loom_runtime_invoke (asynchronous, worker pool), 256 in flight
- * with operations per second and p50/p99 latency in microseconds. */
+ *   call_mt  - the same on `threads` threads at once
+ *   invoke   - loom_runtime_invoke (asynchronous, worker pool), --window in
+ *              flight (default 256)
+ * options:
+ *   --bytes N       request payload of about N bytes ({"n":41,"pad":"xx.."});
+ *                   default {"n":41}
+ *   --body JSON     request payload as given
+ *   --broker URL    broker (default "memory:")
+ *   --target S.C    call command C of service S (version 1) served elsewhere
+ *                   instead of the built-in bench.inc; `direct` is skipped
+ *   --window W      invocations in flight for `invoke`
+ *   --count N       run exactly N operations of each scenario, untimed, no
+ *                   warm-up (for `valgrind --tool=callgrind`: the difference
+ *                   between N and 0 calls, divided by N, is the cost of one)
+ *
+ * Prints one JSON object per scenario (bench.h: ops/s, p50/p99 in
+ * microseconds, peak RSS). Timed runs start with a short warm-up. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -16,14 +30,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench.h"
 #include "loom.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* The work: read a field of the payload, answer a small object. */
 static cJSON *work(const cJSON *payload)
@@ -37,104 +45,85 @@ static cJSON *work(const cJSON *payload)
 static void handler(loom_ctx *ctx, void *user)
 {
     (void)user;
-    loom_ctx_reply(ctx, work(loom_ctx_payload(ctx)));
+    cJSON *out = work(loom_ctx_payload(ctx));
+    if (loom_ctx_reply(ctx, out) != LOOM_OK)
+        cJSON_Delete(out);
 }
 
 LOOM_COMMAND(cmd_inc, .name = "inc", .handler = handler);
 LOOM_SERVICE(svc, .name = "bench", .version = "1", .commands = LOOM_COMMANDS(&cmd_inc));
 
-/* --- latency samples --------------------------------------------------------- */
+/* What every scenario calls, and with what. */
+typedef struct target {
+    char service[64], command[64];
+    cJSON *payload; /* duplicated for each call */
+    long count;     /* > 0: exactly this many operations, untimed */
+    long window;
+} target;
 
-typedef struct samples {
-    double *v;
-    size_t n, cap;
-} samples;
-
-static void sample_add(samples *s, double us)
-{
-    if (s->n == s->cap) {
-        s->cap = s->cap ? s->cap * 2 : 1 << 16;
-        s->v = realloc(s->v, s->cap * sizeof *s->v);
-        if (!s->v)
-            abort();
-    }
-    s->v[s->n++] = us;
-}
-
-static int cmp(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double pct(samples *s, double p)
-{
-    if (!s->n)
-        return 0;
-    qsort(s->v, s->n, sizeof *s->v, cmp);
-    return s->v[(size_t)(p * (double)(s->n - 1))];
-}
-
-static void report(const char *name, long ops, double secs, samples *lat)
-{
-    printf("{\"scenario\":\"%s\",\"ops\":%ld,\"seconds\":%.3f,\"ops_per_s\":%.0f,"
-           "\"p50_us\":%.3f,\"p99_us\":%.3f}\n",
-           name, ops, secs, (double)ops / secs, pct(lat, 0.50), pct(lat, 0.99));
-    fflush(stdout);
-}
+static target T = {.service = "bench", .command = "inc", .count = -1, .window = 256};
 
 /* Every 64th operation is timed, so timing does not dominate. */
 #define SAMPLE_EVERY 64
+#define WARMUP_OPS 2000
+
+static bool keep_going(long ops, double end)
+{
+    if (T.count >= 0)
+        return ops < T.count;
+    return (ops % 1000) != 0 || bench_now() < end;
+}
 
 static void bench_direct(double secs)
 {
-    cJSON *payload = cJSON_Parse("{\"n\":41}");
-    samples lat = {0};
+    bench_samples lat = {0};
     long ops = 0;
-    double start = now_s(), end = start + secs;
-    while (now_s() < end) {
-        for (int i = 0; i < 1000; i++, ops++) {
-            double t0 = (ops % SAMPLE_EVERY) == 0 ? now_s() : 0;
-            /* what a caller does around a direct call: build the request,
-             * get the answer, drop both */
-            cJSON *req = cJSON_Duplicate(payload, 1);
-            cJSON *out = work(req);
-            cJSON_Delete(req);
-            cJSON_Delete(out);
-            if (t0)
-                sample_add(&lat, (now_s() - t0) * 1e6);
-        }
+    double start = bench_now(), end = start + secs;
+    for (; keep_going(ops, end); ops++) {
+        double t0 = (ops % SAMPLE_EVERY) == 0 ? bench_now() : 0;
+        /* what a caller does around a direct call: build the request, get
+         * the answer, drop both */
+        cJSON *req = cJSON_Duplicate(T.payload, 1);
+        cJSON *out = work(req);
+        cJSON_Delete(req);
+        cJSON_Delete(out);
+        if (t0)
+            bench_sample_add(&lat, (bench_now() - t0) * 1e6);
     }
-    report("direct", ops, now_s() - start, &lat);
-    cJSON_Delete(payload);
+    bench_report("direct", ops, bench_now() - start, &lat);
     free(lat.v);
+}
+
+static void call_once(loom_runtime *rt)
+{
+    loom_call c = {.service = T.service, .command = T.command,
+                   .payload = cJSON_Duplicate(T.payload, 1)};
+    loom_msg *resp = NULL;
+    loom_err err = loom_runtime_call(rt, &c, &resp);
+    if (err != LOOM_OK || loom_msg_status(resp) != 200) {
+        fprintf(stderr, "bench_invoke: call failed: %s, status %d %s\n", loom_strerror(err),
+                resp ? loom_msg_status(resp) : 0, resp && loom_msg_error(resp) ? loom_msg_error(resp) : "");
+        abort();
+    }
+    loom_msg_release(resp);
 }
 
 typedef struct thread_arg {
     loom_runtime *rt;
     double end;
     long ops;
-    samples lat;
+    bench_samples lat;
 } thread_arg;
 
 static void *call_loop(void *p)
 {
     thread_arg *a = p;
-    cJSON *payload = cJSON_Parse("{\"n\":41}");
-    while (now_s() < a->end) {
-        for (int i = 0; i < 1000; i++, a->ops++) {
-            double t0 = (a->ops % SAMPLE_EVERY) == 0 ? now_s() : 0;
-            loom_call c = {.service = "bench", .command = "inc",
-                           .payload = cJSON_Duplicate(payload, 1)};
-            loom_msg *resp = NULL;
-            if (loom_runtime_call(a->rt, &c, &resp) != LOOM_OK || loom_msg_status(resp) != 200)
-                abort();
-            loom_msg_release(resp);
-            if (t0)
-                sample_add(&a->lat, (now_s() - t0) * 1e6);
-        }
+    for (; keep_going(a->ops, a->end); a->ops++) {
+        double t0 = (a->ops % SAMPLE_EVERY) == 0 ? bench_now() : 0;
+        call_once(a->rt);
+        if (t0)
+            bench_sample_add(&a->lat, (bench_now() - t0) * 1e6);
     }
-    cJSON_Delete(payload);
     return NULL;
 }
 
@@ -142,64 +131,88 @@ static void bench_call(loom_runtime *rt, double secs, int threads, const char *n
 {
     thread_arg *args = calloc((size_t)threads, sizeof *args);
     pthread_t *th = calloc((size_t)threads, sizeof *th);
-    double start = now_s();
+    if (!args || !th)
+        abort();
+    double start = bench_now();
     for (int i = 0; i < threads; i++) {
         args[i].rt = rt;
         args[i].end = start + secs;
-        pthread_create(&th[i], NULL, call_loop, &args[i]);
+        if (pthread_create(&th[i], NULL, call_loop, &args[i]) != 0)
+            abort();
     }
     long ops = 0;
-    samples all = {0};
+    bench_samples all = {0};
     for (int i = 0; i < threads; i++) {
         pthread_join(th[i], NULL);
         ops += args[i].ops;
-        for (size_t k = 0; k < args[i].lat.n; k++)
-            sample_add(&all, args[i].lat.v[k]);
+        bench_samples_merge(&all, &args[i].lat);
         free(args[i].lat.v);
     }
-    report(name, ops, now_s() - start, &all);
+    bench_report(name, ops, bench_now() - start, &all);
     free(all.v);
     free(args);
     free(th);
 }
 
-/* Asynchronous: keep `window` invocations in flight. */
+/* Asynchronous: keep `window` invocations in flight; latency from invoke to
+ * callback for every SAMPLE_EVERY-th one. */
 typedef struct async_state {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long inflight, done;
+    bench_samples lat;
 } async_state;
+
+typedef struct async_call {
+    async_state *s;
+    double t0;
+} async_call;
 
 static void async_cb(loom_runtime *rt, const loom_msg *resp, void *user)
 {
     (void)rt;
-    if (loom_msg_status(resp) != 200)
+    if (loom_msg_status(resp) != 200) {
+        fprintf(stderr, "bench_invoke: invoke answered %d %s\n", loom_msg_status(resp),
+                loom_msg_error(resp) ? loom_msg_error(resp) : "");
         abort();
-    async_state *s = user;
+    }
+    async_call *ac = user;
+    async_state *s = ac->s;
+    double us = ac->t0 ? (bench_now() - ac->t0) * 1e6 : 0;
+    free(ac);
     pthread_mutex_lock(&s->mu);
+    if (us)
+        bench_sample_add(&s->lat, us);
     s->inflight--;
     s->done++;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
 
-static void bench_invoke(loom_runtime *rt, double secs, long window)
+static void bench_invoke(loom_runtime *rt, double secs)
 {
-    async_state s = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
-    cJSON *payload = cJSON_Parse("{\"n\":41}");
-    double start = now_s(), end = start + secs;
-    while (now_s() < end) {
+    async_state s = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, {0}};
+    long issued = 0;
+    double start = bench_now(), end = start + secs;
+    while (T.count >= 0 ? issued < T.count : bench_now() < end) {
         pthread_mutex_lock(&s.mu);
-        while (s.inflight >= window)
+        while (s.inflight >= T.window)
             pthread_cond_wait(&s.cv, &s.mu);
-        long room = window - s.inflight;
+        long room = T.window - s.inflight;
+        if (T.count >= 0 && room > T.count - issued)
+            room = T.count - issued;
         s.inflight += room;
         pthread_mutex_unlock(&s.mu);
-        for (long i = 0; i < room; i++) {
-            loom_call c = {.service = "bench", .command = "inc",
-                           .payload = cJSON_Duplicate(payload, 1)};
+        for (long i = 0; i < room; i++, issued++) {
+            async_call *ac = malloc(sizeof *ac);
+            if (!ac)
+                abort();
+            ac->s = &s;
+            ac->t0 = (issued % SAMPLE_EVERY) == 0 ? bench_now() : 0;
+            loom_call c = {.service = T.service, .command = T.command,
+                           .payload = cJSON_Duplicate(T.payload, 1)};
             loom_err err;
-            while ((err = loom_runtime_invoke(rt, &c, async_cb, &s)) == LOOM_EOVERLOAD)
+            while ((err = loom_runtime_invoke(rt, &c, async_cb, ac)) == LOOM_EOVERLOAD)
                 ;
             if (err != LOOM_OK)
                 abort();
@@ -210,31 +223,108 @@ static void bench_invoke(loom_runtime *rt, double secs, long window)
         pthread_cond_wait(&s.cv, &s.mu);
     long done = s.done;
     pthread_mutex_unlock(&s.mu);
-    samples none = {0};
-    report("invoke", done, now_s() - start, &none);
-    cJSON_Delete(payload);
+    char name[32];
+    snprintf(name, sizeof name, "invoke_%ld", T.window);
+    bench_report(name, done, bench_now() - start, &s.lat);
+    free(s.lat.v);
+}
+
+static bool wanted(const char *list, const char *name)
+{
+    if (!*list)
+        return true;
+    size_t n = strlen(name);
+    for (const char *p = list; (p = strstr(p, name)); p += n)
+        if ((p == list || p[-1] == ',') && (p[n] == ',' || p[n] == 0))
+            return true;
+    return false;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: bench_invoke [seconds] [threads] [direct,call,call_mt,invoke]\n"
+                    "       [--bytes N | --body JSON] [--broker URL] [--target SVC.CMD]\n"
+                    "       [--window W] [--count N]\n");
+    exit(2);
 }
 
 int main(int argc, char **argv)
 {
-    double secs = argc > 1 ? atof(argv[1]) : 2.0;
-    int threads = argc > 2 ? atoi(argv[2]) : 2;
-    const char *only = argc > 3 ? argv[3] : "";
-    loom_runtime_config cfg = {.log_level = LOOM_LOG_WARN, .workers = (unsigned)threads};
+    double secs = 2.0;
+    int threads = 2, pos = 0;
+    const char *only = "", *broker = "memory:", *body = "{\"n\":41}";
+    char *owned_body = NULL;
+    bool remote = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] != '-' || a[1] != '-') {
+            if (pos == 0)
+                secs = atof(a);
+            else if (pos == 1)
+                threads = atoi(a);
+            else if (pos == 2)
+                only = a;
+            else
+                usage();
+            pos++;
+            continue;
+        }
+        const char *v = i + 1 < argc ? argv[++i] : NULL;
+        if (!v)
+            usage();
+        if (!strcmp(a, "--bytes")) {
+            free(owned_body);
+            body = owned_body = bench_payload_text((size_t)atol(v));
+        } else if (!strcmp(a, "--body")) {
+            body = v;
+        } else if (!strcmp(a, "--broker")) {
+            broker = v;
+        } else if (!strcmp(a, "--target")) {
+            const char *dot = strchr(v, '.');
+            if (!dot || dot == v || !dot[1] || (size_t)(dot - v) >= sizeof T.service ||
+                strlen(dot + 1) >= sizeof T.command)
+                usage();
+            snprintf(T.service, sizeof T.service, "%.*s", (int)(dot - v), v);
+            snprintf(T.command, sizeof T.command, "%s", dot + 1);
+            remote = true;
+        } else if (!strcmp(a, "--window")) {
+            T.window = atol(v);
+        } else if (!strcmp(a, "--count")) {
+            T.count = atol(v);
+        } else {
+            usage();
+        }
+    }
+    if (secs < 0 || threads < 1 || T.window < 1)
+        usage();
+    T.payload = cJSON_Parse(body);
+    free(owned_body);
+    if (!T.payload) {
+        fprintf(stderr, "bench_invoke: the payload is not JSON\n");
+        return 2;
+    }
+    loom_runtime_config cfg = {.log_level = LOOM_LOG_WARN, .workers = (unsigned)threads,
+                               .broker_url = broker};
     loom_runtime *rt = NULL;
-    if (loom_runtime_create(&rt, &cfg) || loom_runtime_add_service(rt, &svc, NULL) ||
-        loom_runtime_start(rt) || loom_runtime_wait_ready(rt, 5000)) {
+    if (loom_runtime_create(&rt, &cfg) || (!remote && loom_runtime_add_service(rt, &svc, NULL)) ||
+        loom_runtime_start(rt) || loom_runtime_wait_ready(rt, 10000)) {
         fprintf(stderr, "bench_invoke: cannot start the runtime\n");
+        loom_runtime_destroy(rt);
+        cJSON_Delete(T.payload);
         return 1;
     }
-    if (!*only || !strcmp(only, "direct"))
+    if (T.count < 0) /* warm-up: routes, caches, allocator */
+        for (int i = 0; i < WARMUP_OPS / (remote ? 10 : 1); i++)
+            call_once(rt);
+    if (!remote && wanted(only, "direct"))
         bench_direct(secs);
-    if (!*only || !strcmp(only, "call"))
+    if (wanted(only, "call"))
         bench_call(rt, secs, 1, "call");
-    if (!*only || !strcmp(only, "call_mt"))
+    if (wanted(only, "call_mt"))
         bench_call(rt, secs, threads, "call_mt");
-    if (!*only || !strcmp(only, "invoke"))
-        bench_invoke(rt, secs, 256);
+    if (wanted(only, "invoke"))
+        bench_invoke(rt, secs);
     loom_runtime_destroy(rt);
+    cJSON_Delete(T.payload);
     return 0;
 }
