@@ -554,7 +554,7 @@ static void test_unknown_keys(void **state)
     expect_load_error("broker:\n  x.y: 1\n", LOOM_ECONFIG,
                       "shop.yaml:2: broker.x.y: unknown key (known keys here: url, prefix, "
                       "client_id, username, password, password_file, keepalive, session_expiry, "
-                      "connect_timeout_ms, reconnect_min_ms, reconnect_max_ms, buffer, heartbeat_ms, qos, tls)");
+                      "connect_timeout_ms, reconnect_min_ms, reconnect_max_ms, buffer, heartbeat_ms, randomize, send_asap, qos, tls)");
     /* A very long key gets no suggestion attempt but the same error. */
     char yaml[300];
     memset(yaml, 'k', 200);

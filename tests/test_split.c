@@ -1,17 +1,36 @@
 /* The split deployment: the shop binary run as separate processes over a
- * real mosquitto, each with some of the services, the HTTP bridge in a
+ * real broker, each with some of the services, the HTTP bridge in a
  * process of its own, and runtimes created by the test itself as extra
  * clients (they read which instance served a call, and hold subscriptions
  * of both delivery modes).
  *
- * Each test gets its own mosquitto on a free loopback port
- * (tests/support/mosquitto.h), its own temporary directory (the state file
- * the shop processes share, their logs) and a `mosquitto_sub` watching the
- * discovery topics, so a test can wait until an instance has announced
- * itself or its announcement was cleared. Every process is started with a
- * fixed --instance, so its topics are known. Every wait is bounded; the
- * per-test teardown kills and reaps every child even when the test failed,
- * and prints their logs then.
+ * One suite, two brokers. The tests are written once against a broker
+ * fixture (start, stop, kill, restart, URL, a discovery watcher, a plain
+ * client of the broker, and flags for what the broker does differently);
+ * this file runs them over MQTT (mosquitto) and, compiled again by
+ * test_split_nats.c with SPLIT_NATS defined, over NATS (nats-server), where
+ * it adds the three-node cluster test. How the brokers differ, and what the
+ * tests expect of each:
+ *   - MQTT keeps announcements retained and clears a crashed instance's
+ *     with its Last Will, at once; NATS core has neither: instances beat
+ *     every second and an announcement expires after three missed beats.
+ *   - A plain client calls a command with mosquitto_rr (MQTT 5: response
+ *     topic, `status` user property) or with a nats.c request (reply
+ *     inbox, `status` header).
+ *   - Junk is published with mosquitto_pub (some of it retained) or with
+ *     nats.c (never retained: NATS keeps nothing).
+ *   - mosquitto hands a group's messages out in turn; NATS picks a queue
+ *     group member at random, so tests that expect a spread send more.
+ *
+ * Each test gets its own broker on free loopback ports
+ * (tests/support/mosquitto.h, tests/support/nats.h), its own temporary
+ * directory (the state file the shop processes share, their logs) and a
+ * watcher of the discovery topics (`mosquitto_sub`, or a nats.c
+ * subscription), so a test can wait until an instance has announced itself
+ * or its announcement was cleared (or, on NATS, expired). Every process is
+ * started with a fixed --instance, so its topics are known. Every wait is
+ * bounded; the per-test teardown kills and reaps every child even when the
+ * test failed, and prints their logs then.
  *
  * The shop binary is found under $LOOM_TEST_BUILD (set by `make check`;
  * default "."). mosquitto_rr, mosquitto_pub and mosquitto_sub come from
@@ -29,8 +48,10 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <nats/nats.h>
 
 #include "support/mosquitto.h"
+#include "support/nats.h"
 #include "support/proc.h"
 #include "support/support.h"
 
@@ -43,12 +64,90 @@
 #define TOOL_TIMEOUT_MS 15000                  /* one mosquitto_* run */
 #define SHOP_ROUTES 6                          /* HTTP routes the four services expose */
 
+/* The NATS servers' extra configuration: the junk test publishes 2 MiB
+ * (the default limit is 1 MiB). */
+#define NATS_CONF "max_payload: 4MB"
+#define NATS_WATCH_MAX 64         /* instances the NATS discovery watcher tracks */
+#define NATS_EXPIRY_MARGIN_MS 300 /* after an announcement's ttlMs */
+#define NATS_REQUEST_TIMEOUT_MS 5000
+
 static char shop_path[4096];
 static char rr_path[256], pub_path[256], sub_path[256];
 
+/* What junk_publish sends: a text, nothing (a zero-length message), or a
+ * file's bytes. */
+typedef enum junk_kind { JUNK_TEXT, JUNK_EMPTY, JUNK_FILE } junk_kind;
+
+typedef struct junk {
+    const char *topic;
+    junk_kind kind;
+    const char *arg; /* the text, or the file's path */
+    bool retain;     /* kept by the broker for later subscribers (MQTT only) */
+} junk;
+
+/* The broker a test runs on. The suite is written once against this. */
+typedef struct broker_fixture {
+    const char *name;
+    /* Whether this build's tools are there; prints what is missing. */
+    bool (*available)(void);
+    /* Starts the broker(s) and the discovery watcher; fails the test. */
+    void (*start)(void);
+    /* Prints where the broker's logs are (a test failed). */
+    void (*describe)(void);
+    /* Ends the broker(s): a clean stop that removes their files, or (keep)
+     * a SIGKILL that keeps them for a look. */
+    void (*stop)(bool keep);
+    /* A crash, and a start on the same ports afterwards (NULL: not
+     * supported, e.g. for a whole cluster). */
+    void (*kill)(void);
+    void (*restart)(void);
+    /* The URL the shop processes and the test's runtimes connect to. */
+    const char *(*url)(void);
+    /* 1 when the instance's last discovery message is an announcement
+     * still in force, 0 when it was cleared (or expired), -1 when none was
+     * seen. */
+    int (*announcement_state)(const char *instance);
+    /* A plain client of the broker sends a bare JSON payload to a command
+     * topic and waits for the answer: the bare JSON (cJSON_Delete it) and
+     * its `status`. Fails the test when there is none. */
+    cJSON *(*plain_request)(const char *topic, const char *payload, int *status);
+    /* A plain client publishes junk on a loom topic; must succeed. */
+    void (*junk_publish)(const junk *j);
+    /* Crashed instances' announcements are cleared at once by the broker
+     * (a Last Will) rather than expiring after missed heartbeats, and
+     * retained messages exist. */
+    bool retained;
+    /* A group's messages go to a random member, not to each in turn. */
+    bool random_groups;
+    /* How long after the last process announced itself a process may
+     * still not know all the others' announcements: 0 where the broker
+     * replays the retained ones first. On NATS a process learns the others
+     * from their heartbeats, and an instance's second beat comes 2 s after
+     * its first (the core skips the beat at 1 s: the instance is not ready
+     * itself until 1.2 s), while the core already answers 503 "no
+     * receiver" for what it has not heard of yet. So the tests let that
+     * time pass before a call crosses processes (settle()). */
+    int settle_ms;
+} broker_fixture;
+
+/* One instance's latest discovery message, as the NATS watcher saw it. */
+typedef struct seen_announcement {
+    char instance[64];
+    bool cleared;   /* an empty message: a graceful stop */
+    int64_t at;     /* t_mono_ms() when it was read */
+    int64_t ttl_ms; /* the announcement's ttlMs */
+} seen_announcement;
+
 /* One test's deployment. Only the main thread touches it. */
 typedef struct layout {
-    t_broker broker;
+    const broker_fixture *fx;
+    t_broker broker;           /* MQTT */
+    t_nats nats;               /* NATS, one server */
+    t_nats_cluster cluster;    /* NATS, three nodes */
+    natsConnection *nc;        /* the test's own NATS client */
+    natsSubscription *svc_sub; /* {prefix}.svc.*, polled (never a callback) */
+    seen_announcement seen[NATS_WATCH_MAX];
+    size_t n_seen;
     char dir[64];
     char state_url[128]; /* file: store shared by the service processes */
     char **env;
@@ -60,8 +159,9 @@ typedef struct layout {
     int http_port;
     loom_runtime *rts[MAX_RTS];
     size_t n_rts;
-    int emails;  /* makes each test user's email unique */
-    bool passed; /* set last by each test: teardown prints the logs otherwise */
+    int emails;         /* makes each test user's email unique */
+    int64_t settled_at; /* t_mono_ms() when every process started knows the others */
+    bool passed;        /* set last by each test: teardown prints the logs otherwise */
 } layout;
 
 static layout L;
@@ -132,14 +232,14 @@ static size_t collect(char *p, size_t size, size_t n, void *user)
     return size * n;
 }
 
-/* One request to the bridge; body (may be NULL) is sent as JSON. */
-static long http(http_res *res, const char *method, const char *path, const char *body)
+/* One request to 127.0.0.1:port; body (may be NULL) is sent as JSON. */
+static long http_to(http_res *res, int port, const char *method, const char *path, const char *body)
 {
     free(res->body.data);
     memset(res, 0, sizeof *res);
     t_buf_add(&res->body, "", 0);
     char url[512];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", L.http_port, path);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
     CURL *c = curl_easy_init();
     if (!c)
         fail_msg("curl_easy_init failed");
@@ -161,6 +261,15 @@ static long http(http_res *res, const char *method, const char *path, const char
     curl_slist_free_all(hdrs);
     curl_easy_cleanup(c);
     return res->status;
+}
+
+static void settle(void);
+
+/* One request to the bridge. */
+static long http(http_res *res, const char *method, const char *path, const char *body)
+{
+    settle();
+    return http_to(res, L.http_port, method, path, body);
 }
 
 static void expect_http(const http_res *res, long want, const char *what)
@@ -193,13 +302,13 @@ static t_proc *new_proc(void)
     return &L.procs[L.n_procs++];
 }
 
-/* Starts `shop --services SERVICES --instance INSTANCE` on the test's
- * broker, with the shared file store (state NULL) or the given one, more
- * flags in extra (NULL-terminated, may be NULL). Returns at once. */
-static t_proc *shop_start(const char *instance, const char *services, const char *state,
-                          const char *log_level, const char *const *extra)
+/* Starts `shop --services SERVICES --instance INSTANCE --broker URL`, with
+ * the shared file store (state NULL) or the given one, more flags in extra
+ * (NULL-terminated, may be NULL). Returns at once. */
+static t_proc *shop_start_on(const char *url, const char *instance, const char *services,
+                             const char *state, const char *log_level, const char *const *extra)
 {
-    const char *args[40] = {"--services", services,   "--broker",    t_broker_url(&L.broker),
+    const char *args[40] = {"--services", services,   "--broker",    url,
                             "--instance", instance,   "--state",     state ? state : L.state_url,
                             "--workers",  "2",        "--log-level", log_level ? log_level : "info",
                             "--set",      CMD_TIMEOUT};
@@ -217,9 +326,16 @@ static t_proc *shop_start(const char *instance, const char *services, const char
     return p;
 }
 
-/* Starts the discovery watcher: one line "TOPIC LENGTH" per message on
- * {prefix}/svc/+ (retained ones included), in the order received. */
-static void watch_start(void)
+/* The same on the test's broker. */
+static t_proc *shop_start(const char *instance, const char *services, const char *state,
+                          const char *log_level, const char *const *extra)
+{
+    return shop_start_on(L.fx->url(), instance, services, state, log_level, extra);
+}
+
+/* Starts the MQTT discovery watcher: one line "TOPIC LENGTH" per message
+ * on {prefix}/svc/+ (retained ones included), in the order received. */
+static void mqtt_watch_start(void)
 {
     char port[16], log[128];
     snprintf(port, sizeof port, "%d", L.broker.port);
@@ -231,10 +347,10 @@ static void watch_start(void)
                  L.env, log);
 }
 
-/* 1 when the last discovery message seen for this instance is an
+/* MQTT: 1 when the last discovery message seen for this instance is an
  * announcement, 0 when it was a clear (an empty message: stop or will),
  * -1 when none was seen. */
-static int announcement_state(const char *instance)
+static int mqtt_announcement_state(const char *instance)
 {
     char prefix[128];
     int n = snprintf(prefix, sizeof prefix, "loom/svc/%s ", instance);
@@ -258,38 +374,57 @@ static int announcement_state(const char *instance)
 static void wait_announcement(const char *instance, int want, int timeout_ms)
 {
     int64_t deadline = t_mono_ms() + timeout_ms;
-    while (announcement_state(instance) != want) {
+    while (L.fx->announcement_state(instance) != want) {
         for (size_t i = 0; i < L.n_procs; i++)
             if (strcmp(L.procs[i].name, instance) == 0 && want == 1 && !L.down[i] &&
                 !t_proc_running(&L.procs[i]))
                 fail_msg("%s exited with %d before announcing itself", instance, L.procs[i].status);
         if (t_mono_ms() >= deadline)
-            fail_msg("%s: no %s on loom/svc/%s within %d ms", instance,
-                     want ? "announcement" : "clear", instance, timeout_ms);
+            fail_msg("%s: no %s on loom/svc/%s within %d ms (%s)", instance,
+                     want ? "announcement" : "clear", instance, timeout_ms, L.fx->name);
         t_sleep_ms(20);
     }
+}
+
+/* Waits until the instance is announced; it knows the others'
+ * announcements settle_ms later (see broker_fixture). */
+static void wait_started(const char *instance)
+{
+    wait_announcement(instance, 1, START_TIMEOUT_MS);
+    int64_t at = t_mono_ms() + L.fx->settle_ms;
+    if (at > L.settled_at)
+        L.settled_at = at;
+}
+
+/* Before a call that crosses processes: waits until every process started
+ * so far knows the others (at once on MQTT). */
+static void settle(void)
+{
+    int64_t left = L.settled_at - t_mono_ms();
+    if (left > 0)
+        t_sleep_ms((int)left);
 }
 
 /* Starts the shop's service processes and waits until each is announced. */
 static t_proc *service_start(const char *instance, const char *services, const char *log_level)
 {
     t_proc *p = shop_start(instance, services, NULL, log_level, NULL);
-    wait_announcement(instance, 1, START_TIMEOUT_MS);
+    wait_started(instance);
     return p;
 }
 
 /* Starts the bridge process D (`--services none --http 127.0.0.1:PORT`)
- * and waits until /healthz answers. A free port may be taken before the
- * child binds it: then another is tried. */
-static void bridge_start(void)
+ * on the broker at url and waits until /healthz answers. A free port may
+ * be taken before the child binds it: then another is tried. */
+static void bridge_start_on(const char *url)
 {
     for (int attempt = 0; attempt < 3; attempt++) {
         L.http_port = t_free_port();
         char addr[64], name[32];
         snprintf(addr, sizeof addr, "127.0.0.1:%d", L.http_port);
         snprintf(name, sizeof name, attempt ? "bridge-%d" : "bridge", attempt);
-        L.bridge = shop_start(name, "none", "memory:", "info",
-                              (const char *const[]){"--http", addr, NULL});
+        L.bridge = shop_start_on(url, name, "none", "memory:", "info",
+                                 (const char *const[]){"--http", addr, NULL});
         http_res res = {0};
         int64_t deadline = t_mono_ms() + START_TIMEOUT_MS;
         bool up = false;
@@ -306,6 +441,12 @@ static void bridge_start(void)
         if (t_proc_log_count(L.bridge, "cannot start the HTTP bridge") == 0 || attempt == 2)
             fail_msg("the bridge exited with %d", L.bridge->status);
     }
+}
+
+/* The same on the test's broker. */
+static void bridge_start(void)
+{
+    bridge_start_on(L.fx->url());
 }
 
 /* Waits until the bridge is ready and knows `routes` routes. */
@@ -366,12 +507,14 @@ static void stop_all_cleanly(void)
 
 /* --- in-test runtimes ---------------------------------------------------------- */
 
-/* A runtime of the test process on the test's broker, started and ready. */
-static loom_runtime *probe_start(const char *instance, const loom_service_def *svc, void *user)
+/* A runtime of the test process on the broker at url, started and
+ * ready. */
+static loom_runtime *probe_start_on(const char *url, const char *instance,
+                                    const loom_service_def *svc, void *user)
 {
     if (L.n_rts == MAX_RTS)
         fail_msg("too many runtimes in one test");
-    loom_runtime_config rc = {.broker_url = t_broker_url(&L.broker),
+    loom_runtime_config rc = {.broker_url = url,
                               .instance_id = instance,
                               .workers = 2,
                               .default_timeout_ms = CALL_TIMEOUT_MS,
@@ -387,6 +530,12 @@ static loom_runtime *probe_start(const char *instance, const loom_service_def *s
     return rt;
 }
 
+/* The same on the test's broker. */
+static loom_runtime *probe_start(const char *instance, const loom_service_def *svc, void *user)
+{
+    return probe_start_on(L.fx->url(), instance, svc, user);
+}
+
 /* Calls service.command with the payload (JSON text, may be NULL) and the
  * parameter (may be NULL). Returns the response (release it), or NULL when
  * the call itself failed (*err says why). */
@@ -400,6 +549,7 @@ static loom_msg *call(loom_runtime *rt, const char *service, const char *command
                    .parameter = param ? t_json(param) : NULL,
                    .timeout_ms = CALL_TIMEOUT_MS};
     loom_msg *resp = NULL;
+    settle();
     loom_err e = loom_runtime_call(rt, &c, &resp);
     if (err)
         *err = e;
@@ -537,7 +687,431 @@ static t_proc *expect_captured_by_one(const placed *o, t_proc *const *by, size_t
     return who;
 }
 
+/* --- brokers: MQTT ----------------------------------------------------------------- */
+
+static bool mqtt_available(void)
+{
+    if (!find_tool("mosquitto_rr", rr_path, sizeof rr_path) ||
+        !find_tool("mosquitto_pub", pub_path, sizeof pub_path) ||
+        !find_tool("mosquitto_sub", sub_path, sizeof sub_path)) {
+        fprintf(stderr, "test_split: install mosquitto-clients (make deps)\n");
+        return false;
+    }
+    if (!t_broker_binary()) {
+        fprintf(stderr, "test_split: install mosquitto (make deps)\n");
+        return false;
+    }
+    return true;
+}
+
+static void mqtt_start(void)
+{
+    t_broker_start(&L.broker);
+    mqtt_watch_start();
+}
+
+static void mqtt_describe(void)
+{
+    fprintf(stderr, "(mosquitto's log: %s/mosquitto.log)\n", L.broker.dir);
+}
+
+static void mqtt_stop(bool keep)
+{
+    if (keep)
+        t_broker_kill(&L.broker); /* keeps its directory and log */
+    else
+        t_broker_stop(&L.broker);
+}
+
+static void mqtt_kill(void)
+{
+    t_broker_kill(&L.broker);
+}
+
+static void mqtt_restart(void)
+{
+    t_broker_restart(&L.broker);
+}
+
+static const char *mqtt_url(void)
+{
+    return t_broker_url(&L.broker);
+}
+
+/* Runs mosquitto_rr (MQTT 5) against a command topic with a bare JSON
+ * payload; on return *status is the `status` user property of the answer
+ * and the result is the bare JSON body (cJSON_Delete it). */
+static cJSON *mqtt_plain_request(const char *topic, const char *payload, int *status)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", L.broker.port);
+    t_run r;
+    t_run_prog(&r, rr_path,
+               (const char *const[]){"-V", "5", "-h", "127.0.0.1", "-p", port, "-t", topic, "-e",
+                                     "rr/reply/test", "-m", payload, "-F", "%P|%p", "-W", "5",
+                                     NULL},
+               L.env, TOOL_TIMEOUT_MS);
+    if (r.status != 0)
+        fail_msg("mosquitto_rr exited with %d: %s%s", r.status, t_run_out(&r), t_run_err(&r));
+    const char *out = t_run_out(&r);
+    const char *bar = strchr(out, '|');
+    if (strncmp(out, "status:", 7) != 0 || !bar)
+        fail_msg("mosquitto_rr printed no status property: %s", out);
+    *status = atoi(out + 7);
+    cJSON *body = parse_json(bar + 1, "mosquitto_rr's answer");
+    t_run_free(&r);
+    return body;
+}
+
+/* mosquitto_pub -t TOPIC [-r] -m TEXT | -n | -f FILE; must succeed. */
+static void mqtt_junk_publish(const junk *j)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", L.broker.port);
+    const char *argv[16] = {"-h", "127.0.0.1", "-p", port, "-t", j->topic};
+    size_t n = 6;
+    if (j->retain)
+        argv[n++] = "-r";
+    switch (j->kind) {
+    case JUNK_TEXT:
+        argv[n++] = "-m";
+        argv[n++] = j->arg;
+        break;
+    case JUNK_EMPTY:
+        argv[n++] = "-n";
+        break;
+    case JUNK_FILE:
+        argv[n++] = "-f";
+        argv[n++] = j->arg;
+        break;
+    }
+    argv[n] = NULL;
+    t_run r;
+    t_run_prog(&r, pub_path, argv, L.env, TOOL_TIMEOUT_MS);
+    if (r.status != 0)
+        fail_msg("mosquitto_pub -t %s exited with %d: %s", j->topic, r.status, t_run_err(&r));
+    t_run_free(&r);
+}
+
+static const broker_fixture mqtt_fixture = {
+    .name = "mqtt",
+    .available = mqtt_available,
+    .start = mqtt_start,
+    .describe = mqtt_describe,
+    .stop = mqtt_stop,
+    .kill = mqtt_kill,
+    .restart = mqtt_restart,
+    .url = mqtt_url,
+    .announcement_state = mqtt_announcement_state,
+    .plain_request = mqtt_plain_request,
+    .junk_publish = mqtt_junk_publish,
+    .retained = true,
+    .random_groups = false,
+};
+
+/* --- brokers: NATS ------------------------------------------------------------------ */
+
+/* A loom topic as a NATS subject. The tests' topics have no byte the
+ * adapter escapes (see docs/adapters.md), so '/' -> '.' is the whole
+ * mapping. */
+static void nats_subject(const char *topic, char *out, size_t n)
+{
+    if (strlen(topic) >= n)
+        fail_msg("topic too long: %s", topic);
+    for (size_t i = 0;; i++) {
+        if (topic[i] && strchr(".*> %", topic[i]))
+            fail_msg("nats_subject: '%s' needs escaping", topic);
+        out[i] = topic[i] == '/' ? '.' : topic[i];
+        if (!topic[i])
+            break;
+    }
+}
+
+static void nats_check(natsStatus s, const char *what)
+{
+    if (s != NATS_OK)
+        fail_msg("nats.c: %s: %s (%s)", what, natsStatus_GetText(s), nats_GetLastError(NULL));
+}
+
+/* Connects the test's own NATS client to the servers on ports (it
+ * reconnects, forever, to any of them) and subscribes to the discovery
+ * subjects. The subscription is synchronous: announcement_state() polls
+ * it from the main thread, so no nats.c thread touches the layout. */
+static void nats_client_start(const int *ports, size_t n)
+{
+    char urls[T_NATS_CLUSTER_NODES][64];
+    const char *servers[T_NATS_CLUSTER_NODES];
+    if (n > T_NATS_CLUSTER_NODES)
+        fail_msg("nats_client_start: too many servers");
+    for (size_t i = 0; i < n; i++) {
+        snprintf(urls[i], sizeof urls[i], "nats://127.0.0.1:%d", ports[i]);
+        servers[i] = urls[i];
+    }
+    natsOptions *o = NULL;
+    nats_check(natsOptions_Create(&o), "natsOptions_Create");
+    natsStatus s = natsOptions_SetServers(o, servers, (int)n);
+    if (s == NATS_OK)
+        s = natsOptions_SetName(o, "test-watch");
+    if (s == NATS_OK)
+        s = natsOptions_SetMaxReconnect(o, -1);
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectWait(o, 100);
+    if (s == NATS_OK)
+        s = natsOptions_SetTimeout(o, 2000);
+    if (s == NATS_OK)
+        s = natsConnection_Connect(&L.nc, o);
+    natsOptions_Destroy(o);
+    nats_check(s, "connect the test's client");
+    nats_check(natsConnection_SubscribeSync(&L.svc_sub, L.nc, "loom.svc.*"), "subscribe");
+    nats_check(natsConnection_Flush(L.nc), "flush");
+}
+
+static void nats_client_stop(void)
+{
+    natsSubscription_Destroy(L.svc_sub);
+    natsConnection_Destroy(L.nc);
+    L.svc_sub = NULL;
+    L.nc = NULL;
+}
+
+static bool nats_available(void)
+{
+    if (!t_nats_binary()) {
+        fprintf(stderr, "test_split: install nats-server (make deps)\n");
+        return false;
+    }
+    return true;
+}
+
+static void nats_start(void)
+{
+    t_nats_start_with(&L.nats, NATS_CONF);
+    nats_client_start(&L.nats.port, 1);
+}
+
+static void nats_describe(void)
+{
+    fprintf(stderr, "(nats-server's log: %s/nats.log)\n", L.nats.dir);
+}
+
+static void nats_stop(bool keep)
+{
+    nats_client_stop();
+    if (keep)
+        t_nats_kill(&L.nats); /* keeps its directory and log */
+    else
+        t_nats_stop(&L.nats);
+}
+
+static void nats_kill(void)
+{
+    t_nats_kill(&L.nats);
+}
+
+static void nats_restart(void)
+{
+    t_nats_restart(&L.nats);
+}
+
+static const char *nats_url(void)
+{
+    return t_nats_url(&L.nats);
+}
+
+/* Reads every discovery message that arrived since the last call. */
+static void nats_poll_announcements(void)
+{
+    natsMsg *m = NULL;
+    while (natsSubscription_NextMsg(&m, L.svc_sub, 0) == NATS_OK) {
+        const char *subject = natsMsg_GetSubject(m);
+        const char *instance = subject + strlen("loom.svc.");
+        int len = natsMsg_GetDataLength(m);
+        seen_announcement *a = NULL;
+        for (size_t i = 0; i < L.n_seen && !a; i++)
+            if (strcmp(L.seen[i].instance, instance) == 0)
+                a = &L.seen[i];
+        if (!a && L.n_seen < NATS_WATCH_MAX && strlen(instance) < sizeof a->instance) {
+            a = &L.seen[L.n_seen++];
+            snprintf(a->instance, sizeof a->instance, "%s", instance);
+        }
+        if (a) {
+            a->cleared = len == 0;
+            a->at = t_mono_ms();
+            a->ttl_ms = 3000; /* the default: three beats of 1 s */
+            cJSON *env = len ? cJSON_ParseWithLength(natsMsg_GetData(m), (size_t)len) : NULL;
+            const cJSON *ttl = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(env, "payload"), "ttlMs");
+            if (cJSON_IsNumber(ttl) && ttl->valuedouble > 0)
+                a->ttl_ms = (int64_t)ttl->valuedouble;
+            cJSON_Delete(env);
+        }
+        natsMsg_Destroy(m);
+    }
+}
+
+/* NATS: 1 while the instance's announcement is repeated in time, 0 once it
+ * was cleared (a graceful stop) or has expired (no beat for its ttlMs: a
+ * crash), -1 when none was seen. */
+static int nats_announcement_state(const char *instance)
+{
+    nats_poll_announcements();
+    for (size_t i = 0; i < L.n_seen; i++) {
+        const seen_announcement *a = &L.seen[i];
+        if (strcmp(a->instance, instance) != 0)
+            continue;
+        if (a->cleared || t_mono_ms() - a->at > a->ttl_ms + NATS_EXPIRY_MARGIN_MS)
+            return 0;
+        return 1;
+    }
+    return -1;
+}
+
+/* A nats.c request (reply inbox) with the bare JSON payload: the answer's
+ * `status` header and bare JSON body. */
+static cJSON *nats_plain_request(const char *topic, const char *payload, int *status)
+{
+    char subject[256];
+    nats_subject(topic, subject, sizeof subject);
+    natsMsg *req = NULL, *rep = NULL;
+    natsStatus s = natsMsg_Create(&req, subject, NULL, payload, (int)strlen(payload));
+    if (s == NATS_OK)
+        s = natsConnection_RequestMsg(&rep, L.nc, req, NATS_REQUEST_TIMEOUT_MS);
+    natsMsg_Destroy(req);
+    nats_check(s, "request");
+    const char *st = NULL;
+    if (natsMsgHeader_Get(rep, "status", &st) != NATS_OK || !st) {
+        natsMsg_Destroy(rep);
+        fail_msg("the answer on %s has no status header", subject);
+    }
+    *status = atoi(st);
+    char *text = strndup(natsMsg_GetData(rep) ? natsMsg_GetData(rep) : "",
+                         (size_t)natsMsg_GetDataLength(rep));
+    natsMsg_Destroy(rep);
+    if (!text)
+        fail_msg("out of memory");
+    cJSON *body = cJSON_Parse(text);
+    if (!body)
+        fail_msg("the answer on %s is not JSON: %s", subject, text);
+    free(text);
+    return body;
+}
+
+/* The whole file (binary) in a t_buf; free(b.data). */
+static t_buf read_bytes(const char *path)
+{
+    t_buf b = {0};
+    t_buf_add(&b, "", 0);
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        fail_msg("cannot read %s", path);
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        t_buf_add(&b, chunk, n);
+    fclose(f);
+    return b;
+}
+
+/* Publishes junk as a plain NATS client (never retained: NATS keeps no
+ * messages). */
+static void nats_junk_publish(const junk *j)
+{
+    char subject[256];
+    nats_subject(j->topic, subject, sizeof subject);
+    t_buf b = {0};
+    if (j->kind == JUNK_FILE)
+        b = read_bytes(j->arg);
+    else if (j->kind == JUNK_TEXT)
+        t_buf_add(&b, j->arg, strlen(j->arg));
+    else
+        t_buf_add(&b, "", 0);
+    natsStatus s = natsConnection_Publish(L.nc, subject, b.data, (int)b.len);
+    if (s == NATS_OK)
+        s = natsConnection_Flush(L.nc);
+    free(b.data);
+    nats_check(s, "publish junk");
+}
+
+static const broker_fixture nats_fixture = {
+    .name = "nats",
+    .available = nats_available,
+    .start = nats_start,
+    .describe = nats_describe,
+    .stop = nats_stop,
+    .kill = nats_kill,
+    .restart = nats_restart,
+    .url = nats_url,
+    .announcement_state = nats_announcement_state,
+    .plain_request = nats_plain_request,
+    .junk_publish = nats_junk_publish,
+    .retained = false,
+    .random_groups = true,
+    .settle_ms = 2300, /* two beats of broker.heartbeat_ms (1000) and a margin */
+};
+
+/* --- brokers: a three-node NATS cluster --------------------------------------------- */
+
+static void cluster_start(void)
+{
+    t_nats_cluster_start_with(&L.cluster, NATS_CONF);
+    int ports[T_NATS_CLUSTER_NODES];
+    for (int i = 0; i < T_NATS_CLUSTER_NODES; i++)
+        ports[i] = L.cluster.node[i].port;
+    nats_client_start(ports, T_NATS_CLUSTER_NODES);
+}
+
+static void cluster_describe(void)
+{
+    for (int i = 0; i < T_NATS_CLUSTER_NODES; i++)
+        fprintf(stderr, "(nats-server node %d's log: %s/nats.log)\n", i, L.cluster.node[i].dir);
+}
+
+static void cluster_stop(bool keep)
+{
+    nats_client_stop();
+    if (keep)
+        for (int i = 0; i < T_NATS_CLUSTER_NODES; i++)
+            t_nats_kill(&L.cluster.node[i]);
+    else
+        t_nats_cluster_stop(&L.cluster);
+}
+
+static const char *cluster_url(void)
+{
+    return t_nats_cluster_url(&L.cluster, 0);
+}
+
+static const broker_fixture nats_cluster_fixture = {
+    .name = "nats cluster",
+    .available = nats_available,
+    .start = cluster_start,
+    .describe = cluster_describe,
+    .stop = cluster_stop,
+    .url = cluster_url,
+    .announcement_state = nats_announcement_state,
+    .plain_request = nats_plain_request,
+    .junk_publish = nats_junk_publish,
+    .retained = false,
+    .random_groups = true,
+    .settle_ms = 2300,
+};
+
 /* --- fixtures ---------------------------------------------------------------------- */
+
+/* test_split_nats.c defines SPLIT_NATS and includes this file. */
+#ifdef SPLIT_NATS
+#define SPLIT_ON_NATS true
+#define SUITE_NAME "test_split_nats"
+#else
+#define SPLIT_ON_NATS false
+#define SUITE_NAME "test_split"
+#endif
+
+/* The broker this binary runs the suite on. */
+static const broker_fixture *suite_fixture(void)
+{
+    return SPLIT_ON_NATS ? &nats_fixture : &mqtt_fixture;
+}
 
 static int group_setup(void **state)
 {
@@ -547,19 +1121,11 @@ static int group_setup(void **state)
         build = ".";
     snprintf(shop_path, sizeof shop_path, "%s/examples/shop/shop", build);
     if (access(shop_path, X_OK) != 0) {
-        fprintf(stderr, "test_split: build the examples first (%s)\n", shop_path);
+        fprintf(stderr, SUITE_NAME ": build the examples first (%s)\n", shop_path);
         return -1;
     }
-    if (!find_tool("mosquitto_rr", rr_path, sizeof rr_path) ||
-        !find_tool("mosquitto_pub", pub_path, sizeof pub_path) ||
-        !find_tool("mosquitto_sub", sub_path, sizeof sub_path)) {
-        fprintf(stderr, "test_split: install mosquitto-clients (make deps)\n");
+    if (!suite_fixture()->available())
         return -1;
-    }
-    if (!t_broker_binary()) {
-        fprintf(stderr, "test_split: install mosquitto (make deps)\n");
-        return -1;
-    }
     signal(SIGPIPE, SIG_IGN);
     return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
@@ -569,13 +1135,16 @@ static int group_teardown(void **state)
     (void)state;
     t_proc_reap_all(5000);
     curl_global_cleanup();
+    if (SPLIT_ON_NATS)
+        nats_CloseAndWait(5000); /* nats.c's own threads and memory */
     return 0;
 }
 
+/* *state is the test's broker fixture (cmocka's initial state). */
 static int setup(void **state)
 {
-    (void)state;
     memset(&L, 0, sizeof L);
+    L.fx = *state;
     snprintf(L.dir, sizeof L.dir, "/tmp/loom-split-XXXXXX");
     if (!mkdtemp(L.dir))
         return -1;
@@ -583,8 +1152,7 @@ static int setup(void **state)
     char tmpdir[96];
     snprintf(tmpdir, sizeof tmpdir, "TMPDIR=%s", L.dir);
     L.env = t_env_new((const char *const[]){tmpdir, NULL});
-    t_broker_start(&L.broker);
-    watch_start();
+    L.fx->start();
     return 0;
 }
 
@@ -596,19 +1164,18 @@ static int teardown(void **state)
     if (!L.passed) {
         for (size_t i = 0; i < L.n_procs; i++)
             t_proc_print_log(&L.procs[i], 6000);
-        fprintf(stderr, "(mosquitto's log: %s/mosquitto.log; kept: %s)\n", L.broker.dir, L.dir);
+        L.fx->describe();
+        fprintf(stderr, "(kept: %s)\n", L.dir);
     }
     /* SIGTERM to all at once (a graceful stop takes about a second), then
      * SIGKILL what is left. */
     t_proc_reap_all(10000);
+    L.fx->stop(!L.passed);
     if (L.passed) {
-        t_broker_stop(&L.broker);
         char cmd[128];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", L.dir);
         if (system(cmd) != 0)
-            fprintf(stderr, "test_split: cannot remove %s\n", L.dir);
-    } else {
-        t_broker_kill(&L.broker); /* keeps its directory and log */
+            fprintf(stderr, SUITE_NAME ": cannot remove %s\n", L.dir);
     }
     t_env_free(L.env);
     memset(&L, 0, sizeof L);
@@ -702,10 +1269,11 @@ static void test_order_flow_services_started_first(void **state)
     /* A one-shot client process with no services of its own. */
     char param[96];
     snprintf(param, sizeof param, "{\"id\":\"%s\"}", o.order_id);
-    const char *oneshot[] = {"--services", "none",    "--broker", t_broker_url(&L.broker),
+    const char *oneshot[] = {"--services", "none",    "--broker", L.fx->url(),
                              "--state",    "memory:", "--call",   "orders.get",
                              "--param",    param,     NULL};
     t_run r;
+    settle();
     t_run_prog(&r, shop_path, oneshot, L.env, 30000);
     if (r.status != 0)
         fail_msg("--call orders.get exited with %d: %s", r.status, t_run_err(&r));
@@ -813,7 +1381,8 @@ static void test_two_payments_instances_share_the_load(void **state)
     L.passed = true;
 }
 /* SIGKILL one payments instance: the broker clears its announcement with
- * its Last Will and the flow goes on through the other one. With both gone,
+ * its Last Will (MQTT), or it expires after three missed heartbeats
+ * (NATS), and the flow goes on through the other one. With both gone,
  * calls fail fast with 503 and the bridge drops the route. */
 static void test_sigkill_one_payments_instance(void **state)
 {
@@ -921,7 +1490,9 @@ static bool audits_reached(const audit *x, const audit *y, int n)
  * notifications.onOrderCreated: each order is notified once, by one of
  * them. Two in-test runtimes of an "audit" service: its one-per-group
  * subscription sees each event once across both, its every-instance
- * subscription sees every event in each. */
+ * subscription sees every event in each. (mosquitto hands a group's
+ * events out in turn, so 8 reach both members; NATS picks members at
+ * random, so 24 make "one got none" a one-in-ten-million event.) */
 static void test_group_and_every_instance_subscriptions(void **state)
 {
     (void)state;
@@ -939,7 +1510,7 @@ static void test_group_and_every_instance_subscriptions(void **state)
     char user_id[32];
     snprintf(user_id, sizeof user_id, "%s", str_at(loom_msg_payload(resp), "id"));
     loom_msg_release(resp);
-    enum { N = 8 };
+    const int N = L.fx->random_groups ? 24 : 8;
     for (int i = 0; i < N; i++) {
         char payload[160];
         snprintf(payload, sizeof payload,
@@ -953,7 +1524,8 @@ static void test_group_and_every_instance_subscriptions(void **state)
 
     int64_t deadline = t_mono_ms() + 10000;
     while (!audits_reached(&x, &y, N) ||
-           t_proc_log_count(a, "notified user") + t_proc_log_count(c, "notified user") < N) {
+           t_proc_log_count(a, "notified user") + t_proc_log_count(c, "notified user") <
+               (size_t)N) {
         if (t_mono_ms() >= deadline)
             break;
         t_sleep_ms(20);
@@ -967,7 +1539,7 @@ static void test_group_and_every_instance_subscriptions(void **state)
                  atomic_load(&x.tally), atomic_load(&y.tally));
 
     size_t na = t_proc_log_count(a, "notified user"), nc = t_proc_log_count(c, "notified user");
-    if (na + nc != N || na == 0 || nc == 0)
+    if (na + nc != (size_t)N || na == 0 || nc == 0)
         fail_msg("shop-a notified %zu orders, notif-2 %zu: expected %d in all, some each", na, nc,
                  N);
     /* No instance saw an event the other had handled (the shop would log
@@ -987,34 +1559,16 @@ static void test_group_and_every_instance_subscriptions(void **state)
     L.passed = true;
 }
 
-/* Runs mosquitto_rr (MQTT 5) against a command topic with a bare JSON
- * payload; on return *status is the `status` user property of the answer
- * and the result is the bare JSON body (cJSON_Delete it). */
+/* A plain client of the broker calls a command: bare JSON in, the bare
+ * result and a `status` out (MQTT 5: mosquitto_rr, a user property; NATS:
+ * a request, a header), errors as a bare error body. */
 static cJSON *rr(const char *topic, const char *payload, int *status)
 {
-    char port[16];
-    snprintf(port, sizeof port, "%d", L.broker.port);
-    t_run r;
-    t_run_prog(&r, rr_path,
-               (const char *const[]){"-V", "5", "-h", "127.0.0.1", "-p", port, "-t", topic, "-e",
-                                     "rr/reply/test", "-m", payload, "-F", "%P|%p", "-W", "5",
-                                     NULL},
-               L.env, TOOL_TIMEOUT_MS);
-    if (r.status != 0)
-        fail_msg("mosquitto_rr exited with %d: %s%s", r.status, t_run_out(&r), t_run_err(&r));
-    const char *out = t_run_out(&r);
-    const char *bar = strchr(out, '|');
-    if (strncmp(out, "status:", 7) != 0 || !bar)
-        fail_msg("mosquitto_rr printed no status property: %s", out);
-    *status = atoi(out + 7);
-    cJSON *body = parse_json(bar + 1, "mosquitto_rr's answer");
-    t_run_free(&r);
-    return body;
+    settle();
+    return L.fx->plain_request(topic, payload, status);
 }
 
-/* A plain MQTT 5 client calls a command: bare JSON in, the bare result
- * and a `status` user property out, errors as a bare error body. */
-static void test_mosquitto_rr_interop(void **state)
+static void test_plain_client_calls_commands(void **state)
 {
     (void)state;
     service_start("pay-1", "payments", NULL);
@@ -1067,9 +1621,10 @@ static void test_mosquitto_rr_interop(void **state)
     L.passed = true;
 }
 
-/* mosquitto is killed and started again on the same port: every process
- * (and the test's own runtime) reconnects by itself, and the flow works
- * again without restarting any of them. */
+/* The broker (mosquitto, or the one nats-server) is killed and started
+ * again on the same port: every process (and the test's own runtime)
+ * reconnects by itself, and the flow works again without restarting any
+ * of them. */
 static void test_broker_restart(void **state)
 {
     (void)state;
@@ -1083,7 +1638,7 @@ static void test_broker_restart(void **state)
     http_order_flow(&o);
     pid_t pids[4] = {a->pid, pay[0]->pid, pay[1]->pid, L.bridge->pid};
 
-    t_broker_kill(&L.broker);
+    L.fx->kill();
     http_res res = {0};
     if (!http_until(&res, 503, "GET", "/readyz", NULL, 10000))
         fail_msg("the bridge still reports ready 10 s after the broker died: %ld %s", res.status,
@@ -1104,7 +1659,7 @@ static void test_broker_restart(void **state)
     if (down_status != 503 && down_status != 504)
         fail_msg("a charge while the broker is down answered %d", down_status);
     assert_true(t_mono_ms() - t_call < 3000);
-    t_broker_restart(&L.broker);
+    L.fx->restart();
 
     int64_t t0 = t_mono_ms();
     /* Each process reconnects by itself (it logs "broker connected" again). */
@@ -1143,25 +1698,6 @@ static void test_broker_restart(void **state)
     expect_all_running();
     stop_all_cleanly();
     L.passed = true;
-}
-
-/* mosquitto_pub with the given arguments after -h/-p; must succeed. */
-static void pub(const char *topic, const char *const *args)
-{
-    char port[16];
-    snprintf(port, sizeof port, "%d", L.broker.port);
-    const char *argv[24] = {"-h", "127.0.0.1", "-p", port, "-t", topic};
-    size_t n = 6;
-    for (size_t i = 0; args[i]; i++) {
-        assert_true(n + 1 < sizeof argv / sizeof argv[0]);
-        argv[n++] = args[i];
-    }
-    argv[n] = NULL;
-    t_run r;
-    t_run_prog(&r, pub_path, argv, L.env, TOOL_TIMEOUT_MS);
-    if (r.status != 0)
-        fail_msg("mosquitto_pub -t %s exited with %d: %s", topic, r.status, t_run_err(&r));
-    t_run_free(&r);
 }
 
 /* Writes n bytes made by gen(i) to a file in the test's directory. */
@@ -1222,34 +1758,33 @@ static void test_garbage_on_loom_topics(void **state)
     char *deep = write_junk("deep.json", 100000, gen_bracket);
 
     static const char *const cmd = "loom/cmd/payments/1/charge";
-    const struct {
-        const char *topic;
-        const char *args[4];
-    } junk[] = {
-        {cmd, {"-m", "junk{{"}},
-        /* bare JSON without a response topic (MQTT 3.1.1 has none) */
-        {cmd, {"-m", "{\"orderId\":\"g-1\",\"amount\":1}"}},
-        {cmd, {"-n"}},
-        {cmd, {"-m", cmd_env}},
-        {cmd, {"-f", noise}},
-        {cmd, {"-f", deep}},
-        {"loom/cmd/orders/1/create", {"-m", "{\"messageType\":\"command\",\"id\":\"zz\"}"}},
-        {"loom/reply/bridge", {"-m", "junk"}},
-        {"loom/reply/bridge", {"-m", reply_env}},
-        {"loom/reply/shop-a", {"-m", "[1,2,3]"}},
-        {"loom/reply/probe", {"-f", noise}},
-        {"loom/reply/probe", {"-m", reply_env}},
-        {"loom/evt/orderCreated/x/1", {"-m", "junk"}},
-        {"loom/evt/orderCreated/x/1", {"-m", "{\"id\":5}"}},
-        {"loom/evt/orderCreated/orders/1", {"-m", event_env}},
-        {"loom/evt/orderCreated/x/1", {"-f", deep}},
-        {"loom/svc/x", {"-m", "junk"}},
-        {"loom/svc/y", {"-r", "-m", "junk"}}, /* retained: later processes get it too */
-        {"loom/svc/z", {"-r", "-m", announce}},
-        {"loom/svc/big", {"-f", noise}},
+    const junk msgs[] = {
+        {cmd, JUNK_TEXT, "junk{{"},
+        /* bare JSON without a response topic (MQTT 3.1.1 has none; a NATS
+         * publish without a reply subject) */
+        {cmd, JUNK_TEXT, "{\"orderId\":\"g-1\",\"amount\":1}"},
+        {cmd, JUNK_EMPTY},
+        {cmd, JUNK_TEXT, cmd_env},
+        {cmd, JUNK_FILE, noise},
+        {cmd, JUNK_FILE, deep},
+        {"loom/cmd/orders/1/create", JUNK_TEXT, "{\"messageType\":\"command\",\"id\":\"zz\"}"},
+        {"loom/reply/bridge", JUNK_TEXT, "junk"},
+        {"loom/reply/bridge", JUNK_TEXT, reply_env},
+        {"loom/reply/shop-a", JUNK_TEXT, "[1,2,3]"},
+        {"loom/reply/probe", JUNK_FILE, noise},
+        {"loom/reply/probe", JUNK_TEXT, reply_env},
+        {"loom/evt/orderCreated/x/1", JUNK_TEXT, "junk"},
+        {"loom/evt/orderCreated/x/1", JUNK_TEXT, "{\"id\":5}"},
+        {"loom/evt/orderCreated/orders/1", JUNK_TEXT, event_env},
+        {"loom/evt/orderCreated/x/1", JUNK_FILE, deep},
+        {"loom/svc/x", JUNK_TEXT, "junk"},
+        /* retained (MQTT): later processes get it too */
+        {"loom/svc/y", JUNK_TEXT, "junk", .retain = L.fx->retained},
+        {"loom/svc/z", JUNK_TEXT, announce, .retain = L.fx->retained},
+        {"loom/svc/big", JUNK_FILE, noise},
     };
-    for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++)
-        pub(junk[i].topic, junk[i].args);
+    for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++)
+        L.fx->junk_publish(&msgs[i]);
     free(noise);
     free(deep);
 
@@ -1276,7 +1811,8 @@ static void test_garbage_on_loom_topics(void **state)
     cJSON_Delete(j);
     assert_int_equal(charge(probe, "probe-after-junk", 1, NULL, 0, NULL, 0), 200);
 
-    /* A process that starts now reads the retained junk and serves. */
+    /* A process that starts now (on MQTT: and reads the retained junk)
+     * serves. */
     service_start("pay-3", "payments", NULL);
     bool served = false;
     for (int i = 0; i < 40 && !served; i++) {
@@ -1291,22 +1827,218 @@ static void test_garbage_on_loom_topics(void **state)
     L.passed = true;
 }
 
+/* --- NATS only: a three-node cluster --------------------------------------------- */
+
+/* The cluster node (0-based) that has a client connection named `name` (a
+ * loom process names its connection after its instance id), -1 when no
+ * running node has one. */
+static int node_of(const char *name)
+{
+    int found = -1;
+    http_res res = {0};
+    for (int i = 0; i < T_NATS_CLUSTER_NODES && found < 0; i++) {
+        const t_nats *n = &L.cluster.node[i];
+        if (n->pid <= 0 || http_to(&res, n->http_port, "GET", "/connz?limit=1024", NULL) != 200)
+            continue;
+        cJSON *j = parse_json(res.body.data, "/connz");
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(j, "connections"))
+        {
+            const char *cn = str_at(c, "name");
+            if (cn && strcmp(cn, name) == 0)
+                found = i;
+        }
+        cJSON_Delete(j);
+    }
+    free(res.body.data);
+    return found;
+}
+
+/* Waits (bounded) until `name` is connected to a node other than `dead`. */
+static void wait_connected_elsewhere(const char *name, int dead, int64_t deadline)
+{
+    int node;
+    while ((node = node_of(name)) < 0 || node == dead) {
+        if (t_mono_ms() >= deadline)
+            fail_msg("%s is not connected to another node within %d ms of node %d's death", name,
+                     RECOVER_TIMEOUT_MS, dead);
+        t_sleep_ms(50);
+    }
+}
+
+/* Charges through rt until the instance `who` served one (bounded). */
+static void expect_serves(loom_runtime *rt, const char *who, const char *tag)
+{
+    for (int i = 0; i < 40; i++) {
+        char order[48], inst[64];
+        snprintf(order, sizeof order, "%s-%d", tag, i);
+        int status = charge(rt, order, 1, inst, sizeof inst, NULL, 0);
+        if (status != 200)
+            fail_msg("charge %s answered %d", order, status);
+        if (strcmp(inst, who) == 0)
+            return;
+    }
+    fail_msg("%s served none of 40 charges", who);
+}
+
+/* The split shop on a three-node NATS cluster, its processes connected to
+ * different nodes:
+ *
+ *   shop-a   --broker nats://N0       node 0 (one server given: it learns
+ *   pay-1    --broker nats://N1       node 1  the others from the cluster)
+ *   bridge   --broker nats://N1,N0    node 1 or 0 (nats.c picks from a list
+ *   pay-2    --broker nats://N2,N0    node 2 or 0  at random)
+ *   the test's runtime  nats://N2     node 2
+ *
+ * Commands, replies, events and discovery cross the routes between the
+ * nodes. Node 1 is killed with charges in flight: each of them ends
+ * (answered, or 503/504 at its deadline), the processes that were on node
+ * 1 fail over to the surviving nodes by themselves, and the flow goes on
+ * through the same processes. */
+static void test_nats_cluster_failover(void **state)
+{
+    (void)state;
+    const t_nats_cluster *c = &L.cluster;
+    char n0[64], n1[64], n2[64], n1n0[96], n2n0[96];
+    snprintf(n0, sizeof n0, "nats://127.0.0.1:%d", c->node[0].port);
+    snprintf(n1, sizeof n1, "nats://127.0.0.1:%d", c->node[1].port);
+    snprintf(n2, sizeof n2, "nats://127.0.0.1:%d", c->node[2].port);
+    snprintf(n1n0, sizeof n1n0, "nats://127.0.0.1:%d,127.0.0.1:%d", c->node[1].port,
+             c->node[0].port);
+    snprintf(n2n0, sizeof n2n0, "nats://127.0.0.1:%d,127.0.0.1:%d", c->node[2].port,
+             c->node[0].port);
+
+    t_proc *a = shop_start_on(n0, "shop-a", "users,orders,notifications", NULL, NULL, NULL);
+    t_proc *pay[2] = {shop_start_on(n1, "pay-1", "payments", NULL, NULL, NULL),
+                      shop_start_on(n2n0, "pay-2", "payments", NULL, NULL, NULL)};
+    wait_started("shop-a");
+    wait_started("pay-1");
+    wait_started("pay-2");
+    bridge_start_on(n1n0);
+    wait_bridge_routes(SHOP_ROUTES, START_TIMEOUT_MS);
+    loom_runtime *probe = probe_start_on(n2, "probe", NULL, NULL);
+
+    static const struct {
+        const char *name;
+        int node, or_node;
+    } placement[] = {
+        {"shop-a", 0, 0}, {"pay-1", 1, 1}, {"bridge", 1, 0}, {"pay-2", 2, 0}, {"probe", 2, 2}};
+    bool on_node1[sizeof placement / sizeof placement[0]];
+    for (size_t i = 0; i < sizeof placement / sizeof placement[0]; i++) {
+        int node = node_of(placement[i].name);
+        if (node != placement[i].node && node != placement[i].or_node)
+            fail_msg("%s is connected to node %d, expected %d or %d", placement[i].name, node,
+                     placement[i].node, placement[i].or_node);
+        on_node1[i] = node == 1;
+    }
+
+    /* The flow across the nodes: the bridge (node 1) -> orders (node 0) ->
+     * payments (node 1 or 2); orderCreated -> notifications. */
+    placed o;
+    http_order_flow(&o);
+    expect_captured_by_one(&o, pay, 2, a);
+    expect_serves(probe, "pay-1", "before-1");
+    expect_serves(probe, "pay-2", "before-2");
+
+    /* Node 1 dies with charges in flight. */
+    enum { K = 20 };
+    _Atomic(loom_msg *) resp[K];
+    for (int i = 0; i < K; i++) {
+        char payload[96];
+        snprintf(payload, sizeof payload, "{\"orderId\":\"inflight-%d\",\"amount\":3}", i);
+        loom_call call_def = {.service = "payments",
+                              .version = "1",
+                              .command = "charge",
+                              .payload = t_json(payload),
+                              .timeout_ms = CALL_TIMEOUT_MS};
+        atomic_init(&resp[i], NULL);
+        assert_int_equal(loom_runtime_invoke(probe, &call_def, keep_response, &resp[i]), LOOM_OK);
+    }
+    pid_t pids[4] = {a->pid, pay[0]->pid, pay[1]->pid, L.bridge->pid};
+    int64_t t_kill = t_mono_ms();
+    t_nats_cluster_kill(&L.cluster, 1);
+    int ok = 0;
+    for (int i = 0; i < K; i++) {
+        loom_msg *m;
+        while (!(m = atomic_load(&resp[i]))) {
+            if (t_mono_ms() - t_kill > 2 * CALL_TIMEOUT_MS)
+                fail_msg("charge inflight-%d got no answer within %d ms of node 1's death", i,
+                         2 * CALL_TIMEOUT_MS);
+            t_sleep_ms(5);
+        }
+        int status = loom_msg_status(m);
+        loom_msg_release(m);
+        if (status != 200 && status != 503 && status != 504)
+            fail_msg("charge inflight-%d answered %d", i, status);
+        ok += status == 200;
+    }
+
+    /* Whoever was on node 1 connects to another node by itself: pay-1 to
+     * one it learnt from the cluster, the bridge (if there) to node 0. */
+    int64_t deadline = t_kill + RECOVER_TIMEOUT_MS;
+    t_proc *procs[] = {a, pay[0], L.bridge, pay[1], NULL}; /* as in placement */
+    for (size_t i = 0; i < sizeof placement / sizeof placement[0]; i++) {
+        if (!on_node1[i] || !procs[i])
+            continue;
+        wait_connected_elsewhere(placement[i].name, 1, deadline);
+        while (t_proc_log_count(procs[i], "broker connected") < 2) {
+            if (t_mono_ms() >= deadline)
+                fail_msg("%s did not log a new connection within %d ms", procs[i]->name,
+                         RECOVER_TIMEOUT_MS);
+            t_sleep_ms(20);
+        }
+    }
+    wait_bridge_routes(SHOP_ROUTES, (int)(deadline - t_mono_ms()));
+    http_res res = {0};
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"userId\":\"%s\",\"items\":[{\"sku\":\"x\",\"quantity\":1}],\"amount\":1}",
+             o.user_id);
+    if (!http_until(&res, 200, "POST", "/api/v1/orders", body, (int)(deadline - t_mono_ms())))
+        fail_msg("no order went through within %d ms of node 1's death: %ld %s", RECOVER_TIMEOUT_MS,
+                 res.status, res.body.data);
+    free(res.body.data);
+    placed o2;
+    http_order_flow(&o2);
+    expect_captured_by_one(&o2, pay, 2, a);
+    expect_serves(probe, "pay-1", "after-1");
+    expect_serves(probe, "pay-2", "after-2");
+
+    /* Nothing ran twice (a duplicated subscription after the failover
+     * would answer "already charged"), and nobody was restarted. */
+    assert_int_equal(t_proc_log_count(pay[0], "already charged"), 0);
+    assert_int_equal(t_proc_log_count(pay[1], "already charged"), 0);
+    pid_t now[4] = {a->pid, pay[0]->pid, pay[1]->pid, L.bridge->pid};
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(now[i], pids[i]);
+    if (getenv("T_VERBOSE"))
+        fprintf(stderr, "%d of %d in-flight charges answered 200\n", ok, K);
+    expect_all_running();
+    stop_all_cleanly();
+    L.passed = true;
+}
+
+/* The suite: every test runs on the broker this binary was built for. */
+#define T(fn, fx) cmocka_unit_test_prestate_setup_teardown(fn, setup, teardown, (void *)(fx))
+
 int main(void)
 {
     const char *filter = getenv("T_FILTER");
     if (filter && *filter)
         cmocka_set_test_filter(filter);
+    const broker_fixture *fx = suite_fixture();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_order_flow_bridge_started_first, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_order_flow_services_started_first, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_two_payments_instances_share_the_load, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_sigkill_one_payments_instance, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_group_and_every_instance_subscriptions, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_mosquitto_rr_interop, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_broker_restart, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_garbage_on_loom_topics, setup, teardown),
+        T(test_order_flow_bridge_started_first, fx),
+        T(test_order_flow_services_started_first, fx),
+        T(test_two_payments_instances_share_the_load, fx),
+        T(test_sigkill_one_payments_instance, fx),
+        T(test_group_and_every_instance_subscriptions, fx),
+        T(test_plain_client_calls_commands, fx),
+        T(test_broker_restart, fx),
+        T(test_garbage_on_loom_topics, fx),
+        /* NATS only (the last entry): */
+        T(test_nats_cluster_failover, &nats_cluster_fixture),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    size_t n = sizeof tests / sizeof tests[0] - (SPLIT_ON_NATS ? 0 : 1);
+    return _cmocka_run_group_tests(SUITE_NAME, tests, n, group_setup, group_teardown);
 }

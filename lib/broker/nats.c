@@ -649,6 +649,14 @@ static loom_err parse_url(nats_adapter *a, const char *url, char **user, char **
             snprintf(why, why_len, "more than %d servers", MAX_SERVERS);
             return LOOM_ECONFIG;
         }
+        /* Later elements may repeat the scheme (nats://a:1,nats://b:2), as
+         * nats.c and the nats CLI accept; it must be the first one's. */
+        size_t slen = strlen(scheme);
+        if (rest != url + slen + 3 && len > slen + 3 && strncmp(rest, scheme, slen) == 0 &&
+            strncmp(rest + slen, "://", 3) == 0) {
+            rest += slen + 3;
+            len -= slen + 3;
+        }
         loom_err err = parse_server(a, rest, len, scheme, user, pass, token, why, why_len);
         if (err)
             return err;

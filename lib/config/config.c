@@ -108,6 +108,8 @@ static const key_def keys[] = {
     INT("broker.reconnect_max_ms", 1, 3600000),
     INT("broker.buffer", 0, 10000000),
     INT("broker.heartbeat_ms", 100, 600000),
+    BOOL("broker.randomize"),
+    BOOL("broker.send_asap"),
     INT("broker.qos.command", 0, 2),
     INT("broker.qos.reply", 0, 2),
     INT("broker.qos.event", 0, 2),

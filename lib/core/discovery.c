@@ -134,7 +134,7 @@ static void heartbeat_job(void *a, void *b, uintptr_t c)
     loom_runtime *rt = a;
     if (atomic_load(&rt->state) != LOOM__STARTED)
         return; /* stopping: the timer fired early; do not re-arm */
-    if (loom__runtime_ready(rt))
+    if (loom__subscriptions_ready(rt))
         loom__announce(rt);
     loom__timer_add(&rt->pool, &rt->heartbeat, rt->heartbeat_ms);
 }

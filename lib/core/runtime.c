@@ -952,6 +952,11 @@ loom_err loom_runtime_start(loom_runtime *rt)
     return LOOM_OK;
 }
 
+bool loom__subscriptions_ready(loom_runtime *rt)
+{
+    return atomic_load(&rt->broker_state) == LOOM_BROKER_CONNECTED && all_subscribed(rt);
+}
+
 static bool is_ready(loom_runtime *rt)
 {
     return atomic_load(&rt->broker_state) == LOOM_BROKER_CONNECTED && all_subscribed(rt) &&

@@ -255,6 +255,9 @@ bool loom__filter_matches(const loom_filter *f, const loom_msg *m);
 void loom__free_deferred(loom_runtime *rt);
 
 bool loom__runtime_ready(loom_runtime *rt);
+/* Connected and every subscription in place (whether or not the others'
+ * announcements have arrived yet). */
+bool loom__subscriptions_ready(loom_runtime *rt);
 /* May new work start? Work from outside only while started; work on behalf
  * of a running handler (parent) also while stop drains. */
 bool loom__accepting(loom_runtime *rt, bool from_handler);

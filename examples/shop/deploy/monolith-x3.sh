@@ -5,21 +5,28 @@
 #   nginx       127.0.0.1:8080  round-robin over the three (nginx.conf)
 #   shop-1..3   127.0.0.1:8081, 8082, 8083  --services all
 #
+#   redis       127.0.0.1:6379    the shared state store, when installed
+#
 # The instances share one mosquitto (an event raised in one instance reaches
 # the subscribers of all, each handled once per subscription group, and
 # clients outside the three can call their commands) and one state store (a
-# user created through one instance is found through another). Prints curl commands, then runs until Ctrl-C (or SIGTERM), which
-# stops every process it started.
+# user created through one instance is found through another). This is the
+# layout tests/test_scaleout.c checks, with this directory's nginx.conf.
+# Prints curl commands, then runs until Ctrl-C (or SIGTERM), which stops
+# every process it started.
 #
 # Environment:
 #   MQTT_PORT   mosquitto's port on 127.0.0.1 (default 1883)
 #   LB_PORT     nginx's port (default 8080)
 #   SHOP_PORT   the first instance's port; the others follow (default 8081)
+#   REDIS_PORT  the private redis-server's port (default 6379)
 #   SHOP        the shop binary (default: ../shop next to this script)
-#   MOSQUITTO, NGINX   the binaries (default: from PATH or /usr/sbin)
-#   STATE       the shared state store (default: a file: store in the
-#               temporary directory; e.g. redis://127.0.0.1:6379 with a
-#               redis-server running)
+#   MOSQUITTO, NGINX, REDIS   the binaries (default: from PATH or /usr/sbin)
+#   STATE       the shared state store. Default: a private redis-server
+#               (no persistence: it starts empty and its data goes with it)
+#               when redis-server is installed, else a file: store in the
+#               temporary directory. Set it to use a Redis of your own
+#               (STATE=redis://10.0.0.5:6379/2), or STATE=file:PATH.
 #   LOG_LEVEL   the shop instances' log level (default info)
 set -eu
 
@@ -52,6 +59,11 @@ mosquitto=${MOSQUITTO:-$(find_tool mosquitto)} || die "mosquitto is not installe
 command -v mosquitto_pub >/dev/null || die "mosquitto-clients is not installed (make deps)"
 command -v curl >/dev/null || die "curl is not installed (make deps)"
 nginx=${NGINX:-$(find_tool nginx || true)}
+redis_port=${REDIS_PORT:-6379}
+redis=""
+if [ -z "${STATE:-}" ]; then
+    redis=${REDIS:-$(find_tool redis-server || true)}
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/loom-x3.XXXXXX")
 pids=""
@@ -105,9 +117,31 @@ until mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -t loom-deploy/ping -n 2>/dev/n
 done
 
 broker=mqtt://127.0.0.1:$mqtt_port
-# One shared store for all three: a file: store works on one machine (it
-# locks across processes); across machines use redis:// (STATE=...).
-state=${STATE:-file:$work/state.json}
+
+# One shared store for all three. Redis works across machines too; a file:
+# store only on one machine (it locks across processes).
+if [ -n "${STATE:-}" ]; then
+    state=$STATE
+elif [ -n "$redis" ]; then
+    "$redis" --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$work" >"$work/redis.log" 2>&1 &
+    pids="$pids $!"
+    i=0
+    until [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ]; do
+        i=$((i + 1))
+        if [ $i -ge 50 ]; then
+            cat "$work/redis.log" >&2
+            die "redis-server did not start on 127.0.0.1:$redis_port" \
+                "(is the port taken? set REDIS_PORT, or STATE=redis://... for a running one)"
+        fi
+        sleep 0.1
+    done
+    state=redis://127.0.0.1:$redis_port
+else
+    echo "monolith-x3.sh: redis-server is not installed (make deps): the instances" \
+        "share a file: store instead" >&2
+    state=file:$work/state.json
+fi
 p1=$shop_port
 p2=$((shop_port + 1))
 p3=$((shop_port + 2))
@@ -144,6 +178,22 @@ else
     front=127.0.0.1:$shop_port
 fi
 
+hints=""
+if [ -n "$nginx" ]; then
+    hints="$hints
+  # which instance served: nginx says so in X-Upstream (round-robin)
+  for i in 1 2 3; do curl -si \$B/api/v1/orders/o-1 | grep -i x-upstream; done
+"
+fi
+case $state in
+redis:*)
+    hints="$hints
+  # the shared state, in Redis (loom's keys have the prefix loom:)
+  redis-cli -u $state --scan --pattern 'loom:*'
+"
+    ;;
+esac
+
 cat <<EOF
 Three monolithic shop instances share mosquitto ($broker) and one state
 store ($state):
@@ -163,8 +213,9 @@ In another terminal, paste:
       -d '{"userId":"u-1","items":[{"sku":"book-42","quantity":2}],"amount":39.90}'; echo
   curl -s "\$B/api/v1/notifications?userId=u-1"; echo
 
-  # which instances served (each logs the commands it ran)
+  # each instance's log shows the commands it ran
   grep 'created user\|placed\|captured\|notified' $work/shop-*.log
+$hints
 
 EOF
 

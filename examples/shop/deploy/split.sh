@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs the shop split across processes on loopback, all from the one shop
-# binary, talking through a private mosquitto:
+# binary, talking through a private broker (mosquitto, or nats-server with
+# BROKER=nats):
 #
 #   shop-a   --services users,orders,notifications
 #   pay-1    --services payments           (two instances of payments:
@@ -8,15 +9,20 @@
 #   bridge   --services none --http ...     (the HTTP bridge, no services)
 #
 # The service processes share one file: state store. Prints ready-to-paste
-# curl and mosquitto_rr commands, then runs until Ctrl-C (or SIGTERM), which
-# stops every process it started. Logs go to a temporary directory (printed).
+# curl commands (and plain-client commands for the broker), then runs until
+# Ctrl-C (or SIGTERM), which stops every process it started. Logs go to a
+# temporary directory (printed). tests/test_split.c (MQTT) and
+# tests/test_split_nats.c (NATS) run this layout.
 #
 # Environment:
+#   BROKER      mqtt (default) or nats
 #   MQTT_PORT   mosquitto's port on 127.0.0.1 (default 1883)
+#   NATS_PORT   nats-server's client port on 127.0.0.1 (default 4222; its
+#               monitoring endpoint listens on NATS_PORT + 4000)
 #   SHOP_HTTP   the bridge's address (default 127.0.0.1:8080)
 #   SHOP        the shop binary (default: ../shop next to this script; run
 #               `make` first)
-#   MOSQUITTO   the broker binary (default: mosquitto from PATH or /usr/sbin)
+#   MOSQUITTO, NATS_SERVER   the broker binary (default: from PATH or /usr/sbin)
 #   STATE       the shared state store (default: a file: store in the
 #               temporary directory; e.g. redis://127.0.0.1:6379 with a
 #               redis-server running)
@@ -25,7 +31,9 @@ set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 shop=${SHOP:-$here/../shop}
+kind=${BROKER:-mqtt}
 mqtt_port=${MQTT_PORT:-1883}
+nats_port=${NATS_PORT:-4222}
 http_addr=${SHOP_HTTP:-127.0.0.1:8080}
 log_level=${LOG_LEVEL:-info}
 
@@ -47,8 +55,17 @@ find_tool() {
 }
 
 [ -x "$shop" ] || die "$shop is not built yet: run 'make' first"
-mosquitto=${MOSQUITTO:-$(find_tool mosquitto)} || die "mosquitto is not installed (make deps)"
-command -v mosquitto_pub >/dev/null || die "mosquitto-clients is not installed (make deps)"
+case $kind in
+mqtt)
+    mosquitto=${MOSQUITTO:-$(find_tool mosquitto)} || die "mosquitto is not installed (make deps)"
+    command -v mosquitto_pub >/dev/null || die "mosquitto-clients is not installed (make deps)"
+    ;;
+nats)
+    nats_server=${NATS_SERVER:-$(find_tool nats-server)} ||
+        die "nats-server is not installed (make deps)"
+    ;;
+*) die "BROKER must be mqtt or nats, not '$kind'" ;;
+esac
 command -v curl >/dev/null || die "curl is not installed (make deps)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/loom-split.XXXXXX")
@@ -78,21 +95,41 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# mosquitto, with this directory's configuration on the chosen port.
-sed "s/^listener .*/listener $mqtt_port 127.0.0.1/" "$here/mosquitto.conf" >"$work/mosquitto.conf"
-"$mosquitto" -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
-pids="$pids $!"
-i=0
-until mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -t loom-deploy/ping -n 2>/dev/null; do
-    i=$((i + 1))
-    if [ $i -ge 50 ]; then
-        cat "$work/mosquitto.log" >&2
-        die "mosquitto did not start on 127.0.0.1:$mqtt_port (is the port taken? set MQTT_PORT)"
-    fi
-    sleep 0.1
-done
+if [ "$kind" = mqtt ]; then
+    # mosquitto, with this directory's configuration on the chosen port.
+    sed "s/^listener .*/listener $mqtt_port 127.0.0.1/" "$here/mosquitto.conf" \
+        >"$work/mosquitto.conf"
+    "$mosquitto" -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+    pids="$pids $!"
+    i=0
+    until mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -t loom-deploy/ping -n 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -ge 50 ]; then
+            cat "$work/mosquitto.log" >&2
+            die "mosquitto did not start on 127.0.0.1:$mqtt_port (is the port taken? set MQTT_PORT)"
+        fi
+        sleep 0.1
+    done
+    broker=mqtt://127.0.0.1:$mqtt_port
+else
+    # nats-server: one node, loopback only, with its monitoring endpoint.
+    monitor=$((nats_port + 4000))
+    printf 'listen: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\n' "$nats_port" "$monitor" \
+        >"$work/nats.conf"
+    "$nats_server" -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
+    pids="$pids $!"
+    i=0
+    until curl -fsS -o /dev/null "http://127.0.0.1:$monitor/healthz" 2>/dev/null; do
+        i=$((i + 1))
+        if [ $i -ge 50 ]; then
+            cat "$work/nats.log" >&2
+            die "nats-server did not start on 127.0.0.1:$nats_port (is the port taken? set NATS_PORT)"
+        fi
+        sleep 0.1
+    done
+    broker=nats://127.0.0.1:$nats_port
+fi
 
-broker=mqtt://127.0.0.1:$mqtt_port
 state=${STATE:-file:$work/state.json}
 
 # start NAME FLAGS...: one shop process, its output in $work/NAME.log.
@@ -109,7 +146,8 @@ start pay-1 --services payments --state "$state"
 start pay-2 --services payments --state "$state"
 start bridge --services none --state memory: --http "$http_addr"
 
-# Ready when the bridge has discovered the six routes of the four services.
+# Ready when the bridge has discovered the six routes of the four services
+# (over NATS within a second or two: announcements are heartbeats there).
 i=0
 until curl -fsS "http://$http_addr/readyz" 2>/dev/null | grep -q '"routes":6'; do
     i=$((i + 1))
@@ -120,8 +158,32 @@ until curl -fsS "http://$http_addr/readyz" 2>/dev/null | grep -q '"routes":6'; d
     sleep 0.1
 done
 
+if [ "$kind" = mqtt ]; then
+    plain="
+  # a plain MQTT 5 client calls a command: bare JSON in, bare JSON out
+  mosquitto_rr -V 5 -h 127.0.0.1 -p $mqtt_port -t loom/cmd/payments/1/charge \\
+      -e rr/reply/\$\$ -m '{\"orderId\":\"o-77\",\"amount\":5}' -F '%p  (%P)'
+"
+    watch="
+  # the service announcements (retained)
+  mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'loom/svc/+' -v -W 1
+"
+else
+    plain="
+  # a plain NATS client (the nats CLI, github.com/nats-io/natscli) calls a
+  # command: bare JSON in, bare JSON and a status header out
+  nats --server $broker req loom.cmd.payments.1.charge '{\"orderId\":\"o-77\",\"amount\":5}'
+"
+    watch="
+  # the service announcements (a heartbeat a second from each instance)
+  nats --server $broker sub 'loom.svc.*'
+  # who is connected
+  curl -s 'http://127.0.0.1:$monitor/connz?limit=100' | grep '\"name\"'
+"
+fi
+
 cat <<EOF
-The shop runs split across 4 processes over mosquitto on $broker:
+The shop runs split across 4 processes over $kind on $broker:
   shop-a  users, orders, notifications
   pay-1   payments
   pay-2   payments
@@ -143,20 +205,13 @@ In another terminal, paste:
 
   # which payments instance served it
   grep -h captured $work/pay-*.log
-
-  # a plain MQTT 5 client calls a command: bare JSON in, bare JSON out
-  mosquitto_rr -V 5 -h 127.0.0.1 -p $mqtt_port -t loom/cmd/payments/1/charge \\
-      -e rr/reply/\$\$ -m '{"orderId":"o-77","amount":5}' -F '%p  (%P)'
-
+$plain
   # a one-shot client process over the broker
   $shop --broker $broker --services none --state memory: --call notifications.list
 
   # one more payments instance (the broker spreads the charges over three)
   $shop --broker $broker --services payments --state $state --instance pay-3
-
-  # the service announcements (retained)
-  mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'loom/svc/+' -v -W 1
-
+$watch
 EOF
 
 # Run until interrupted; report a process that dies on its own.
