@@ -3,10 +3,14 @@
 #   make              libloom.a, libloom.so.$(MAJOR), examples
 #   make demo         the shop, monolithic, with the HTTP bridge on 127.0.0.1:8080
 #   make test         everything CI runs: deps, unit + integration tests,
-#                     the same under ASan+UBSan, exported-symbol check,
-#                     out-of-tree pkg-config build
+#                     the same under ASan+UBSan, a 20 s fuzz run per target,
+#                     the integration tests under valgrind, exported-symbol
+#                     check, out-of-tree pkg-config build
 #   make check        unit + integration tests (release build)
 #   make asan         the test suite under AddressSanitizer + UBSan
+#   make fuzz         every libFuzzer target for FUZZ_SECONDS (default 30) each
+#   make valgrind     the integration tests (and the programs they start)
+#                     under valgrind memcheck
 #   make check-symbols  fails when libloom.so exports a symbol without loom_
 #   make install PREFIX=/usr/local DESTDIR=   /  make uninstall
 #   make deps         installs the Debian packages that are missing
@@ -63,6 +67,8 @@ TEST_SRCS    := $(sort $(wildcard tests/test_*.c))
 TEST_SUPPORT := $(sort $(wildcard tests/support/*.c))
 TEST_BINS    := $(TEST_SRCS:tests/%.c=$(O)/tests/%)
 TEST_LIBS    := -lcmocka -lcurl
+# Helper programs the tests start as subprocesses (next to the test binaries).
+TEST_HELPERS := $(O)/tests/fault_service
 
 .PHONY: loom.pc all lib examples demo test check asan check-symbols install uninstall deps clean \
         tests pkgconfig-test format bench fuzz
@@ -103,18 +109,23 @@ $(filter %shop/shop,$(EXAMPLES)): $(SHOP_SRCS) examples/shop/shop.h $(STATIC)
 
 # --- tests -----------------------------------------------------------------
 
-$(O)/tests/%: tests/%.c $(TEST_SUPPORT) tests/support/support.h $(STATIC)
+$(O)/tests/%: tests/%.c $(TEST_SUPPORT) $(wildcard tests/support/*.h) $(STATIC)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Itests $(SAN_LDFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) \
+	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP $(SAN_LDFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) \
 	  $(LDFLAGS) $(DEP_LIBS) $(TEST_LIBS)
 
-tests: $(TEST_BINS) $(EXAMPLES)
+$(O)/tests/fault_service: tests/fault_service.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(SAN_LDFLAGS) -o $@ $< $(STATIC) $(LDFLAGS) $(DEP_LIBS)
+
+tests: $(TEST_BINS) $(TEST_HELPERS) $(EXAMPLES)
 
 # Runs every test binary; a failure fails the target after all have run.
-# LOOM_TEST_BUILD tells tests where this variant's examples are.
+# LOOM_TEST_BUILD tells tests where this variant's examples are,
+# LOOM_TEST_HELPERS where its test helper programs are.
 check: tests
-	@LOOM_TEST_BUILD=$(if $(filter release,$(BUILD)),.,$(O)) LOOM_SUMMARY=$(O)/summary \
-	  tests/run-all.sh $(TEST_BINS)
+	@LOOM_TEST_BUILD=$(if $(filter release,$(BUILD)),.,$(O)) LOOM_TEST_HELPERS=$(O)/tests \
+	  LOOM_SUMMARY=$(O)/summary tests/run-all.sh $(TEST_BINS)
 
 asan:
 	$(MAKE) BUILD=asan check
@@ -135,10 +146,12 @@ test: deps
 	$(MAKE) all
 	$(MAKE) check
 	$(MAKE) asan
+	$(MAKE) fuzz FUZZ_SECONDS=20
+	$(MAKE) valgrind
 	$(MAKE) check-symbols
 	$(MAKE) pkgconfig-test
 	@cat build/release/summary build/asan/summary | \
-	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, symbols, pkg-config build"; \
+	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, fuzz smoke, valgrind, symbols, pkg-config build"; \
 	       printf "%d passed, %d failed\n", p, f; exit f > 0}'
 
 demo: deps all
@@ -182,6 +195,43 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
 
+# --- benchmarks (`make bench`; never part of `make test`) ---------------------
+# Installs the load tools, builds the library, the examples and bench/*.c with
+# release flags (-O2, no sanitizers) in build/bench, then runs bench/run.sh:
+# tables on stdout and docs/performance.md, in about 8 minutes on 2 CPUs.
+# BENCH_SCALE=0.3 BENCH_REPS=1 make bench is a quick smoke run.
+BENCH_PACKAGES := wrk nginx-light mosquitto nats-server valgrind python3
+BENCH_PROGS    := bench_invoke bench_events bench_routes ref_mqtt_rr ref_nats_rr
+
+.PHONY: bench-deps bench-build
+
+bench: bench-deps
+	$(MAKE) BUILD=bench bench-build
+	bench/run.sh
+
+bench-deps: deps
+	@missing=""; for p in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' \
+	    || missing="$$missing $$p"; done; \
+	SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	if [ -n "$$missing" ]; then \
+	  echo "bench-deps: installing$$missing"; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi; \
+	if ! command -v perf >/dev/null; then \
+	  echo "bench-deps: installing linux-perf (optional: profiles of missed targets)"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends linux-perf; } \
+	    || echo "bench-deps: no perf; profiles are skipped"; \
+	fi
+
+bench-build: lib examples $(BENCH_PROGS:%=$(O)/bench/%)
+
+$(O)/bench/%: bench/%.c bench/bench.h $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(LDFLAGS) $(DEP_LIBS)
+
 # --- fuzzing (clang + libFuzzer) ---------------------------------------------
 
 FUZZ_SECONDS ?= 30
@@ -205,6 +255,18 @@ $(FZ)/fuzz_%: tests/fuzz/fuzz_%.c $(FZ)/libloom-fuzz.a
 
 fuzz: $(FUZZ_BINS)
 	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+# --- valgrind (`make valgrind`, part of `make test`: about 3 minutes) -------------
+# The integration tests on the release build under memcheck, with the loom
+# programs they start (shop, fault service) under it too: zero errors and no
+# definite leak, in any process. Logs in build/valgrind/.
+VALGRIND_TESTS := test_split test_faults test_http test_shop_cli
+
+.PHONY: valgrind
+valgrind: deps
+	$(MAKE) BUILD=release tests
+	@LOOM_TEST_BUILD=. LOOM_TEST_HELPERS=build/release/tests \
+	  tests/valgrind.sh $(VALGRIND_TESTS:%=build/release/tests/%)
 
 format:
 	clang-format -i include/*.h include/loom/*.h lib/*/*.[ch] tests/*.c tests/support/*.[ch] \

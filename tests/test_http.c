@@ -1552,6 +1552,18 @@ static void test_api_misuse(void **state)
     assert_int_equal(loom_http_port(h), 0);
     loom_http_destroy(h);
     loom_config_destroy(cfg);
+
+    /* A base of more segments than a route may have: refused, and the
+     * segments parsed before the refusal are freed (ASan checks). */
+    assert_int_equal(loom_config_create(&cfg), LOOM_OK);
+    char base[512] = "";
+    for (int i = 0; i < 70; i++)
+        strcat(base, "/s");
+    assert_int_equal(loom_config_set(cfg, "http.base", base), LOOM_OK);
+    h = (loom_http *)1;
+    assert_int_equal(loom_http_create(&h, rt, cfg), LOOM_ECONFIG);
+    assert_null(h);
+    loom_config_destroy(cfg);
     fx_free(f);
     loom_runtime_destroy(rt);
 }

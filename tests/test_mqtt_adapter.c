@@ -1552,6 +1552,83 @@ static void test_session_taken_over(void **state)
     host_fini(&h);
 }
 
+/* A durable session resumed by a new adapter (a restarted process with the
+ * same client id): the broker sends the messages it queued right after
+ * CONNACK, before anything is subscribed again. They carry the old
+ * process's subscription identifiers, which the new adapter derives the
+ * same way (from the filter, not the subscription order), and are held
+ * until the subscription is made, then delivered in order. Messages for a
+ * subscription the new process never makes again are dropped after the
+ * hold (2 s), with one warning. */
+static void test_durable_session_held_until_subscribed(void **state)
+{
+    (void)state;
+    char cid[33], sopts[256];
+    loom__random_id(cid);
+    snprintf(sopts, sizeof sopts,
+             "{\"client_id\": \"held-%.12s\", \"session_expiry\": 60, \"reconnect_min_ms\": 20, "
+             "\"reconnect_max_ms\": 100}",
+             cid);
+    t_host h1, hp;
+    host_init(&h1);
+    host_init(&hp);
+    void *s1 = adapter_new(&h1, url(), sopts, NULL);
+    void *p = adapter_new(&hp, url(), fast_opts, NULL);
+    assert_int_equal(ops->connect(s1), LOOM_OK);
+    assert_int_equal(ops->connect(p), LOOM_OK);
+    assert_true(wait_state(&h1, 0, LOOM_BROKER_CONNECTED, 8000));
+    assert_true(wait_state(&hp, 0, LOOM_BROKER_CONNECTED, 8000));
+    int gone, kept;
+    /* Subscribed in this order here, the other way round after the restart. */
+    assert_int_equal(subscribe_wait(s1, &h1, "t/held/gone/#", NULL, &gone, 1), LOOM_OK);
+    assert_int_equal(subscribe_wait(s1, &h1, "t/held/kept/#", "grp", &kept, 1), LOOM_OK);
+    adapter_down(s1, &h1); /* DISCONNECT: the session stays for 60 s */
+    host_fini(&h1);
+
+    for (int i = 0; i < 20; i++) {
+        char text[16];
+        snprintf(text, sizeof text, "%d", i);
+        assert_int_equal(publish_str(p, "t/held/kept/x", text), LOOM_OK);
+    }
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(publish_str(p, "t/held/gone/x", "g"), LOOM_OK);
+    sleep_ms(300); /* acknowledged by the broker */
+
+    t_host h2;
+    host_init(&h2);
+    void *s2 = adapter_new(&h2, url(), sopts, NULL);
+    assert_int_equal(ops->connect(s2), LOOM_OK);
+    assert_true(wait_state(&h2, 0, LOOM_BROKER_CONNECTED, 8000));
+    sleep_ms(500); /* the queued messages are in: held, not delivered */
+    assert_int_equal(n_deliveries(&h2), 0);
+    int other, other2, kept2;
+    assert_int_equal(subscribe_wait(s2, &h2, "t/held/other", NULL, &other, 1), LOOM_OK);
+    assert_int_equal(subscribe_wait(s2, &h2, "t/held/other2", NULL, &other2, 1), LOOM_OK);
+    assert_int_equal(n_deliveries(&h2), 0); /* not claimed by the wrong subscription */
+    assert_int_equal(subscribe_wait(s2, &h2, "t/held/kept/#", "grp", &kept2, 1), LOOM_OK);
+    assert_true(wait_deliveries(&h2, 20, 5000));
+    pthread_mutex_lock(&h2.mu);
+    for (size_t i = 0; i < 20; i++) {
+        char text[16];
+        snprintf(text, sizeof text, "%zu", i);
+        assert_ptr_equal(h2.d[i].token, &kept2);
+        assert_string_equal(h2.d[i].topic, "t/held/kept/x");
+        assert_string_equal(h2.d[i].data, text); /* in order */
+    }
+    pthread_mutex_unlock(&h2.mu);
+    /* The old subscription nobody makes again: dropped after the hold. */
+    assert_true(wait_logs(&h2, LOOM_LOG_WARN, "dropped 3 message(s)", 1, 5000));
+    assert_int_equal(n_deliveries(&h2), 20);
+    /* Live traffic flows as usual. */
+    assert_int_equal(publish_str(p, "t/held/kept/y", "live"), LOOM_OK);
+    assert_true(wait_deliveries(&h2, 21, 5000));
+    assert_int_equal(ops->unsubscribe(s2, "t/held/kept/#", "grp", &kept2), LOOM_OK);
+    adapter_down(s2, &h2);
+    host_fini(&h2);
+    adapter_down(p, &hp);
+    host_fini(&hp);
+}
+
 /* Runs a shell command; false when it fails. */
 static bool sh(const char *cmd)
 {
@@ -1656,6 +1733,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_first_connect_retried),
         cmocka_unit_test(test_broker_restart),
         cmocka_unit_test(test_session_taken_over),
+        cmocka_unit_test(test_durable_session_held_until_subscribed),
         cmocka_unit_test(test_tls),
     };
     if (getenv("T_FILTER")) /* e.g. T_FILTER=test_will* */

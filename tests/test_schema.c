@@ -787,6 +787,52 @@ static void test_compile_invalid_pattern(void **state)
                          "schema: invalid 'pattern' '(': Unmatched ( or \\( at /properties/p");
 }
 
+/* Regression (fuzz_schema, out of memory): glibc's regcomp copies the
+ * operand of '+' and of {n,m}, so stacked or nested repetitions grow
+ * exponentially ("a" and 40 '+' would need 2^40 nodes). Such patterns are
+ * refused before regcomp; ordinary ones still compile. */
+static void test_compile_pattern_too_complex(void **state)
+{
+    (void)state;
+    char plus[128] = "^[^@]";
+    for (int i = 0; i < 100; i++)
+        strcat(plus, "+");
+    strcat(plus, "@[^@]+$");
+    char nested[256] = "";
+    for (int i = 0; i < 30; i++)
+        strcat(nested, "(");
+    strcat(nested, "a");
+    for (int i = 0; i < 30; i++)
+        strcat(nested, ")+");
+    /* Bounded ones first: without the check they compile (in ~100 MB) and
+     * the test fails before reaching the unbounded ones. */
+    const char *bad[] = {"a+++++++++++++++++", "((a{100}){100}){100}", "(x|[a-z]{1000}){1000}",
+                         "a{32767}{32767}", "x)+++++++++++++++++++++++++++++++",
+                         "a++++++++++++++++++++++++++++++[^x", nested, plus};
+    for (size_t i = 0; i < LOOM__ARRAY_LEN(bad); i++) {
+        char schema[512], err[256] = "";
+        snprintf(schema, sizeof schema, "{\"pattern\":\"%s\"}", bad[i]);
+        loom__schema *s = NULL;
+        int64_t t0 = loom__mono_ms();
+        assert_int_equal(loom__schema_compile(&s, schema, err, sizeof err), LOOM_EINVAL);
+        assert_null(s);
+        assert_true(loom__mono_ms() - t0 < 1000);
+        assert_string_equal(err, "schema: 'pattern' is too complex: its repetitions would expand "
+                                 "to more than 20000 states at the root");
+    }
+    const char *good[] = {"^[^@]+@[^@]+$", "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+                          "(a{100}){100}", "^[A-Z]{3}$", "[[:alpha:]]+([.][[:alnum:]]+)*",
+                          "a{2,}", "x{1,255}", "[]{}+]+", "a\\\\++"};
+    for (size_t i = 0; i < LOOM__ARRAY_LEN(good); i++) {
+        char schema[512], err[256] = "";
+        snprintf(schema, sizeof schema, "{\"pattern\":\"%s\"}", good[i]);
+        loom__schema *s = NULL;
+        if (loom__schema_compile(&s, schema, err, sizeof err) != LOOM_OK)
+            fail_msg("pattern %s: %s", good[i], err);
+        loom__schema_free(s);
+    }
+}
+
 static void test_compile_depth(void **state)
 {
     (void)state;
@@ -1011,6 +1057,7 @@ int main(void)
         cmocka_unit_test(test_deep_values),
         cmocka_unit_test(test_compile_errors_per_keyword),
         cmocka_unit_test(test_compile_invalid_pattern),
+        cmocka_unit_test(test_compile_pattern_too_complex),
         cmocka_unit_test(test_compile_depth),
         cmocka_unit_test(test_compile_arguments),
         cmocka_unit_test(test_no_allocation_when_valid),

@@ -23,11 +23,20 @@
  * broker takes up to a second to fail and a new connection up to about
  * two seconds to complete when other paho clients are already running.
  *
- * Durable sessions (session_expiry > 0) keep their subscription identifiers
- * for the life of this adapter, so messages queued by the broker during a
- * reconnect map back to their tokens. After a process restart the new
- * adapter does not know the old identifiers: messages the broker sends
- * before the core has subscribed again are dropped (debug log).
+ * Durable sessions (session_expiry > 0). Identifiers are deterministic:
+ * a hash of the MQTT filter (which names the subscription and its group)
+ * into 1..268435455, probing on a collision with a live subscription. So a
+ * process restarted with the same client id (the same --instance) uses the
+ * identifiers its old session holds, and the QoS >= 1 messages the broker
+ * queued meanwhile map back to tokens. Those messages arrive right after
+ * CONNACK, possibly before the core has subscribed again: a message whose
+ * identifiers are all unknown is held (at most HOLD_MAX_MSGS messages /
+ * HOLD_MAX_BYTES bytes, each for at most HOLD_MS) and delivered as soon as
+ * a subscription with one of its identifiers is registered, in arrival
+ * order; what is still unclaimed after HOLD_MS is dropped and logged. A
+ * hash collision between two filters of one process (two in 2^28) makes
+ * the second one's identifier depend on subscription order, so it may
+ * miss its old session's messages after a restart.
  *
  * Subscriptions. Each distinct MQTT filter ("$share/{group}/{filter}" or
  * "{filter}") is one broker subscription with one MQTT 5 subscription
@@ -74,6 +83,9 @@
 #define FAIL_WARN_INTERVAL_MS 30000          /* repeated connect failures: one warning */
 #define DROP_WARN_INTERVAL_MS 1000           /* dropped messages: one warning */
 #define PAHO_MEMORY_ERROR_CODE (-99)         /* paho's PAHO_MEMORY_ERROR (not public) */
+#define HOLD_MS 2000                         /* unknown subscription identifiers: grace */
+#define HOLD_MAX_MSGS 10000
+#define HOLD_MAX_BYTES (64 * 1024 * 1024)
 
 typedef enum conn_state {
     CS_IDLE = 0,   /* connect() not called yet */
@@ -109,6 +121,24 @@ typedef struct out_msg {
     int qos;
     bool retain;
 } out_msg;
+
+/* A message whose subscription identifiers are all unknown, held until a
+ * subscription claims it or HOLD_MS passes (one allocation: the ids, topic,
+ * payload, response topic and correlation data follow the struct). */
+typedef struct held_msg {
+    struct held_msg *next;
+    int64_t since_mono;
+    size_t bytes;
+    const char *topic;
+    const void *data;
+    size_t len;
+    const char *rt;   /* NULL = none */
+    const void *corr; /* NULL = none */
+    size_t corr_len;
+    bool retained;
+    int n_ids;
+    int ids[];
+} held_msg;
 
 /* One SUBSCRIBE awaiting its SUBACK; paho's callback context. Linked in
  * the adapter so fini() frees those paho never completed. */
@@ -161,8 +191,11 @@ typedef struct mqtt_adapter {
     char lost_reason[160]; /* from a server DISCONNECT, for the next loss report */
     bool sub_ids;          /* the broker supports subscription identifiers */
     mqtt_sub *subs;
-    int next_id;
     sub_req *reqs;
+    /* Held messages (see the top of this file), oldest first. */
+    held_msg *held_head, *held_tail;
+    size_t held_n, held_bytes;
+    unsigned long held_dropped; /* since the last report */
     int64_t drop_warn_ms;
     unsigned long dropped; /* since the last warning */
     /* Messages published while not connected, oldest first, at most
@@ -581,15 +614,17 @@ static void unlink_sub(mqtt_adapter *a, mqtt_sub *s)
     }
 }
 
-/* An identifier no live subscription uses. */
-static int alloc_id(mqtt_adapter *a)
+/* The identifier of an MQTT filter: FNV-1a into 1..MQTT_MAX_SUB_ID, the
+ * same in every process, then the next one no live subscription uses. */
+static int alloc_id(mqtt_adapter *a, const char *mqtt_filter)
 {
-    for (;;) {
-        int id = a->next_id;
-        a->next_id = id >= MQTT_MAX_SUB_ID ? 1 : id + 1;
-        if (!find_sub_id(a, id))
-            return id;
-    }
+    uint32_t h = 2166136261u;
+    for (const unsigned char *p = (const unsigned char *)mqtt_filter; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    int id = (int)(h % MQTT_MAX_SUB_ID) + 1;
+    while (find_sub_id(a, id))
+        id = id >= MQTT_MAX_SUB_ID ? 1 : id + 1;
+    return id;
 }
 
 static mqtt_sub *new_sub(mqtt_adapter *a, const char *filter, const char *group)
@@ -604,7 +639,7 @@ static mqtt_sub *new_sub(mqtt_adapter *a, const char *filter, const char *group)
         free_sub(s);
         return NULL;
     }
-    s->id = alloc_id(a);
+    s->id = alloc_id(a, s->mqtt_filter);
     s->next = a->subs;
     a->subs = s;
     return s;
@@ -760,6 +795,9 @@ static void log_failure(mqtt_adapter *a, const char *why, int delay_ms)
           a->port, why, count, delay_ms);
 }
 
+static held_msg *take_held_locked(mqtt_adapter *a, int64_t now);
+static void deliver_held(mqtt_adapter *a, held_msg *list);
+static void report_held_drops(mqtt_adapter *a);
 static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r);
 static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *r);
 static void on_disconnect_done(void *ctx, MQTTAsync_successData5 *r);
@@ -814,28 +852,51 @@ static int start_connect(mqtt_adapter *a)
     return rc;
 }
 
-/* The retry thread: starts each attempt when its backoff delay is over. */
+/* Waits on cv until due (monotonic ms), a signal or a spurious wake-up;
+ * due 0: no time limit. mu held. */
+static void wait_until_locked(mqtt_adapter *a, int64_t due)
+{
+    if (!due) {
+        pthread_cond_wait(&a->cv, &a->mu);
+        return;
+    }
+    int64_t wait = due - loom__mono_ms();
+    if (wait <= 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += wait / 1000;
+    ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+}
+
+/* The retry thread: starts each attempt when its backoff delay is over,
+ * and drops held messages nobody claimed in time. */
 static void *retry_main(void *arg)
 {
     mqtt_adapter *a = arg;
     lock(a);
     while (!a->quit) {
-        if (a->state != CS_WAITING || a->closing) {
-            pthread_cond_wait(&a->cv, &a->mu);
+        int64_t now = loom__mono_ms();
+        int64_t hold_due = a->held_head ? a->held_head->since_mono + HOLD_MS : 0;
+        if (hold_due && now >= hold_due) {
+            held_msg *claimed = take_held_locked(a, now);
+            unlock(a);
+            deliver_held(a, claimed);
+            report_held_drops(a);
+            lock(a);
             continue;
         }
-        int64_t now = loom__mono_ms();
+        if (a->state != CS_WAITING || a->closing) {
+            wait_until_locked(a, hold_due);
+            continue;
+        }
         if (now < a->retry_at) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            int64_t wait = a->retry_at - now;
-            ts.tv_sec += wait / 1000;
-            ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+            wait_until_locked(a, hold_due && hold_due < a->retry_at ? hold_due : a->retry_at);
             continue;
         }
         a->state = CS_CONNECTING;
@@ -1070,6 +1131,190 @@ static bool collect(void ***tokens, size_t *n, size_t *cap, void **stack, const 
     return true;
 }
 
+/* --- held messages (unknown subscription identifiers) --- */
+
+static bool held_claimed_locked(mqtt_adapter *a, const held_msg *h)
+{
+    for (int i = 0; i < h->n_ids; i++)
+        if (find_sub_id(a, h->ids[i]))
+            return true;
+    return false;
+}
+
+/* Keeps a copy of a message none of whose identifiers is known (mu held).
+ * false when it cannot be held: over the limits, or out of memory. */
+static bool hold_locked(mqtt_adapter *a, const char *topic, const MQTTAsync_message *m,
+                        const int *ids, int n_ids)
+{
+    const MQTTProperties *props = &m->properties;
+    MQTTProperty *rp = MQTTProperties_getProperty((MQTTProperties *)props,
+                                                  MQTTPROPERTY_CODE_RESPONSE_TOPIC);
+    MQTTProperty *cp = MQTTProperties_getProperty((MQTTProperties *)props,
+                                                  MQTTPROPERTY_CODE_CORRELATION_DATA);
+    size_t rlen = rp && rp->value.data.data && rp->value.data.len > 0 &&
+                          !memchr(rp->value.data.data, '\0', (size_t)rp->value.data.len)
+                      ? (size_t)rp->value.data.len + 1
+                      : 0;
+    size_t clen = cp && cp->value.data.data && cp->value.data.len > 0 ? (size_t)cp->value.data.len
+                                                                       : 0;
+    size_t len = m->payloadlen > 0 ? (size_t)m->payloadlen : 0;
+    size_t tlen = strlen(topic) + 1;
+    size_t idlen = (size_t)n_ids * sizeof(int);
+    size_t bytes = sizeof(held_msg) + idlen + tlen + len + rlen + clen;
+    if (a->held_n >= HOLD_MAX_MSGS || bytes > HOLD_MAX_BYTES - a->held_bytes)
+        return false;
+    held_msg *h = malloc(bytes);
+    if (!h)
+        return false;
+    memset(h, 0, sizeof *h);
+    char *at = (char *)h + sizeof *h;
+    memcpy(h->ids, ids, idlen);
+    at += idlen;
+    h->n_ids = n_ids;
+    h->topic = memcpy(at, topic, tlen);
+    at += tlen;
+    if (len)
+        h->data = memcpy(at, m->payload, len);
+    h->len = len;
+    at += len;
+    if (rlen) {
+        memcpy(at, rp->value.data.data, rlen - 1);
+        at[rlen - 1] = '\0';
+        h->rt = at;
+        at += rlen;
+    }
+    if (clen) {
+        h->corr = memcpy(at, cp->value.data.data, clen);
+        h->corr_len = clen;
+    }
+    h->retained = m->retained != 0;
+    h->bytes = bytes;
+    h->since_mono = loom__mono_ms();
+    if (!a->held_head)
+        pthread_cond_broadcast(&a->cv); /* the retry thread expires them */
+    if (a->held_tail)
+        a->held_tail->next = h;
+    else
+        a->held_head = h;
+    a->held_tail = h;
+    a->held_n++;
+    a->held_bytes += bytes;
+    return true;
+}
+
+/* Takes out, in arrival order, the held messages a live subscription now
+ * claims (returned) and those held for HOLD_MS already (freed, counted in
+ * held_dropped). mu held. */
+static held_msg *take_held_locked(mqtt_adapter *a, int64_t now)
+{
+    held_msg *claimed = NULL, **tail = &claimed;
+    held_msg **pp = &a->held_head, *last = NULL;
+    while (*pp) {
+        held_msg *h = *pp;
+        bool take = held_claimed_locked(a, h);
+        if (take || now - h->since_mono >= HOLD_MS) {
+            *pp = h->next;
+            a->held_n--;
+            a->held_bytes -= h->bytes;
+            h->next = NULL;
+            if (take) {
+                *tail = h;
+                tail = &h->next;
+            } else {
+                a->held_dropped++;
+                free(h);
+            }
+            continue;
+        }
+        last = h;
+        pp = &h->next;
+    }
+    a->held_tail = last;
+    return claimed;
+}
+
+/* Reports messages dropped from the hold (no lock held). */
+static void report_held_drops(mqtt_adapter *a)
+{
+    lock(a);
+    unsigned long n = a->held_dropped;
+    a->held_dropped = 0;
+    unlock(a);
+    if (n)
+        A_LOG(a, LOOM_LOG_WARN,
+              "mqtt: dropped %lu message(s) whose subscription identifiers no subscription of "
+              "this process claimed within %d ms (a durable session's old subscriptions?)",
+              n, HOLD_MS);
+}
+
+/* Delivers the messages take_held_locked returned, in order, to the tokens
+ * of the subscriptions their identifiers name now; frees them. No lock
+ * held. */
+static void deliver_held(mqtt_adapter *a, held_msg *list)
+{
+    while (list) {
+        held_msg *h = list;
+        list = h->next;
+        void *stack[16];
+        void **tokens = stack;
+        size_t n = 0, cap = LOOM__ARRAY_LEN(stack);
+        bool oom = false;
+        lock(a);
+        for (int i = 0; i < h->n_ids && !oom; i++) {
+            const mqtt_sub *sub = find_sub_id(a, h->ids[i]);
+            if (sub)
+                oom = !collect(&tokens, &n, &cap, stack, sub);
+        }
+        bool up = enter_locked(a);
+        unlock(a);
+        if (up) {
+            if (oom)
+                A_LOG(a, LOOM_LOG_ERROR,
+                      "mqtt: out of memory, held message on %s not delivered to every "
+                      "subscription",
+                      h->topic);
+            loom_delivery d = {.topic = h->topic,
+                               .data = h->data,
+                               .len = h->len,
+                               .response_topic = h->rt,
+                               .correlation = h->corr,
+                               .correlation_len = h->corr_len,
+                               .retained = h->retained};
+            for (size_t i = 0; i < n; i++) {
+                d.token = tokens[i];
+                if (a->host.deliver(a->host.core, &d) == LOOM_EOVERLOAD)
+                    note_drop(a, h->topic);
+            }
+            leave(a);
+        }
+        if (tokens != stack)
+            free(tokens);
+        free(h);
+    }
+}
+
+/* Delivers what the subscriptions registered so far claim from the hold. */
+static void release_held(mqtt_adapter *a)
+{
+    lock(a);
+    held_msg *claimed = a->held_head ? take_held_locked(a, loom__mono_ms()) : NULL;
+    unlock(a);
+    deliver_held(a, claimed);
+    report_held_drops(a);
+}
+
+static void free_held(mqtt_adapter *a)
+{
+    while (a->held_head) {
+        held_msg *h = a->held_head;
+        a->held_head = h->next;
+        free(h);
+    }
+    a->held_tail = NULL;
+    a->held_n = 0;
+    a->held_bytes = 0;
+}
+
 /* paho's receive thread. Never blocks: deliver() only enqueues. Always
  * takes the message (returns 1): a message the core cannot take is
  * dropped, not redelivered in a loop. */
@@ -1082,6 +1327,7 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
     char rt_stack[256];
     char *rt = NULL;
     bool oom = false;
+    int ids_stack[8], *ids = ids_stack;
 
     /* loom topics never hold NUL; paho reports such names with topic_len. */
     if (!topic || !m || (topic_len > 0 && memchr(topic, '\0', (size_t)topic_len)))
@@ -1089,16 +1335,26 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
 
     MQTTProperties *props = &m->properties;
     int n_ids = MQTTProperties_propertyCount(props, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER);
+    if (n_ids > (int)LOOM__ARRAY_LEN(ids_stack) && !(ids = malloc((size_t)n_ids * sizeof *ids))) {
+        ids = ids_stack;
+        n_ids = (int)LOOM__ARRAY_LEN(ids_stack);
+    }
+    for (int i = 0; i < n_ids; i++)
+        ids[i] =
+            MQTTProperties_getNumericValueAt(props, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER, i);
 
+    bool held = false;
     lock(a);
+    /* Older held messages a subscription claims by now go first. */
+    held_msg *claimed = a->held_head ? take_held_locked(a, loom__mono_ms()) : NULL;
     if (n_ids > 0) {
         for (int i = 0; i < n_ids && !oom; i++) {
-            int id = MQTTProperties_getNumericValueAt(props,
-                                                      MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER, i);
-            const mqtt_sub *s = find_sub_id(a, id);
+            const mqtt_sub *s = find_sub_id(a, ids[i]);
             if (s)
                 oom = !collect(&tokens, &n, &cap, stack, s);
         }
+        if (n == 0 && !oom)
+            held = hold_locked(a, topic, m, ids, n_ids);
     } else {
         /* A broker without subscription identifiers: match the filters. */
         for (const mqtt_sub *s = a->subs; s && !oom; s = s->next)
@@ -1107,10 +1363,19 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
     }
     bool up = enter_locked(a);
     unlock(a);
-    if (!up)
+    if (!up) {
+        deliver_held(a, claimed); /* frees them: `stopped` makes no upcall */
         goto out;
+    }
+    deliver_held(a, claimed);
+    report_held_drops(a);
+    if (held) {
+        leave(a);
+        goto out;
+    }
     if (n == 0) {
-        /* e.g. a durable session's subscription this adapter no longer knows */
+        /* e.g. a durable session's subscription this process no longer has,
+         * with the hold full */
         if (oom)
             A_LOG(a, LOOM_LOG_ERROR, "mqtt: out of memory, dropped a message on %s", topic);
         else
@@ -1153,6 +1418,8 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
     leave(a);
 
 out:
+    if (ids != ids_stack)
+        free(ids);
     if (rt && rt != rt_stack)
         free(rt);
     if (tokens != stack)
@@ -1273,8 +1540,11 @@ static loom_err mqtt_subscribe(void *self, const char *filter, const char *group
     if (rc == MQTTASYNC_SUCCESS)
         rc = MQTTAsync_subscribe(a->client, r->mqtt_filter, qos, &ro);
     MQTTProperties_free(&ro.properties);
-    if (rc == MQTTASYNC_SUCCESS)
+    if (rc == MQTTASYNC_SUCCESS) {
+        /* A durable session's messages held for this identifier. */
+        release_held(a);
         return LOOM_OK;
+    }
 
     /* Not sent, so paho never calls back: undo what this call added. */
     lock(a);
@@ -1548,6 +1818,7 @@ static void free_adapter(mqtt_adapter *a)
         free_req(r);
     }
     free_queue(a);
+    free_held(a);
     free(a->client_id);
     free(a->username);
     if (a->password) {
@@ -1585,7 +1856,6 @@ static loom_err mqtt_init(void **self, const loom_adapter_host *host,
     a->reconnect_max_ms = 10000;
     a->buffer = 10000;
     a->tls_verify = true;
-    a->next_id = 1;
     a->sub_ids = true;
     a->drop_warn_ms = INT64_MIN / 2;
     a->rng = (unsigned)loom__mono_ms() ^ (unsigned)(uintptr_t)a;

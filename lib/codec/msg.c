@@ -394,97 +394,18 @@ fail:
 }
 
 /* ------------------------------------------------------------------------ */
-/* UTF-8                                                                     */
-
-/* Length of the well-formed UTF-8 sequence at s (avail bytes readable), or 0
- * when it is malformed: overlong, a surrogate, above U+10FFFF, a stray
- * continuation byte or truncated (Unicode 15, table 3-7). */
-static size_t utf8_seq(const unsigned char *s, size_t avail)
-{
-    unsigned char c = s[0];
-    if (c < 0x80)
-        return 1;
-    if (c < 0xC2)
-        return 0;
-    if (c < 0xE0)
-        return avail >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
-    if (c < 0xF0) {
-        if (avail < 3)
-            return 0;
-        unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
-        return s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 ? 3 : 0;
-    }
-    if (c < 0xF5) {
-        if (avail < 4)
-            return 0;
-        unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
-        return s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 && (s[3] & 0xC0) == 0x80 ? 4 : 0;
-    }
-    return 0;
-}
-
-static bool utf8_valid(const char *str)
-{
-    const unsigned char *s = (const unsigned char *)str;
-    size_t n = strlen(str);
-    for (size_t i = 0; i < n;) {
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        size_t k = utf8_seq(s + i, n - i);
-        if (!k)
-            return false;
-        i += k;
-    }
-    return true;
-}
-
-/* ------------------------------------------------------------------------ */
 /* Encoder                                                                   */
 
-/* A growable output buffer. Invariant: len < cap (room for the final NUL)
- * unless oom is set, after which every write is a no-op. */
-typedef struct wbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} wbuf;
-
-static bool wb_reserve(wbuf *b, size_t extra)
+static bool str_utf8(const char *s)
 {
-    if (b->oom)
-        return false;
-    if (extra < b->cap - b->len)
-        return true;
-    if (extra > SIZE_MAX / 4 - b->len) {
-        b->oom = true;
-        return false;
-    }
-    size_t need = b->len + extra + 1, cap = b->cap * 2;
-    if (cap < need)
-        cap = need;
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        b->oom = true;
-        return false;
-    }
-    b->p = p;
-    b->cap = cap;
-    return true;
+    return loom__utf8_valid(s, strlen(s));
 }
 
-static void wb_put(wbuf *b, const char *s, size_t n)
-{
-    if (!wb_reserve(b, n))
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
+/* The output buffer is the shared loom__sbuf (core/util.h): its reserve and
+ * append are inline, so the encoder's per-field writes stay cheap. */
+#define wb_lit(b, s) loom__sbuf_add((b), (s), sizeof(s) - 1)
 
-#define wb_lit(b, s) wb_put((b), (s), sizeof(s) - 1)
-
-static void wb_int(wbuf *b, int64_t v)
+static void wb_int(loom__sbuf *b, int64_t v)
 {
     char tmp[24], *e = tmp + sizeof tmp, *p = e;
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
@@ -494,12 +415,12 @@ static void wb_int(wbuf *b, int64_t v)
     } while (u);
     if (v < 0)
         *--p = '-';
-    wb_put(b, p, (size_t)(e - p));
+    loom__sbuf_add(b, p, (size_t)(e - p));
 }
 
 /* A JSON string literal: '"' and '\' escaped with a backslash, bytes below
  * 0x20 as \u00XX, everything else (UTF-8 included) copied in runs. */
-static void wb_str(wbuf *b, const char *str)
+static void wb_str(loom__sbuf *b, const char *str)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *s = (const unsigned char *)str;
@@ -508,15 +429,15 @@ static void wb_str(wbuf *b, const char *str)
         const unsigned char *run = s;
         while (*s >= 0x20 && *s != '"' && *s != '\\')
             s++;
-        wb_put(b, (const char *)run, (size_t)(s - run));
+        loom__sbuf_add(b, (const char *)run, (size_t)(s - run));
         if (!*s)
             break;
         if (*s == '"' || *s == '\\') {
             char e[2] = {'\\', (char)*s};
-            wb_put(b, e, 2);
+            loom__sbuf_add(b, e, 2);
         } else {
             char e[6] = {'\\', 'u', '0', '0', hex[*s >> 4], hex[*s & 15]};
-            wb_put(b, e, 6);
+            loom__sbuf_add(b, e, 6);
         }
         s++;
     }
@@ -524,21 +445,21 @@ static void wb_str(wbuf *b, const char *str)
 }
 
 /* ,"key":"value" when value is set. key is a literal without escapes. */
-static void wb_field_str(wbuf *b, const char *key, const char *v)
+static void wb_field_str(loom__sbuf *b, const char *key, const char *v)
 {
     if (!v)
         return;
-    wb_put(b, ",\"", 2);
-    wb_put(b, key, strlen(key));
-    wb_put(b, "\":", 2);
+    loom__sbuf_add(b, ",\"", 2);
+    loom__sbuf_add(b, key, strlen(key));
+    loom__sbuf_add(b, "\":", 2);
     wb_str(b, v);
 }
 
 /* A JSON value printed by cJSON, straight into the buffer when it fits in
  * the room left (the common case), else through a temporary string. */
-static void wb_json(wbuf *b, const cJSON *item)
+static void wb_json(loom__sbuf *b, const cJSON *item)
 {
-    if (!wb_reserve(b, 256))
+    if (!loom__sbuf_reserve(b, 256))
         return;
     size_t room = b->cap - b->len;
     if (room > 1u << 30)
@@ -552,17 +473,17 @@ static void wb_json(wbuf *b, const cJSON *item)
         b->oom = true;
         return;
     }
-    wb_put(b, s, strlen(s));
+    loom__sbuf_add(b, s, strlen(s));
     cJSON_free(s);
 }
 
-static void wb_address(wbuf *b, const char *key, const loom_address *a)
+static void wb_address(loom__sbuf *b, const char *key, const loom_address *a)
 {
     if (!a->service && !a->version && !a->target && !a->instance)
         return;
-    wb_put(b, ",\"", 2);
-    wb_put(b, key, strlen(key));
-    wb_put(b, "\":{", 3);
+    loom__sbuf_add(b, ",\"", 2);
+    loom__sbuf_add(b, key, strlen(key));
+    loom__sbuf_add(b, "\":{", 3);
     size_t start = b->len;
     const char *names[4] = {"serviceName", "serviceVersion", "serviceTarget", "instanceId"};
     const char *vals[4] = {a->service, a->version, a->target, a->instance};
@@ -572,7 +493,7 @@ static void wb_address(wbuf *b, const char *key, const loom_address *a)
         if (b->len != start)
             wb_lit(b, ",");
         wb_lit(b, "\"");
-        wb_put(b, names[i], strlen(names[i]));
+        loom__sbuf_add(b, names[i], strlen(names[i]));
         wb_lit(b, "\":");
         wb_str(b, vals[i]);
     }
@@ -594,13 +515,13 @@ static loom_err check_value(const cJSON *it, int budget)
         return LOOM_OK;
     case cJSON_String:
     case cJSON_Raw:
-        return it->valuestring && utf8_valid(it->valuestring) ? LOOM_OK : LOOM_EINVAL;
+        return it->valuestring && str_utf8(it->valuestring) ? LOOM_OK : LOOM_EINVAL;
     case cJSON_Array:
     case cJSON_Object:
         if (budget < 1)
             return LOOM_ETOOBIG;
         for (const cJSON *c = it->child; c; c = c->next) {
-            if (c->string && !utf8_valid(c->string))
+            if (c->string && !str_utf8(c->string))
                 return LOOM_EINVAL;
             loom_err e = check_value(c, budget - 1);
             if (e)
@@ -617,7 +538,7 @@ static loom_err check_str(const char *s)
         return LOOM_OK;
     if (strnlen(s, LOOM_MAX_STRING + 1) > LOOM_MAX_STRING)
         return LOOM_ETOOBIG;
-    return utf8_valid(s) ? LOOM_OK : LOOM_EINVAL;
+    return str_utf8(s) ? LOOM_OK : LOOM_EINVAL;
 }
 
 static bool time_ok(int64_t t)
@@ -658,7 +579,7 @@ static loom_err encode_check(const loom_msg *m)
     case LOOM_MSG_ERROR:
         if (m->status < 100 || m->status > 599)
             return LOOM_EINVAL;
-        if (m->error_message && !utf8_valid(m->error_message))
+        if (m->error_message && !str_utf8(m->error_message))
             return LOOM_EINVAL;
         return check_value(m->error_data, LOOM_MAX_NESTING - 2);
     case LOOM_MSG_CUSTOM:
@@ -690,7 +611,7 @@ loom_err loom_msg_encode(const loom_msg *m, char **out, size_t *len)
     if (e)
         return e;
 
-    wbuf b = {.cap = 1024};
+    loom__sbuf b = {.cap = 1024};
     if (!(b.p = malloc(b.cap)))
         return LOOM_ENOMEM;
     const char *type =
@@ -698,7 +619,7 @@ loom_err loom_msg_encode(const loom_msg *m, char **out, size_t *len)
     wb_lit(&b, "{\"v\":1,\"messageType\":");
     wb_str(&b, type);
     wb_lit(&b, ",\"id\":\"");
-    wb_put(&b, m->id, LOOM_ID_LEN);
+    loom__sbuf_add(&b, m->id, LOOM_ID_LEN);
     wb_lit(&b, "\",\"timestamp\":");
     wb_int(&b, m->timestamp);
     wb_field_str(&b, "contentType", m->content_type);
@@ -808,7 +729,7 @@ static loom_err prescan(const unsigned char *p, size_t n, errsink *eb)
             break;
         unsigned char c = p[i];
         if (c >= 0x80) {
-            size_t k = utf8_seq(p + i, n - i);
+            size_t k = loom__utf8_seq(p + i, n - i);
             if (!k)
                 return fail(eb, LOOM_EPARSE, "invalid UTF-8 at byte %zu", i);
             i += k;

@@ -850,6 +850,112 @@ static bool compile_value(cctx *c, snode *n, const cJSON *j, const char *key, co
     return set_msg(c, &n->msg[which], msg);
 }
 
+/* An estimate of the nodes glibc's regcomp builds for an extended regular
+ * expression. It copies the operand of '+' once more and that of {n,m}
+ * max(n, m) times, so stacked or nested repetitions grow multiplicatively:
+ * "a" followed by 40 '+' would need 2^40 nodes and exhaust memory (found
+ * by fuzz_schema). glibc builds while it parses, so what comes before a
+ * syntax error counts too. Iterative; saturates instead of overflowing. */
+#define PATTERN_MAX_NODES 20000
+#define PATTERN_MAX_GROUPS 64
+static uint64_t pattern_cost(const char *p)
+{
+    typedef struct {
+        uint64_t alts, cur, last;
+    } frame;
+    frame st[PATTERN_MAX_GROUPS + 1] = {{0, 0, 0}};
+    size_t top = 0;
+    const uint64_t cap = (uint64_t)PATTERN_MAX_NODES * 1000;
+    for (; *p; p++) {
+        frame *f = &st[top];
+        uint64_t atom = 1, factor = 0;
+        switch (*p) {
+        case '\\':
+            if (p[1])
+                p++;
+            break;
+        case '[': /* a bracket expression is one node: skip it */
+            p++;
+            if (*p == '^')
+                p++;
+            if (*p == ']')
+                p++;
+            while (*p && *p != ']') {
+                if (*p == '[' && (p[1] == ':' || p[1] == '.' || p[1] == '=')) {
+                    char close = p[1];
+                    p += 2;
+                    while (*p && !(*p == close && p[1] == ']'))
+                        p++;
+                    if (*p)
+                        p++;
+                }
+                if (*p)
+                    p++;
+            }
+            if (!*p) /* unterminated: regcomp refuses it, but only after */
+                goto done; /* building everything before it */
+            break;
+        case '(':
+            if (top == PATTERN_MAX_GROUPS)
+                return UINT64_MAX;
+            st[++top] = (frame){0, 0, 0};
+            continue;
+        case ')':
+            if (top == 0)
+                break; /* glibc reads an unmatched ')' as a literal */
+            atom = st[top].alts + st[top].cur + 1;
+            f = &st[--top];
+            break;
+        case '|':
+            f->alts += f->cur;
+            f->cur = f->last = 0;
+            continue;
+        case '*':
+        case '?':
+            f->cur += 1;
+            continue;
+        case '+':
+            factor = 2;
+            break;
+        case '{': {
+            char *end;
+            unsigned long lo = strtoul(p + 1, &end, 10), hi = lo;
+            if (end == p + 1)
+                break; /* a literal '{' */
+            if (*end == ',') {
+                hi = end[1] == '}' ? lo + 1 : strtoul(end + 1, &end, 10);
+                if (end[0] == ',')
+                    end++;
+            }
+            if (*end != '}')
+                break;
+            p = end;
+            factor = (hi > lo ? hi : lo) + 1;
+            if (factor > cap)
+                factor = cap;
+            break;
+        }
+        default:
+            break;
+        }
+        if (factor) { /* a repetition of the last atom */
+            uint64_t more = f->last * (factor - 1);
+            f->cur = f->cur + more > cap ? cap : f->cur + more;
+            f->last = f->last * factor > cap ? cap : f->last * factor;
+        } else {
+            f->cur = f->cur + atom > cap ? cap : f->cur + atom;
+            f->last = atom > cap ? cap : atom;
+        }
+        if (f->cur >= cap)
+            return cap;
+    }
+done:;
+    uint64_t total = 0;
+    for (size_t i = 0; i <= top; i++)
+        total += st[i].alts + st[i].cur;
+    return total;
+}
+
 static bool compile_pattern(cctx *c, snode *n, const cJSON *j, const step *at)
 {
     if (!cJSON_IsString(j) || !j->valuestring) {
@@ -868,6 +974,11 @@ static bool compile_pattern(cctx *c, snode *n, const cJSON *j, const step *at)
         }
         if (p[1])
             p++; /* skip the escaped character */
+    }
+    if (pattern_cost(j->valuestring) > PATTERN_MAX_NODES) {
+        cfail(c, at, "'pattern' is too complex: its repetitions would expand to more than %d states",
+              PATTERN_MAX_NODES);
+        return false;
     }
     int rc = regcomp(&n->regex, j->valuestring, REG_EXTENDED | REG_NOSUB);
     if (rc != 0) {

@@ -130,6 +130,7 @@ static const key_def keys[] = {
     INT("http.max_connections", 1, 1000000),
     INT("http.idle_timeout_s", 1, 86400),
     INT("http.request_timeout_ms", 1, 86400000),
+    BOOL("http.inline"),
     LIST("http.auth.tokens"),
     STR("http.auth.tokens_file"),
     STR("http.auth.tokens_env"),

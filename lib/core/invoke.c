@@ -154,6 +154,8 @@ static loom__pending *pend_add(loom_runtime *rt, const char *id, loom_reply_fn c
     p->timeout_ms = timeout_ms;
     p->timer.heap_index = SIZE_MAX;
     p->timer.job = (loom__job){expire_job, rt, p, 0};
+    /* The 504 comes at the deadline even when every worker is busy. */
+    p->timer.on_timer_thread = true;
     pthread_mutex_lock(&rt->pend_mu);
     if (rt->pend_count >= rt->pend_nbuckets * 2)
         pend_grow_locked(rt);
@@ -338,8 +340,12 @@ static loom_err prepare(loom_runtime *rt, const loom_ctx *parent, const loom_cal
         loom_msg_release(m);
         return p->early ? LOOM_OK : LOOM_ENOMEM;
     }
+    /* Nobody announced it: 503 at once, once the announcements that existed
+     * when we connected have arrived (before that, send it and let the
+     * deadline decide). */
     if (!p->local && !(rt->ops->caps & LOOM_CAP_KNOWS_RECEIVERS) &&
-        !loom__remote_has_command(rt, call->service, p->version, call->command)) {
+        !loom__remote_has_command(rt, call->service, p->version, call->command) &&
+        loom__discovery_synced(rt)) {
         p->early = fail_response(m, 503, "no receiver for %s.%s (version %s)", call->service,
                                  call->command, p->version);
         loom_msg_release(m);

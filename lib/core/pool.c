@@ -129,7 +129,14 @@ static void *timer_main(void *arg)
         while (p->heap_n && (p->heap[0]->when_mono <= now || p->stopping)) {
             loom__timer *t = p->heap[0];
             heap_remove(p, 0);
-            submit_locked(p, t->job);
+            if (t->on_timer_thread) {
+                loom__job job = t->job; /* t may be gone once it ran */
+                pthread_mutex_unlock(&p->mu);
+                job.fn(job.a, job.b, job.c);
+                pthread_mutex_lock(&p->mu);
+            } else {
+                submit_locked(p, t->job);
+            }
         }
         if (p->stopping)
             continue;

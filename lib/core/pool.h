@@ -23,6 +23,11 @@ typedef struct loom__timer {
     int64_t when_mono;
     size_t heap_index; /* SIZE_MAX when not scheduled */
     loom__job job;     /* submitted to the pool when it fires */
+    /* Run job on the timer thread itself instead of queueing it, so that it
+     * never waits for a free worker (a call's deadline must hold while slow
+     * handlers occupy every worker). Only for short jobs that never block;
+     * the entry may be freed by the job. */
+    bool on_timer_thread;
 } loom__timer;
 
 typedef struct loom__pool {

@@ -128,3 +128,68 @@ unsigned loom__cpu_count(void)
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (unsigned)n : 1;
 }
+
+bool loom__utf8_valid(const void *data, size_t n)
+{
+    const unsigned char *s = data;
+    for (size_t i = 0; i < n;) {
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t k = loom__utf8_seq(s + i, n - i);
+        if (!k)
+            return false;
+        i += k;
+    }
+    return true;
+}
+
+bool loom__sbuf_grow(loom__sbuf *b, size_t extra)
+{
+    if (b->oom)
+        return false;
+    if (extra > SIZE_MAX / 4 - b->len) {
+        b->oom = true;
+        return false;
+    }
+    size_t need = b->len + extra + 1, cap = b->cap ? b->cap * 2 : 256;
+    if (cap < need)
+        cap = need;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = true;
+        return false;
+    }
+    if (!b->p)
+        p[0] = '\0';
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+void loom__sbuf_puts(loom__sbuf *b, const char *s)
+{
+    loom__sbuf_add(b, s, strlen(s));
+}
+
+void loom__sbuf_printf(loom__sbuf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof tmp) {
+        loom__sbuf_add(b, tmp, (size_t)n);
+        return;
+    }
+    if (!loom__sbuf_reserve(b, (size_t)n))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "loom.h"
 
@@ -28,5 +29,73 @@ void loom__strlcpy(char *dst, const char *src, size_t n);
 bool loom__parse_int(const char *s, long long min, long long max, long long *out);
 /* Number of online CPUs (>= 1). */
 unsigned loom__cpu_count(void);
+
+/* UTF-8 (Unicode 15, table 3-7): the length of the well-formed sequence at
+ * s (avail >= 1 bytes readable), or 0 when it is malformed: overlong, a
+ * surrogate, above U+10FFFF, a stray continuation byte or truncated.
+ * Inline: the envelope decoder calls it for every non-ASCII sequence. */
+static inline size_t loom__utf8_seq(const unsigned char *s, size_t avail)
+{
+    unsigned char c = s[0];
+    if (c < 0x80)
+        return 1;
+    if (c < 0xC2)
+        return 0;
+    if (c < 0xE0)
+        return avail >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (c < 0xF0) {
+        if (avail < 3)
+            return 0;
+        unsigned char lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        return s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 ? 3 : 0;
+    }
+    if (c < 0xF5) {
+        if (avail < 4)
+            return 0;
+        unsigned char lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        return s[1] >= lo && s[1] <= hi && (s[2] & 0xC0) == 0x80 && (s[3] & 0xC0) == 0x80 ? 4 : 0;
+    }
+    return 0;
+}
+
+/* True when the n bytes at s are well-formed UTF-8 (NUL bytes included). */
+bool loom__utf8_valid(const void *s, size_t n);
+
+/* A growable NUL-terminated string buffer. Start from {0}. After an
+ * allocation failure `oom` is set and every later write is a no-op, so a
+ * builder checks once at the end. p is malloc'd (free it; NULL until the
+ * first write). Invariant once p is set: len < cap (room for the NUL). */
+typedef struct loom__sbuf {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} loom__sbuf;
+
+/* Grows b so that extra more bytes and the NUL fit; false (oom) when it
+ * cannot. Use loom__sbuf_reserve. */
+bool loom__sbuf_grow(loom__sbuf *b, size_t extra);
+
+/* Makes room for extra more bytes and the NUL; false after a failure. */
+static inline bool loom__sbuf_reserve(loom__sbuf *b, size_t extra)
+{
+    if (b->oom)
+        return false;
+    if (b->p && extra < b->cap - b->len)
+        return true;
+    return loom__sbuf_grow(b, extra);
+}
+
+/* Appends n bytes (inline: the envelope encoder's hot path). */
+static inline void loom__sbuf_add(loom__sbuf *b, const char *s, size_t n)
+{
+    if (!loom__sbuf_reserve(b, n))
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void loom__sbuf_puts(loom__sbuf *b, const char *s);
+void loom__sbuf_printf(loom__sbuf *b, const char *fmt, ...) LOOM_PRINTF(2, 3);
 
 #endif

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -182,6 +183,42 @@ const char *loom__hs_req_target(const loom__hs_req *r)
 const char *loom__hs_req_header(const loom__hs_req *r, const char *name)
 {
     return r->conn ? MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name) : NULL;
+}
+
+typedef struct header_count {
+    const char *name;
+    size_t len;
+    bool lookalike; /* count longer names with this prefix instead */
+    unsigned n;
+} header_count;
+
+static enum MHD_Result count_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    (void)value;
+    header_count *c = cls;
+    if (key && strncasecmp(key, c->name, c->len) == 0 && (key[c->len] != '\0') == c->lookalike)
+        c->n++;
+    return MHD_YES;
+}
+
+static unsigned count_headers(const loom__hs_req *r, const char *name, bool lookalike)
+{
+    header_count c = {name, name ? strlen(name) : 0, lookalike, 0};
+    if (r->conn && name)
+        MHD_get_connection_values(r->conn, MHD_HEADER_KIND, count_header, &c);
+    return c.n;
+}
+
+unsigned loom__hs_req_header_count(const loom__hs_req *r, const char *name)
+{
+    return count_headers(r, name, false);
+}
+
+unsigned loom__hs_req_header_lookalikes(const loom__hs_req *r, const char *name)
+{
+    return count_headers(r, name, true);
 }
 
 const char *loom__hs_req_body(const loom__hs_req *r, size_t *len)

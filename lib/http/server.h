@@ -106,6 +106,13 @@ const char *loom__hs_req_target(const loom__hs_req *r);
 /* A header by name, case-insensitive; the first one when repeated; NULL
  * when absent. */
 const char *loom__hs_req_header(const loom__hs_req *r, const char *name);
+/* How many times a header occurs (case-insensitive name). */
+unsigned loom__hs_req_header_count(const loom__hs_req *r, const char *name);
+/* How many headers have a name that starts with name but is longer (e.g.
+ * "Content-Length8": what libmicrohttpd 0.9.75 makes of an obs-folded
+ * "Content-Length:\r\n 8", or "Transfer-Encoding " with a space before
+ * the colon). */
+unsigned loom__hs_req_header_lookalikes(const loom__hs_req *r, const char *name);
 /* The body read so far (NUL-terminated for convenience; may contain NULs).
  * NULL with *len 0 when there is none. */
 const char *loom__hs_req_body(const loom__hs_req *r, size_t *len);

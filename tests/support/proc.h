@@ -49,8 +49,22 @@ void t_env_free(char **env);
 
 /* Forks and execs prog with args (NULL-terminated, without argv[0]; may be
  * NULL) in env, stdin from /dev/null, stdout and stderr on the given
- * descriptors. Returns the pid; the caller reaps it. */
+ * descriptors. Returns the pid; the caller reaps it.
+ *
+ * When the environment variable LOOM_TEST_WRAP is set (e.g. by `make
+ * valgrind`: "valgrind --error-exitcode=1 --leak-check=full ..."), programs
+ * of this tree (any path not under /usr, /bin or /sbin: the shop, the fault
+ * service) are run through that command, split at spaces. */
 pid_t t_spawn(const char *prog, const char *const *args, char *const *env, int out_fd, int err_fd);
+
+/* The path of a helper program (e.g. "fault_service") in the directory
+ * $LOOM_TEST_HELPERS, or else next to the running test binary, in a static
+ * buffer; fails the test when it is not there. */
+const char *t_helper_path(const char *name);
+
+/* True when children run under LOOM_TEST_WRAP (slower: tests may scale
+ * their timeouts). */
+bool t_wrapped(void);
 
 /* A waitpid status as an exit code: the code, or 128 + the signal. */
 int t_exit_status(int wait_status);
