@@ -74,6 +74,7 @@
 #include <unistd.h>
 
 #include "broker/adapters.h"
+#include "broker/options.h"
 #include "core/util.h"
 
 #define MQTT_MAX_SUB_ID 268435455            /* largest subscription identifier */
@@ -399,90 +400,6 @@ static loom_err parse_url(mqtt_adapter *a, const char *url, char *why, size_t wh
     return LOOM_OK;
 }
 
-static const cJSON *opt_get(const cJSON *o, const char *key)
-{
-    const cJSON *it = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
-    return it && !cJSON_IsNull(it) ? it : NULL;
-}
-
-/* Copies a string option into *out (left alone when absent). */
-static loom_err opt_str(const cJSON *o, const char *key, const char *path, char **out, char *why,
-                        size_t why_len)
-{
-    const cJSON *it = opt_get(o, key);
-    if (!it)
-        return LOOM_OK;
-    if (!cJSON_IsString(it) || !it->valuestring) {
-        snprintf(why, why_len, "broker.%s: expected a string", path);
-        return LOOM_ECONFIG;
-    }
-    if (strlen(it->valuestring) > MQTT_MAX_STRING) {
-        snprintf(why, why_len, "broker.%s: longer than %d bytes", path, MQTT_MAX_STRING);
-        return LOOM_ECONFIG;
-    }
-    char *s = strdup(it->valuestring);
-    if (!s) {
-        snprintf(why, why_len, "out of memory");
-        return LOOM_ENOMEM;
-    }
-    free(*out);
-    *out = s;
-    return LOOM_OK;
-}
-
-static loom_err opt_int(const cJSON *o, const char *key, long long min, long long max,
-                        long long *out, char *why, size_t why_len)
-{
-    const cJSON *it = opt_get(o, key);
-    if (!it)
-        return LOOM_OK;
-    long long v;
-    if (cJSON_IsNumber(it) && it->valuedouble >= (double)min && it->valuedouble <= (double)max &&
-        it->valuedouble == (double)(long long)it->valuedouble) {
-        v = (long long)it->valuedouble;
-    } else if (!(cJSON_IsString(it) && loom__parse_int(it->valuestring, min, max, &v))) {
-        snprintf(why, why_len, "broker.%s: expected an integer from %lld to %lld", key, min, max);
-        return LOOM_ECONFIG;
-    }
-    *out = v;
-    return LOOM_OK;
-}
-
-/* The first line of a file, without its line ending. */
-static loom_err read_first_line(const char *path, char **out, char *why, size_t why_len)
-{
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        snprintf(why, why_len, "broker.password_file: cannot read %s: %s", path, strerror(errno));
-        return LOOM_ECONFIG;
-    }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n = getline(&line, &cap, f);
-    bool err = ferror(f);
-    fclose(f);
-    if (n < 0) {
-        free(line);
-        if (err) {
-            snprintf(why, why_len, "broker.password_file: cannot read %s", path);
-            return LOOM_ECONFIG;
-        }
-        line = strdup(""); /* an empty file: an empty password */
-        if (!line)
-            return LOOM_ENOMEM;
-        n = 0;
-    }
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-        line[--n] = '\0';
-    if ((size_t)n != strlen(line) || n > MQTT_MAX_STRING) {
-        free(line);
-        snprintf(why, why_len, "broker.password_file: %s: unusable first line", path);
-        return LOOM_ECONFIG;
-    }
-    *out = line;
-    return LOOM_OK;
-}
-
 static loom_err read_options(mqtt_adapter *a, const cJSON *o, char *why, size_t why_len)
 {
     loom_err err;
@@ -491,41 +408,41 @@ static loom_err read_options(mqtt_adapter *a, const cJSON *o, char *why, size_t 
         snprintf(why, why_len, "broker: expected a mapping");
         return LOOM_ECONFIG;
     }
-    if ((err = opt_str(o, "client_id", "client_id", &a->client_id, why, why_len)) ||
-        (err = opt_str(o, "username", "username", &a->username, why, why_len)) ||
-        (err = opt_str(o, "password", "password", &a->password, why, why_len)))
+    if ((err = loom__opt_str(o, "client_id", "client_id", &a->client_id, why, why_len)) ||
+        (err = loom__opt_str(o, "username", "username", &a->username, why, why_len)) ||
+        (err = loom__opt_str(o, "password", "password", &a->password, why, why_len)))
         return err;
     if (a->client_id && !*a->client_id) {
         snprintf(why, why_len, "broker.client_id: must not be empty");
         return LOOM_ECONFIG;
     }
     char *pw_file = NULL;
-    if ((err = opt_str(o, "password_file", "password_file", &pw_file, why, why_len)))
+    if ((err = loom__opt_str(o, "password_file", "password_file", &pw_file, why, why_len)))
         return err;
     if (pw_file && !a->password) /* an explicit password wins */
-        err = read_first_line(pw_file, &a->password, why, why_len);
+        err = loom__opt_first_line(pw_file, &a->password, why, why_len);
     free(pw_file);
     if (err)
         return err;
 
     v = a->keepalive;
-    if ((err = opt_int(o, "keepalive", 0, 65535, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "keepalive", 0, 65535, &v, why, why_len)))
         return err;
     a->keepalive = (int)v;
     v = a->session_expiry;
-    if ((err = opt_int(o, "session_expiry", 0, 4294967295LL, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "session_expiry", 0, 4294967295LL, &v, why, why_len)))
         return err;
     a->session_expiry = (uint32_t)v;
     v = a->connect_timeout_ms;
-    if ((err = opt_int(o, "connect_timeout_ms", 1, 600000, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "connect_timeout_ms", 1, 600000, &v, why, why_len)))
         return err;
     a->connect_timeout_ms = (int)v;
     v = a->reconnect_min_ms;
-    if ((err = opt_int(o, "reconnect_min_ms", 1, 600000, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "reconnect_min_ms", 1, 600000, &v, why, why_len)))
         return err;
     a->reconnect_min_ms = (int)v;
     v = a->reconnect_max_ms;
-    if ((err = opt_int(o, "reconnect_max_ms", 1, 3600000, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "reconnect_max_ms", 1, 3600000, &v, why, why_len)))
         return err;
     a->reconnect_max_ms = (int)v;
     if (a->reconnect_max_ms < a->reconnect_min_ms) {
@@ -534,19 +451,19 @@ static loom_err read_options(mqtt_adapter *a, const cJSON *o, char *why, size_t 
         return LOOM_ECONFIG;
     }
     v = a->buffer;
-    if ((err = opt_int(o, "buffer", 0, 10000000, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "buffer", 0, 10000000, &v, why, why_len)))
         return err;
     a->buffer = (int)v;
 
-    const cJSON *tls = opt_get(o, "tls");
+    const cJSON *tls = loom__opt_get(o, "tls");
     if (tls && !cJSON_IsObject(tls)) {
         snprintf(why, why_len, "broker.tls: expected a mapping");
         return LOOM_ECONFIG;
     }
     if (tls && a->tls) { /* TLS settings only matter for mqtts:// */
-        if ((err = opt_str(tls, "ca", "tls.ca", &a->tls_ca, why, why_len)) ||
-            (err = opt_str(tls, "cert", "tls.cert", &a->tls_cert, why, why_len)) ||
-            (err = opt_str(tls, "key", "tls.key", &a->tls_key, why, why_len)))
+        if ((err = loom__opt_str(tls, "ca", "tls.ca", &a->tls_ca, why, why_len)) ||
+            (err = loom__opt_str(tls, "cert", "tls.cert", &a->tls_cert, why, why_len)) ||
+            (err = loom__opt_str(tls, "key", "tls.key", &a->tls_key, why, why_len)))
             return err;
         const char *names[] = {"tls.ca", "tls.cert", "tls.key"};
         const char *paths[] = {a->tls_ca, a->tls_cert, a->tls_key};
@@ -557,7 +474,7 @@ static loom_err read_options(mqtt_adapter *a, const cJSON *o, char *why, size_t 
                 return LOOM_ECONFIG;
             }
         }
-        const cJSON *verify = opt_get(tls, "verify");
+        const cJSON *verify = loom__opt_get(tls, "verify");
         if (verify) {
             if (!cJSON_IsBool(verify)) {
                 snprintf(why, why_len, "broker.tls.verify: expected true or false");

@@ -57,6 +57,7 @@
 #include <unistd.h>
 
 #include "broker/adapters.h"
+#include "broker/options.h"
 #include "core/util.h"
 
 #define NATS_DEFAULT_PORT 4222
@@ -66,7 +67,6 @@
 #define MAX_QUEUE 1024        /* mapped queue group */
 #define MAX_STATUS 256        /* the "status" header value */
 #define MAX_CORRELATION 65535 /* correlation bytes, as for MQTT */
-#define MAX_STRING_OPT 65535  /* any string option */
 #define PENDING_MSGS 65536    /* per subscription, in nats.c, before it drops */
 #define PENDING_BYTES (64 * 1024 * 1024)
 #define BYTES_PER_BUFFERED_MSG 1024 /* `buffer` (messages) -> reconnect buffer bytes */
@@ -704,102 +704,6 @@ static char *redact_url(const char *url)
     return out;
 }
 
-static const cJSON *opt_get(const cJSON *o, const char *key)
-{
-    const cJSON *it = o ? cJSON_GetObjectItemCaseSensitive(o, key) : NULL;
-    return it && !cJSON_IsNull(it) ? it : NULL;
-}
-
-/* Copies a string option into *out (left alone when absent). */
-static loom_err opt_str(const cJSON *o, const char *key, const char *path, char **out, char *why,
-                        size_t why_len)
-{
-    const cJSON *it = opt_get(o, key);
-    if (!it)
-        return LOOM_OK;
-    if (!cJSON_IsString(it) || !it->valuestring) {
-        snprintf(why, why_len, "broker.%s: expected a string", path);
-        return LOOM_ECONFIG;
-    }
-    if (strlen(it->valuestring) > MAX_STRING_OPT) {
-        snprintf(why, why_len, "broker.%s: longer than %d bytes", path, MAX_STRING_OPT);
-        return LOOM_ECONFIG;
-    }
-    char *s = strdup(it->valuestring);
-    if (!s)
-        return LOOM_ENOMEM;
-    free(*out);
-    *out = s;
-    return LOOM_OK;
-}
-
-static loom_err opt_int(const cJSON *o, const char *key, long long min, long long max,
-                        long long *out, char *why, size_t why_len)
-{
-    const cJSON *it = opt_get(o, key);
-    if (!it)
-        return LOOM_OK;
-    long long v;
-    if (cJSON_IsNumber(it) && it->valuedouble >= (double)min && it->valuedouble <= (double)max &&
-        it->valuedouble == (double)(long long)it->valuedouble) {
-        v = (long long)it->valuedouble;
-    } else if (!(cJSON_IsString(it) && loom__parse_int(it->valuestring, min, max, &v))) {
-        snprintf(why, why_len, "broker.%s: expected an integer from %lld to %lld", key, min, max);
-        return LOOM_ECONFIG;
-    }
-    *out = v;
-    return LOOM_OK;
-}
-
-static loom_err opt_bool(const cJSON *o, const char *key, const char *path, bool *out, char *why,
-                         size_t why_len)
-{
-    const cJSON *it = opt_get(o, key);
-    if (!it)
-        return LOOM_OK;
-    if (!cJSON_IsBool(it)) {
-        snprintf(why, why_len, "broker.%s: expected true or false", path);
-        return LOOM_ECONFIG;
-    }
-    *out = cJSON_IsTrue(it);
-    return LOOM_OK;
-}
-
-/* The first line of a file, without its line ending. */
-static loom_err read_first_line(const char *path, char **out, char *why, size_t why_len)
-{
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        snprintf(why, why_len, "broker.password_file: cannot read %s: %s", path, strerror(errno));
-        return LOOM_ECONFIG;
-    }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n = getline(&line, &cap, f);
-    bool err = ferror(f);
-    fclose(f);
-    if (n < 0) {
-        free(line);
-        if (err) {
-            snprintf(why, why_len, "broker.password_file: cannot read %s", path);
-            return LOOM_ECONFIG;
-        }
-        line = strdup(""); /* an empty file: an empty password */
-        if (!line)
-            return LOOM_ENOMEM;
-        n = 0;
-    }
-    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-        line[--n] = '\0';
-    if ((size_t)n != strlen(line) || n > MAX_STRING_OPT) {
-        free(line);
-        snprintf(why, why_len, "broker.password_file: %s: unusable first line", path);
-        return LOOM_ECONFIG;
-    }
-    *out = line;
-    return LOOM_OK;
-}
-
 static loom_err read_options(nats_adapter *a, const cJSON *o, char *why, size_t why_len)
 {
     loom_err err;
@@ -809,10 +713,10 @@ static loom_err read_options(nats_adapter *a, const cJSON *o, char *why, size_t 
         return LOOM_ECONFIG;
     }
     char *user = NULL, *pw = NULL, *pw_file = NULL;
-    if ((err = opt_str(o, "client_id", "client_id", &a->name, why, why_len)) ||
-        (err = opt_str(o, "username", "username", &user, why, why_len)) ||
-        (err = opt_str(o, "password", "password", &pw, why, why_len)) ||
-        (err = opt_str(o, "password_file", "password_file", &pw_file, why, why_len)))
+    if ((err = loom__opt_str(o, "client_id", "client_id", &a->name, why, why_len)) ||
+        (err = loom__opt_str(o, "username", "username", &user, why, why_len)) ||
+        (err = loom__opt_str(o, "password", "password", &pw, why, why_len)) ||
+        (err = loom__opt_str(o, "password_file", "password_file", &pw_file, why, why_len)))
         goto creds_done;
     if (a->name && !*a->name) {
         snprintf(why, why_len, "broker.client_id: must not be empty");
@@ -820,7 +724,7 @@ static loom_err read_options(nats_adapter *a, const cJSON *o, char *why, size_t 
         goto creds_done;
     }
     if (pw_file && !pw) /* an explicit password wins */
-        err = read_first_line(pw_file, &pw, why, why_len);
+        err = loom__opt_first_line(pw_file, &pw, why, why_len);
 creds_done:
     free(pw_file);
     if (err == LOOM_OK && (user || pw)) {
@@ -840,15 +744,15 @@ creds_done:
         return err;
 
     v = a->connect_timeout_ms;
-    if ((err = opt_int(o, "connect_timeout_ms", 1, 600000, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "connect_timeout_ms", 1, 600000, &v, why, why_len)))
         return err;
     a->connect_timeout_ms = (int)v;
     v = a->reconnect_min_ms;
-    if ((err = opt_int(o, "reconnect_min_ms", 1, 600000, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "reconnect_min_ms", 1, 600000, &v, why, why_len)))
         return err;
     a->reconnect_min_ms = (int)v;
     v = a->reconnect_max_ms;
-    if ((err = opt_int(o, "reconnect_max_ms", 1, 3600000, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "reconnect_max_ms", 1, 3600000, &v, why, why_len)))
         return err;
     a->reconnect_max_ms = (int)v;
     if (a->reconnect_max_ms < a->reconnect_min_ms) {
@@ -857,27 +761,27 @@ creds_done:
         return LOOM_ECONFIG;
     }
     v = a->buffer;
-    if ((err = opt_int(o, "buffer", 0, 10000000, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "buffer", 0, 10000000, &v, why, why_len)))
         return err;
     a->buffer = (int)v;
     v = a->keepalive_s;
-    if ((err = opt_int(o, "keepalive", 0, 65535, &v, why, why_len)))
+    if ((err = loom__opt_int(o, "keepalive", 0, 65535, &v, why, why_len)))
         return err;
     a->keepalive_s = (int)v;
-    if ((err = opt_bool(o, "randomize", "randomize", &a->randomize, why, why_len)) ||
-        (err = opt_bool(o, "send_asap", "send_asap", &a->send_asap, why, why_len)))
+    if ((err = loom__opt_bool(o, "randomize", "randomize", &a->randomize, why, why_len)) ||
+        (err = loom__opt_bool(o, "send_asap", "send_asap", &a->send_asap, why, why_len)))
         return err;
 
-    const cJSON *tls = opt_get(o, "tls");
+    const cJSON *tls = loom__opt_get(o, "tls");
     if (tls && !cJSON_IsObject(tls)) {
         snprintf(why, why_len, "broker.tls: expected a mapping");
         return LOOM_ECONFIG;
     }
     if (tls && a->tls) { /* TLS settings only matter for tls:// */
-        if ((err = opt_str(tls, "ca", "tls.ca", &a->tls_ca, why, why_len)) ||
-            (err = opt_str(tls, "cert", "tls.cert", &a->tls_cert, why, why_len)) ||
-            (err = opt_str(tls, "key", "tls.key", &a->tls_key, why, why_len)) ||
-            (err = opt_bool(tls, "verify", "tls.verify", &a->tls_verify, why, why_len)))
+        if ((err = loom__opt_str(tls, "ca", "tls.ca", &a->tls_ca, why, why_len)) ||
+            (err = loom__opt_str(tls, "cert", "tls.cert", &a->tls_cert, why, why_len)) ||
+            (err = loom__opt_str(tls, "key", "tls.key", &a->tls_key, why, why_len)) ||
+            (err = loom__opt_bool(tls, "verify", "tls.verify", &a->tls_verify, why, why_len)))
             return err;
         const char *names[] = {"tls.ca", "tls.cert", "tls.key"};
         const char *paths[] = {a->tls_ca, a->tls_cert, a->tls_key};
