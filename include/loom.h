@@ -356,8 +356,10 @@ typedef struct loom_call {
 
 /* Called once with the response: a success (status 200/204) or an error
  * response (the handler's status, 400 validation, 503 no receiver or
- * stopping, 504 timeout). The response is borrowed. May run on any thread,
- * including the caller's before loom_runtime_invoke returns. */
+ * stopping, 504 timeout). The response is borrowed. May run on any thread:
+ * the caller's before loom_runtime_invoke returns, a worker, or loom's
+ * timer thread at the deadline — keep it short and never block in it (hand
+ * longer work to your own thread). */
 typedef void (*loom_reply_fn)(loom_runtime *rt, const loom_msg *response, void *user);
 
 /* Invokes a command asynchronously. Returns LOOM_EINVAL (bad call),
