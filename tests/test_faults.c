@@ -624,8 +624,10 @@ static void test_handler_faults(void **state)
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     snprintf(log, sizeof log, "%s/mono.log", L.dir);
     snprintf(tmo, sizeof tmo, "timeouts.default_ms=%d", CMD_TIMEOUT_MS);
-    const char *args[] = {"--services", "all",   "--http", listen, "--set", tmo,
-                          "--set", "timeouts.drain_ms=500", NULL};
+    /* Handlers on workers (not http.inline, the default with memory:, which
+     * runs them on the HTTP thread and cannot answer before they return). */
+    const char *args[] = {"--services", "all", "--http", listen, "--set", tmo, "--set",
+                          "timeouts.drain_ms=500", "--set", "http.inline=false", NULL};
     t_proc *mono = proc_named("mono");
     t_proc_start(mono, "mono", t_helper_path("fault_service"), args, L.env, log);
     wait_serving(port, START_TIMEOUT_MS);
@@ -655,7 +657,7 @@ static void test_expired_work_not_started(void **state)
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     snprintf(log, sizeof log, "%s/one.log", L.dir);
     const char *args[] = {"--services", "all", "--http", listen, "--workers", "1", "--set",
-                          "http.request_timeout_ms=1000", NULL};
+                          "http.request_timeout_ms=1000", "--set", "http.inline=false", NULL};
     t_proc *one = proc_named("one");
     t_proc_start(one, "one", t_helper_path("fault_service"), args, L.env, log);
     wait_serving(port, START_TIMEOUT_MS);

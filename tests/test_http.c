@@ -959,6 +959,18 @@ static void test_request_timeout_cap(void **state)
     expect_status(&r, 200);
     resp_free(&r);
     fx_free(f);
+
+    /* A cap above the command's own timeout (250 ms) leaves it alone. On
+     * the workers, so the 504 comes at the deadline, from the timer. */
+    const char *high[] = {"http.request_timeout_ms", "5000", "http.inline", "false", NULL};
+    f = fx_new(high, NULL, NULL);
+    t0 = now_ms();
+    r = get(f, "/api/v1/sleepy");
+    expect_status(&r, 504);
+    assert_int_equal((int)jnum(r.json, "data", "timeoutMs"), 250);
+    assert_true(now_ms() - t0 < 650);
+    resp_free(&r);
+    fx_free(f);
 }
 
 static void test_runtime_stopped_503(void **state)

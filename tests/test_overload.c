@@ -60,8 +60,13 @@ static int start_server(t_proc *p, const char *name, const char *const *extra)
     char listen[64], log[128];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     snprintf(log, sizeof log, "%s/%s.log", dir, name);
-    const char *args[32] = {"--services", "all", "--http", listen, "--log-level", "warn"};
-    size_t n = 6;
+    /* Handlers on the runtime's workers, behind its bounded queue: with
+     * http.inline (the default with memory:) they would run on the HTTP
+     * threads, with neither a queue to refuse from nor a bulkhead to hit
+     * (docs/reliability.md, "Known limits"). */
+    const char *args[32] = {"--services", "all",   "--http", listen, "--log-level", "warn",
+                            "--set",      "http.inline=false"};
+    size_t n = 8;
     for (size_t i = 0; extra && extra[i] && n < 31; i++)
         args[n++] = extra[i];
     args[n] = NULL;

@@ -755,10 +755,10 @@ static loom__hs_action invoke(breq *b, cJSON *payload)
     pthread_mutex_unlock(&h->wait_mu);
 
     /* 0: the runtime picks the command's own timeout (announced, for a
-     * remote one) or its default; http.request_timeout_ms caps it. */
+     * remote one) or its default; http.request_timeout_ms caps that. */
     uint32_t timeout = 0;
     if (h->request_timeout_ms) {
-        uint32_t own = timeout ? timeout : h->rt->default_timeout_ms;
+        uint32_t own = r->timeout_ms ? r->timeout_ms : h->rt->default_timeout_ms;
         timeout = own < h->request_timeout_ms ? own : h->request_timeout_ms;
     }
     loom_call call = {.service = r->service,
@@ -778,8 +778,8 @@ static loom__hs_action invoke(breq *b, cJSON *payload)
         atomic_fetch_sub(&b->refs, 1); /* on_reply will not run */
         cJSON_Delete(payload);
         if (err == LOOM_EINVAL) {
-            loom__http_log(h, LOOM_LOG_ERROR, "%s %s: the runtime refused the call to %s.%s", r->method,
-                 r->label, r->service, r->command);
+            loom__http_log(h, LOOM_LOG_ERROR, "%s %s: the runtime refused the call to %s.%s",
+                           r->method, r->label, r->service, r->command);
             return send_error(b, 500, "the call was refused", NULL, NULL, NULL);
         }
         return send_error(b, 503,
