@@ -35,7 +35,7 @@
 #include "loom.h"
 
 enum { C_SLEEP, C_HANG, C_BADOUTPUT, C_TWICE, C_NOREPLY, C_CRASH, C_COUNT };
-static const char *const names[C_COUNT] = {"sleep", "hang", "badoutput",
+static const char *const names[C_COUNT] = {"sleep", "hang",    "badoutput",
                                            "twice", "noreply", "crash"};
 static atomic_long started[C_COUNT];
 static atomic_int twice_second = -1; /* loom_err of the second answer */
@@ -198,8 +198,8 @@ LOOM_SERVICE(faults, .name = "faults", .version = "1",
                                        &cmd_noreply, &cmd_crash, &cmd_whoami, &cmd_echo,
                                        &cmd_echo_post, &cmd_stats));
 
-LOOM_SUBSCRIPTION(sub_count, .name = "count", .handler = count_fn,
-                  .filter = {.event_name = "tick"}, .max_retries = 5);
+LOOM_SUBSCRIPTION(sub_count, .name = "count", .handler = count_fn, .filter = {.event_name = "tick"},
+                  .max_retries = 5);
 LOOM_SERVICE(ticks, .name = "ticks", .version = "1", .description = "Counts tick events",
              .subscriptions = LOOM_SUBSCRIPTIONS(&sub_count));
 

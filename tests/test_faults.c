@@ -73,18 +73,12 @@ static t_proc *fs_start(const char *name, const char *services, const char *cons
     char log[128], tmo[64];
     snprintf(log, sizeof log, "%s/%s.log", L.dir, name);
     snprintf(tmo, sizeof tmo, "timeouts.default_ms=%d", CMD_TIMEOUT_MS);
-    const char *args[40] = {"--instance",
-                            name,
-                            "--services",
-                            services,
-                            "--broker",
-                            t_broker_url(&L.broker),
-                            "--set",
-                            tmo,
-                            "--set",
-                            "broker.reconnect_max_ms=1000",
-                            "--workers",
-                            "4"};
+    const char *args[40] = {"--instance", name,
+                            "--services", services,
+                            "--broker",   t_broker_url(&L.broker),
+                            "--set",      tmo,
+                            "--set",      "broker.reconnect_max_ms=1000",
+                            "--workers",  "4"};
     size_t n = 12;
     for (size_t i = 0; extra && extra[i] && n < 39; i++)
         args[n++] = extra[i];
@@ -112,7 +106,7 @@ static bool announced(const char *instance)
     snprintf(port, sizeof port, "%d", L.broker.port);
     snprintf(topic, sizeof topic, "loom/svc/%s", instance);
     const char *args[] = {"-h", "127.0.0.1", "-p", port, "-t", topic, "--retained-only",
-                          "-W", "1", "-F", "%l", NULL};
+                          "-W", "1",         "-F", "%l", NULL};
     t_run r;
     t_run_prog(&r, sub_tool, args, L.env, 10000);
     long len = atol(t_run_out(&r));
@@ -418,8 +412,9 @@ static void test_broker_restart_under_load(void **state)
     wait_announced("f2", true);
     wait_announced("sub-1", true);
     int dups = wait_ticks(1, 200, RECOVER_TIMEOUT_MS);
-    fprintf(stderr, "broker restart: 200 events for the durable subscriber: 0 lost, %d "
-                    "duplicate(s)\n",
+    fprintf(stderr,
+            "broker restart: 200 events for the durable subscriber: 0 lost, %d "
+            "duplicate(s)\n",
             dups);
     /* Events published now still flow. */
     emit_ticks(201, 250);
@@ -453,8 +448,9 @@ static void test_durable_subscriber(void **state)
     t_sleep_ms(300);
     fs_start("sub-1", "ticks", durable);
     int dups = wait_ticks(11, 310, RECOVER_TIMEOUT_MS);
-    fprintf(stderr, "durable subscriber SIGKILLed and restarted: 300 events, 0 lost, %d "
-                    "duplicate(s)\n",
+    fprintf(stderr,
+            "durable subscriber SIGKILLed and restarted: 300 events, 0 lost, %d "
+            "duplicate(s)\n",
             dups);
     assert_int_equal(t_proc_log_count(proc_named("sub-1"), "dropped"), 0);
 
@@ -505,8 +501,9 @@ static void test_sigkill_instance(void **state)
     t_load_result r;
     t_load_stop(l, &r);
     print_load("instance SIGKILLed under load", &r);
-    fprintf(stderr, "SIGKILL: announcement cleared (Last Will) %.1f ms after the kill; %ld call(s) "
-                    "failed\n",
+    fprintf(stderr,
+            "SIGKILL: announcement cleared (Last Will) %.1f ms after the kill; %ld call(s) "
+            "failed\n",
             gone, r.answered - r.status[200]);
     assert_true(gone < 2000);
 
@@ -560,9 +557,9 @@ static void test_sigterm_drain(void **state)
 
     assert_int_equal(f1->status, 0);
     assert_true(took < 4000 + 2000);
-    assert_true(slept_after > slept_before);        /* in-flight work finished */
+    assert_true(slept_after > slept_before); /* in-flight work finished */
     assert_int_equal(r.hung + r.conn_errors, 0);
-    assert_int_equal(r.status[200], r.answered);    /* nothing failed */
+    assert_int_equal(r.status[200], r.answered); /* nothing failed */
     assert_false(announced("f1"));
     char body[256];
     assert_int_equal(http_get(port, "/api/v1/faults/whoami", body, sizeof body), 200);
@@ -626,8 +623,12 @@ static void test_handler_faults(void **state)
     snprintf(tmo, sizeof tmo, "timeouts.default_ms=%d", CMD_TIMEOUT_MS);
     /* Handlers on workers (not http.inline, the default with memory:, which
      * runs them on the HTTP thread and cannot answer before they return). */
-    const char *args[] = {"--services", "all", "--http", listen, "--set", tmo, "--set",
-                          "timeouts.drain_ms=500", "--set", "http.inline=false", NULL};
+    const char *args[] = {"--services", "all",
+                          "--http",     listen,
+                          "--set",      tmo,
+                          "--set",      "timeouts.drain_ms=500",
+                          "--set",      "http.inline=false",
+                          NULL};
     t_proc *mono = proc_named("mono");
     t_proc_start(mono, "mono", t_helper_path("fault_service"), args, L.env, log);
     wait_serving(port, START_TIMEOUT_MS);
@@ -656,8 +657,12 @@ static void test_expired_work_not_started(void **state)
     char listen[64], log[128];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     snprintf(log, sizeof log, "%s/one.log", L.dir);
-    const char *args[] = {"--services", "all", "--http", listen, "--workers", "1", "--set",
-                          "http.request_timeout_ms=1000", "--set", "http.inline=false", NULL};
+    const char *args[] = {"--services", "all",
+                          "--http",     listen,
+                          "--workers",  "1",
+                          "--set",      "http.request_timeout_ms=1000",
+                          "--set",      "http.inline=false",
+                          NULL};
     t_proc *one = proc_named("one");
     t_proc_start(one, "one", t_helper_path("fault_service"), args, L.env, log);
     wait_serving(port, START_TIMEOUT_MS);
@@ -691,8 +696,7 @@ static void test_expired_work_not_started(void **state)
     cJSON *s1 = t_json(body);
     int started1 = cJSON_GetObjectItem(cJSON_GetObjectItem(s1, "started"), "sleep")->valueint;
     cJSON_Delete(s1);
-    fprintf(stderr, "expired work: `sleep` started %d time(s) for 2 calls\n",
-            started1 - started0);
+    fprintf(stderr, "expired work: `sleep` started %d time(s) for 2 calls\n", started1 - started0);
     assert_int_equal(started1 - started0, 1);
     assert_int_equal(t_proc_log_count(one, "slept 1 ms"), quick0); /* B never ran */
     assert_int_equal(t_proc_stop(one, SIGTERM, 15000), 0);

@@ -139,9 +139,9 @@ static void start_target(const char *const *extra)
     snprintf(listen, sizeof listen, "127.0.0.1:%d", T.port);
     snprintf(log, sizeof log, "%s/target.log", T.dir);
     snprintf(maxmsg, sizeof maxmsg, "limits.max_message=%d", MAX_MESSAGE);
-    const char *args[24] = {"--services", "all",   "--instance", "h1",     "--broker",
-                            t_broker_url(&T.broker), "--http",     listen,   "--set",
-                            maxmsg,       "--set", "http.idle_timeout_s=2"};
+    const char *args[24] = {
+        "--services", "all",  "--instance", "h1",   "--broker", t_broker_url(&T.broker),
+        "--http",     listen, "--set",      maxmsg, "--set",    "http.idle_timeout_s=2"};
     size_t n = 12;
     for (size_t i = 0; extra && extra[i] && n < 23; i++)
         args[n++] = extra[i];
@@ -203,7 +203,8 @@ typedef struct framing_case {
 } framing_case;
 
 #define SMUGGLED "GET /api/v1/faults/whoami HTTP/1.1\r\nHost: t\r\n\r\n"
-#define POST_HEAD "POST /api/v1/faults/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+#define POST_HEAD                                                                                  \
+    "POST /api/v1/faults/echo HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
 
 /* Every request with an ambiguous body length is refused with one answer
  * and the connection closed: the smuggled request after it never runs. */
@@ -212,11 +213,12 @@ static void test_request_smuggling(void **state)
     (void)state;
     static const framing_case cases[] = {
         {"Content-Length + Transfer-Encoding",
-         POST_HEAD "Content-Length: 8\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n{\"a\":12}\r\n0\r\n\r\n" SMUGGLED,
+         POST_HEAD "Content-Length: 8\r\nTransfer-Encoding: "
+                   "chunked\r\n\r\n8\r\n{\"a\":12}\r\n0\r\n\r\n" SMUGGLED,
          400, "the request has both Content-Length and Transfer-Encoding"},
         {"Transfer-Encoding + Content-Length",
-         POST_HEAD "Transfer-Encoding: chunked\r\nContent-Length: 52\r\n\r\n0\r\n\r\n" SMUGGLED, 400,
-         "the request has both Content-Length and Transfer-Encoding"},
+         POST_HEAD "Transfer-Encoding: chunked\r\nContent-Length: 52\r\n\r\n0\r\n\r\n" SMUGGLED,
+         400, "the request has both Content-Length and Transfer-Encoding"},
         {"two equal Content-Lengths",
          POST_HEAD "Content-Length: 8\r\nContent-Length: 8\r\n\r\n{\"a\":12}" SMUGGLED, 400,
          "the request has more than one Content-Length"},
@@ -224,7 +226,8 @@ static void test_request_smuggling(void **state)
          POST_HEAD "Content-Length: 8\r\nContent-Length: 56\r\n\r\n{\"a\":12}" SMUGGLED, 400,
          "the request has more than one Content-Length"},
         {"two Transfer-Encodings",
-         POST_HEAD "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" SMUGGLED,
+         POST_HEAD
+         "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" SMUGGLED,
          400, "the request has more than one Transfer-Encoding"},
         {"chunked not last",
          POST_HEAD "Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" SMUGGLED, 400,
@@ -232,8 +235,8 @@ static void test_request_smuggling(void **state)
         {"an unknown transfer coding",
          POST_HEAD "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" SMUGGLED, 501,
          "this transfer coding is not supported (only chunked)"},
-        {"a folded Content-Length",
-         POST_HEAD "Content-Length:\r\n 8\r\n\r\n{\"a\":12}" SMUGGLED, 400,
+        {"a folded Content-Length", POST_HEAD "Content-Length:\r\n 8\r\n\r\n{\"a\":12}" SMUGGLED,
+         400,
          "a malformed Content-Length or Transfer-Encoding header (folded, or a space before the "
          "colon)"},
         {"a space before the colon",
@@ -301,7 +304,8 @@ static void test_paths_and_headers(void **state)
         {"/api/v1/faults/echo/a%00b", 400, "\"the path has an invalid percent-encoding"},
         {"/api/v1/faults/echo/a?q=%F5%80%80%80", 400, "\"the query has an invalid"},
         /* Valid UTF-8 goes through untouched. */
-        {"/api/v1/faults/echo/%C3%A9t%C3%A9", 200, "\"parameter\":{\"name\":\"\xc3\xa9t\xc3\xa9\"}"},
+        {"/api/v1/faults/echo/%C3%A9t%C3%A9", 200,
+         "\"parameter\":{\"name\":\"\xc3\xa9t\xc3\xa9\"}"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char body[2048];
@@ -315,7 +319,8 @@ static void test_paths_and_headers(void **state)
      * nothing of them is echoed (a fresh trace id, no CORS headers). */
     static const char bad_headers[] =
         "GET /api/v1/faults/whoami HTTP/1.1\r\nHost: t\r\n"
-        "x-trace-id: \xc3\x28\xff\xfe" "0123456789abcdef0123456789ab\r\n"
+        "x-trace-id: \xc3\x28\xff\xfe"
+        "0123456789abcdef0123456789ab\r\n"
         "traceparent: 00-\xff\xfe\xfd-00f067aa0ba902b7-01\r\n"
         "Origin: https://\xc0\xaf.example\r\nX-Ctl: a\x01\x02\x7f b\r\n"
         "Authorization: Bearer \xff\xff\r\n\r\n";
@@ -398,10 +403,9 @@ static void test_deep_json(void **state)
      * can do that; the codec and the bridge never accept one). */
     loom__schema *s = NULL;
     char err[256];
-    assert_int_equal(
-        loom__schema_compile(&s, "{\"type\":\"array\",\"items\":{\"type\":\"array\"}}", err,
-                             sizeof err),
-        LOOM_OK);
+    assert_int_equal(loom__schema_compile(&s, "{\"type\":\"array\",\"items\":{\"type\":\"array\"}}",
+                                          err, sizeof err),
+                     LOOM_OK);
     cJSON *root = cJSON_CreateArray(), *at = root;
     for (int i = 0; i < 100000; i++) {
         cJSON *next = cJSON_CreateArray();
@@ -441,7 +445,8 @@ static void test_slowloris(void **state)
     static const char part[] = "GET /api/v1/faults/whoami HTTP/1.1\r\nHost: t\r\nX-Slow: ";
     for (int i = 0; i < N; i++) {
         fds[i] = raw_connect(T.port);
-        assert_int_equal(send(fds[i], part, sizeof part - 1, MSG_NOSIGNAL), (ssize_t)sizeof part - 1);
+        assert_int_equal(send(fds[i], part, sizeof part - 1, MSG_NOSIGNAL),
+                         (ssize_t)sizeof part - 1);
     }
     int64_t worst = 0;
     for (int round = 0; round < 12; round++) {
@@ -496,8 +501,8 @@ static void mqtt_pub(const char *topic, const void *data, size_t len, const char
     assert_int_equal(fwrite(data, 1, len, f), len);
     fclose(f);
     snprintf(port, sizeof port, "%d", T.broker.port);
-    const char *args[20] = {"-V", "5", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", topic,
-                            "-f", file};
+    const char *args[20] = {"-V", "5", "-h", "127.0.0.1", "-p", port,
+                            "-q", "1", "-t", topic,       "-f", file};
     size_t n = 12;
     if (response_topic) {
         args[n++] = "-D";
@@ -526,8 +531,8 @@ static char *mqtt_rr(const char *topic, const char *data, size_t len, const char
     snprintf(reply, sizeof reply, "hostile/reply/%d", ++seq);
     snprintf(port, sizeof port, "%d", T.broker.port);
     snprintf(log, sizeof log, "%s/rr-%d.out", T.dir, seq);
-    const char *args[] = {"-V", "5",   "-h", "127.0.0.1", "-p", port,   "-t",        reply,
-                          "-C", "1",   "-W", wait_s,      "-F", "%p (%P)", NULL};
+    const char *args[] = {"-V", "5", "-h", "127.0.0.1", "-p", port,      "-t", reply,
+                          "-C", "1", "-W", wait_s,      "-F", "%p (%P)", NULL};
     t_proc sub;
     t_proc_start(&sub, "mosquitto_sub", sub_tool, args, T.env, log);
     t_sleep_ms(300); /* subscribed */
@@ -653,8 +658,8 @@ static void test_mqtt_garbage(void **state)
      * refused one by one; the real routes keep working. */
     mqtt_pub("loom/svc/evil1", garbage, sizeof garbage - 1, NULL, true);
     mqtt_pub("loom/svc/evil2", "{\"services\":[]}", 15, NULL, true); /* not an envelope */
-    char *info = envelope(LOOM_MSG_INFO, "infoServiceAvailable", NULL, "{\"services\":\"x\"}", NULL,
-                          &len);
+    char *info =
+        envelope(LOOM_MSG_INFO, "infoServiceAvailable", NULL, "{\"services\":\"x\"}", NULL, &len);
     mqtt_pub("loom/svc/evil3", info, len, NULL, true);
     free(info);
     cJSON *doc = t_json("{\"services\":[{\"name\":\"faults\",\"version\":\"1\",\"commands\":["
@@ -696,8 +701,8 @@ static void test_mqtt_garbage(void **state)
     assert_int_equal(get_body("/api/v1/dots", body, sizeof body, NULL, 0), 404);
     assert_int_equal(get_body("/api/v1/no-slash", body, sizeof body, NULL, 0), 404);
     static const char readyz[] = "GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n";
-    assert_int_equal(t_http_raw(T.port, readyz, sizeof readyz - 1, 5000, NULL, 0, body, sizeof body),
-                     200);
+    assert_int_equal(
+        t_http_raw(T.port, readyz, sizeof readyz - 1, 5000, NULL, 0, body, sizeof body), 200);
     for (int i = 1; i <= 6; i++) {
         char topic[32];
         snprintf(topic, sizeof topic, "loom/svc/evil%d", i);
@@ -741,7 +746,10 @@ static void test_broken_yaml(void **state)
         {"alias.yaml", "config:\n  a: &x [1]\n  b: *x\n", "anchors and aliases are not supported"},
         {"laughs.yaml", "config:\n  a: &a [x, x]\n  b: &b [*a, *a]\n  c: [*b, *b]\n",
          "anchors and aliases are not supported"},
-        {"binary.yaml", "\x7f" "ELF\x02\x01\x01\x00\xff\xfe", "binary.yaml:"},
+        {"binary.yaml",
+         "\x7f"
+         "ELF\x02\x01\x01\x00\xff\xfe",
+         "binary.yaml:"},
         {"badutf8.yaml", "instance: \xc3\x28\n", "badutf8.yaml:"},
         {"twodocs.yaml", "workers: 1\n---\nworkers: 2\n", "twodocs.yaml:"},
         {"badvalue.yaml", "workers: many\n", "badvalue.yaml:1: workers: "},
@@ -752,9 +760,9 @@ static void test_broken_yaml(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char path[160];
         snprintf(path, sizeof path, "%s/%s", T.dir, cases[i].name);
-        const char *text = cases[i].text ? cases[i].text
+        const char *text = cases[i].text                             ? cases[i].text
                            : strcmp(cases[i].name, "deep.yaml") == 0 ? deep
-                                                                      : big;
+                                                                     : big;
         FILE *f = fopen(path, "wb");
         assert_non_null(f);
         fwrite(text, 1, strlen(text), f);

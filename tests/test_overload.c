@@ -64,8 +64,8 @@ static int start_server(t_proc *p, const char *name, const char *const *extra)
      * http.inline (the default with memory:) they would run on the HTTP
      * threads, with neither a queue to refuse from nor a bulkhead to hit
      * (docs/reliability.md, "Known limits"). */
-    const char *args[32] = {"--services", "all",   "--http", listen, "--log-level", "warn",
-                            "--set",      "http.inline=false"};
+    const char *args[32] = {"--services",  "all",  "--http", listen,
+                            "--log-level", "warn", "--set",  "http.inline=false"};
     size_t n = 8;
     for (size_t i = 0; extra && extra[i] && n < 31; i++)
         args[n++] = extra[i];
@@ -100,8 +100,8 @@ static void print_result(const char *what, const t_load_result *r)
             "%s: sent %ld, answered %ld (200: %ld, 503: %ld of which %ld with Retry-After, "
             "504: %ld, other: %ld), hung %ld, connection errors %ld, max latency %lld ms\n",
             what, r->sent, r->answered, r->status[200], r->status[503], r->retry_after_503,
-            r->status[504], r->answered - r->status[200] - r->status[503] - r->status[504],
-            r->hung, r->conn_errors, (long long)r->max_latency_ms);
+            r->status[504], r->answered - r->status[200] - r->status[503] - r->status[504], r->hung,
+            r->conn_errors, (long long)r->max_latency_ms);
 }
 
 /* 300 connections flood a 100 ms handler served by 2 workers with a queue
@@ -172,9 +172,9 @@ static void test_flood_bounded(void **state)
     for (int i = 0; i < 20; i++) {
         char body[256];
         int64_t s = t_mono_ms();
-        assert_int_equal(post(port, "/api/v1/faults/sleep", "{\"ms\":1}", NULL, 0, body,
-                              sizeof body, 5000),
-                         200);
+        assert_int_equal(
+            post(port, "/api/v1/faults/sleep", "{\"ms\":1}", NULL, 0, body, sizeof body, 5000),
+            200);
         assert_true(t_mono_ms() - s < 1000);
     }
     assert_int_equal(t_proc_stop(&srv, SIGTERM, 15000), 0);
@@ -207,9 +207,9 @@ static void test_bulkhead(void **state)
     assert_int_equal(r.retry_after_503, r.status[503]);
     assert_non_null(strstr(r.sample[1], "too many concurrent"));
     char head[1024], body[256];
-    assert_int_equal(
-        post(port, "/api/v1/faults/sleep", "{\"ms\":1}", head, sizeof head, body, sizeof body, 5000),
-        200);
+    assert_int_equal(post(port, "/api/v1/faults/sleep", "{\"ms\":1}", head, sizeof head, body,
+                          sizeof body, 5000),
+                     200);
     assert_int_equal(t_proc_stop(&srv, SIGTERM, 15000), 0);
 }
 

@@ -1064,16 +1064,16 @@ static bool hold_locked(mqtt_adapter *a, const char *topic, const MQTTAsync_mess
                         const int *ids, int n_ids)
 {
     const MQTTProperties *props = &m->properties;
-    MQTTProperty *rp = MQTTProperties_getProperty((MQTTProperties *)props,
-                                                  MQTTPROPERTY_CODE_RESPONSE_TOPIC);
-    MQTTProperty *cp = MQTTProperties_getProperty((MQTTProperties *)props,
-                                                  MQTTPROPERTY_CODE_CORRELATION_DATA);
+    MQTTProperty *rp =
+        MQTTProperties_getProperty((MQTTProperties *)props, MQTTPROPERTY_CODE_RESPONSE_TOPIC);
+    MQTTProperty *cp =
+        MQTTProperties_getProperty((MQTTProperties *)props, MQTTPROPERTY_CODE_CORRELATION_DATA);
     size_t rlen = rp && rp->value.data.data && rp->value.data.len > 0 &&
                           !memchr(rp->value.data.data, '\0', (size_t)rp->value.data.len)
                       ? (size_t)rp->value.data.len + 1
                       : 0;
-    size_t clen = cp && cp->value.data.data && cp->value.data.len > 0 ? (size_t)cp->value.data.len
-                                                                       : 0;
+    size_t clen =
+        cp && cp->value.data.data && cp->value.data.len > 0 ? (size_t)cp->value.data.len : 0;
     size_t len = m->payloadlen > 0 ? (size_t)m->payloadlen : 0;
     size_t tlen = strlen(topic) + 1;
     size_t idlen = (size_t)n_ids * sizeof(int);

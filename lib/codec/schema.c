@@ -892,8 +892,8 @@ static uint64_t pattern_cost(const char *p)
                 if (*p)
                     p++;
             }
-            if (!*p) /* unterminated: regcomp refuses it, but only after */
-                goto done; /* building everything before it */
+            if (!*p) /* unterminated: regcomp refuses it, after building */
+                goto done; /* everything before it */
             break;
         case '(':
             if (top == PATTERN_MAX_GROUPS)
@@ -976,7 +976,8 @@ static bool compile_pattern(cctx *c, snode *n, const cJSON *j, const step *at)
             p++; /* skip the escaped character */
     }
     if (pattern_cost(j->valuestring) > PATTERN_MAX_NODES) {
-        cfail(c, at, "'pattern' is too complex: its repetitions would expand to more than %d states",
+        cfail(c, at,
+              "'pattern' is too complex: its repetitions would expand to more than %d states",
               PATTERN_MAX_NODES);
         return false;
     }

@@ -414,8 +414,8 @@ static loom__hs_action respond_msg(breq *b, const loom_msg *m)
         size_t n = strlen(text);
         if (!loom__utf8_valid(text, n)) {
             free(text);
-            loom__http_log(b->h, LOOM_LOG_ERROR, "%s %s: the result is not valid UTF-8", b->route->method,
-                 b->route->label);
+            loom__http_log(b->h, LOOM_LOG_ERROR, "%s %s: the result is not valid UTF-8",
+                           b->route->method, b->route->label);
             return send_error(b, 500, "the result is not valid UTF-8", NULL, NULL, NULL);
         }
         return send_body(b, 200, "application/json", text, n, NULL);
@@ -1130,7 +1130,8 @@ loom_err loom_http_start(loom_http *h)
     }
     atomic_store(&h->port, loom__hs_port(h->srv));
     loom__http_log(h, LOOM_LOG_INFO, "listening on %s (port %d), %zu route(s) under %s/v*, auth %s",
-         h->listen, atomic_load(&h->port), t->n, h->base, loom__http_auth_on(h) ? "on" : "off");
+                   h->listen, atomic_load(&h->port), t->n, h->base,
+                   loom__http_auth_on(h) ? "on" : "off");
     pthread_mutex_unlock(&h->life_mu);
     return LOOM_OK;
 }

@@ -25,9 +25,9 @@
 #include "http/server.h"
 #include "loom/http.h"
 
-#define MAX_SEGMENTS 64  /* segments of a route or a request path */
+#define MAX_SEGMENTS 64   /* segments of a route or a request path */
 #define MAX_TEMPLATE 1024 /* bytes of a path template */
-#define MAX_NAME 256     /* service, version and command names */
+#define MAX_NAME 256      /* service, version and command names */
 #define MAX_QUERY_PARAMS 256
 #define SERIES_SLOTS 4096 /* metrics series; power of two */
 
@@ -101,8 +101,8 @@ bool loom__http_parse_template(const char *path, bool params_ok, seg *segs, size
 /* "{base}/v{version}{path}" as segments and as an OpenAPI-style label
  * ("/api/v1/users/{id}"); both malloc'd. false with why on a bad template
  * (nothing allocated then). */
-bool loom__http_route_path(const char *base, const char *version, const char *path,
-                           seg **segs_out, size_t *nseg_out, char **label_out, const char **why);
+bool loom__http_route_path(const char *base, const char *version, const char *path, seg **segs_out,
+                           size_t *nseg_out, char **label_out, const char **why);
 
 /* [A-Za-z0-9_.-]{1,256} */
 bool loom__http_name_ok(const char *s);

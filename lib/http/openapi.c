@@ -159,8 +159,8 @@ static void oa_command(void *user, const char *service, const char *version,
     const cJSON *http = cJSON_GetObjectItemCaseSensitive(cmd, "http");
     const char *method = loom__http_jstr(http, "method"), *path = loom__http_jstr(http, "path");
     const char *name = loom__http_jstr(cmd, "name");
-    if (c->oom || !method || !path || !loom__http_method_ok(method) ||
-        !loom__http_name_ok(name) || !loom__http_name_ok(service) || !loom__http_name_ok(version))
+    if (c->oom || !method || !path || !loom__http_method_ok(method) || !loom__http_name_ok(name) ||
+        !loom__http_name_ok(service) || !loom__http_name_ok(version))
         return;
     seg *segs = NULL;
     size_t nseg = 0;

@@ -162,8 +162,8 @@ bool loom__http_parse_template(const char *path, bool params_ok, seg *segs, size
     }
 }
 
-bool loom__http_route_path(const char *base, const char *version, const char *path,
-                           seg **segs_out, size_t *nseg_out, char **label_out, const char **why)
+bool loom__http_route_path(const char *base, const char *version, const char *path, seg **segs_out,
+                           size_t *nseg_out, char **label_out, const char **why)
 {
     seg tmp[MAX_SEGMENTS + 2];
     size_t n = 0;
@@ -423,7 +423,7 @@ bool loom__http_add_query(cJSON *params, const char *q, bool *bad)
             const char *eq = memchr(part, '=', n);
             size_t kn = eq ? (size_t)(eq - part) : n;
             char *k = loom__http_pct_decode(part, kn, true, bad);
-            char *v = !k  ? NULL
+            char *v = !k   ? NULL
                       : eq ? loom__http_pct_decode(eq + 1, n - kn - 1, true, bad)
                            : strdup("");
             bool ok = k && v;

@@ -78,9 +78,8 @@ static void check_table(const routes *t)
         if (rc == 0) {
             char allow[96];
             const route *pm = NULL;
-            const route *m =
-                loom__http_match(t, &ps, loom__http_method_index(r->method), allow,
-                                 sizeof allow, &pm);
+            const route *m = loom__http_match(t, &ps, loom__http_method_index(r->method), allow,
+                                              sizeof allow, &pm);
             /* r itself matches, so some route of that method does. */
             if (!m || !pm || strcmp(m->method, r->method) != 0 || m->nseg != r->nseg)
                 abort();

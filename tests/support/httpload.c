@@ -70,8 +70,7 @@ static int connect_nb(int port)
     return fd;
 }
 
-static void count(t_load *l, void (*fn)(t_load_result *, long, const char *), long v,
-                  const char *s)
+static void count(t_load *l, void (*fn)(t_load_result *, long, const char *), long v, const char *s)
 {
     pthread_mutex_lock(&l->mu);
     fn(&l->res, v, s);
@@ -99,9 +98,8 @@ static void add_err(t_load_result *r, long v, const char *s)
 
 /* Parses a complete response in c->buf: its length (head + body), status,
  * Retry-After and Connection: close. 0 while incomplete, -1 malformed. */
-static long parse_response(const char *buf, size_t got, size_t cap, int *status,
-                           bool *retry_after, bool *close_after, const char **body,
-                           size_t *body_len)
+static long parse_response(const char *buf, size_t got, size_t cap, int *status, bool *retry_after,
+                           bool *close_after, const char **body, size_t *body_len)
 {
     const char *end = memmem(buf, got, "\r\n\r\n", 4);
     if (!end)
@@ -312,8 +310,8 @@ t_load *t_load_start(const t_load_cfg *cfg)
                                   "Content-Type: application/json\r\nContent-Length: %zu\r\n"
                                   "\r\n%s",
                                   cfg->method, cfg->path, blen, cfg->body)
-                       : asprintf(&l->req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-                                  cfg->method, cfg->path);
+                       : asprintf(&l->req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", cfg->method,
+                                  cfg->path);
     if (rc < 0)
         fail_msg("out of memory");
     l->req_len = strlen(l->req);

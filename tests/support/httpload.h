@@ -37,10 +37,10 @@ typedef struct t_load_result {
     long answered;
     long hung;
     long conn_errors;
-    long status[600];      /* answered, by status code */
-    long retry_after_503;  /* 503 answers that carried Retry-After */
+    long status[600];       /* answered, by status code */
+    long retry_after_503;   /* 503 answers that carried Retry-After */
     int64_t max_latency_ms; /* of answered requests */
-    char sample[3][200];   /* the first body seen for 500, 503, 504 */
+    char sample[3][200];    /* the first body seen for 500, 503, 504 */
 } t_load_result;
 
 typedef struct t_load t_load;
