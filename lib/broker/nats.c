@@ -268,17 +268,6 @@ static const char *last_error_text(natsStatus s)
 
 static const char HEX[] = "0123456789ABCDEF";
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Bytes a NATS token cannot hold verbatim (besides the ones MQTT escaping
  * already removed). */
 static bool token_escape(unsigned char c)
@@ -398,8 +387,8 @@ static char *to_topic(const char *subject, char *buf, size_t cap)
             for (size_t i = 0; i < len; i++) {
                 unsigned char c = (unsigned char)tok[i];
                 if (c == '%' && i + 2 < len) {
-                    int h = hexval((unsigned char)tok[i + 1]);
-                    int l = hexval((unsigned char)tok[i + 2]);
+                    int h = loom__hex_digit((unsigned char)tok[i + 1]);
+                    int l = loom__hex_digit((unsigned char)tok[i + 2]);
                     int v = h >= 0 && l >= 0 ? h * 16 + l : -1;
                     if (v == '.' || v == '*' || v == '>' || v == ' ') {
                         *o++ = (char)v;
@@ -444,7 +433,7 @@ static bool hex_decode(const char *s, unsigned char *out, size_t *n)
     if (len % 2)
         return false;
     for (size_t i = 0; i < len; i += 2) {
-        int h = hexval((unsigned char)s[i]), l = hexval((unsigned char)s[i + 1]);
+        int h = loom__hex_digit((unsigned char)s[i]), l = loom__hex_digit((unsigned char)s[i + 1]);
         if (h < 0 || l < 0)
             return false;
         out[i / 2] = (unsigned char)(h * 16 + l);
@@ -472,8 +461,8 @@ static bool pct_decode(const char *s, size_t n, char **out, bool *oom)
             d[k++] = s[i];
             continue;
         }
-        int h = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
-        int l = h >= 0 ? hexval((unsigned char)s[i + 2]) : -1;
+        int h = i + 2 < n ? loom__hex_digit((unsigned char)s[i + 1]) : -1;
+        int l = h >= 0 ? loom__hex_digit((unsigned char)s[i + 2]) : -1;
         if (h < 0 || l < 0 || h * 16 + l == 0) {
             free(d);
             return false;
@@ -557,7 +546,7 @@ static loom_err parse_server(nats_adapter *a, const char *el, size_t len, const 
             return LOOM_ECONFIG;
         }
         for (const char *c = el + 1; c < close; c++)
-            if (!(hexval((unsigned char)*c) >= 0 || *c == ':' || *c == '.')) {
+            if (!(loom__hex_digit((unsigned char)*c) >= 0 || *c == ':' || *c == '.')) {
                 snprintf(why, why_len, "'%.*s' is not an IPv6 address", (int)(close - el - 1),
                          el + 1);
                 return LOOM_ECONFIG;

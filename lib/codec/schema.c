@@ -15,7 +15,6 @@
 #define _GNU_SOURCE
 #include "codec/schema.h"
 
-#include <regex.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,6 +22,7 @@
 #include <string.h>
 
 #include "codec/msg.h"
+#include "codec/regex.h"
 #include "core/util.h"
 
 #define XSTR(x) #x
@@ -92,8 +92,7 @@ struct snode {
     uint64_t min_length, max_length, min_items, max_items;
     const cJSON *enum_values; /* borrowed array */
     const cJSON *const_value; /* borrowed */
-    bool has_regex;
-    regex_t regex;
+    loom__regex *regex;       /* pattern, or NULL */
     char *msg[C_COUNT];
 };
 
@@ -406,8 +405,7 @@ static void check_string(vctx *c, const snode *n, const cJSON *v, const step *at
         if (n->msg[C_MAX_LENGTH] && len > n->max_length && report(c, at, n->msg[C_MAX_LENGTH]))
             return;
     }
-    /* regexec is thread-safe on a compiled regex_t. */
-    if (n->has_regex && regexec(&n->regex, s, 0, NULL, 0) != 0)
+    if (n->regex && !loom__regex_search(n->regex, s, strlen(s)))
         report(c, at, n->msg[C_PATTERN]);
 }
 
@@ -850,149 +848,22 @@ static bool compile_value(cctx *c, snode *n, const cJSON *j, const char *key, co
     return set_msg(c, &n->msg[which], msg);
 }
 
-/* An estimate of the nodes glibc's regcomp builds for an extended regular
- * expression. It copies the operand of '+' once more and that of {n,m}
- * max(n, m) times, so stacked or nested repetitions grow multiplicatively:
- * "a" followed by 40 '+' would need 2^40 nodes and exhaust memory (found
- * by fuzz_schema). glibc builds while it parses, so what comes before a
- * syntax error counts too. Iterative; saturates instead of overflowing. */
-#define PATTERN_MAX_NODES 20000
-#define PATTERN_MAX_GROUPS 64
-static uint64_t pattern_cost(const char *p)
-{
-    typedef struct {
-        uint64_t alts, cur, last;
-    } frame;
-    frame st[PATTERN_MAX_GROUPS + 1] = {{0, 0, 0}};
-    size_t top = 0;
-    const uint64_t cap = (uint64_t)PATTERN_MAX_NODES * 1000;
-    for (; *p; p++) {
-        frame *f = &st[top];
-        uint64_t atom = 1, factor = 0;
-        switch (*p) {
-        case '\\':
-            if (p[1])
-                p++;
-            break;
-        case '[': /* a bracket expression is one node: skip it */
-            p++;
-            if (*p == '^')
-                p++;
-            if (*p == ']')
-                p++;
-            while (*p && *p != ']') {
-                if (*p == '[' && (p[1] == ':' || p[1] == '.' || p[1] == '=')) {
-                    char close = p[1];
-                    p += 2;
-                    while (*p && !(*p == close && p[1] == ']'))
-                        p++;
-                    if (*p)
-                        p++;
-                }
-                if (*p)
-                    p++;
-            }
-            if (!*p) /* unterminated: regcomp refuses it, after building */
-                goto done; /* everything before it */
-            break;
-        case '(':
-            if (top == PATTERN_MAX_GROUPS)
-                return UINT64_MAX;
-            st[++top] = (frame){0, 0, 0};
-            continue;
-        case ')':
-            if (top == 0)
-                break; /* glibc reads an unmatched ')' as a literal */
-            atom = st[top].alts + st[top].cur + 1;
-            f = &st[--top];
-            break;
-        case '|':
-            f->alts += f->cur;
-            f->cur = f->last = 0;
-            continue;
-        case '*':
-        case '?':
-            f->cur += 1;
-            continue;
-        case '+':
-            factor = 2;
-            break;
-        case '{': {
-            char *end;
-            unsigned long lo = strtoul(p + 1, &end, 10), hi = lo;
-            if (end == p + 1)
-                break; /* a literal '{' */
-            if (*end == ',') {
-                hi = end[1] == '}' ? lo + 1 : strtoul(end + 1, &end, 10);
-                if (end[0] == ',')
-                    end++;
-            }
-            if (*end != '}')
-                break;
-            p = end;
-            factor = (hi > lo ? hi : lo) + 1;
-            if (factor > cap)
-                factor = cap;
-            break;
-        }
-        default:
-            break;
-        }
-        if (factor) { /* a repetition of the last atom */
-            uint64_t more = f->last * (factor - 1);
-            f->cur = f->cur + more > cap ? cap : f->cur + more;
-            f->last = f->last * factor > cap ? cap : f->last * factor;
-        } else {
-            f->cur = f->cur + atom > cap ? cap : f->cur + atom;
-            f->last = atom > cap ? cap : atom;
-        }
-        if (f->cur >= cap)
-            return cap;
-    }
-done:;
-    uint64_t total = 0;
-    for (size_t i = 0; i <= top; i++)
-        total += st[i].alts + st[i].cur;
-    return total;
-}
-
 static bool compile_pattern(cctx *c, snode *n, const cJSON *j, const step *at)
 {
     if (!cJSON_IsString(j) || !j->valuestring) {
         cfail(c, at, "'pattern' must be a string");
         return false;
     }
-    /* glibc reads the ECMA-262 class \d as a plain 'd' and compiles it
-     * without complaint; refuse it rather than never match digits. */
-    for (const char *p = j->valuestring; *p; p++) {
-        if (*p != '\\')
-            continue;
-        if (p[1] == 'd' || p[1] == 'D') {
-            cfail(c, at, "'pattern' uses \\%c, which POSIX regular expressions lack (use %s)", p[1],
-                  p[1] == 'd' ? "[0-9]" : "[^0-9]");
-            return false;
-        }
-        if (p[1])
-            p++; /* skip the escaped character */
-    }
-    if (pattern_cost(j->valuestring) > PATTERN_MAX_NODES) {
-        cfail(c, at,
-              "'pattern' is too complex: its repetitions would expand to more than %d states",
-              PATTERN_MAX_NODES);
+    char why[160];
+    loom_err e = loom__regex_compile(&n->regex, j->valuestring, why, sizeof why);
+    if (e == LOOM_ENOMEM) {
+        coom(c);
         return false;
     }
-    int rc = regcomp(&n->regex, j->valuestring, REG_EXTENDED | REG_NOSUB);
-    if (rc != 0) {
-        char why[128];
-        regerror(rc, &n->regex, why, sizeof why);
-        if (rc == REG_ESPACE) {
-            coom(c);
-            return false;
-        }
+    if (e != LOOM_OK) {
         cfail(c, at, "invalid 'pattern' '%s': %s", j->valuestring, why);
         return false;
     }
-    n->has_regex = true;
     return set_msg(c, &n->msg[C_PATTERN],
                    loom__asprintf("must match pattern '%s'", j->valuestring));
 }
@@ -1062,8 +933,7 @@ static void node_free(snode *n)
     free(n->required_msg);
     node_free(n->additional);
     node_free(n->items);
-    if (n->has_regex)
-        regfree(&n->regex);
+    loom__regex_free(n->regex);
     for (size_t i = 0; i < C_COUNT; i++)
         free(n->msg[i]);
     free(n->type_msg);

@@ -3,7 +3,7 @@
  * Supported keywords: type, properties, required, additionalProperties,
  * items, minItems, maxItems, enum, const, minimum, maximum, exclusiveMinimum,
  * exclusiveMaximum (numbers), minLength, maxLength (Unicode code points),
- * pattern (POSIX extended regular expression, unanchored like JSON Schema's),
+ * pattern (the ECMA-262 subset of codec/regex.h, unanchored as in JSON Schema),
  * and the boolean schemas true / false. The annotations $schema, $id, title,
  * description, default, examples and format are accepted and ignored. Any
  * other keyword is a compile error, so nobody believes an ignored constraint

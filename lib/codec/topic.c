@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/util.h"
 #include "loom/adapter.h"
 
 #define PREFIX_MAX 256
@@ -79,17 +80,6 @@ bool loom__topic_escape_append(char **buf, size_t *len, size_t *cap, const char 
     return true;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 char *loom__topic_unescape(const char *segment, size_t len)
 {
     if (!segment || len == SIZE_MAX)
@@ -101,8 +91,8 @@ char *loom__topic_unescape(const char *segment, size_t len)
         char c = segment[i];
         if (c == '%') {
             int hi, lo;
-            if (len - i < 3 || (hi = hexval(segment[i + 1])) < 0 ||
-                (lo = hexval(segment[i + 2])) < 0 || (hi | lo) == 0)
+            if (len - i < 3 || (hi = loom__hex_digit(segment[i + 1])) < 0 ||
+                (lo = loom__hex_digit(segment[i + 2])) < 0 || (hi | lo) == 0)
                 goto malformed;
             *o++ = (char)(hi << 4 | lo);
             i += 2;

@@ -58,6 +58,15 @@ static inline size_t loom__utf8_seq(const unsigned char *s, size_t avail)
     return 0;
 }
 
+/* The value of hex digit c (either case), or -1. */
+static inline int loom__hex_digit(int c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
 /* True when the n bytes at s are well-formed UTF-8 (NUL bytes included). */
 bool loom__utf8_valid(const void *s, size_t n);
 

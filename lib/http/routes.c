@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/util.h"
 #include "http/bridge.h"
 
 /* ------------------------------------------------------------------------ */
@@ -55,17 +56,6 @@ const char *loom__http_jstr(const cJSON *o, const char *key)
 /* ------------------------------------------------------------------------ */
 /* Percent-decoding                                                          */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 char *loom__http_pct_decode(const char *s, size_t n, bool plus, bool *bad)
 {
     *bad = false;
@@ -76,9 +66,9 @@ char *loom__http_pct_decode(const char *s, size_t n, bool plus, bool *bad)
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (c == '%') {
-            if (n - i < 3 || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0)
+            if (n - i < 3 || loom__hex_digit(s[i + 1]) < 0 || loom__hex_digit(s[i + 2]) < 0)
                 goto bad;
-            c = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+            c = (char)(loom__hex_digit(s[i + 1]) * 16 + loom__hex_digit(s[i + 2]));
             i += 2;
         } else if (c == '+' && plus) {
             c = ' ';

@@ -763,14 +763,6 @@ static bool digits_in(const char *s, size_t n, long long max, long long *out)
     return true;
 }
 
-static int hex_val(char c)
-{
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
 /* Percent-decodes s[0..n) into a new string. NULL on a bad escape, an
  * encoded NUL, an overlong result or no memory (*nomem says which). */
 static char *pct_decode(const char *s, size_t n, bool *nomem)
@@ -786,11 +778,11 @@ static char *pct_decode(const char *s, size_t n, bool *nomem)
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (c == '%') {
-            if (n - i < 3 || hex_val(s[i + 1]) < 0 || hex_val(s[i + 2]) < 0) {
+            if (n - i < 3 || loom__hex_digit(s[i + 1]) < 0 || loom__hex_digit(s[i + 2]) < 0) {
                 free(out);
                 return NULL;
             }
-            c = (char)(hex_val(s[i + 1]) * 16 + hex_val(s[i + 2]));
+            c = (char)(loom__hex_digit(s[i + 1]) * 16 + loom__hex_digit(s[i + 2]));
             if (c == '\0') {
                 free(out);
                 return NULL;
