@@ -206,6 +206,34 @@ static void fill_common(loom_msg *m)
 /* ------------------------------------------------------------------------ */
 /* round trips                                                               */
 
+static int cmp_id(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+/* Ids are 32 lowercase hex digits, each digit uniformly used in every
+ * position, and unique. */
+static void test_random_ids(void **state)
+{
+    (void)state;
+    enum { N = 4096 };
+    static char ids[N][33];
+    unsigned seen[32][16] = {{0}};
+    for (int i = 0; i < N; i++) {
+        loom__random_id(ids[i]);
+        assert_true(loom__is_id(ids[i]));
+        for (int k = 0; k < 32; k++)
+            seen[k][ids[i][k] <= '9' ? ids[i][k] - '0' : ids[i][k] - 'a' + 10]++;
+    }
+    for (int k = 0; k < 32; k++)
+        for (int d = 0; d < 16; d++) /* expected 256 each; 5 sigma is 78 */
+            if (seen[k][d] < 256 - 100 || seen[k][d] > 256 + 100)
+                fail_msg("digit %x at position %d: %u of %d", d, k, seen[k][d], N);
+    qsort(ids, N, sizeof ids[0], cmp_id);
+    for (int i = 1; i < N; i++)
+        assert_string_not_equal(ids[i - 1], ids[i]);
+}
+
 static void test_roundtrip_command(void **state)
 {
     (void)state;
@@ -1379,6 +1407,7 @@ static void test_strerror_and_free(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_random_ids),
         cmocka_unit_test(test_roundtrip_command),
         cmocka_unit_test(test_roundtrip_command_empty_payload),
         cmocka_unit_test(test_roundtrip_success),

@@ -121,13 +121,12 @@ loom_err loom__msg_set(loom_msg *m, char **field, const char *v)
     return LOOM_OK;
 }
 
-static void address_clear(loom_msg *m, loom_address *a)
+static void address_free(loom_msg *m, const loom_address *a)
 {
     msg_strfree(m, a->service);
     msg_strfree(m, a->version);
     msg_strfree(m, a->target);
     msg_strfree(m, a->instance);
-    memset(a, 0, sizeof *a);
 }
 
 static const char *addr_dup(loom_msg *m, const char *v, bool *ok)
@@ -147,23 +146,12 @@ loom_err loom__msg_set_address(loom_msg *m, loom_address *a, const char *service
         return LOOM_EINVAL;
     /* All or nothing: the old values stay when a copy fails. */
     bool ok = true;
-    const char *sv = addr_dup(m, service, &ok), *vv = addr_dup(m, version, &ok);
-    const char *tv = addr_dup(m, target, &ok), *iv = addr_dup(m, instance, &ok);
-    if (!ok) {
-        msg_strfree(m, sv);
-        msg_strfree(m, vv);
-        msg_strfree(m, tv);
-        msg_strfree(m, iv);
+    loom_address copy = {addr_dup(m, service, &ok), addr_dup(m, version, &ok),
+                         addr_dup(m, target, &ok), addr_dup(m, instance, &ok)};
+    address_free(m, ok ? a : &copy);
+    if (!ok)
         return LOOM_ENOMEM;
-    }
-    msg_strfree(m, a->service);
-    msg_strfree(m, a->version);
-    msg_strfree(m, a->target);
-    msg_strfree(m, a->instance);
-    a->service = sv;
-    a->version = vv;
-    a->target = tv;
-    a->instance = iv;
+    *a = copy;
     return LOOM_OK;
 }
 
@@ -236,8 +224,8 @@ void loom_msg_release(loom_msg *m)
     msg_strfree(m, m->event_name);
     msg_strfree(m, m->reply_to);
     msg_strfree(m, m->info_type);
-    address_clear(m, &m->sender);
-    address_clear(m, &m->receiver);
+    address_free(m, &m->sender);
+    address_free(m, &m->receiver);
     cJSON_Delete(m->payload);
     cJSON_Delete(m->parameter);
     msg_strfree(m, m->error_message);

@@ -2,7 +2,6 @@
 #include "util.h"
 
 #include <errno.h>
-#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,23 +57,24 @@ static uint64_t rng_next(void)
     return result;
 }
 
+/* 16 lowercase hex digits from the 64 bits of v, in no particular order
+ * (the bits are random): each byte of lo and hi holds one nibble, and
+ * adding 0x30 ('0'), plus 0x27 for the nibbles above 9, makes it a digit. */
+static void hex16(uint64_t v, char out[16])
+{
+    const uint64_t nib = 0x0F0F0F0F0F0F0F0Full, ones = 0x0101010101010101ull;
+    uint64_t half[2] = {v & nib, (v >> 4) & nib};
+    for (int i = 0; i < 2; i++) {
+        uint64_t above9 = ((half[i] + 6 * ones) >> 4) & ones;
+        half[i] += 0x30 * ones + above9 * ('a' - '0' - 10);
+    }
+    memcpy(out, half, 16);
+}
+
 void loom__random_id(char out[33])
 {
-    static const char hex[] = "0123456789abcdef";
-    static char pairs[256][2];
-    static atomic_bool ready;
-    if (!atomic_load_explicit(&ready, memory_order_acquire)) {
-        for (int i = 0; i < 256; i++) { /* idempotent: racing threads write the same */
-            pairs[i][0] = hex[i >> 4];
-            pairs[i][1] = hex[i & 15];
-        }
-        atomic_store_explicit(&ready, true, memory_order_release);
-    }
-    for (int w = 0; w < 2; w++) {
-        uint64_t v = rng_next();
-        for (int i = 0; i < 8; i++, v >>= 8)
-            memcpy(out + w * 16 + i * 2, pairs[v & 255], 2);
-    }
+    hex16(rng_next(), out);
+    hex16(rng_next(), out + 16);
     out[32] = '\0';
 }
 
