@@ -58,7 +58,7 @@ static uint64_t rng_next(void)
 }
 
 /* 16 lowercase hex digits from the 64 bits of v, in no particular order
- * (the bits are random): each byte of lo and hi holds one nibble, and
+ * (the bits are random): each byte of the two halves holds one nibble, and
  * adding 0x30 ('0'), plus 0x27 for the nibbles above 9, makes it a digit. */
 static void hex16(uint64_t v, char out[16])
 {
