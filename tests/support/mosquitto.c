@@ -1,10 +1,10 @@
 #define _GNU_SOURCE
 #include "support/mosquitto.h"
+#include "support/proc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <setjmp.h>
@@ -28,57 +28,13 @@
 #define START_TIMEOUT_MS 5000
 #define STOP_TIMEOUT_MS 5000
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 const char *t_broker_binary(void)
 {
     /* Debian keeps it in /usr/sbin, which is not on a normal user's PATH. */
     static const char *const known[] = {"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto",
-                                        "/usr/bin/mosquitto", "/usr/local/bin/mosquitto"};
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (access(known[i], X_OK) == 0)
-            return known[i];
+                                        "/usr/bin/mosquitto", "/usr/local/bin/mosquitto", NULL};
     static char found[512];
-    const char *path = getenv("PATH");
-    while (path && *path) {
-        const char *end = strchr(path, ':');
-        size_t n = end ? (size_t)(end - path) : strlen(path);
-        if (n > 0 && n < sizeof found - 16) {
-            snprintf(found, sizeof found, "%.*s/mosquitto", (int)n, path);
-            if (access(found, X_OK) == 0)
-                return found;
-        }
-        path = end ? end + 1 : NULL;
-    }
-    return NULL;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sa;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
+    return t_find_program("mosquitto", known, found, sizeof found) ? found : NULL;
 }
 
 static bool accepts(int port)
@@ -148,7 +104,7 @@ static bool spawn(t_broker *b)
         _exit(127);
     }
     b->pid = pid;
-    int64_t deadline = mono_ms() + START_TIMEOUT_MS;
+    int64_t deadline = t_mono_ms() + START_TIMEOUT_MS;
     for (;;) {
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) {
@@ -157,14 +113,14 @@ static bool spawn(t_broker *b)
         }
         if (accepts(b->port))
             return true;
-        if (mono_ms() > deadline) {
+        if (t_mono_ms() > deadline) {
             kill(pid, SIGKILL);
             waitpid(pid, NULL, 0);
             b->pid = 0;
             fail_msg("mosquitto did not come up on port %d within %d ms (see %s)", b->port,
                      START_TIMEOUT_MS, out);
         }
-        sleep_ms(10);
+        t_sleep_ms(10);
     }
 }
 
@@ -187,7 +143,7 @@ void t_broker_start_with(t_broker *b, const char *extra_conf)
     if (!mkdtemp(b->dir))
         fail_msg("mkdtemp: %s", strerror(errno));
     for (int attempt = 0; attempt < 5; attempt++) {
-        b->port = free_port();
+        b->port = t_free_port();
         if (b->port <= 0)
             fail_msg("no free loopback port");
         write_conf(b, extra_conf);
@@ -203,31 +159,9 @@ void t_broker_start(t_broker *b)
     t_broker_start_with(b, NULL);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void reap(t_broker *b, int sig, int timeout_ms)
 {
-    if (b->pid <= 0)
-        return;
-    kill(b->pid, sig);
-    int64_t deadline = mono_ms() + timeout_ms;
-    for (;;) {
-        pid_t r = waitpid(b->pid, NULL, WNOHANG);
-        if (r == b->pid || (r < 0 && errno == ECHILD))
-            break;
-        if (mono_ms() > deadline) {
-            kill(b->pid, SIGKILL);
-            waitpid(b->pid, NULL, 0);
-            break;
-        }
-        sleep_ms(5);
-    }
+    t_reap_pid(b->pid, sig, timeout_ms);
     b->pid = 0;
 }
 
@@ -235,7 +169,7 @@ void t_broker_stop(t_broker *b)
 {
     reap(b, SIGTERM, STOP_TIMEOUT_MS);
     if (b->dir[0] && strncmp(b->dir, "/tmp/loom-mosq-", 15) == 0)
-        nftw(b->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        t_remove_tree(b->dir);
     b->dir[0] = '\0';
 }
 
@@ -253,7 +187,7 @@ void t_broker_restart(t_broker *b)
     for (int attempt = 0; attempt < 20; attempt++) {
         if (spawn(b))
             return;
-        sleep_ms(50);
+        t_sleep_ms(50);
     }
     dump_output(b);
     fail_msg("mosquitto does not restart on port %d", b->port);
@@ -272,14 +206,14 @@ static struct timespec db_mtime(const t_broker *b)
 void t_broker_wait_saved(const t_broker *b)
 {
     struct timespec before = db_mtime(b);
-    int64_t deadline = mono_ms() + 5000;
+    int64_t deadline = t_mono_ms() + 5000;
     for (;;) {
         struct timespec now = db_mtime(b);
         if (now.tv_sec != before.tv_sec || now.tv_nsec != before.tv_nsec)
             return;
-        if (mono_ms() > deadline)
+        if (t_mono_ms() > deadline)
             fail_msg("mosquitto did not save its database within 5 s (%s)", b->dir);
-        sleep_ms(20);
+        t_sleep_ms(20);
     }
 }
 

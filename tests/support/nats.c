@@ -1,10 +1,10 @@
 #define _GNU_SOURCE
 #include "support/nats.h"
+#include "support/proc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -29,61 +29,17 @@
 #define ROUTES_TIMEOUT_MS 10000
 #define HTTP_TIMEOUT_MS 1000
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 const char *t_nats_binary(void)
 {
     /* Debian keeps it in /usr/sbin, which is not on a normal user's PATH. */
     static const char *const known[] = {"/usr/sbin/nats-server", "/usr/local/sbin/nats-server",
-                                        "/usr/bin/nats-server", "/usr/local/bin/nats-server"};
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (access(known[i], X_OK) == 0)
-            return known[i];
+                                        "/usr/bin/nats-server", "/usr/local/bin/nats-server", NULL};
     static char found[512];
-    const char *path = getenv("PATH");
-    while (path && *path) {
-        const char *end = strchr(path, ':');
-        size_t n = end ? (size_t)(end - path) : strlen(path);
-        if (n > 0 && n < sizeof found - 16) {
-            snprintf(found, sizeof found, "%.*s/nats-server", (int)n, path);
-            if (access(found, X_OK) == 0)
-                return found;
-        }
-        path = end ? end + 1 : NULL;
-    }
-    return NULL;
+    return t_find_program("nats-server", known, found, sizeof found) ? found : NULL;
 }
 
 /* A loopback port nobody listens on right now (it may be taken by the time
  * the server binds it: callers retry). */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sa;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
-}
-
 static int connect_loopback(int port, int timeout_ms)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -125,8 +81,8 @@ static int http_get_int(int port, const char *path, const char *key)
     }
     static char buf[256 * 1024];
     size_t len = 0;
-    int64_t deadline = mono_ms() + HTTP_TIMEOUT_MS;
-    while (len < sizeof buf - 1 && mono_ms() < deadline) {
+    int64_t deadline = t_mono_ms() + HTTP_TIMEOUT_MS;
+    while (len < sizeof buf - 1 && t_mono_ms() < deadline) {
         ssize_t r = read(fd, buf + len, sizeof buf - 1 - len);
         if (r <= 0)
             break;
@@ -210,7 +166,7 @@ static bool spawn(t_nats *n, bool wait)
         _exit(127);
     }
     n->pid = pid;
-    int64_t deadline = mono_ms() + START_TIMEOUT_MS;
+    int64_t deadline = t_mono_ms() + START_TIMEOUT_MS;
     for (;;) {
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) {
@@ -219,14 +175,14 @@ static bool spawn(t_nats *n, bool wait)
         }
         if (!wait || (accepts(n->port) && http_get_int(n->http_port, "/varz", "port") > 0))
             return true;
-        if (mono_ms() > deadline) {
+        if (t_mono_ms() > deadline) {
             kill(pid, SIGKILL);
             waitpid(pid, NULL, 0);
             n->pid = 0;
             fail_msg("nats-server did not come up on port %d within %d ms (see %s)", n->port,
                      START_TIMEOUT_MS, out);
         }
-        sleep_ms(10);
+        t_sleep_ms(10);
     }
 }
 
@@ -254,9 +210,9 @@ static void make_dir(t_nats *n)
 
 static bool pick_ports(t_nats *n, bool cluster)
 {
-    n->port = free_port();
-    n->http_port = free_port();
-    n->cluster_port = cluster ? free_port() : 0;
+    n->port = t_free_port();
+    n->http_port = t_free_port();
+    n->cluster_port = cluster ? t_free_port() : 0;
     return n->port > 0 && n->http_port > 0 && (!cluster || n->cluster_port > 0) &&
            n->port != n->http_port && n->port != n->cluster_port && n->http_port != n->cluster_port;
 }
@@ -282,31 +238,9 @@ void t_nats_start(t_nats *n)
     t_nats_start_with(n, NULL);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void reap(t_nats *n, int sig, int timeout_ms)
 {
-    if (n->pid <= 0)
-        return;
-    kill(n->pid, sig);
-    int64_t deadline = mono_ms() + timeout_ms;
-    for (;;) {
-        pid_t r = waitpid(n->pid, NULL, WNOHANG);
-        if (r == n->pid || (r < 0 && errno == ECHILD))
-            break;
-        if (mono_ms() > deadline) {
-            kill(n->pid, SIGKILL);
-            waitpid(n->pid, NULL, 0);
-            break;
-        }
-        sleep_ms(5);
-    }
+    t_reap_pid(n->pid, sig, timeout_ms);
     n->pid = 0;
 }
 
@@ -314,7 +248,7 @@ void t_nats_stop(t_nats *n)
 {
     reap(n, SIGTERM, STOP_TIMEOUT_MS);
     if (n->dir[0] && strncmp(n->dir, "/tmp/loom-nats-", 15) == 0)
-        nftw(n->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        t_remove_tree(n->dir);
     n->dir[0] = '\0';
 }
 
@@ -331,7 +265,7 @@ void t_nats_restart(t_nats *n)
     for (int attempt = 0; attempt < 40; attempt++) {
         if (spawn(n, true))
             return;
-        sleep_ms(50);
+        t_sleep_ms(50);
     }
     dump_output(n);
     fail_msg("nats-server does not restart on port %d", n->port);
@@ -384,7 +318,7 @@ bool t_nats_cluster_wait_routes(const t_nats_cluster *c, int timeout_ms)
     int running = 0;
     for (int i = 0; i < T_NATS_CLUSTER_NODES; i++)
         running += c->node[i].pid > 0;
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = t_mono_ms() + timeout_ms;
     for (;;) {
         bool all = true;
         for (int i = 0; i < T_NATS_CLUSTER_NODES && all; i++)
@@ -392,9 +326,9 @@ bool t_nats_cluster_wait_routes(const t_nats_cluster *c, int timeout_ms)
                 all = t_nats_num_routes(&c->node[i]) >= running - 1;
         if (all)
             return true;
-        if (mono_ms() > deadline)
+        if (t_mono_ms() > deadline)
             return false;
-        sleep_ms(20);
+        t_sleep_ms(20);
     }
 }
 
@@ -420,16 +354,16 @@ void t_nats_cluster_start_with(t_nats_cluster *c, const char *extra_conf)
         for (int i = 0; i < T_NATS_CLUSTER_NODES && ok; i++)
             ok = spawn(&c->node[i], false);
         for (int i = 0; i < T_NATS_CLUSTER_NODES && ok; i++) {
-            int64_t deadline = mono_ms() + START_TIMEOUT_MS;
+            int64_t deadline = t_mono_ms() + START_TIMEOUT_MS;
             while (ok && !(accepts(c->node[i].port) &&
                            http_get_int(c->node[i].http_port, "/varz", "port") > 0)) {
                 if (waitpid(c->node[i].pid, NULL, WNOHANG) == c->node[i].pid) {
                     c->node[i].pid = 0;
                     ok = false;
-                } else if (mono_ms() > deadline) {
+                } else if (t_mono_ms() > deadline) {
                     fail_msg("cluster node %d did not come up on port %d", i + 1, c->node[i].port);
                 } else {
-                    sleep_ms(10);
+                    t_sleep_ms(10);
                 }
             }
         }

@@ -24,11 +24,9 @@
 const char *t_nginx_binary(void)
 {
     static const char *const known[] = {"/usr/sbin/nginx", "/usr/local/sbin/nginx",
-                                        "/usr/bin/nginx", "/usr/local/nginx/sbin/nginx"};
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (access(known[i], X_OK) == 0)
-            return known[i];
-    return NULL;
+                                        "/usr/bin/nginx", "/usr/local/nginx/sbin/nginx", NULL};
+    static char found[512];
+    return t_find_program("nginx", known, found, sizeof found) ? found : NULL;
 }
 
 /* True when something accepts TCP connections on 127.0.0.1:port. */

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <setjmp.h>
@@ -15,6 +16,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -469,5 +471,57 @@ void t_proc_reap_all(int timeout_ms)
         while (waitpid(tracked[i], NULL, 0) < 0 && errno == EINTR) {
         }
         tracked[i] = 0;
+    }
+}
+
+bool t_find_program(const char *name, const char *const *known, char *out, size_t outlen)
+{
+    for (size_t i = 0; known && known[i]; i++) {
+        if (access(known[i], X_OK) == 0) {
+            snprintf(out, outlen, "%s", known[i]);
+            return true;
+        }
+    }
+    const char *path = getenv("PATH");
+    while (path && *path) {
+        const char *end = strchr(path, ':');
+        size_t n = end ? (size_t)(end - path) : strlen(path);
+        if (n > 0 && (size_t)snprintf(out, outlen, "%.*s/%s", (int)n, path, name) < outlen &&
+            access(out, X_OK) == 0)
+            return true;
+        path = end ? end + 1 : NULL;
+    }
+    return false;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void t_remove_tree(const char *dir)
+{
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+void t_reap_pid(pid_t pid, int sig, int timeout_ms)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, sig);
+    int64_t deadline = t_mono_ms() + timeout_ms;
+    for (;;) {
+        pid_t r = waitpid(pid, NULL, WNOHANG);
+        if (r == pid || (r < 0 && errno == ECHILD))
+            return;
+        if (t_mono_ms() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            return;
+        }
+        t_sleep_ms(5);
     }
 }

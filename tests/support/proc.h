@@ -24,6 +24,17 @@
 int64_t t_mono_ms(void);
 void t_sleep_ms(int ms);
 
+/* The path of an executable: the first of known (NULL-terminated) that
+ * exists, else name found on PATH, written to out. False when none. */
+bool t_find_program(const char *name, const char *const *known, char *out, size_t outlen);
+
+/* Removes dir and everything below it (best effort). */
+void t_remove_tree(const char *dir);
+
+/* Sends sig to pid, waits up to timeout_ms for it to exit, then SIGKILLs
+ * and reaps it. */
+void t_reap_pid(pid_t pid, int sig, int timeout_ms);
+
 /* A TCP port that was free on 127.0.0.1 a moment ago (someone else may
  * take it before the caller binds it: retry on failure). */
 int t_free_port(void);

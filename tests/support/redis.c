@@ -1,10 +1,10 @@
 #define _GNU_SOURCE
 #include "support/redis.h"
+#include "support/proc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -27,56 +27,12 @@
 #define START_TIMEOUT_MS 5000
 #define STOP_TIMEOUT_MS 5000
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
 const char *t_redis_binary(void)
 {
     static const char *const known[] = {"/usr/bin/redis-server", "/usr/local/bin/redis-server",
-                                        "/usr/sbin/redis-server"};
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (access(known[i], X_OK) == 0)
-            return known[i];
+                                        "/usr/sbin/redis-server", NULL};
     static char found[512];
-    const char *path = getenv("PATH");
-    while (path && *path) {
-        const char *end = strchr(path, ':');
-        size_t n = end ? (size_t)(end - path) : strlen(path);
-        if (n > 0 && n < sizeof found - 16) {
-            snprintf(found, sizeof found, "%.*s/redis-server", (int)n, path);
-            if (access(found, X_OK) == 0)
-                return found;
-        }
-        path = end ? end + 1 : NULL;
-    }
-    return NULL;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sa;
-    int port = -1;
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-        port = ntohs(sa.sin_port);
-    close(fd);
-    return port;
+    return t_find_program("redis-server", known, found, sizeof found) ? found : NULL;
 }
 
 /* True when something on port answers an inline PING with a RESP reply
@@ -137,7 +93,7 @@ static bool spawn(t_redis *r)
         _exit(127);
     }
     r->pid = pid;
-    int64_t deadline = mono_ms() + START_TIMEOUT_MS;
+    int64_t deadline = t_mono_ms() + START_TIMEOUT_MS;
     for (;;) {
         if (waitpid(pid, NULL, WNOHANG) == pid) {
             r->pid = 0;
@@ -145,14 +101,14 @@ static bool spawn(t_redis *r)
         }
         if (answers(r->port))
             return true;
-        if (mono_ms() > deadline) {
+        if (t_mono_ms() > deadline) {
             kill(pid, SIGKILL);
             waitpid(pid, NULL, 0);
             r->pid = 0;
             fail_msg("redis-server did not come up on port %d within %d ms (see %s)", r->port,
                      START_TIMEOUT_MS, out);
         }
-        sleep_ms(10);
+        t_sleep_ms(10);
     }
 }
 
@@ -190,7 +146,7 @@ void t_redis_start_with(t_redis *r, const char *const *extra_args)
     if (!mkdtemp(r->dir))
         fail_msg("mkdtemp: %s", strerror(errno));
     for (int attempt = 0; attempt < 5; attempt++) {
-        r->port = free_port();
+        r->port = t_free_port();
         if (r->port <= 0)
             fail_msg("no free loopback port");
         if (spawn(r))
@@ -205,34 +161,12 @@ void t_redis_start(t_redis *r)
     t_redis_start_with(r, NULL);
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void reap(t_redis *r, int sig, int timeout_ms)
 {
-    if (r->pid <= 0)
-        return;
-    kill(r->pid, sig);
-    if (r->paused)
+    if (r->paused && r->pid > 0)
         kill(r->pid, SIGCONT); /* a stopped process would not act on SIGTERM */
     r->paused = false;
-    int64_t deadline = mono_ms() + timeout_ms;
-    for (;;) {
-        pid_t w = waitpid(r->pid, NULL, WNOHANG);
-        if (w == r->pid || (w < 0 && errno == ECHILD))
-            break;
-        if (mono_ms() > deadline) {
-            kill(r->pid, SIGKILL);
-            waitpid(r->pid, NULL, 0);
-            break;
-        }
-        sleep_ms(5);
-    }
+    t_reap_pid(r->pid, sig, timeout_ms);
     r->pid = 0;
 }
 
@@ -240,7 +174,7 @@ void t_redis_stop(t_redis *r)
 {
     reap(r, SIGTERM, STOP_TIMEOUT_MS);
     if (r->dir[0] && strncmp(r->dir, "/tmp/loom-redis-", 16) == 0)
-        nftw(r->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+        t_remove_tree(r->dir);
     r->dir[0] = '\0';
     free_args(r);
 }
@@ -259,7 +193,7 @@ void t_redis_restart(t_redis *r)
     for (int attempt = 0; attempt < 20; attempt++) {
         if (spawn(r))
             return;
-        sleep_ms(50);
+        t_sleep_ms(50);
     }
     dump_output(r);
     fail_msg("redis-server does not restart on port %d", r->port);
