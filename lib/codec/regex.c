@@ -228,6 +228,21 @@ static int class_node(parser *P, bool negate)
     return node(P, K_CLASS, (uint32_t)off, (uint32_t)(P->nranges - off));
 }
 
+/* The code point of the well-formed n-byte UTF-8 sequence at s. */
+static uint32_t utf8_decode(const unsigned char *s, size_t n)
+{
+    switch (n) {
+    case 1:
+        return s[0];
+    case 2:
+        return (s[0] & 0x1Fu) << 6 | (s[1] & 0x3Fu);
+    case 3:
+        return (s[0] & 0x0Fu) << 12 | (s[1] & 0x3Fu) << 6 | (s[2] & 0x3Fu);
+    default:
+        return (s[0] & 0x07u) << 18 | (s[1] & 0x3Fu) << 12 | (s[2] & 0x3Fu) << 6 | (s[3] & 0x3Fu);
+    }
+}
+
 /* The code point at the cursor, which it passes; -1 when malformed. */
 static int64_t next_cp(parser *P)
 {
@@ -235,13 +250,8 @@ static int64_t next_cp(parser *P)
     size_t n = loom__utf8_seq(s, strnlen(P->p, 4));
     if (!n)
         return fail(P, "the pattern is not valid UTF-8");
-    uint32_t cp = n == 1   ? s[0]
-                  : n == 2 ? (s[0] & 0x1Fu) << 6 | (s[1] & 0x3Fu)
-                  : n == 3 ? (s[0] & 0x0Fu) << 12 | (s[1] & 0x3Fu) << 6 | (s[2] & 0x3Fu)
-                           : (s[0] & 0x07u) << 18 | (s[1] & 0x3Fu) << 12 | (s[2] & 0x3Fu) << 6 |
-                                 (s[3] & 0x3Fu);
     P->p += n;
-    return cp;
+    return utf8_decode(s, n);
 }
 
 /* n hex digits at the cursor (passed), or -1. */
@@ -835,18 +845,7 @@ static uint32_t decode(const unsigned char *s, size_t avail, size_t *len)
 {
     size_t n = loom__utf8_seq(s, avail);
     *len = n ? n : 1;
-    switch (n) {
-    case 1:
-        return s[0];
-    case 2:
-        return (s[0] & 0x1Fu) << 6 | (s[1] & 0x3Fu);
-    case 3:
-        return (s[0] & 0x0Fu) << 12 | (s[1] & 0x3Fu) << 6 | (s[2] & 0x3Fu);
-    case 4:
-        return (s[0] & 0x07u) << 18 | (s[1] & 0x3Fu) << 12 | (s[2] & 0x3Fu) << 6 | (s[3] & 0x3Fu);
-    default:
-        return 0xFFFD;
-    }
+    return n ? utf8_decode(s, n) : 0xFFFD;
 }
 
 static bool run(vm *M, threads *cur, threads *next)

@@ -959,8 +959,7 @@ bool loom__subscriptions_ready(loom_runtime *rt)
 
 static bool is_ready(loom_runtime *rt)
 {
-    return atomic_load(&rt->broker_state) == LOOM_BROKER_CONNECTED && all_subscribed(rt) &&
-           loom__discovery_synced(rt);
+    return loom__subscriptions_ready(rt) && loom__discovery_synced(rt);
 }
 
 loom_err loom_runtime_wait_ready(loom_runtime *rt, uint32_t timeout_ms)
