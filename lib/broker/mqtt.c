@@ -45,11 +45,35 @@
  * back to tokens. (Two tokens on the same filter share one identifier: the
  * broker keeps only one subscription per filter and session.)
  *
+ * Delayed ACKs. Brokers as users install them (Debian's mosquitto) leave
+ * Nagle's algorithm on. When the broker answers one of our QoS >= 1
+ * publishes with a PUBACK and has the next message for us right after it
+ * (a command after a handler's event, a reply after a command), Nagle
+ * holds that message until we ACK the PUBACK, and our kernel delays the
+ * ACK by ~40 ms because we have nothing to send: every such round trip
+ * would take 40 ms. So when a PUBACK arrives we set TCP_QUICKACK on our
+ * sockets to the broker, which sends the pending ACK at once. paho hides
+ * its socket: the descriptors are the ones set_nodelay() finds when a
+ * connection comes up (every TCP connection of this process to the
+ * broker; a quick ACK on another client's socket is harmless). Commands
+ * and replies default to QoS 0 (no PUBACK at all; see docs/mqtt.md), so
+ * this costs one system call per QoS >= 1 publish: events and
+ * announcements.
+ *
  * Buffering. Messages published while disconnected are kept here, not by
  * paho's sendWhileDisconnected: paho 1.3.12 leaks every buffered message
  * still unsent when the client is destroyed, and its limit also counts
  * messages queued while connected. They are handed to paho, in order, as
  * soon as a connection is up, before CONNECTED is reported.
+ *
+ * Closing. close() waits (at most CLOSE_FLUSH_MS) until the broker has
+ * acknowledged our QoS >= 1 publishes, then sends DISCONNECT with no wait
+ * of paho's own: paho checks its in-flight messages only about once a
+ * second, which made an idle stop take 3 s. Everything handed to paho
+ * before DISCONNECT is written before it, in order, so the broker sees a
+ * last announcement-clearing message and QoS 0 replies before the
+ * disconnect either way; the wait is for messages the broker might ask us
+ * to send again.
  *
  * Shutdown. Callbacks bracket their upcalls with enter()/leave(); stop()
  * sets `stopped` and waits until none is inside, so after stop() returns no
@@ -66,6 +90,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,13 +105,14 @@
 #define MQTT_MAX_SUB_ID 268435455            /* largest subscription identifier */
 #define MQTT_MAX_PAYLOAD (256 * 1024 * 1024) /* MQTT's packet limit, rounded down */
 #define MQTT_MAX_STRING 65535                /* any MQTT UTF-8 string */
-#define DISCONNECT_TIMEOUT_MS 1000           /* lets in-flight QoS>0 messages finish */
+#define CLOSE_FLUSH_MS 300 /* close(): at most this long for the broker's PUBACKs */
 #define FAIL_WARN_INTERVAL_MS 30000          /* repeated connect failures: one warning */
 #define DROP_WARN_INTERVAL_MS 1000           /* dropped messages: one warning */
 #define PAHO_MEMORY_ERROR_CODE (-99)         /* paho's PAHO_MEMORY_ERROR (not public) */
 #define HOLD_MS 2000                         /* unknown subscription identifiers: grace */
 #define HOLD_MAX_MSGS 10000
 #define HOLD_MAX_BYTES (64 * 1024 * 1024)
+#define QUICKACK_MAX_FDS 8 /* sockets to the broker quick_ack() touches */
 
 typedef enum conn_state {
     CS_IDLE = 0,   /* connect() not called yet */
@@ -205,6 +231,10 @@ typedef struct mqtt_adapter {
     out_msg *q_head, *q_tail;
     size_t q_len;
     bool flushing;
+    int pub_inflight; /* QoS >= 1 publishes paho has not completed (guarded by mu) */
+    /* The sockets to the broker found at the last connect (quick_ack()). */
+    _Atomic int ack_fds[QUICKACK_MAX_FDS];
+    _Atomic int n_ack_fds;
 } mqtt_adapter;
 
 #define A_LOG(a, lvl, ...)                                                                         \
@@ -619,13 +649,14 @@ static void free_req(sub_req *r)
 /* paho 1.3.12 never sets TCP_NODELAY and does not expose its socket, so
  * once connected we look for our TCP connections to the broker among the
  * process's descriptors and set it on them. Every MQTT connection to that
- * broker wants it, so touching another client's socket is harmless. */
+ * broker wants it, so touching another client's socket is harmless. The
+ * descriptors found are kept for quick_ack(). */
 static void set_nodelay(mqtt_adapter *a)
 {
     DIR *d = opendir("/proc/self/fd");
     if (!d)
         return;
-    int self_fd = dirfd(d);
+    int self_fd = dirfd(d), n_found = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         long long fd;
@@ -652,10 +683,47 @@ static void set_nodelay(mqtt_adapter *a)
                      (a->peer_family == AF_INET6 && memcmp(&s6->sin6_addr, a->peer_addr, 16) == 0));
         }
         int one = 1;
-        if (match)
+        if (match) {
             (void)setsockopt((int)fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            if (n_found < QUICKACK_MAX_FDS)
+                atomic_store_explicit(&a->ack_fds[n_found++], (int)fd, memory_order_relaxed);
+        }
     }
     closedir(d);
+    atomic_store_explicit(&a->n_ack_fds, n_found, memory_order_release);
+}
+
+/* ACKs what the broker sent us now rather than after the kernel's
+ * delayed-ACK timer (see "Delayed ACKs" at the top). A failure (the
+ * descriptor went meanwhile) changes nothing. */
+static void quick_ack(mqtt_adapter *a)
+{
+    int n = atomic_load_explicit(&a->n_ack_fds, memory_order_acquire), one = 1;
+    for (int i = 0; i < n; i++)
+        (void)setsockopt(atomic_load_explicit(&a->ack_fds[i], memory_order_relaxed), IPPROTO_TCP,
+                         TCP_QUICKACK, &one, sizeof one);
+}
+
+static void publish_done(mqtt_adapter *a)
+{
+    lock(a);
+    if (--a->pub_inflight <= 0)
+        pthread_cond_broadcast(&a->cv);
+    unlock(a);
+}
+
+/* paho's thread: the broker acknowledged a QoS >= 1 publish. */
+static void on_published(void *ctx, MQTTAsync_successData5 *r)
+{
+    (void)r;
+    quick_ack(ctx);
+    publish_done(ctx);
+}
+
+static void on_publish_failed(void *ctx, MQTTAsync_failureData5 *r)
+{
+    (void)r;
+    publish_done(ctx);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -857,7 +925,7 @@ static void *retry_main(void *arg)
 static void issue_disconnect(mqtt_adapter *a)
 {
     MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
-    d.timeout = DISCONNECT_TIMEOUT_MS;
+    d.timeout = 0; /* close() waited for the PUBACKs already */
     d.reasonCode = MQTTREASONCODE_NORMAL_DISCONNECTION;
     d.onSuccess5 = on_disconnect_done;
     d.onFailure5 = on_disconnect_fail;
@@ -891,6 +959,7 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
         return;
     }
     a->state = CS_CONNECTED;
+    a->pub_inflight = 0; /* paho completes nothing of an earlier connection */
     a->flushing = a->q_head != NULL;
     a->next_delay_ms = a->reconnect_min_ms;
     a->fail_count = 0;
@@ -1569,7 +1638,17 @@ static int paho_publish(mqtt_adapter *a, const char *topic, const void *data, si
         /* paho takes the properties from the response options; without
          * them it would send none. */
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        if (qos > 0) {
+            ro.onSuccess5 = on_published;
+            ro.onFailure5 = on_publish_failed;
+            ro.context = a;
+            lock(a);
+            a->pub_inflight++; /* before paho can complete it */
+            unlock(a);
+        }
         rc = MQTTAsync_sendMessage(a->client, topic, &msg, &ro);
+        if (rc != MQTTASYNC_SUCCESS && qos > 0)
+            publish_done(a);
     }
     MQTTProperties_free(&msg.properties);
     return rc;
@@ -1906,8 +1985,14 @@ static void mqtt_close(void *self)
     if (dropped)
         A_LOG(a, LOOM_LOG_WARN, "mqtt: closing with %zu message(s) never sent (no connection)",
               dropped);
-    if (disconnect)
-        issue_disconnect(a);
+    if (!disconnect)
+        return;
+    lock(a);
+    int64_t due = loom__mono_ms() + CLOSE_FLUSH_MS;
+    while (a->pub_inflight > 0 && a->state == CS_DISCONNECTING && loom__mono_ms() < due)
+        wait_until_locked(a, due);
+    unlock(a);
+    issue_disconnect(a);
 }
 
 static void mqtt_stop(void *self)
@@ -1919,24 +2004,15 @@ static void mqtt_stop(void *self)
 
     lock(a);
     /* Let an attempt under way and the DISCONNECT finish, bounded. */
-    int64_t deadline = loom__mono_ms() + ((a->connect_timeout_ms + 999) / 1000) * 1000 +
-                       DISCONNECT_TIMEOUT_MS + 1000;
+    int64_t deadline =
+        loom__mono_ms() + ((a->connect_timeout_ms + 999) / 1000) * 1000 + 1000;
     bool timed_out = false;
     while (a->state == CS_CONNECTING || a->state == CS_DISCONNECTING) {
-        int64_t now = loom__mono_ms();
-        if (now >= deadline) {
+        if (loom__mono_ms() >= deadline) {
             timed_out = true;
             break;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        int64_t wait = deadline - now > 50 ? 50 : deadline - now;
-        ts.tv_nsec += (long)wait * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+        wait_until_locked(a, deadline);
     }
     a->stopped = true;
     a->quit = true;

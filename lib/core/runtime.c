@@ -629,8 +629,8 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
                                ? cfg->drain_timeout_ms
                                : (uint32_t)loom__config_int(c, "timeouts.drain_ms", 5000);
     rt->max_message = (size_t)loom__config_int(c, "limits.max_message", 1 << 20);
-    rt->qos_command = (int)loom__config_int(c, "broker.qos.command", 1);
-    rt->qos_reply = (int)loom__config_int(c, "broker.qos.reply", 1);
+    rt->qos_command = (int)loom__config_int(c, "broker.qos.command", 0);
+    rt->qos_reply = (int)loom__config_int(c, "broker.qos.reply", 0);
     rt->qos_event = (int)loom__config_int(c, "broker.qos.event", 1);
     rt->qos_discovery = (int)loom__config_int(c, "broker.qos.discovery", 1);
 

@@ -62,7 +62,6 @@ static void write_conf(t_broker *b, const char *extra)
     fprintf(f,
             "listener %d 127.0.0.1\n"
             "allow_anonymous true\n"
-            "set_tcp_nodelay true\n"
             "persistence true\n"
             "persistence_location %s/\n"
             "autosave_interval 1\n"
