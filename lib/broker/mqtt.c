@@ -66,9 +66,21 @@
  * messages queued while connected. They are handed to paho, in order, as
  * soon as a connection is up, before CONNECTED is reported.
  *
- * Closing. close() waits (at most CLOSE_FLUSH_MS) until the broker has
- * acknowledged our QoS >= 1 publishes, then sends DISCONNECT with no wait
- * of paho's own: paho checks its in-flight messages only about once a
+ * Flow control. The broker's Receive Maximum (mosquitto: 20) bounds our
+ * QoS >= 1 publishes awaiting a PUBACK. paho queues the ones beyond it,
+ * and with them everything after them for this client (a DISCONNECT
+ * too), but does not wake its sending thread when a PUBACK frees a slot:
+ * they move on only when that thread's one-second wait runs out, 20
+ * messages a second. So the adapter keeps the window itself: a QoS >= 1
+ * publish goes to paho only while fewer than Receive Maximum are
+ * unacknowledged (pub_inflight); otherwise it waits in the same ordered
+ * queue as offline messages (bounded by `buffer`), and each PUBACK hands
+ * the next ones to paho from paho's thread, which wakes it. Order is kept
+ * across kinds: while the queue is not empty every publish joins it.
+ *
+ * Closing. close() waits (at most CLOSE_FLUSH_MS) until the queue has gone
+ * to paho and the broker has acknowledged our QoS >= 1 publishes, then
+ * sends DISCONNECT with no wait of paho's own: paho checks its in-flight messages only about once a
  * second, which made an idle stop take 3 s. Everything handed to paho
  * before DISCONNECT is written before it, in order, so the broker sees a
  * last announcement-clearing message and QoS 0 replies before the
@@ -231,6 +243,7 @@ typedef struct mqtt_adapter {
     out_msg *q_head, *q_tail;
     size_t q_len;
     bool flushing;
+    int recv_max; /* the broker's Receive Maximum (CONNACK) */
     int pub_inflight; /* QoS >= 1 publishes paho has not completed (guarded by mu) */
     /* The sockets to the broker found at the last connect (quick_ack()). */
     _Atomic int ack_fds[QUICKACK_MAX_FDS];
@@ -693,6 +706,8 @@ static void set_nodelay(mqtt_adapter *a)
     atomic_store_explicit(&a->n_ack_fds, n_found, memory_order_release);
 }
 
+static void flush_queue(mqtt_adapter *a);
+
 /* ACKs what the broker sent us now rather than after the kernel's
  * delayed-ACK timer (see "Delayed ACKs" at the top). A failure (the
  * descriptor went meanwhile) changes nothing. */
@@ -704,12 +719,24 @@ static void quick_ack(mqtt_adapter *a)
                          TCP_QUICKACK, &one, sizeof one);
 }
 
+static bool may_send_locked(const mqtt_adapter *a, int qos)
+{
+    return a->state == CS_CONNECTED && (qos == 0 || a->pub_inflight < a->recv_max);
+}
+
+/* A QoS >= 1 publish is over (PUBACK, or paho gave up on it): its window
+ * slot goes to the next queued message (see "Flow control"). */
 static void publish_done(mqtt_adapter *a)
 {
     lock(a);
     if (--a->pub_inflight <= 0)
         pthread_cond_broadcast(&a->cv);
+    bool flush = !a->flushing && a->q_head && may_send_locked(a, a->q_head->qos);
+    if (flush)
+        a->flushing = true;
     unlock(a);
+    if (flush)
+        flush_queue(a);
 }
 
 /* paho's thread: the broker acknowledged a QoS >= 1 publish. */
@@ -787,7 +814,6 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r);
 static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *r);
 static void on_disconnect_done(void *ctx, MQTTAsync_successData5 *r);
 static void on_disconnect_fail(void *ctx, MQTTAsync_failureData5 *r);
-static void flush_queue(mqtt_adapter *a);
 
 /* Starts one connection attempt (the retry thread, without mu). */
 static int start_connect(mqtt_adapter *a)
@@ -939,6 +965,17 @@ static void issue_disconnect(mqtt_adapter *a)
     }
 }
 
+/* The CONNACK's Receive Maximum: 65535 when absent (MQTT 5, 3.2.2.3.3). */
+static int receive_maximum(const MQTTAsync_successData5 *r)
+{
+    if (!r || !MQTTProperties_hasProperty((MQTTProperties *)&r->properties,
+                                          MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
+        return 65535;
+    int v = MQTTProperties_getNumericValue((MQTTProperties *)&r->properties,
+                                           MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+    return v > 0 ? v : 65535;
+}
+
 static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
 {
     mqtt_adapter *a = ctx;
@@ -960,6 +997,7 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
     }
     a->state = CS_CONNECTED;
     a->pub_inflight = 0; /* paho completes nothing of an earlier connection */
+    a->recv_max = receive_maximum(r);
     a->flushing = a->q_head != NULL;
     a->next_delay_ms = a->reconnect_min_ms;
     a->fail_count = 0;
@@ -1607,7 +1645,9 @@ static int add_string_prop(MQTTProperties *props, enum MQTTPropertyCodes id, con
 }
 
 /* Hands one message to paho (any thread, without mu). paho copies the
- * payload and the properties. Returns paho's code. */
+ * payload and the properties. A QoS >= 1 message must hold a window slot
+ * (pub_inflight, taken by the caller); paho_send() gives it back when paho
+ * refuses the message. Returns paho's code. */
 static int paho_publish(mqtt_adapter *a, const char *topic, const void *data, size_t len, int qos,
                         bool retain, const char *rt, const void *corr, size_t corr_len,
                         const char *status)
@@ -1642,13 +1682,8 @@ static int paho_publish(mqtt_adapter *a, const char *topic, const void *data, si
             ro.onSuccess5 = on_published;
             ro.onFailure5 = on_publish_failed;
             ro.context = a;
-            lock(a);
-            a->pub_inflight++; /* before paho can complete it */
-            unlock(a);
         }
         rc = MQTTAsync_sendMessage(a->client, topic, &msg, &ro);
-        if (rc != MQTTASYNC_SUCCESS && qos > 0)
-            publish_done(a);
     }
     MQTTProperties_free(&msg.properties);
     return rc;
@@ -1704,22 +1739,44 @@ static void free_queue(mqtt_adapter *a)
     a->q_len = 0;
 }
 
-/* Hands the messages kept while disconnected to paho, oldest first
- * (paho's thread, right after the connection came up). */
+/* paho_publish() for a message that holds a window slot: gives the slot
+ * back when paho refuses it. */
+static int paho_send(mqtt_adapter *a, const char *topic, const void *data, size_t len, int qos,
+                     bool retain, const char *rt, const void *corr, size_t corr_len,
+                     const char *status)
+{
+    int rc = paho_publish(a, topic, data, len, qos, retain, rt, corr, corr_len, status);
+    if (rc != MQTTASYNC_SUCCESS && qos > 0) {
+        lock(a);
+        if (--a->pub_inflight <= 0)
+            pthread_cond_broadcast(&a->cv);
+        unlock(a);
+    }
+    return rc;
+}
+
+/* Hands queued messages to paho, oldest first, while connected and the
+ * window allows (paho's thread: right after the connection came up, or
+ * after a PUBACK). The caller set `flushing`; it is cleared under mu once
+ * the queue is empty or blocked, so a PUBACK arriving meanwhile either
+ * sees `flushing` and leaves the job to us, or finds it clear and flushes
+ * itself: no slot is ever left unused. */
 static void flush_queue(mqtt_adapter *a)
 {
     unsigned long failed = 0;
     int last_rc = MQTTASYNC_SUCCESS;
     lock(a);
-    while (a->q_head && a->state == CS_CONNECTED) {
+    while (a->q_head && may_send_locked(a, a->q_head->qos)) {
         out_msg *o = a->q_head;
         a->q_head = o->next;
         if (!a->q_head)
             a->q_tail = NULL;
         a->q_len--;
+        if (o->qos > 0)
+            a->pub_inflight++;
         unlock(a);
-        int rc = paho_publish(a, o->topic, o->data, o->len, o->qos, o->retain, o->rt, o->corr,
-                              o->corr_len, o->status);
+        int rc = paho_send(a, o->topic, o->data, o->len, o->qos, o->retain, o->rt, o->corr,
+                           o->corr_len, o->status);
         lock(a);
         if (rc == MQTTASYNC_DISCONNECTED || paho_full(rc)) {
             /* lost again, or paho is full: keep it for the next round */
@@ -1761,10 +1818,12 @@ static loom_err mqtt_publish(void *self, const loom_publish *p)
         unlock(a);
         return LOOM_EUNAVAILABLE;
     }
-    if (a->state == CS_CONNECTED && !a->flushing) {
+    if (!a->q_head && !a->flushing && may_send_locked(a, p->qos)) {
+        if (p->qos > 0)
+            a->pub_inflight++;
         unlock(a);
-        int rc = paho_publish(a, p->topic, p->data, p->len, p->qos, p->retain, p->response_topic,
-                              p->correlation, p->correlation_len, p->status);
+        int rc = paho_send(a, p->topic, p->data, p->len, p->qos, p->retain, p->response_topic,
+                           p->correlation, p->correlation_len, p->status);
         if (rc == MQTTASYNC_SUCCESS) {
             loom_msg_release(p->msg);
             return LOOM_OK;
@@ -1962,7 +2021,13 @@ static void mqtt_close(void *self)
         unlock(a);
         return;
     }
-    a->closing = true;
+    a->closing = true; /* no new publishes from here on */
+    /* Connected: let the queue drain into paho and the broker acknowledge
+     * what it got, briefly (see "Closing" at the top). */
+    int64_t due = loom__mono_ms() + CLOSE_FLUSH_MS;
+    while (a->state == CS_CONNECTED && (a->q_head || a->pub_inflight > 0) &&
+           loom__mono_ms() < due)
+        wait_until_locked(a, due);
     bool disconnect = false;
     switch (a->state) {
     case CS_CONNECTED:
@@ -1983,16 +2048,9 @@ static void mqtt_close(void *self)
     pthread_cond_broadcast(&a->cv);
     unlock(a);
     if (dropped)
-        A_LOG(a, LOOM_LOG_WARN, "mqtt: closing with %zu message(s) never sent (no connection)",
-              dropped);
-    if (!disconnect)
-        return;
-    lock(a);
-    int64_t due = loom__mono_ms() + CLOSE_FLUSH_MS;
-    while (a->pub_inflight > 0 && a->state == CS_DISCONNECTING && loom__mono_ms() < due)
-        wait_until_locked(a, due);
-    unlock(a);
-    issue_disconnect(a);
+        A_LOG(a, LOOM_LOG_WARN, "mqtt: closing with %zu message(s) never sent", dropped);
+    if (disconnect)
+        issue_disconnect(a);
 }
 
 static void mqtt_stop(void *self)
