@@ -352,6 +352,13 @@ typedef struct loom_call {
      * HTTP bridge uses it). Blocking calls always run in-process handlers
      * inline. */
     bool run_inline;
+    /* loom_runtime_invoke only: when the response comes over the broker,
+     * the callback may run on the thread that received it (the broker
+     * client's own thread) instead of a worker: one thread hop less per
+     * call. Only for callbacks that hand the response on and return at
+     * once, never blocking nor calling into loom (the HTTP bridge uses it
+     * to resume the HTTP connection). */
+    bool reply_inline;
 } loom_call;
 
 /* Called once with the response: a success (status 200/204) or an error

@@ -141,7 +141,7 @@ static void expire_job(void *a, void *b, uintptr_t c)
 }
 
 static loom__pending *pend_add(loom_runtime *rt, const char *id, loom_reply_fn cb, void *user,
-                               uint32_t timeout_ms, bool sync)
+                               uint32_t timeout_ms, bool direct)
 {
     loom__pending *p = calloc(1, sizeof *p);
     if (!p)
@@ -150,7 +150,7 @@ static loom__pending *pend_add(loom_runtime *rt, const char *id, loom_reply_fn c
     p->cb = cb;
     p->user = user;
     p->rt = rt;
-    p->sync = sync;
+    p->direct = direct;
     p->timeout_ms = timeout_ms;
     p->timer.heap_index = SIZE_MAX;
     p->timer.job = (loom__job){expire_job, rt, p, 0};
@@ -181,18 +181,18 @@ bool loom__complete_pending(loom_runtime *rt, loom_msg *response)
     return true;
 }
 
-bool loom__pending_is_sync(loom_runtime *rt, const char *id)
+bool loom__pending_is_direct(loom_runtime *rt, const char *id)
 {
-    bool sync = false;
+    bool direct = false;
     pthread_mutex_lock(&rt->pend_mu);
     for (loom__pending *p = rt->pend_buckets[id_hash(id) & (rt->pend_nbuckets - 1)]; p;
          p = p->next)
         if (memcmp(p->id, id, 33) == 0) {
-            sync = p->sync;
+            direct = p->direct;
             break;
         }
     pthread_mutex_unlock(&rt->pend_mu);
-    return sync;
+    return direct;
 }
 
 void loom__fail_all_pending(loom_runtime *rt, int status, const char *message)
@@ -405,7 +405,7 @@ static void send_local(loom_runtime *rt, const prepared *p, loom_reply_fn cb, vo
 /* Publishes a command for a remote instance; its answer arrives on our
  * reply topic and completes the pending entry. */
 static void send_remote(loom_runtime *rt, const prepared *p, loom_reply_fn cb, void *user,
-                        bool sync)
+                        bool direct)
 {
     loom_msg *m = p->msg;
     char id[33];
@@ -423,7 +423,7 @@ static void send_remote(loom_runtime *rt, const prepared *p, loom_reply_fn cb, v
     char *topic = loom__topic_build(rt->prefix, "cmd", segs, 3);
     loom_msg *r503 = fail_response(m, 503, "no receiver for %s.%s (version %s)",
                                    m->receiver.service, m->receiver.target, p->version);
-    if (!topic || !r503 || !pend_add(rt, id, cb, user, remaining_ms(m), sync)) {
+    if (!topic || !r503 || !pend_add(rt, id, cb, user, remaining_ms(m), direct)) {
         free(topic);
         loom_msg_release(m);
         if (r503) {
@@ -467,7 +467,7 @@ loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call 
     else if (p.local)
         send_local(rt, &p, cb, user);
     else
-        send_remote(rt, &p, cb, user, false);
+        send_remote(rt, &p, cb, user, call->reply_inline);
     return LOOM_OK;
 }
 

@@ -506,7 +506,8 @@ static loom_err host_deliver(void *core, const loom_delivery *d)
     }
     if (tok->kind == LOOM__TOK_REPLY) {
         /* A blocking caller waits on a condition variable: wake it here so
-         * that replies never need a free worker. */
+         * that replies never need a free worker; a reply_inline callback
+         * runs here too. */
         const char *id = d->msg ? d->msg->correlation_id : NULL;
         char idbuf[33];
         if (!id && d->correlation_len == 32) {
@@ -514,7 +515,7 @@ static loom_err host_deliver(void *core, const loom_delivery *d)
             idbuf[32] = '\0';
             id = idbuf;
         }
-        if (id && loom__is_id(id) && loom__pending_is_sync(rt, id)) {
+        if (id && loom__is_id(id) && loom__pending_is_direct(rt, id)) {
             loom_msg *m = d->msg ? loom_msg_retain(d->msg) : NULL;
             char why[160];
             if (!m && loom_msg_decode(d->data, d->len, &m, why, sizeof why) != LOOM_OK) {

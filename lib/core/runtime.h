@@ -70,7 +70,8 @@ typedef struct loom__pending {
     loom__timer timer;          /* fires the 504 */
     uint32_t timeout_ms;
     bool done;                  /* completed while its timer job was queued */
-    bool sync;                  /* a blocking caller: may complete on any thread */
+    bool direct; /* completes on the thread that receives the response: a
+                  * blocking caller, or loom_call.reply_inline */
     struct loom__pending *next; /* hash chain */
 } loom__pending;
 
@@ -238,7 +239,7 @@ bool loom__complete_pending(loom_runtime *rt, loom_msg *response);
  * blocking caller. */
 loom_err loom__slot_defer(loom_ctx *ctx);
 /* True when the pending call with this request id is a blocking caller. */
-bool loom__pending_is_sync(loom_runtime *rt, const char *id);
+bool loom__pending_is_direct(loom_runtime *rt, const char *id);
 /* Fails every pending call with status (stop). */
 void loom__fail_all_pending(loom_runtime *rt, int status, const char *message);
 loom_err loom__pending_init(loom_runtime *rt);

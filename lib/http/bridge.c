@@ -770,7 +770,8 @@ static loom__hs_action invoke(breq *b, cJSON *payload)
                       .trace_id = b->trace,
                       .principal_id = b->principal,
                       .tenant_id = b->tenant,
-                      .run_inline = h->run_inline};
+                      .run_inline = h->run_inline,
+                      .reply_inline = true}; /* on_reply only resumes the connection */
     b->invoked = true;
     atomic_fetch_add(&b->refs, 1); /* for on_reply */
     loom_err err = loom_runtime_invoke(h->rt, &call, on_reply, b);
