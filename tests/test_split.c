@@ -50,6 +50,7 @@
 #include <curl/curl.h>
 #include <nats/nats.h>
 
+#include "core/runtime.h" /* loom__remote_has_command: what the probe knows */
 #include "support/mosquitto.h"
 #include "support/nats.h"
 #include "support/proc.h"
@@ -1434,14 +1435,16 @@ static void test_sigkill_one_payments_instance(void **state)
     /* Every instance learns of pay-2's end from the same cleared
      * announcement, each on its own schedule (the watcher above is another
      * process): a call made before that goes out to nobody and ends as 504
-     * at its deadline. Once it knows, 503 at once. */
-    int64_t t0, give_up = t_mono_ms() + RECOVER_TIMEOUT_MS;
-    int none_left;
-    do {
-        t0 = t_mono_ms();
-        none_left = charge(probe, "none-left", 1, NULL, 0, NULL, 0);
-    } while (none_left == 504 && t_mono_ms() < give_up);
-    assert_int_equal(none_left, 503);
+     * at its deadline. Once the probe knows, 503 at once. */
+    int64_t give_up = t_mono_ms() + RECOVER_TIMEOUT_MS;
+    while (loom__remote_has_command(probe, "payments", "1", "charge")) {
+        if (t_mono_ms() >= give_up)
+            fail_msg("the probe still lists payments.charge %d ms after pay-2's end",
+                     RECOVER_TIMEOUT_MS);
+        t_sleep_ms(10);
+    }
+    int64_t t0 = t_mono_ms();
+    assert_int_equal(charge(probe, "none-left", 1, NULL, 0, NULL, 0), 503);
     assert_true(t_mono_ms() - t0 < CALL_TIMEOUT_MS / 2);
     wait_bridge_routes(SHOP_ROUTES - 1, 5000);
     http_res res = {0};
@@ -1449,7 +1452,8 @@ static void test_sigkill_one_payments_instance(void **state)
     snprintf(body, sizeof body,
              "{\"userId\":\"%s\",\"items\":[{\"sku\":\"x\",\"quantity\":1}],\"amount\":1}",
              o.user_id);
-    /* The same for shop-a, which calls payments for the bridge. */
+    /* shop-a, which calls payments for the bridge, is another process: a
+     * call it made before it saw the clear ends as 504; once it has, 503. */
     give_up = t_mono_ms() + RECOVER_TIMEOUT_MS;
     do {
         free(res.body.data);
