@@ -51,6 +51,18 @@
  * messages queued while connected. They are handed to paho, in order, as
  * soon as a connection is up, before CONNECTED is reported.
  *
+ * In flight. Our sessions are clean, and on a lost connection paho
+ * discards a clean session's QoS >= 1 messages already sent but not yet
+ * acknowledged (at most the broker's receive maximum: 20 on a stock
+ * mosquitto), failing them with MQTTASYNC_OPERATION_INCOMPLETE; those it
+ * had not sent yet it keeps and sends after the reconnect. So each QoS >= 1
+ * message handed to paho keeps its copy (an out_msg, linked in `flight`
+ * like sub_req) until its PUBACK; one failed that way goes back into the
+ * buffer, ahead of what was published while disconnected, and is sent
+ * again on the next connection. A publisher that stays up thus delivers
+ * its QoS >= 1 messages at least once across a broker crash (a message
+ * whose PUBACK was lost with the connection arrives twice).
+ *
  * Shutdown. Callbacks bracket their upcalls with enter()/leave(); stop()
  * sets `stopped` and waits until none is inside, so after stop() returns no
  * upcall runs or starts. The adapter memory stays valid until fini(), which
@@ -112,6 +124,8 @@ typedef struct mqtt_sub {
  * (one allocation: the strings and bytes follow the struct). */
 typedef struct out_msg {
     struct out_msg *next;
+    struct out_msg *prev;   /* in `flight` only */
+    struct mqtt_adapter *a; /* in `flight` only: paho's callback context */
     const char *topic;
     const void *data;
     size_t len;
@@ -204,7 +218,12 @@ typedef struct mqtt_adapter {
      * are still being handed to paho: new ones queue behind them. */
     out_msg *q_head, *q_tail;
     size_t q_len;
+    out_msg *q_resent; /* the last message put back after a loss, or NULL */
     bool flushing;
+    /* QoS >= 1 messages handed to paho and not yet acknowledged. */
+    out_msg *flight;
+    unsigned long undelivered; /* refused or not kept, since the last warning */
+    int64_t undelivered_warn_ms;
 } mqtt_adapter;
 
 #define A_LOG(a, lvl, ...)                                                                         \
@@ -1537,11 +1556,16 @@ static int add_string_prop(MQTTProperties *props, enum MQTTPropertyCodes id, con
     return MQTTProperties_add(props, &p);
 }
 
+static void on_pub_ok(void *ctx, MQTTAsync_successData5 *r);
+static void on_pub_fail(void *ctx, MQTTAsync_failureData5 *r);
+
 /* Hands one message to paho (any thread, without mu). paho copies the
- * payload and the properties. Returns paho's code. */
+ * payload and the properties. `track` (QoS >= 1: the message's copy, already
+ * in `flight`; else NULL) becomes the context of paho's outcome callbacks.
+ * Returns paho's code; on failure no callback runs. */
 static int paho_publish(mqtt_adapter *a, const char *topic, const void *data, size_t len, int qos,
                         bool retain, const char *rt, const void *corr, size_t corr_len,
-                        const char *status)
+                        const char *status, out_msg *track)
 {
     MQTTAsync_message msg = MQTTAsync_message_initializer;
     msg.payload = (void *)data;
@@ -1569,6 +1593,11 @@ static int paho_publish(mqtt_adapter *a, const char *topic, const void *data, si
         /* paho takes the properties from the response options; without
          * them it would send none. */
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+        if (track) {
+            ro.onSuccess5 = on_pub_ok;
+            ro.onFailure5 = on_pub_fail;
+            ro.context = track;
+        }
         rc = MQTTAsync_sendMessage(a->client, topic, &msg, &ro);
     }
     MQTTProperties_free(&msg.properties);
@@ -1623,6 +1652,94 @@ static void free_queue(mqtt_adapter *a)
     }
     a->q_tail = NULL;
     a->q_len = 0;
+    a->q_resent = NULL;
+}
+
+static void flight_add_locked(mqtt_adapter *a, out_msg *o)
+{
+    o->a = a;
+    o->prev = NULL;
+    o->next = a->flight;
+    if (a->flight)
+        a->flight->prev = o;
+    a->flight = o;
+}
+
+static void flight_remove_locked(mqtt_adapter *a, out_msg *o)
+{
+    if (o->prev)
+        o->prev->next = o->next;
+    else
+        a->flight = o->next;
+    if (o->next)
+        o->next->prev = o->prev;
+    o->next = o->prev = NULL;
+}
+
+/* Puts a message lost in flight back into the buffer: after those put back
+ * before it, ahead of those published while disconnected. */
+static void requeue_locked(mqtt_adapter *a, out_msg *o)
+{
+    out_msg **at = a->q_resent ? &a->q_resent->next : &a->q_head;
+    o->next = *at;
+    *at = o;
+    if (!o->next)
+        a->q_tail = o;
+    a->q_resent = o;
+    a->q_len++;
+}
+
+/* PUBACK (paho's threads): the broker has the message. */
+static void on_pub_ok(void *ctx, MQTTAsync_successData5 *r)
+{
+    (void)r;
+    out_msg *o = ctx;
+    mqtt_adapter *a = o->a;
+    lock(a);
+    flight_remove_locked(a, o);
+    unlock(a);
+    free(o);
+}
+
+/* Not acknowledged (paho's threads): lost with the connection — kept for
+ * the next one unless closing or the buffer is full — or refused by the
+ * broker (a PUBACK reason code >= 0x80). */
+static void on_pub_fail(void *ctx, MQTTAsync_failureData5 *r)
+{
+    out_msg *o = ctx;
+    mqtt_adapter *a = o->a;
+    int code = r ? r->code : MQTTASYNC_FAILURE;
+    lock(a);
+    flight_remove_locked(a, o);
+    bool keep = code == MQTTASYNC_OPERATION_INCOMPLETE && !a->closing && !a->stopped &&
+                a->q_len < (size_t)a->buffer;
+    if (keep)
+        requeue_locked(a, o);
+    unsigned long n = 0;
+    if (!keep && !a->closing) {
+        a->undelivered++;
+        int64_t now = loom__mono_ms();
+        if (now - a->undelivered_warn_ms >= DROP_WARN_INTERVAL_MS) {
+            n = a->undelivered;
+            a->undelivered = 0;
+            a->undelivered_warn_ms = now;
+        }
+    }
+    bool report = n && enter_locked(a);
+    unlock(a);
+    if (keep)
+        return;
+    if (report) {
+        A_LOG(a, LOOM_LOG_WARN,
+              "mqtt: %lu QoS >= 1 message(s) not delivered since the last report (last on %s: "
+              "%s)",
+              n, o->topic,
+              code == MQTTASYNC_OPERATION_INCOMPLETE ? "connection lost, buffer full"
+              : r && r->reasonCode                   ? MQTTReasonCode_toString(r->reasonCode)
+                                                     : paho_str(code));
+        leave(a);
+    }
+    free(o);
 }
 
 /* Hands the messages kept while disconnected to paho, oldest first
@@ -1637,11 +1754,20 @@ static void flush_queue(mqtt_adapter *a)
         a->q_head = o->next;
         if (!a->q_head)
             a->q_tail = NULL;
+        if (a->q_resent == o)
+            a->q_resent = NULL;
         a->q_len--;
+        bool track = o->qos > 0;
+        if (track)
+            flight_add_locked(a, o);
         unlock(a);
         int rc = paho_publish(a, o->topic, o->data, o->len, o->qos, o->retain, o->rt, o->corr,
-                              o->corr_len, o->status);
+                              o->corr_len, o->status, track ? o : NULL);
         lock(a);
+        if (rc == MQTTASYNC_SUCCESS && track)
+            continue; /* paho's callbacks own it now */
+        if (track)
+            flight_remove_locked(a, o);
         if (rc == MQTTASYNC_DISCONNECTED || paho_full(rc)) {
             /* lost again, or paho is full: keep it for the next round */
             o->next = a->q_head;
@@ -1682,27 +1808,40 @@ static loom_err mqtt_publish(void *self, const loom_publish *p)
         unlock(a);
         return LOOM_EUNAVAILABLE;
     }
+    out_msg *o = NULL;
     if (a->state == CS_CONNECTED && !a->flushing) {
+        /* QoS >= 1: a copy stays in flight until the PUBACK (top of file). */
+        if (p->qos > 0) {
+            if (!(o = out_new(p))) {
+                unlock(a);
+                return LOOM_ENOMEM;
+            }
+            flight_add_locked(a, o);
+        }
         unlock(a);
         int rc = paho_publish(a, p->topic, p->data, p->len, p->qos, p->retain, p->response_topic,
-                              p->correlation, p->correlation_len, p->status);
+                              p->correlation, p->correlation_len, p->status, o);
         if (rc == MQTTASYNC_SUCCESS) {
             loom_msg_release(p->msg);
             return LOOM_OK;
         }
-        if (paho_full(rc))
-            return LOOM_EOVERLOAD;
-        if (rc != MQTTASYNC_DISCONNECTED)
-            return map_paho(rc);
-        lock(a); /* the connection just went: keep it like any other */
+        lock(a);
+        if (o)
+            flight_remove_locked(a, o);
+        if (rc != MQTTASYNC_DISCONNECTED) {
+            unlock(a);
+            free(o);
+            return paho_full(rc) ? LOOM_EOVERLOAD : map_paho(rc);
+        }
+        /* the connection just went: keep it like any other */
     }
     if (a->q_len >= (size_t)a->buffer) {
         bool up = a->state == CS_CONNECTED;
         unlock(a);
+        free(o);
         return up ? LOOM_EOVERLOAD : LOOM_EUNAVAILABLE;
     }
-    out_msg *o = out_new(p);
-    if (!o) {
+    if (!o && !(o = out_new(p))) {
         unlock(a);
         return LOOM_ENOMEM;
     }
@@ -1735,6 +1874,11 @@ static void free_adapter(mqtt_adapter *a)
         free_req(r);
     }
     free_queue(a);
+    while (a->flight) { /* paho fails them all when destroyed; this is in case */
+        out_msg *o = a->flight;
+        a->flight = o->next;
+        free(o);
+    }
     free_held(a);
     free(a->client_id);
     free(a->username);
