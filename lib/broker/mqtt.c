@@ -66,6 +66,16 @@
  * messages queued while connected. They are handed to paho, in order, as
  * soon as a connection is up, before CONNECTED is reported.
  *
+ * In flight. Our sessions are clean, and on a lost connection paho
+ * discards a clean session's QoS >= 1 messages already sent but not yet
+ * acknowledged, failing them with MQTTASYNC_OPERATION_INCOMPLETE. So each
+ * QoS >= 1 message handed to paho keeps its copy (an out_msg, linked in
+ * `flight`) until its PUBACK; one failed that way goes back into the
+ * buffer, ahead of what was published while disconnected, and is sent
+ * again on the next connection. A publisher that stays up thus delivers
+ * its QoS >= 1 messages at least once across a broker crash (a message
+ * whose PUBACK was lost with the connection arrives twice).
+ *
  * Flow control. The broker's Receive Maximum (mosquitto: 20) bounds our
  * QoS >= 1 publishes awaiting a PUBACK. paho queues the ones beyond it,
  * and with them everything after them for this client (a DISCONNECT
@@ -73,7 +83,9 @@
  * they move on only when that thread's one-second wait runs out, 20
  * messages a second. So the adapter keeps the window itself: a QoS >= 1
  * publish goes to paho only while fewer than Receive Maximum are
- * unacknowledged (pub_inflight); otherwise it waits in the same ordered
+ * unacknowledged (pub_inflight: the `flight` entries of the current
+ * connection, counted by generation so that a callback paho never makes
+ * for an old connection cannot leak a slot); otherwise it waits in the same ordered
  * queue as offline messages (bounded by `buffer`), and each PUBACK hands
  * the next ones to paho from paho's thread, which wakes it. Order is kept
  * across kinds: while the queue is not empty every publish joins it.
@@ -150,6 +162,9 @@ typedef struct mqtt_sub {
  * (one allocation: the strings and bytes follow the struct). */
 typedef struct out_msg {
     struct out_msg *next;
+    struct out_msg *prev;   /* in `flight` only */
+    struct mqtt_adapter *a; /* in `flight` only: paho's callback context */
+    unsigned gen;           /* in `flight` only: the connection it was sent on */
     const char *topic;
     const void *data;
     size_t len;
@@ -244,7 +259,14 @@ typedef struct mqtt_adapter {
     size_t q_len;
     bool flushing;
     int recv_max; /* the broker's Receive Maximum (CONNACK) */
-    int pub_inflight; /* QoS >= 1 publishes paho has not completed (guarded by mu) */
+    /* QoS >= 1 messages handed to paho and not yet acknowledged; those of
+     * connection `gen` hold the pub_inflight window slots. */
+    out_msg *flight;
+    int pub_inflight;
+    unsigned gen;
+    out_msg *q_resent; /* the last message put back after a loss, or NULL */
+    unsigned long undelivered; /* refused or not kept, since the last warning */
+    int64_t undelivered_warn_ms;
     /* The sockets to the broker found at the last connect (quick_ack()). */
     _Atomic int ack_fds[QUICKACK_MAX_FDS];
     _Atomic int n_ack_fds;
@@ -724,33 +746,112 @@ static bool may_send_locked(const mqtt_adapter *a, int qos)
     return a->state == CS_CONNECTED && (qos == 0 || a->pub_inflight < a->recv_max);
 }
 
-/* A QoS >= 1 publish is over (PUBACK, or paho gave up on it): its window
- * slot goes to the next queued message (see "Flow control"). */
-static void publish_done(mqtt_adapter *a)
+static void flight_add_locked(mqtt_adapter *a, out_msg *o)
 {
-    lock(a);
-    if (--a->pub_inflight <= 0)
+    o->a = a;
+    o->gen = a->gen;
+    o->prev = NULL;
+    o->next = a->flight;
+    if (a->flight)
+        a->flight->prev = o;
+    a->flight = o;
+    a->pub_inflight++;
+}
+
+/* Takes o out of `flight`, giving back its window slot. */
+static void flight_remove_locked(mqtt_adapter *a, out_msg *o)
+{
+    if (o->prev)
+        o->prev->next = o->next;
+    else
+        a->flight = o->next;
+    if (o->next)
+        o->next->prev = o->prev;
+    o->next = o->prev = NULL;
+    if (o->gen == a->gen && --a->pub_inflight <= 0)
         pthread_cond_broadcast(&a->cv);
+}
+
+/* After a PUBACK or a failure freed a slot: true when the caller is to
+ * flush the queue into it (and `flushing` is now set for it). */
+static bool claim_flush_locked(mqtt_adapter *a)
+{
     bool flush = !a->flushing && a->q_head && may_send_locked(a, a->q_head->qos);
     if (flush)
         a->flushing = true;
+    return flush;
+}
+
+/* Puts a message lost in flight back into the buffer: after those put back
+ * before it, ahead of those published while disconnected. */
+static void requeue_locked(mqtt_adapter *a, out_msg *o)
+{
+    out_msg **at = a->q_resent ? &a->q_resent->next : &a->q_head;
+    o->next = *at;
+    *at = o;
+    if (!o->next)
+        a->q_tail = o;
+    a->q_resent = o;
+    a->q_len++;
+}
+
+/* PUBACK (paho's threads): the broker has the message. */
+static void on_pub_ok(void *ctx, MQTTAsync_successData5 *r)
+{
+    (void)r;
+    out_msg *o = ctx;
+    mqtt_adapter *a = o->a;
+    quick_ack(a);
+    lock(a);
+    flight_remove_locked(a, o);
+    bool flush = claim_flush_locked(a);
     unlock(a);
+    free(o);
     if (flush)
         flush_queue(a);
 }
 
-/* paho's thread: the broker acknowledged a QoS >= 1 publish. */
-static void on_published(void *ctx, MQTTAsync_successData5 *r)
+/* Not acknowledged (paho's threads): lost with the connection — kept for
+ * the next one unless closing or the buffer is full — or refused by the
+ * broker (a PUBACK reason code >= 0x80). */
+static void on_pub_fail(void *ctx, MQTTAsync_failureData5 *r)
 {
-    (void)r;
-    quick_ack(ctx);
-    publish_done(ctx);
-}
-
-static void on_publish_failed(void *ctx, MQTTAsync_failureData5 *r)
-{
-    (void)r;
-    publish_done(ctx);
+    out_msg *o = ctx;
+    mqtt_adapter *a = o->a;
+    int code = r ? r->code : MQTTASYNC_FAILURE;
+    lock(a);
+    flight_remove_locked(a, o);
+    bool keep = code == MQTTASYNC_OPERATION_INCOMPLETE && !a->closing && !a->stopped &&
+                a->q_len < (size_t)a->buffer;
+    if (keep)
+        requeue_locked(a, o);
+    unsigned long n = 0;
+    if (!keep && !a->closing) {
+        a->undelivered++;
+        int64_t now = loom__mono_ms();
+        if (now - a->undelivered_warn_ms >= DROP_WARN_INTERVAL_MS) {
+            n = a->undelivered;
+            a->undelivered = 0;
+            a->undelivered_warn_ms = now;
+        }
+    }
+    bool flush = claim_flush_locked(a);
+    bool report = n && enter_locked(a);
+    unlock(a);
+    if (report) {
+        A_LOG(a, LOOM_LOG_WARN,
+              "mqtt: %lu QoS >= 1 message(s) not delivered since the last report (last on %s: "
+              "%s)",
+              n, o->topic,
+              code == MQTTASYNC_OPERATION_INCOMPLETE ? "connection lost, buffer full"
+              : r && r->reasonCode                   ? MQTTReasonCode_toString(r->reasonCode)
+                                                     : paho_str(code));
+        leave(a);
+    }
+    if (!keep)
+        free(o);
+    if (flush)
+        flush_queue(a);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -996,7 +1097,8 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
         return;
     }
     a->state = CS_CONNECTED;
-    a->pub_inflight = 0; /* paho completes nothing of an earlier connection */
+    a->gen++; /* what is still in flight from the last connection holds no slot */
+    a->pub_inflight = 0;
     a->recv_max = receive_maximum(r);
     a->flushing = a->q_head != NULL;
     a->next_delay_ms = a->reconnect_min_ms;
@@ -1645,12 +1747,12 @@ static int add_string_prop(MQTTProperties *props, enum MQTTPropertyCodes id, con
 }
 
 /* Hands one message to paho (any thread, without mu). paho copies the
- * payload and the properties. A QoS >= 1 message must hold a window slot
- * (pub_inflight, taken by the caller); paho_send() gives it back when paho
- * refuses the message. Returns paho's code. */
+ * payload and the properties. `track` (QoS >= 1: the message's copy,
+ * already in `flight`; else NULL) becomes the context of paho's outcome
+ * callbacks. Returns paho's code; on failure no callback runs. */
 static int paho_publish(mqtt_adapter *a, const char *topic, const void *data, size_t len, int qos,
                         bool retain, const char *rt, const void *corr, size_t corr_len,
-                        const char *status)
+                        const char *status, out_msg *track)
 {
     MQTTAsync_message msg = MQTTAsync_message_initializer;
     msg.payload = (void *)data;
@@ -1678,10 +1780,10 @@ static int paho_publish(mqtt_adapter *a, const char *topic, const void *data, si
         /* paho takes the properties from the response options; without
          * them it would send none. */
         MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        if (qos > 0) {
-            ro.onSuccess5 = on_published;
-            ro.onFailure5 = on_publish_failed;
-            ro.context = a;
+        if (track) {
+            ro.onSuccess5 = on_pub_ok;
+            ro.onFailure5 = on_pub_fail;
+            ro.context = track;
         }
         rc = MQTTAsync_sendMessage(a->client, topic, &msg, &ro);
     }
@@ -1737,19 +1839,21 @@ static void free_queue(mqtt_adapter *a)
     }
     a->q_tail = NULL;
     a->q_len = 0;
+    a->q_resent = NULL;
 }
 
-/* paho_publish() for a message that holds a window slot: gives the slot
- * back when paho refuses it. */
-static int paho_send(mqtt_adapter *a, const char *topic, const void *data, size_t len, int qos,
-                     bool retain, const char *rt, const void *corr, size_t corr_len,
-                     const char *status)
+/* Hands one message to paho (without mu). A QoS >= 1 one was put into
+ * `flight` by the caller, under mu, in the same critical section that saw
+ * a free window slot (may_send_locked()); on success it belongs to paho's
+ * callbacks, on failure the caller keeps it (taken out of `flight`). */
+static int send_one(mqtt_adapter *a, out_msg *o)
 {
-    int rc = paho_publish(a, topic, data, len, qos, retain, rt, corr, corr_len, status);
-    if (rc != MQTTASYNC_SUCCESS && qos > 0) {
+    bool track = o->qos > 0;
+    int rc = paho_publish(a, o->topic, o->data, o->len, o->qos, o->retain, o->rt, o->corr,
+                          o->corr_len, o->status, track ? o : NULL);
+    if (rc != MQTTASYNC_SUCCESS && track) {
         lock(a);
-        if (--a->pub_inflight <= 0)
-            pthread_cond_broadcast(&a->cv);
+        flight_remove_locked(a, o);
         unlock(a);
     }
     return rc;
@@ -1771,13 +1875,19 @@ static void flush_queue(mqtt_adapter *a)
         a->q_head = o->next;
         if (!a->q_head)
             a->q_tail = NULL;
+        if (a->q_resent == o)
+            a->q_resent = NULL;
         a->q_len--;
         if (o->qos > 0)
-            a->pub_inflight++;
+            flight_add_locked(a, o);
         unlock(a);
-        int rc = paho_send(a, o->topic, o->data, o->len, o->qos, o->retain, o->rt, o->corr,
-                           o->corr_len, o->status);
+        int rc = send_one(a, o);
         lock(a);
+        if (rc == MQTTASYNC_SUCCESS) {
+            if (o->qos == 0)
+                free(o);
+            continue; /* a QoS >= 1 one is paho's callbacks' now */
+        }
         if (rc == MQTTASYNC_DISCONNECTED || paho_full(rc)) {
             /* lost again, or paho is full: keep it for the next round */
             o->next = a->q_head;
@@ -1787,10 +1897,8 @@ static void flush_queue(mqtt_adapter *a)
             a->q_len++;
             break;
         }
-        if (rc != MQTTASYNC_SUCCESS) {
-            failed++;
-            last_rc = rc;
-        }
+        failed++;
+        last_rc = rc;
         free(o);
     }
     a->flushing = false;
@@ -1812,35 +1920,42 @@ static loom_err mqtt_publish(void *self, const loom_publish *p)
         (p->correlation_len > 0 && !p->correlation) || p->correlation_len > MQTT_MAX_STRING ||
         (p->status && strnlen(p->status, MQTT_MAX_STRING + 1) > MQTT_MAX_STRING))
         return LOOM_EINVAL;
+    /* QoS >= 1: a copy stays in flight until the PUBACK (top of file). */
+    out_msg *o = NULL;
+    if (p->qos > 0 && !(o = out_new(p)))
+        return LOOM_ENOMEM;
 
     lock(a);
     if (a->closing || a->stopped) {
         unlock(a);
+        free(o);
         return LOOM_EUNAVAILABLE;
     }
     if (!a->q_head && !a->flushing && may_send_locked(a, p->qos)) {
-        if (p->qos > 0)
-            a->pub_inflight++;
+        if (o)
+            flight_add_locked(a, o);
         unlock(a);
-        int rc = paho_send(a, p->topic, p->data, p->len, p->qos, p->retain, p->response_topic,
-                           p->correlation, p->correlation_len, p->status);
+        int rc = o ? send_one(a, o)
+                   : paho_publish(a, p->topic, p->data, p->len, 0, p->retain,
+                                  p->response_topic, p->correlation, p->correlation_len,
+                                  p->status, NULL);
         if (rc == MQTTASYNC_SUCCESS) {
             loom_msg_release(p->msg);
             return LOOM_OK;
         }
-        if (paho_full(rc))
-            return LOOM_EOVERLOAD;
-        if (rc != MQTTASYNC_DISCONNECTED)
-            return map_paho(rc);
+        if (rc != MQTTASYNC_DISCONNECTED) {
+            free(o);
+            return paho_full(rc) ? LOOM_EOVERLOAD : map_paho(rc);
+        }
         lock(a); /* the connection just went: keep it like any other */
     }
     if (a->q_len >= (size_t)a->buffer) {
         bool up = a->state == CS_CONNECTED;
         unlock(a);
+        free(o);
         return up ? LOOM_EOVERLOAD : LOOM_EUNAVAILABLE;
     }
-    out_msg *o = out_new(p);
-    if (!o) {
+    if (!o && !(o = out_new(p))) {
         unlock(a);
         return LOOM_ENOMEM;
     }
@@ -1873,6 +1988,11 @@ static void free_adapter(mqtt_adapter *a)
         free_req(r);
     }
     free_queue(a);
+    while (a->flight) { /* paho fails them all when destroyed; this is in case */
+        out_msg *o = a->flight;
+        a->flight = o->next;
+        free(o);
+    }
     free_held(a);
     free(a->client_id);
     free(a->username);
