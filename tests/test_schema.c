@@ -1044,6 +1044,252 @@ static void test_no_allocation_when_valid(void **state)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Draft 2020-12 keywords                                                    */
+
+static void test_applicators(void **state)
+{
+    (void)state;
+    const char *all = "{\"allOf\":[{\"type\":\"integer\"},{\"minimum\":2}]}";
+    expect_valid(all, "3");
+    expect_error(all, "1", "", "must be >= 2");
+    const char *any = "{\"anyOf\":[{\"type\":\"string\"},{\"minimum\":2}]}";
+    expect_valid(any, "\"x\"");
+    expect_valid(any, "5");
+    expect_error(any, "1", "", "must match at least one schema in 'anyOf'");
+    const char *one = "{\"oneOf\":[{\"type\":\"integer\"},{\"minimum\":2}]}";
+    expect_valid(one, "1");
+    expect_valid(one, "2.5");
+    expect_error(one, "3", "", "must match exactly one schema in 'oneOf' (matches 2)");
+    expect_error(one, "1.5", "", "must match exactly one schema in 'oneOf' (matches 0)");
+    expect_error("{\"not\":{\"type\":\"null\"}}", "null", "", "must not match the schema in 'not'");
+    const char *cond = "{\"if\":{\"properties\":{\"kind\":{\"const\":\"card\"}}},"
+                       "\"then\":{\"required\":[\"number\"]},\"else\":{\"required\":[\"iban\"]}}";
+    expect_valid(cond, "{\"kind\":\"card\",\"number\":\"1\"}");
+    expect_error(cond, "{\"kind\":\"card\"}", "", "required property 'number' is missing");
+    expect_error(cond, "{\"kind\":\"bank\"}", "", "required property 'iban' is missing");
+    expect_valid("{\"then\":false}", "1"); /* then without if: ignored */
+}
+
+static void test_arrays_2020(void **state)
+{
+    (void)state;
+    const char *tuple =
+        "{\"prefixItems\":[{\"type\":\"string\"},{\"type\":\"integer\"}],\"items\":false}";
+    expect_valid(tuple, "[\"a\",1]");
+    expect_valid(tuple, "[\"a\"]");
+    expect_error(tuple, "[\"a\",\"b\"]", "/1", "expected integer, got string");
+    expect_error(tuple, "[\"a\",1,2]", "/2", "value is not allowed");
+    const char *has = "{\"contains\":{\"type\":\"integer\"},\"minContains\":2,\"maxContains\":3}";
+    expect_valid(has, "[1,\"x\",2]");
+    expect_error(has, "[1,\"x\"]", "", "must contain at least 2 matching items");
+    expect_error(has, "[1,2,3,4]", "", "must contain at most 3 matching items");
+    expect_error("{\"contains\":{\"const\":1}}", "[2]", "",
+                 "must contain at least 1 matching item");
+    expect_valid("{\"contains\":{\"const\":1},\"minContains\":0}", "[]");
+    expect_valid("{\"uniqueItems\":true}", "[1,\"1\",[1],{\"a\":1},{\"a\":2},true]");
+    expect_error("{\"uniqueItems\":true}", "[{\"a\":1,\"b\":2},3,{\"b\":2,\"a\":1}]", "",
+                 "must not contain duplicates (items 0 and 2 are equal)");
+    expect_error("{\"uniqueItems\":true}", "[1,1.0]", "",
+                 "must not contain duplicates (items 0 and 1 are equal)");
+}
+
+static void test_objects_2020(void **state)
+{
+    (void)state;
+    const char *pat = "{\"patternProperties\":{\"^x-\":{\"type\":\"string\"}},"
+                      "\"additionalProperties\":false}";
+    expect_valid(pat, "{\"x-a\":\"1\"}");
+    expect_error(pat, "{\"x-a\":1}", "/x-a", "expected string, got number");
+    expect_error(pat, "{\"y\":1}", "", "property 'y' is not allowed");
+    expect_error("{\"propertyNames\":{\"maxLength\":3}}", "{\"abcd\":1}", "",
+                 "property name 'abcd' is not allowed");
+    const char *dep = "{\"dependentRequired\":{\"card\":[\"cvc\"]},"
+                      "\"dependentSchemas\":{\"iban\":{\"required\":[\"bic\"]}}}";
+    expect_valid(dep, "{}");
+    expect_error(dep, "{\"card\":1}", "", "property 'cvc' is required when 'card' is present");
+    expect_error(dep, "{\"iban\":1}", "", "required property 'bic' is missing");
+    expect_error("{\"minProperties\":2}", "{\"a\":1}", "", "must have at least 2 properties");
+    expect_error("{\"maxProperties\":1}", "{\"a\":1,\"b\":2}", "", "must have at most 1 property");
+    expect_error("{\"multipleOf\":0.5}", "1.2", "", "must be a multiple of 0.5");
+    expect_valid("{\"multipleOf\":0.0001}", "0.0075");
+}
+
+static void test_unevaluated(void **state)
+{
+    (void)state;
+    const char *props = "{\"allOf\":[{\"properties\":{\"a\":true}}],"
+                        "\"anyOf\":[{\"properties\":{\"b\":true}},{\"required\":[\"c\"]}],"
+                        "\"unevaluatedProperties\":false}";
+    expect_valid(props, "{\"a\":1,\"b\":2}");
+    expect_error(props, "{\"a\":1,\"c\":2}", "", "property 'c' is not allowed");
+    const char *items = "{\"prefixItems\":[true],\"if\":{\"prefixItems\":[true,{\"const\":2}]},"
+                        "\"unevaluatedItems\":{\"type\":\"string\"}}";
+    expect_valid(items, "[1,2,\"x\"]");
+    expect_error(items, "[1,3]", "/1", "expected string, got number");
+}
+
+static void test_refs(void **state)
+{
+    (void)state;
+    const char *tree =
+        "{\"$defs\":{\"node\":{\"type\":\"object\",\"properties\":{"
+        "\"v\":{\"type\":\"integer\"},\"kids\":{\"items\":{\"$ref\":\"#/$defs/node\"}}}}},"
+        "\"$ref\":\"#/$defs/node\"}";
+    expect_valid(tree, "{\"v\":1,\"kids\":[{\"v\":2,\"kids\":[{\"v\":3}]}]}");
+    expect_error(tree, "{\"v\":1,\"kids\":[{\"kids\":[{\"v\":\"3\"}]}]}", "/kids/0/kids/0/v",
+                 "expected integer, got string");
+    const char *anchor = "{\"$defs\":{\"a\":{\"$anchor\":\"pos\",\"minimum\":0}},"
+                         "\"items\":{\"$ref\":\"#pos\"}}";
+    expect_error(anchor, "[1,-1]", "/1", "must be >= 0");
+    const char *ids =
+        "{\"$id\":\"https://x.test/root\",\"items\":{\"$ref\":\"other#/$defs/s\"},"
+        "\"$defs\":{\"o\":{\"$id\":\"other\",\"$defs\":{\"s\":{\"type\":\"string\"}}}}}";
+    expect_valid(ids, "[\"a\"]");
+    expect_error(ids, "[1]", "/0", "expected string, got number");
+    /* Escapes in pointers. */
+    expect_error("{\"$defs\":{\"a/b\":{\"type\":\"null\"}},\"$ref\":\"#/$defs/a~1b\"}", "1", "",
+                 "expected null, got number");
+    expect_error("{\"$defs\":{\"c%d\":{\"type\":\"null\"}},\"$ref\":\"#/$defs/c%25d\"}", "1", "",
+                 "expected null, got number");
+    /* A cycle that consumes nothing is bounded, not a hang. */
+    const char *loop = "{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/b\"},\"b\":{\"$ref\":\"#/$defs/a\"}},"
+                       "\"$ref\":\"#/$defs/a\"}";
+    expect_error(loop, "1", "", "schema recursion deeper than 400 levels");
+    expect_compile_error("{\"items\":{\"$ref\":\"#/$defs/nope\"}}",
+                         "schema: cannot resolve '$ref' '#/$defs/nope' at /items");
+    expect_compile_error("{\"$ref\":\"#/$defs/a\",\"$defs\":{\"a\":{\"items\":{\"Type\":1}}}}",
+                         "schema: unsupported keyword 'Type' at /$defs/a/items");
+}
+
+/* The details' schemaPath: the failing keyword, through $ref and sets. */
+static void test_schema_paths(void **state)
+{
+    (void)state;
+    loom__schema_set *set = NULL;
+    char err[256];
+    assert_int_equal(loom__schema_set_create(&set, LOOM__SCHEMA_ASSERT_FORMATS), LOOM_OK);
+    assert_int_equal(loom__schema_set_add(set, NULL,
+                                          "{\"$id\":\"zip\",\"type\":\"string\",\"pattern\":"
+                                          "\"^[0-9]{5}$\"}",
+                                          err, sizeof err),
+                     LOOM_OK);
+    loom__schema *s = NULL;
+    assert_int_equal(
+        loom__schema_compile_in(&s, set,
+                                "{\"properties\":{\"a\":{\"minimum\":1},\"z\":{\"$ref\":\"zip\"},"
+                                "\"d\":{\"format\":\"date\"}},\"required\":[\"q\"]}",
+                                err, sizeof err),
+        LOOM_OK);
+    loom__schema_set_free(set); /* the schema keeps its own reference */
+    cJSON *v = t_json("{\"a\":0,\"z\":\"1\",\"d\":\"2026-02-30\"}");
+    cJSON *details = NULL;
+    assert_false(loom__schema_validate(s, v, &details));
+    if (!t_json_eq(details,
+                   "[{\"path\":\"\",\"message\":\"required property 'q' is missing\","
+                   "\"schemaPath\":\"/required\"},"
+                   "{\"path\":\"/a\",\"message\":\"must be >= 1\",\"schemaPath\":\"/properties/a/"
+                   "minimum\"},"
+                   "{\"path\":\"/z\",\"message\":\"must match pattern '^[0-9]{5}$'\","
+                   "\"schemaPath\":\"zip#/pattern\"},"
+                   "{\"path\":\"/d\",\"message\":\"must be a valid date\",\"schemaPath\":"
+                   "\"/properties/d/format\"}]")) {
+        char *d = cJSON_PrintUnformatted(details);
+        fail_msg("details: %s", d);
+    }
+    cJSON_Delete(details);
+    cJSON_Delete(v);
+    loom__schema_free(s);
+}
+
+static void test_sets(void **state)
+{
+    (void)state;
+    loom__schema_set *set = NULL;
+    char err[256];
+    assert_int_equal(loom__schema_set_create(&set, 0), LOOM_OK);
+    assert_int_equal(loom__schema_set_add(set, NULL, "{\"type\":\"string\"}", err, sizeof err),
+                     LOOM_EINVAL);
+    assert_string_equal(err, "schema: a shared schema needs an \"$id\"");
+    assert_int_equal(loom__schema_set_add(set, NULL, "{\"$id\":\"a\"", err, sizeof err),
+                     LOOM_EINVAL);
+    assert_int_equal(loom__schema_set_add(set, NULL, "{\"$id\":\"a\"}", err, sizeof err), LOOM_OK);
+    assert_int_equal(loom__schema_set_add(set, NULL, "{\"$id\":\"a\"}", err, sizeof err),
+                     LOOM_EINVAL);
+    assert_string_equal(err, "schema: 'a' is defined twice");
+    assert_int_equal(
+        loom__schema_set_add(set, "b", "{\"$ref\":\"a\",\"format\":\"date\"}", err, sizeof err),
+        LOOM_OK);
+    /* Without the format flag, format is an annotation. */
+    loom__schema *s = NULL;
+    assert_int_equal(loom__schema_compile_in(&s, set, "{\"$ref\":\"b\"}", err, sizeof err),
+                     LOOM_OK);
+    cJSON *v = t_json("\"not a date\"");
+    assert_true(loom__schema_validate(s, v, NULL));
+    cJSON_Delete(v);
+    loom__schema_free(s);
+    /* Not in the set: unresolvable. */
+    assert_int_equal(loom__schema_compile(&s, "{\"$ref\":\"a\"}", err, sizeof err), LOOM_EINVAL);
+    assert_string_equal(err, "schema: cannot resolve '$ref' 'a' at the root");
+    loom__schema_set_free(set);
+    loom__schema_set_free(NULL);
+}
+
+/* Hostile combinations stop at the work bound, quickly. */
+static void test_work_bounds(void **state)
+{
+    (void)state;
+    /* 2^40 branches: d0 -> anyOf[d1, d1] -> ... -> d40 = false. */
+    loom__sbuf b = {0};
+    loom__sbuf_puts(&b, "{\"$ref\":\"#/$defs/d0\",\"$defs\":{");
+    for (int i = 0; i < 40; i++)
+        loom__sbuf_printf(&b,
+                          "\"d%d\":{\"anyOf\":[{\"$ref\":\"#/$defs/d%d\"},{\"$ref\":"
+                          "\"#/$defs/d%d\"}]},",
+                          i, i + 1, i + 1);
+    loom__sbuf_puts(&b, "\"d40\":false}}");
+    loom__schema *s = compile_ok(b.p);
+    free(b.p);
+    cJSON *v = t_json("1");
+    int64_t t0 = loom__mono_ms();
+    cJSON *details = NULL;
+    assert_false(validate_plain(s, v, &details));
+    assert_true(t_json_eq(details, "[{\"path\":\"\",\"message\":\"validation exceeds 10000000 "
+                                   "steps\"}]"));
+    cJSON_Delete(details);
+    assert_false(validate_plain(s, v, NULL));
+    int64_t took = loom__mono_ms() - t0;
+    assert_true(took < 20000); /* ~1 s on these machines, twice */
+    cJSON_Delete(v);
+    loom__schema_free(s);
+
+    /* uniqueItems on 200,000 distinct numbers and 20,000 equal-hash-free
+     * objects: sorted hashes, not n^2 comparisons. */
+    s = compile_ok("{\"uniqueItems\":true}");
+    cJSON *nums = cJSON_CreateArray(), *objs = cJSON_CreateArray();
+    for (int i = 0; i < 200000; i++)
+        cJSON_AddItemToArray(nums, cJSON_CreateNumber(i));
+    for (int i = 0; i < 20000; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "id", i);
+        cJSON_AddStringToObject(o, "kind", "same");
+        cJSON_AddItemToArray(objs, o);
+    }
+    t0 = loom__mono_ms();
+    assert_true(validate_plain(s, nums, NULL));
+    assert_true(validate_plain(s, objs, NULL));
+    cJSON_AddItemToArray(nums, cJSON_CreateNumber(7));
+    assert_false(validate_plain(s, nums, &details));
+    assert_true(t_json_eq(details, "[{\"path\":\"\",\"message\":\"must not contain duplicates "
+                                   "(items 7 and 200000 are equal)\"}]"));
+    cJSON_Delete(details);
+    took = loom__mono_ms() - t0;
+    assert_true(took < 10000); /* ~0.1 s */
+    cJSON_Delete(nums);
+    cJSON_Delete(objs);
+    loom__schema_free(s);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Concurrency                                                               */
 
 typedef struct worker {
@@ -1137,6 +1383,14 @@ int main(void)
         cmocka_unit_test(test_compile_arguments),
         cmocka_unit_test(test_no_allocation_when_valid),
         cmocka_unit_test(test_concurrent_validation),
+        cmocka_unit_test(test_applicators),
+        cmocka_unit_test(test_arrays_2020),
+        cmocka_unit_test(test_objects_2020),
+        cmocka_unit_test(test_unevaluated),
+        cmocka_unit_test(test_refs),
+        cmocka_unit_test(test_schema_paths),
+        cmocka_unit_test(test_sets),
+        cmocka_unit_test(test_work_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

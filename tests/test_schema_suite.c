@@ -47,8 +47,6 @@ static const struct {
     /* Optional format files. */
     {"date.json", "validation of date strings",
      "invalid: NUL character after an otherwise valid full-date", NUL_IN_STRING},
-    {"hostname.json", "validation of A-label (punycode) host names", NULL,
-     "IDNA2008 A-labels are checked as plain LDH labels (no Punycode decoding)"},
     {"ipv4.json", "validation of IP addresses", "additional content after an embedded NUL byte",
      NUL_IN_STRING},
 };

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "codec/regex.h"
+#include "codec/unicode.h"
 #include "codec/uri.h"
 #include "core/util.h"
 
@@ -133,6 +134,141 @@ static bool check_duration(const char *s, size_t len)
     return i == len;
 }
 
+/* RFC 3492 Punycode: decodes the n bytes at s into out (room for max code
+ * points); the count, or -1 when s is not valid Punycode. */
+static int punycode_decode(const char *s, size_t n, uint32_t *out, int max)
+{
+    enum { BASE = 36, TMIN = 1, TMAX = 26, SKEW = 38, DAMP = 700 };
+    size_t b = 0;
+    for (size_t j = 0; j < n; j++)
+        if (s[j] == '-')
+            b = j;
+    int count = 0;
+    for (size_t j = 0; j < b; j++) {
+        if ((unsigned char)s[j] >= 0x80 || count == max)
+            return -1;
+        out[count++] = (unsigned char)s[j];
+    }
+    uint32_t cp = 128, bias = 72;
+    uint64_t i = 0;
+    for (size_t in = b ? b + 1 : 0; in < n;) {
+        uint64_t oldi = i, w = 1;
+        for (uint32_t k = BASE;; k += BASE) {
+            if (in >= n)
+                return -1;
+            char c = s[in++];
+            uint32_t d = c >= 'a' && c <= 'z'   ? (uint32_t)(c - 'a')
+                         : c >= 'A' && c <= 'Z' ? (uint32_t)(c - 'A')
+                         : digit(c)             ? (uint32_t)(c - '0' + 26)
+                                                : BASE;
+            if (d >= BASE)
+                return -1;
+            i += d * w;
+            uint32_t t = k <= bias ? TMIN : k >= bias + TMAX ? TMAX : k - bias;
+            if (i > 0x10FFFF * 64u || w > 0x10FFFF * 64u)
+                return -1;
+            if (d < t)
+                break;
+            w *= BASE - t;
+        }
+        /* Bias adaptation. */
+        uint64_t delta = oldi == 0 ? (i - oldi) / DAMP : (i - oldi) / 2;
+        delta += delta / (uint64_t)(count + 1);
+        uint32_t k = 0;
+        while (delta > ((BASE - TMIN) * TMAX) / 2) {
+            delta /= BASE - TMIN;
+            k += BASE;
+        }
+        bias = k + (uint32_t)((BASE - TMIN + 1) * delta / (delta + SKEW));
+        cp += (uint32_t)(i / (uint64_t)(count + 1));
+        i %= (uint64_t)(count + 1);
+        if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) || count == max)
+            return -1;
+        memmove(out + i + 1, out + i, (size_t)(count - (int)i) * sizeof *out);
+        out[i++] = cp;
+        count++;
+    }
+    return count;
+}
+
+/* IDNA2008 (RFC 5892) for one code point of a U-label, approximated by
+ * its letter, digit and mark categories (the NFKC stability condition is
+ * not checked), with the exceptions and the CONTEXTJ / CONTEXTO rules. */
+static bool idna_ok(const uint32_t *u, int n, int i)
+{
+    static const uint32_t pvalid[] = {0x00DF, 0x03C2, 0x06FD, 0x06FE, 0x0F0B, 0x3007};
+    static const uint32_t disallowed[] = {0x0640, 0x07FA, 0x302E, 0x302F, 0x3031,
+                                          0x3032, 0x3033, 0x3034, 0x3035, 0x303B};
+    uint32_t cp = u[i];
+    if (cp < 0x80)
+        return (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || digit((char)cp) || cp == '-';
+    for (size_t k = 0; k < LOOM__ARRAY_LEN(pvalid); k++)
+        if (cp == pvalid[k])
+            return true;
+    for (size_t k = 0; k < LOOM__ARRAY_LEN(disallowed); k++)
+        if (cp == disallowed[k])
+            return false;
+    switch (cp) {
+    case 0x00B7: /* MIDDLE DOT: between two 'l' */
+        return i > 0 && i + 1 < n && u[i - 1] == 'l' && u[i + 1] == 'l';
+    case 0x0375: /* GREEK KERAIA: before Greek */
+        return i + 1 < n && loom__unicode_has("sc=Greek", u[i + 1]);
+    case 0x05F3: /* HEBREW GERESH, GERSHAYIM: after Hebrew */
+    case 0x05F4:
+        return i > 0 && loom__unicode_has("sc=Hebrew", u[i - 1]);
+    case 0x30FB: /* KATAKANA MIDDLE DOT: with Hiragana, Katakana or Han */
+        for (int j = 0; j < n; j++)
+            if (loom__unicode_has("sc=Hiragana", u[j]) || loom__unicode_has("sc=Katakana", u[j]) ||
+                loom__unicode_has("sc=Han", u[j]))
+                return true;
+        return false;
+    case 0x200D: /* ZERO WIDTH JOINER: after a virama */
+        return i > 0 && loom__unicode_has("Canonical_Combining_Class=9", u[i - 1]);
+    case 0x200C: { /* ZWNJ: after a virama, or between joining letters */
+        if (i > 0 && loom__unicode_has("Canonical_Combining_Class=9", u[i - 1]))
+            return true;
+        int l = i - 1, r = i + 1;
+        while (l >= 0 && loom__unicode_has("Joining_Type=T", u[l]))
+            l--;
+        while (r < n && loom__unicode_has("Joining_Type=T", u[r]))
+            r++;
+        return l >= 0 && r < n &&
+               (loom__unicode_has("Joining_Type=L", u[l]) ||
+                loom__unicode_has("Joining_Type=D", u[l])) &&
+               (loom__unicode_has("Joining_Type=R", u[r]) ||
+                loom__unicode_has("Joining_Type=D", u[r]));
+    }
+    default:
+        break;
+    }
+    if (cp >= 0x0660 && cp <= 0x06F9 && (cp <= 0x0669 || cp >= 0x06F0))
+        return true; /* Arabic-Indic digits: the mix is checked per label */
+    static const char *const ok_cats[] = {"gc=Ll", "gc=Lo", "gc=Lm", "gc=Mn", "gc=Mc", "gc=Nd"};
+    for (size_t k = 0; k < LOOM__ARRAY_LEN(ok_cats); k++)
+        if (loom__unicode_has(ok_cats[k], cp))
+            return true;
+    return false;
+}
+
+/* An "xn--" label: its Punycode must decode to a valid U-label. */
+static bool check_a_label(const char *s, size_t n)
+{
+    uint32_t u[64];
+    int len = punycode_decode(s + 4, n - 4, u, (int)LOOM__ARRAY_LEN(u));
+    if (len <= 0 || u[0] == '-' || u[len - 1] == '-' || loom__unicode_has("gc=M", u[0]))
+        return false;
+    if (len >= 4 && u[2] == '-' && u[3] == '-')
+        return false;
+    bool indic = false, extended = false;
+    for (int i = 0; i < len; i++) {
+        indic |= u[i] >= 0x0660 && u[i] <= 0x0669;
+        extended |= u[i] >= 0x06F0 && u[i] <= 0x06F9;
+        if (!idna_ok(u, len, i))
+            return false;
+    }
+    return !(indic && extended);
+}
+
 static bool check_hostname(const char *s, size_t len)
 {
     if (len == 0 || len > 253)
@@ -148,10 +284,14 @@ static bool check_hostname(const char *s, size_t len)
         size_t n = i - start;
         if (n == 0 || n > 63 || s[start] == '-' || s[i - 1] == '-')
             return false;
-        /* "--" in the third and fourth place is reserved for "xn--". */
-        if (n >= 4 && s[start + 2] == '-' && s[start + 3] == '-' &&
-            !((s[start] == 'x' || s[start] == 'X') && (s[start + 1] == 'n' || s[start + 1] == 'N')))
-            return false;
+        /* "--" in the third and fourth place is reserved for "xn--", whose
+         * label is Punycode. */
+        if (n >= 4 && s[start + 2] == '-' && s[start + 3] == '-') {
+            bool xn = (s[start] == 'x' || s[start] == 'X') &&
+                      (s[start + 1] == 'n' || s[start + 1] == 'N');
+            if (!xn || !check_a_label(s + start, n))
+                return false;
+        }
         start = i + 1;
     }
     return true;

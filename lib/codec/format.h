@@ -1,7 +1,8 @@
 /* Internal: the string formats JSON Schema's "format" keyword can assert:
  * date-time, date, time, duration (RFC 3339 and its appendix A), email
  * (RFC 5321 mailbox: dot-atom or quoted local part, host name or address
- * literal), hostname (RFC 1123 labels), ipv4, ipv6, uri, uri-reference
+ * literal), hostname (RFC 1123 labels; "xn--" labels are decoded and
+ * checked with the IDNA2008 rules), ipv4, ipv6, uri, uri-reference
  * (RFC 3986), uuid (RFC 4122 text form) and regex (codec/regex.h). */
 #ifndef LOOM_CODEC_FORMAT_H
 #define LOOM_CODEC_FORMAT_H

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Generates lib/codec/unicode_tables.h: the code point ranges of every
 Unicode General_Category value (and the groups L, LC, M, N, P, S, Z, C) and
-of every Script, for \\p{...} in lib/codec/regex.c.
+of every Script, for \\p{...} in lib/codec/regex.c, and the Joining_Type
+and Virama (Canonical_Combining_Class 9) ranges the IDNA context rules of
+the "hostname" format need (lib/codec/format.c).
 
 Input: the Unicode Character Database of Debian's unicode-data package
 (/usr/share/unicode). Needed only to regenerate the header:
@@ -109,6 +111,22 @@ def main():
 
     index("gc_props", entries)
     index("script_props", sentries)
+
+    other = {}
+    for f in read("extracted/DerivedJoiningType.txt"):
+        a, _, b = f[0].partition("..")
+        lo = int(a, 16)
+        other.setdefault("Joining_Type=" + f[1], []).append((lo, int(b, 16) if b else lo))
+    for f in read("extracted/DerivedCombiningClass.txt"):
+        if f[1] == "9":
+            a, _, b = f[0].partition("..")
+            lo = int(a, 16)
+            other.setdefault("Canonical_Combining_Class=9", []).append((lo, int(b, 16) if b else lo))
+    oentries = []
+    for name in sorted(other):
+        ident = "other_" + re.sub(r"\W", "_", name)
+        oentries.append((name, ident, table(ident, other[name])))
+    index("other_props", oentries)
 
 
 main()

@@ -1842,9 +1842,14 @@ static bool compile_length(cctx *c, snode *n, const cJSON *j, const char *key, c
 {
     if (!compile_count(c, j, key, at, out))
         return false;
+    size_t ulen = strlen(unit);
+    bool y = ulen && unit[ulen - 1] == 'y'; /* property, properties */
     return set_msg(c, &n->msg[which],
-                   loom__asprintf("must %s %llu %s%s", what, (unsigned long long)*out, unit,
-                                  *out == 1 ? "" : "s"));
+                   loom__asprintf("must %s %llu %.*s%s", what, (unsigned long long)*out,
+                                  (int)(ulen - (y && *out != 1)), unit,
+                                  *out == 1 ? ""
+                                  : y       ? "ies"
+                                            : "s"));
 }
 
 /* enum and const: keeps the value, checks its depth, formats the message. */

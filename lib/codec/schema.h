@@ -36,7 +36,7 @@
 /* Subschema evaluations plus value comparisons in one validation; beyond
  * it the value is invalid ("validation exceeds ..."): it bounds hostile
  * combinations (nested anyOf through $ref, uniqueItems of big objects). */
-#define LOOM__SCHEMA_MAX_WORK 10000000u
+#define LOOM__SCHEMA_MAX_WORK 10000000
 
 /* loom__schema_set flags. */
 enum { LOOM__SCHEMA_ASSERT_FORMATS = 1 };

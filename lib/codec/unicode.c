@@ -69,3 +69,18 @@ bool loom__unicode_in(const loom__urange *r, size_t n, uint32_t cp)
     }
     return false;
 }
+
+bool loom__unicode_has(const char *property, uint32_t cp)
+{
+    const loom__urange *r;
+    size_t n;
+    bool negate = false;
+    if (!loom__unicode_property(property, &r, &n, &negate)) {
+        const loom__uprop *p = find(other_props, LOOM__ARRAY_LEN(other_props), property);
+        if (!p)
+            return false;
+        r = p->r;
+        n = p->n;
+    }
+    return loom__unicode_in(r, n, cp) != negate;
+}

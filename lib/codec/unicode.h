@@ -25,6 +25,12 @@ typedef struct loom__uprop {
  * their complement. False for an unknown name. */
 bool loom__unicode_property(const char *name, const loom__urange **r, size_t *n, bool *negate);
 
+/* True when cp has property: any name loom__unicode_property knows, or
+ * "Joining_Type=X" (X = C, D, L, R, T) or "Canonical_Combining_Class=9"
+ * (Virama), which the IDNA rules of the hostname format use. False for an
+ * unknown name. */
+bool loom__unicode_has(const char *property, uint32_t cp);
+
 /* True when cp is in the n ranges at r. */
 bool loom__unicode_in(const loom__urange *r, size_t n, uint32_t cp);
 
