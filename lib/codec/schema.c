@@ -172,6 +172,8 @@ struct snode {
     loom__regex *regex;       /* pattern, or NULL */
     loom__format_fn format;   /* asserted format, or NULL */
     char *msg[C_COUNT];
+    bool in_place; /* has allOf, anyOf, oneOf, not or if */
+    bool deps;     /* has dependentRequired or dependentSchemas */
     /* Compile time only. */
     const cJSON *src;
     const char *base; /* base URI, borrowed from an index */
@@ -973,7 +975,8 @@ static void check_object(vctx *c, const snode *n, const cJSON *v, const step *at
         if (n->msg[C_MAX_PROPS] && count > n->max_props && check(c, at, n, C_MAX_PROPS))
             return;
     }
-    check_dependencies(c, n, v, at, depth, ev);
+    if (n->deps)
+        check_dependencies(c, n, v, at, depth, ev);
     size_t i = 0;
     for (const cJSON *m = v->child; m && !halted(c); m = m->next, i++) {
         check_member(c, n, m, i, at, depth, ev);
@@ -1063,7 +1066,7 @@ static void check_keywords(vctx *c, const snode *n, const cJSON *v, unsigned vt,
         check_array(c, n, v, at, depth, ev);
     else if (vt & T_OBJECT)
         check_object(c, n, v, at, depth, ev);
-    if (!halted(c))
+    if (n->in_place && !halted(c))
         check_in_place(c, n, v, at, depth, ev);
 }
 
@@ -2228,6 +2231,8 @@ static bool compile_body(cctx *c, snode *n, const cJSON *j, const step *at, int 
         if (!compile_keyword(c, n, keywords[k].kw, key, m, at, depth))
             return false;
     }
+    n->in_place = n->all_of.n || n->any_of.n || n->one_of.n || n->not_ || n->if_;
+    n->deps = n->ndep_required || n->ndep_schemas;
     if (n->contains && !n->msg[C_MIN_CONTAINS]) {
         n->min_contains = 1;
         return set_msg(c, &n->msg[C_MIN_CONTAINS],
