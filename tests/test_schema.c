@@ -710,8 +710,7 @@ static void test_compile_errors_per_keyword(void **state)
         {"[]", "schema: a schema must be an object or a boolean at the root"},
         {"{\"oneOf\":[]}", "schema: 'oneOf' must be a non-empty array of schemas at the root"},
         {"{\"$ref\":\"#/x\"}", "schema: cannot resolve '$ref' '#/x' at the root"},
-        {"{\"$dynamicRef\":\"#x\"}",
-         "schema: '$dynamicRef' is not supported (use '$ref') at the root"},
+        {"{\"$dynamicRef\":\"#x\"}", "schema: cannot resolve '$dynamicRef' '#x' at the root"},
         {"{\"$defs\":{\"a\":{\"minimum\":\"x\"}},\"$ref\":\"#/$defs/a\"}",
          "schema: 'minimum' must be a number at /$defs/a"},
         {"{\"properties\":{\"a\":{\"Type\":\"string\"}}}",
@@ -1151,6 +1150,36 @@ static void test_refs(void **state)
                  "expected null, got number");
     expect_error("{\"$defs\":{\"c%d\":{\"type\":\"null\"}},\"$ref\":\"#/$defs/c%25d\"}", "1", "",
                  "expected null, got number");
+    /* $dynamicRef: the outermost resource with the dynamic anchor wins,
+     * so an extension of a generic list tightens its items. */
+    loom__schema_set *set = NULL;
+    char err[256];
+    assert_int_equal(loom__schema_set_create(&set, 0), LOOM_OK);
+    assert_int_equal(loom__schema_set_add(set, NULL,
+                                          "{\"$id\":\"list\",\"type\":\"array\",\"items\":{"
+                                          "\"$dynamicRef\":\"#item\"},\"$defs\":{\"any\":{"
+                                          "\"$dynamicAnchor\":\"item\"}}}",
+                                          err, sizeof err),
+                     LOOM_OK);
+    loom__schema *s = NULL;
+    assert_int_equal(loom__schema_compile_in(&s, set,
+                                             "{\"$id\":\"ints\",\"$ref\":\"list\",\"$defs\":{"
+                                             "\"int\":{\"$dynamicAnchor\":\"item\",\"type\":"
+                                             "\"integer\"}}}",
+                                             err, sizeof err),
+                     LOOM_OK);
+    cJSON *ints = t_json("[1,2]"), *strs = t_json("[1,\"x\"]");
+    assert_true(loom__schema_validate(s, ints, NULL));
+    assert_false(validate_plain(s, strs, NULL));
+    loom__schema_free(s);
+    /* The generic list alone takes anything. */
+    assert_int_equal(loom__schema_compile_in(&s, set, "{\"$ref\":\"list\"}", err, sizeof err),
+                     LOOM_OK);
+    assert_true(loom__schema_validate(s, strs, NULL));
+    loom__schema_free(s);
+    loom__schema_set_free(set);
+    cJSON_Delete(ints);
+    cJSON_Delete(strs);
     /* A cycle that consumes nothing is bounded, not a hang. */
     const char *loop = "{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/b\"},\"b\":{\"$ref\":\"#/$defs/a\"}},"
                        "\"$ref\":\"#/$defs/a\"}";

@@ -23,6 +23,14 @@
  * consume nothing) and by LOOM__SCHEMA_MAX_WORK evaluations and comparisons
  * in total (which caps exponential anyOf/$ref nests and uniqueItems).
  *
+ * $dynamicRef: a $dynamicRef whose static target bookends it (carries the
+ * $dynamicAnchor its fragment names) is resolved at validation time in the
+ * dynamic scope, a stack of the schema resources (documents and $id
+ * subschemas) being evaluated, kept on the C stack and only for schemas that
+ * have such a reference. Compiling attaches to each resource reached the
+ * $dynamicAnchors it holds; the outermost resource in scope that has the
+ * name wins.
+ *
  * unevaluatedProperties / unevaluatedItems need the annotations of the
  * in-place applicators: a node that has one keeps a bitmap over the
  * value's members, passes it to its in-place subschemas ($ref, allOf,
@@ -133,11 +141,14 @@ typedef struct slist {
 
 /* A compiled (sub)schema. Immutable once compiled. */
 struct snode {
-    bool reject_all; /* the schema `false` */
-    unsigned types;  /* T_* bits; 0 = any type */
-    char *type_msg;  /* "string or null", when types != 0 */
-    char *loc;       /* JSON Pointer of this schema ("" for the root) */
-    snode *ref;      /* $ref target */
+    bool reject_all;        /* the schema `false` */
+    unsigned types;         /* T_* bits; 0 = any type */
+    char *type_msg;         /* "string or null", when types != 0 */
+    char *loc;              /* JSON Pointer of this schema ("" for the root) */
+    snode *ref;             /* $ref target */
+    snode *dynref;          /* $dynamicRef's static target */
+    char *dyn_name;         /* its dynamic anchor, when the target bookends it */
+    const struct sres *res; /* the schema resource this node belongs to */
     /* objects */
     sprop *props; /* sorted by name, names unique */
     size_t nprops;
@@ -256,9 +267,9 @@ typedef struct named {
 } named;
 
 typedef struct sindex {
-    pmap entries; /* subschema cJSON -> ientry */
-    named *res, *anchors;
-    size_t nres, nanchors, capres, capanchors;
+    pmap entries;                    /* subschema cJSON -> ientry */
+    named *res, *anchors, *danchors; /* danchors: "URI#name" of $dynamicAnchor */
+    size_t nres, nanchors, capres, capanchors, ndanchors, capdanchors;
     bool oom;
 } sindex;
 
@@ -270,8 +281,23 @@ struct loom__schema_set {
     sindex ix;
 };
 
+/* A schema resource (a document or a subschema with $id): the dynamic
+ * scope of $dynamicRef is a stack of these. */
+typedef struct sdyn {
+    char *name;
+    const snode *node;
+} sdyn;
+
+typedef struct sres {
+    sdyn *dyn; /* its $dynamicAnchors */
+    size_t ndyn;
+} sres;
+
 struct loom__schema {
     cJSON *doc; /* the parsed schema text, borrowed from by the nodes */
+    sres **res; /* the resources nodes point to */
+    size_t nres, capres;
+    bool dynamic; /* some node has a $dynamicRef with a dynamic anchor */
     snode *root;
     snode **nodes; /* the arena */
     size_t nnodes, capnodes;
@@ -608,7 +634,16 @@ static size_t child_count(const cJSON *v)
 /* ------------------------------------------------------------------------ */
 /* Validation                                                                */
 
+/* The dynamic scope: the resources being evaluated, innermost first, on
+ * the C stack. Tracked only when the schema has a dynamic $dynamicRef. */
+typedef struct scope {
+    const sres *res;
+    const struct scope *up;
+} scope;
+
 typedef struct vctx {
+    const scope *scope;
+    bool dynamic;   /* track the dynamic scope */
     cJSON *details; /* created at the first error, when wanted */
     bool want;      /* the caller asked for details */
     bool stop;      /* no further error is wanted */
@@ -711,7 +746,7 @@ static void validate_node(vctx *c, const snode *n, const cJSON *v, const step *a
  * added to ev only when it passes. */
 static bool passes(vctx *c, const snode *n, const cJSON *v, const step *at, int depth, evalset *ev)
 {
-    vctx sub = {.sh = c->sh};
+    vctx sub = {.sh = c->sh, .scope = c->scope, .dynamic = c->dynamic};
     evalset tmp;
     if (ev && !evalset_init(&tmp, ev->n)) {
         c->sh->over = true;
@@ -1039,12 +1074,29 @@ static void check_unevaluated(vctx *c, const snode *n, const cJSON *v, unsigned 
     }
 }
 
+/* $dynamicRef's target: the outermost resource in the dynamic scope that
+ * has the dynamic anchor, else the static target. */
+static const snode *dynamic_target(const vctx *c, const snode *n)
+{
+    const snode *found = n->dynref;
+    for (const scope *f = c->scope; f; f = f->up)
+        for (size_t i = 0; i < f->res->ndyn; i++)
+            if (strcmp(f->res->dyn[i].name, n->dyn_name) == 0)
+                found = f->res->dyn[i].node;
+    return found;
+}
+
 /* Every keyword but type and unevaluated*, in the order of their cost. */
 static void check_keywords(vctx *c, const snode *n, const cJSON *v, unsigned vt, const step *at,
                            int depth, evalset *ev)
 {
     if (n->ref) {
         validate_node(c, n->ref, v, at, depth, ev);
+        if (halted(c))
+            return;
+    }
+    if (n->dynref) {
+        validate_node(c, n->dyn_name ? dynamic_target(c, n) : n->dynref, v, at, depth, ev);
         if (halted(c))
             return;
     }
@@ -1105,6 +1157,12 @@ static void validate_node(vctx *c, const snode *n, const cJSON *v, const step *a
         report(c, at, n, NULL, "out of memory");
         return;
     }
+    scope frame;
+    const scope *outer = c->scope;
+    if (c->dynamic && (!outer || outer->res != n->res)) {
+        frame = (scope){n->res, outer};
+        c->scope = &frame;
+    }
     sh->calls++;
     check_keywords(c, n, v, vt, at, depth, u ? &local : ev);
     if (u) {
@@ -1115,6 +1173,7 @@ static void validate_node(vctx *c, const snode *n, const cJSON *v, const step *a
         evalset_fini(&local);
     }
     sh->calls--;
+    c->scope = outer;
 }
 
 bool loom__schema_validate(const loom__schema *s, const cJSON *value, cJSON **details)
@@ -1126,7 +1185,7 @@ bool loom__schema_validate(const loom__schema *s, const cJSON *value, cJSON **de
     /* An absent value is validated as JSON null. */
     cJSON absent = {.type = cJSON_NULL};
     vshared sh = {0};
-    vctx c = {.want = details != NULL, .sh = &sh};
+    vctx c = {.want = details != NULL, .sh = &sh, .dynamic = s->dynamic};
     step root = {0};
     validate_node(&c, s->root, value ? value : &absent, &root, 0, NULL);
     if (sh.over) {
@@ -1287,8 +1346,15 @@ static void scan(sindex *ix, const cJSON *j, const char *base, loom__sbuf *loc, 
         if (!cJSON_IsString(a) || !a->valuestring)
             continue;
         char *u = loom__asprintf("%s#%s", base, a->valuestring);
+        char *du = k == 1 && u ? loom__strdup(u) : NULL;
         if (!named_add(&ix->anchors, &ix->nanchors, &ix->capanchors, u, j)) {
             free(u);
+            free(du);
+            ix->oom = true;
+            return;
+        }
+        if (k == 1 && !named_add(&ix->danchors, &ix->ndanchors, &ix->capdanchors, du, j)) {
+            free(du);
             ix->oom = true;
             return;
         }
@@ -1328,6 +1394,9 @@ static void index_fini(sindex *ix)
         free(ix->res[i].uri);
     for (size_t i = 0; i < ix->nanchors; i++)
         free(ix->anchors[i].uri);
+    for (size_t i = 0; i < ix->ndanchors; i++)
+        free(ix->danchors[i].uri);
+    free(ix->danchors);
     free(ix->res);
     free(ix->anchors);
     memset(ix, 0, sizeof *ix);
@@ -1345,6 +1414,8 @@ typedef struct cctx {
     const sindex *ix, *six; /* the document's index, the set's (or NULL) */
     unsigned flags;
     pmap memo;     /* cJSON -> snode */
+    pmap resmap;   /* base URI (the index's pointer) -> sres */
+    pmap attached; /* $dynamicAnchor schemas already in their sres */
     snode **queue; /* $ref targets to compile */
     size_t nqueue, capqueue;
 } cctx;
@@ -1398,6 +1469,8 @@ static const ientry *entry_of(const cctx *c, const cJSON *j)
     return e;
 }
 
+static sres *res_for(cctx *c, const char *base);
+
 /* A new, empty node for j, in the arena and the memo. base and loc are
  * used when the index does not know j (a $ref to an odd place). */
 static snode *node_new(cctx *c, const cJSON *j, const char *base, const char *loc)
@@ -1427,10 +1500,35 @@ static snode *node_new(cctx *c, const cJSON *j, const char *base, const char *lo
     s->nodes[s->nnodes++] = n;
     n->src = j;
     n->base = e ? e->base : base;
+    if (!(n->res = res_for(c, n->base))) {
+        coom(c);
+        return NULL;
+    }
     return n;
 }
 
 static bool compile_body(cctx *c, snode *n, const cJSON *j, const step *at, int depth);
+
+/* The resource of base URI base (a pointer from an index). */
+static sres *res_for(cctx *c, const char *base)
+{
+    sres *r = pmap_get(&c->resmap, base);
+    if (r)
+        return r;
+    loom__schema *s = c->s;
+    if (s->nres == s->capres) {
+        size_t ncap = s->capres ? s->capres * 2 : 8;
+        sres **nv = realloc(s->res, ncap * sizeof *nv);
+        if (!nv)
+            return NULL;
+        s->res = nv;
+        s->capres = ncap;
+    }
+    if (!(r = calloc(1, sizeof *r)))
+        return NULL;
+    s->res[s->nres++] = r;
+    return pmap_put(&c->resmap, base, r) ? r : NULL;
+}
 
 /* The node of the subschema j of parent (NULL for a root) at `at`,
  * compiled now unless it already exists (then it is compiled or queued).
@@ -2001,10 +2099,35 @@ static const cJSON *resolve(const cctx *c, char *full, const char **base)
     return a ? a->node : NULL;
 }
 
-static bool compile_ref(cctx *c, snode *n, const cJSON *j, const step *at)
+/* The node of target (queued for compiling when new). */
+static snode *node_for_target(cctx *c, const cJSON *target, const char *base, const char *loc)
 {
+    snode *t = pmap_get(&c->memo, target);
+    if (t)
+        return t;
+    if (!(t = node_new(c, target, base, loc)))
+        return NULL;
+    if (c->nqueue == c->capqueue) {
+        size_t ncap = c->capqueue ? c->capqueue * 2 : 16;
+        snode **nq = realloc(c->queue, ncap * sizeof *nq);
+        if (!nq) {
+            coom(c);
+            return NULL;
+        }
+        c->queue = nq;
+        c->capqueue = ncap;
+    }
+    c->queue[c->nqueue++] = t;
+    return t;
+}
+
+/* $ref and $dynamicRef. A $dynamicRef whose target carries the
+ * $dynamicAnchor its fragment names is dynamic; otherwise it is a $ref. */
+static bool compile_ref(cctx *c, snode *n, const cJSON *j, const char *key, const step *at)
+{
+    bool dynamic = strcmp(key, "$dynamicRef") == 0;
     if (!cJSON_IsString(j) || !j->valuestring) {
-        cfail(c, at, "'$ref' must be a string");
+        cfail(c, at, "'%s' must be a string", key);
         return false;
     }
     char *full = loom__uri_resolve(n->base, j->valuestring);
@@ -2016,26 +2139,27 @@ static bool compile_ref(cctx *c, snode *n, const cJSON *j, const step *at)
     const cJSON *target = resolve(c, full, &base);
     free(full);
     if (!target) {
-        cfail(c, at, "cannot resolve '$ref' '%s'", j->valuestring);
+        cfail(c, at, "cannot resolve '%s' '%s'", key, j->valuestring);
         return false;
     }
-    snode *t = pmap_get(&c->memo, target);
-    if (!t) {
-        if (!(t = node_new(c, target, base, j->valuestring)))
-            return false;
-        if (c->nqueue == c->capqueue) {
-            size_t ncap = c->capqueue ? c->capqueue * 2 : 16;
-            snode **nq = realloc(c->queue, ncap * sizeof *nq);
-            if (!nq) {
-                coom(c);
-                return false;
-            }
-            c->queue = nq;
-            c->capqueue = ncap;
-        }
-        c->queue[c->nqueue++] = t;
+    snode *t = node_for_target(c, target, base, j->valuestring);
+    if (!t)
+        return false;
+    if (!dynamic) {
+        n->ref = t;
+        return true;
     }
-    n->ref = t;
+    n->dynref = t;
+    const char *hash = strchr(j->valuestring, '#');
+    const cJSON *anchor = cJSON_GetObjectItemCaseSensitive(target, "$dynamicAnchor");
+    if (hash && hash[1] && hash[1] != '/' && cJSON_IsString(anchor) &&
+        strcmp(anchor->valuestring, hash + 1) == 0) {
+        if (!(n->dyn_name = loom__strdup(hash + 1))) {
+            coom(c);
+            return false;
+        }
+        c->s->dynamic = true;
+    }
     return true;
 }
 
@@ -2180,10 +2304,8 @@ static bool compile_keyword(cctx *c, snode *n, enum kw kw, const char *key, cons
     case KW_FORMAT:
         return compile_format(c, n, j, at);
     case KW_REF:
-        return compile_ref(c, n, j, at);
     case KW_DYNAMIC_REF:
-        cfail(c, at, "'$dynamicRef' is not supported (use '$ref')");
-        return false;
+        return compile_ref(c, n, j, key, at);
     case KW_STRING:
         if (!cJSON_IsString(j)) {
             cfail(c, at, "'%s' must be a string", key);
@@ -2262,6 +2384,7 @@ static void node_free(snode *n)
         free(n->msg[i]);
     free(n->type_msg);
     free(n->loc);
+    free(n->dyn_name);
     free(n);
 }
 
@@ -2359,18 +2482,63 @@ void loom__schema_set_free(loom__schema_set *set)
     free(set);
 }
 
-/* Compiles the root, then every queued $ref target, each as a root. */
-static bool compile_all(cctx *c, loom__schema *s)
+static bool drain_queue(cctx *c)
 {
     step root = {0};
-    if (!(s->root = compile_sub(c, NULL, s->doc, &root, 1)))
-        return false;
     while (c->nqueue) {
         snode *n = c->queue[--c->nqueue];
         if (n->compiled)
             continue;
         c->prefix = n->loc;
         if (!compile_body(c, n, n->src, &root, 1))
+            return false;
+    }
+    return true;
+}
+
+/* Records the $dynamicAnchors of ix whose resource some node belongs to
+ * (only those can be in a dynamic scope); *added when any was new. */
+static bool attach_anchors(cctx *c, const sindex *ix, bool *added)
+{
+    for (size_t i = 0; ix && i < ix->ndanchors; i++) {
+        const named *d = &ix->danchors[i];
+        const ientry *e = entry_of(c, d->node);
+        sres *r = e ? pmap_get(&c->resmap, e->base) : NULL;
+        if (!r || pmap_get(&c->attached, d->node))
+            continue;
+        snode *t = node_for_target(c, d->node, e->base, "");
+        if (!t)
+            return false;
+        sdyn *nd = realloc(r->dyn, (r->ndyn + 1) * sizeof *nd);
+        if (!nd || !pmap_put(&c->attached, d->node, (void *)d)) {
+            if (nd)
+                r->dyn = nd;
+            coom(c);
+            return false;
+        }
+        r->dyn = nd;
+        if (!(r->dyn[r->ndyn].name = loom__strdup(strchr(d->uri, '#') + 1))) {
+            coom(c);
+            return false;
+        }
+        r->dyn[r->ndyn++].node = t;
+        *added = true;
+    }
+    return true;
+}
+
+/* Compiles the root, then every queued $ref target, each as a root, then
+ * (for a dynamic $dynamicRef) the dynamic anchors of every resource
+ * reached, until no new one turns up. */
+static bool compile_all(cctx *c, loom__schema *s)
+{
+    step root = {0};
+    if (!(s->root = compile_sub(c, NULL, s->doc, &root, 1)) || !drain_queue(c))
+        return false;
+    for (bool added = s->dynamic; added;) {
+        added = false;
+        if (!attach_anchors(c, c->ix, &added) || !attach_anchors(c, c->six, &added) ||
+            !drain_queue(c))
             return false;
     }
     return true;
@@ -2411,6 +2579,8 @@ loom_err loom__schema_compile_in(loom__schema **out, loom__schema_set *set, cons
     }
     index_fini(&ix);
     free(c.memo.s);
+    free(c.resmap.s);
+    free(c.attached.s);
     free(c.queue);
     if (!ok) {
         loom__schema_free(s);
@@ -2432,6 +2602,13 @@ void loom__schema_free(loom__schema *s)
     for (size_t i = 0; i < s->nnodes; i++)
         node_free(s->nodes[i]);
     free(s->nodes);
+    for (size_t i = 0; i < s->nres; i++) {
+        for (size_t k = 0; k < s->res[i]->ndyn; k++)
+            free(s->res[i]->dyn[k].name);
+        free(s->res[i]->dyn);
+        free(s->res[i]);
+    }
+    free(s->res);
     cJSON_Delete(s->doc);
     loom__schema_set_free(s->set);
     free(s);

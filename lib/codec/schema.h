@@ -1,7 +1,7 @@
 /* Internal: a JSON Schema draft 2020-12 validator.
  *
  * Every keyword of the core, applicator, unevaluated and validation
- * vocabularies except $dynamicRef: type, enum, const, the number, string,
+ * vocabularies: type, enum, const, the number, string,
  * array and object bounds, multipleOf, pattern and patternProperties (the
  * ECMA-262 subset of codec/regex.h, \p{...} included), properties,
  * additionalProperties, propertyNames, required, dependentRequired,
@@ -9,10 +9,11 @@
  * uniqueItems, allOf, anyOf, oneOf, not, if/then/else,
  * unevaluatedProperties, unevaluatedItems, $ref (JSON Pointer, $anchor and
  * $id targets, inside the schema and across the documents of a
- * loom__schema_set), $defs and the boolean schemas. "format" is an
+ * loom__schema_set), $dynamicRef / $dynamicAnchor, $defs and the boolean
+ * schemas. "format" is an
  * annotation unless the set asserts formats (codec/format.h lists them).
  * Annotations are accepted and kept in the document: $schema, $id,
- * $comment, $vocabulary, $dynamicAnchor (an anchor), title, description,
+ * $comment, $vocabulary, title, description,
  * default, examples, deprecated, readOnly, writeOnly, contentEncoding,
  * contentMediaType, contentSchema and any keyword starting with "x-". Any
  * other keyword is a compile error, so nobody believes an ignored
