@@ -1125,6 +1125,24 @@ static void test_unevaluated(void **state)
                         "\"unevaluatedItems\":{\"type\":\"string\"}}";
     expect_valid(items, "[1,2,\"x\"]");
     expect_error(items, "[1,3]", "/1", "expected string, got number");
+    /* Over 256 members the bitmap is allocated. */
+    loom__schema *s = compile_ok("{\"allOf\":[{\"patternProperties\":{\"^p\":true}}],"
+                                 "\"unevaluatedProperties\":false}");
+    cJSON *big = cJSON_CreateObject();
+    for (int i = 0; i < 300; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "p%d", i);
+        cJSON_AddNumberToObject(big, key, i);
+    }
+    assert_true(validate_plain(s, big, NULL));
+    cJSON_AddNumberToObject(big, "q", 1);
+    cJSON *details = NULL;
+    assert_false(validate_plain(s, big, &details));
+    assert_true(
+        t_json_eq(details, "[{\"path\":\"\",\"message\":\"property 'q' is not allowed\"}]"));
+    cJSON_Delete(details);
+    cJSON_Delete(big);
+    loom__schema_free(s);
 }
 
 static void test_refs(void **state)
