@@ -207,7 +207,8 @@ typedef struct loom_command_def {
     const char *name;        /* required; [A-Za-z0-9_.-]+ */
     const char *description;
     loom_command_fn handler; /* required */
-    /* Optional JSON Schemas (JSON text, the subset in docs/concepts.md). */
+    /* Optional JSON Schemas (JSON text, draft 2020-12 as docs/schema.md
+     * describes; they may $ref the service's shared `schemas`). */
     const char *payload_schema;
     const char *parameter_schema;
     const char *output_schema;
@@ -256,6 +257,16 @@ typedef struct loom_service_def {
     const char *description;
     const loom_command_def *const *commands;           /* NULL-terminated */
     const loom_subscription_def *const *subscriptions; /* NULL-terminated */
+    /* Optional shared JSON Schemas: a NULL-terminated list of JSON texts,
+     * each with an "$id" (e.g. "address" or "https://example.com/address").
+     * Every schema of this service's commands and subscriptions may $ref
+     * them by that id, resolved as a URI reference: "address",
+     * "address#/$defs/zip", "address#zip" ($anchor). Compiled at
+     * loom_runtime_add_service (a bad one fails it with LOOM_EINVAL). */
+    const char *const *schemas;
+    /* true: "format" asserts the formats docs/schema.md lists (date-time,
+     * email, uuid, ...); false (default): it is only an annotation. */
+    bool assert_formats;
 } loom_service_def;
 
 /* The macros only generate static const data; the same descriptors can be

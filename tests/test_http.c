@@ -271,6 +271,34 @@ LOOM_SERVICE(svc_dup, .name = "dup", .version = "1", .commands = LOOM_COMMANDS(&
 
 static const loom_service_def *const all_services[] = {&svc_t, &svc_t2, &svc_dup, NULL};
 
+/* Shared schemas: the command's payload schema $refs "address" by its $id
+ * and its $anchor, and "format" is asserted. */
+#define ADDRESS_SCHEMA                                                                             \
+    "{\"$id\":\"address\",\"type\":\"object\",\"required\":[\"zip\"],\"properties\":{\"zip\":{"    \
+    "\"$ref\":\"#/$defs/zip\"}},\"$defs\":{\"zip\":{\"$anchor\":\"zip\",\"type\":\"string\","      \
+    "\"pattern\":\"^[0-9]{5}$\"}}}"
+LOOM_COMMAND(
+    c_order, .name = "order", .handler = h_echo, .http_method = "POST", .http_path = "/orders",
+    .payload_schema = "{\"type\":\"object\",\"required\":[\"to\",\"when\"],\"properties\":{\"to\":{"
+                      "\"$ref\":\"address\"},\"when\":{\"type\":\"string\",\"format\":\"date\"},"
+                      "\"zips\":{\"type\":\"array\",\"items\":{\"$ref\":\"address#zip\"},"
+                      "\"uniqueItems\":true}},\"unevaluatedProperties\":false,\"$comment\":\"c\"}");
+LOOM_SERVICE(svc_shop, .name = "shop", .version = "1", .commands = LOOM_COMMANDS(&c_order),
+             .schemas = (const char *const[]){ADDRESS_SCHEMA, NULL}, .assert_formats = true);
+static const loom_service_def *const shop_services[] = {&svc_shop, NULL};
+
+/* Refused at registration: a $ref to nothing, a shared schema without
+ * "$id", a bad shared schema. */
+LOOM_COMMAND(c_dangling, .name = "d", .handler = h_echo, .payload_schema = "{\"$ref\":\"nope\"}");
+LOOM_SERVICE(svc_dangling, .name = "d", .version = "1", .commands = LOOM_COMMANDS(&c_dangling));
+LOOM_SERVICE(svc_noid, .name = "n", .version = "1",
+             .schemas = (const char *const[]){"{\"type\":\"object\"}", NULL});
+LOOM_SERVICE(svc_badshared, .name = "b", .version = "1",
+             .schemas = (const char *const[]){"{\"$id\":\"b\",\"minimum\":\"x\"}", NULL});
+
+/* The services fx_new registers. */
+static const loom_service_def *const *fx_services = all_services;
+
 /* ------------------------------------------------------------------------ */
 /* Runtimes and bridges                                                      */
 
@@ -318,7 +346,7 @@ static fx *fx_new(const char *const *settings, loom_http_auth_fn hook, void *hoo
     assert_non_null(f);
     char bus[64];
     unique_bus(bus, sizeof bus);
-    f->rt = new_runtime(bus, all_services, 4);
+    f->rt = new_runtime(bus, fx_services, 4);
     assert_int_equal(loom_runtime_start(f->rt), LOOM_OK);
     assert_int_equal(loom_runtime_wait_ready(f->rt, 5000), LOOM_OK);
     assert_int_equal(loom_config_create(&f->cfg), LOOM_OK);
@@ -778,6 +806,55 @@ static void test_echo_params(void **state)
     assert_string_equal(hdr(&r, "Allow", allow, sizeof allow), "GET, HEAD, PUT, DELETE");
     resp_free(&r);
     fx_free(f);
+}
+
+/* One 400 detail: path, schemaPath and message. */
+static void expect_detail(fx *f, const char *body, const char *path, const char *schema_path,
+                          const char *message)
+{
+    resp r = post_json(f, "/api/v1/orders", body);
+    expect_status(&r, 400);
+    const cJSON *e =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(r.json, "data"), "errors"), 0);
+    assert_string_equal(jstr(e, "path", NULL), path);
+    assert_string_equal(jstr(e, "schemaPath", NULL), schema_path);
+    assert_string_equal(jstr(e, "message", NULL), message);
+    resp_free(&r);
+}
+
+static void test_shared_schemas(void **state)
+{
+    (void)state;
+    fx_services = shop_services;
+    fx *f = fx_new(NULL, NULL, NULL);
+    fx_services = all_services;
+    resp r = post_json(f, "/api/v1/orders",
+                       "{\"to\":{\"zip\":\"12345\"},\"when\":\"2026-12-07\",\"zips\":[\"11111\","
+                       "\"22222\"]}");
+    expect_status(&r, 200);
+    resp_free(&r);
+    expect_detail(f, "{\"to\":{\"zip\":\"12\"},\"when\":\"2026-12-07\"}", "/to/zip",
+                  "address#/$defs/zip/pattern", "must match pattern '^[0-9]{5}$'");
+    expect_detail(f, "{\"to\":{\"zip\":\"12345\"},\"when\":\"2026-13-01\"}", "/when",
+                  "/properties/when/format", "must be a valid date");
+    expect_detail(f, "{\"to\":{\"zip\":\"12345\"},\"when\":\"2026-12-07\",\"x\":1}", "",
+                  "/unevaluatedProperties", "property 'x' is not allowed");
+    expect_detail(f,
+                  "{\"to\":{\"zip\":\"12345\"},\"when\":\"2026-12-07\",\"zips\":[\"11111\","
+                  "\"11111\"]}",
+                  "/zips", "/properties/zips/uniqueItems",
+                  "must not contain duplicates (items 0 and 1 are equal)");
+    fx_free(f);
+
+    /* Registration errors. */
+    char bus[64];
+    unique_bus(bus, sizeof bus);
+    loom_runtime *rt = new_runtime(bus, NULL, 1);
+    assert_int_equal(loom_runtime_add_service(rt, &svc_dangling, NULL), LOOM_EINVAL);
+    assert_int_equal(loom_runtime_add_service(rt, &svc_noid, NULL), LOOM_EINVAL);
+    assert_int_equal(loom_runtime_add_service(rt, &svc_badshared, NULL), LOOM_EINVAL);
+    assert_int_equal(loom_runtime_add_service(rt, &svc_shop, NULL), LOOM_OK);
+    loom_runtime_destroy(rt);
 }
 
 static void test_status_mapping(void **state)
@@ -2217,6 +2294,7 @@ int main(void)
         cmocka_unit_test(test_builtins),
         cmocka_unit_test(test_echo_params),
         cmocka_unit_test(test_status_mapping),
+        cmocka_unit_test(test_shared_schemas),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_request_timeout_cap),
         cmocka_unit_test(test_runtime_stopped_503),

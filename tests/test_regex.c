@@ -142,6 +142,36 @@ static const struct {
     {"colou?r", "color", 5, true},
     {"colou?r", "colour", 6, true},
     {"colou?r", "colr", 4, false},
+    /* Unicode property escapes. */
+    {"^\\p{L}+$", "école", 6, true},
+    {"^\\p{L}+$", "a1", 2, false},
+    {"^\\p{Letter}$", "中", 3, true},
+    {"^\\p{Lu}$", "É", 2, true},
+    {"^\\p{Lu}$", "é", 2, false},
+    {"^\\p{Ll}$", "é", 2, true},
+    {"^\\p{Lt}$", "ǅ", 2, true},
+    {"^\\p{Lo}$", "中", 3, true},
+    {"^\\p{Lm}$", "ʰ", 2, true},
+    {"^\\P{L}$", "1", 1, true},
+    {"^\\P{L}$", "a", 1, false},
+    {"^[\\p{Nd}_]+$", "٣_1", 4, true},
+    {"^\\p{N}$", "½", 2, true},
+    {"^\\p{Nd}$", "½", 2, false},
+    {"^\\p{P}$", "!", 1, true},
+    {"^\\p{S}$", "€", 3, true},
+    {"^\\p{Z}$", "　", 3, true},
+    {"^\\p{gc=Zs}$", " ", 1, true},
+    {"^\\p{General_Category=Decimal_Number}$", "7", 1, true},
+    {"^\\p{Script=Greek}+$", "αβ", 4, true},
+    {"^\\p{sc=Grek}$", "a", 1, false},
+    {"^\\p{Script=Han}$", "中", 3, true},
+    {"^\\p{sc=Latn}+$", "abc", 3, true},
+    {"^[^\\p{L}]$", "a", 1, false},
+    {"^[^\\p{L}]$", "1", 1, true},
+    {"^\\p{Any}$", "😀", 4, true},
+    {"^\\p{ASCII}$", "é", 2, false},
+    {"^\\p{Assigned}$", "a", 1, true},
+    {"^\\p{Assigned}$", "󠂀", 4, false},
 };
 /* clang-format on */
 
@@ -234,6 +264,29 @@ static void test_no_backtracking(void **state)
     free(s);
 }
 
+static void test_property_errors(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *pattern, *err;
+    } bad[] = {
+        {"\\p{Foo}", "unknown Unicode property 'Foo' at offset 2"},
+        {"\\p{Script=Nope}", "unknown Unicode property 'Script=Nope' at offset 2"},
+        {"\\p{Script_Extensions=Greek}",
+         "unknown Unicode property 'Script_Extensions=Greek' at offset 2"},
+        {"\\pL", "\\p needs {NAME} at offset 2"},
+        {"[\\p{L", "\\p needs {NAME} at offset 3"},
+    };
+    for (size_t i = 0; i < LOOM__ARRAY_LEN(bad); i++) {
+        loom__regex *re = NULL;
+        char err[160];
+        assert_int_equal(loom__regex_compile(&re, bad[i].pattern, err, sizeof err), LOOM_EINVAL);
+        assert_null(re);
+        if (strcmp(err, bad[i].err) != 0)
+            fail_msg("%s: expected \"%s\", got \"%s\"", bad[i].pattern, bad[i].err, err);
+    }
+}
+
 static void test_arguments(void **state)
 {
     (void)state;
@@ -255,7 +308,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ecma_table),    cmocka_unit_test(test_malformed_subject),
         cmocka_unit_test(test_program_limit), cmocka_unit_test(test_no_backtracking),
-        cmocka_unit_test(test_arguments),
+        cmocka_unit_test(test_arguments),     cmocka_unit_test(test_property_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

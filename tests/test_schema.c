@@ -37,6 +37,17 @@ static void expect_compile_error(const char *text, const char *expected)
         fail_msg("schema %s:\n  expected error: %s\n  actual error:   %s", text, expected, err);
 }
 
+/* loom__schema_validate without the details' "schemaPath" members, which
+ * test_schema_paths checks: the older tests compare path and message. */
+static bool validate_plain(const loom__schema *s, const cJSON *v, cJSON **details)
+{
+    bool ok = loom__schema_validate(s, v, details);
+    const cJSON *d;
+    if (details && *details)
+        cJSON_ArrayForEach(d, *details) cJSON_DeleteItemFromObject((cJSON *)d, "schemaPath");
+    return ok;
+}
+
 /* Validates value (JSON text, or NULL for "absent") and checks the result
  * with and without details. */
 static bool check(const char *schema, const char *value, cJSON **details)
@@ -44,9 +55,9 @@ static bool check(const char *schema, const char *value, cJSON **details)
     loom__schema *s = compile_ok(schema);
     cJSON *v = value ? t_json(value) : NULL;
     char *before = v ? cJSON_PrintUnformatted(v) : NULL;
-    bool ok = loom__schema_validate(s, v, details);
+    bool ok = validate_plain(s, v, details);
     /* Without details: same verdict. */
-    assert_int_equal(loom__schema_validate(s, v, NULL), ok);
+    assert_int_equal(validate_plain(s, v, NULL), ok);
     /* Never modifies the value. */
     if (v) {
         char *after = cJSON_PrintUnformatted(v);
@@ -158,9 +169,9 @@ static void test_null_schema_and_free(void **state)
     (void)state;
     cJSON *v = t_json("{\"a\":1}");
     cJSON *details = (cJSON *)(uintptr_t)1;
-    assert_true(loom__schema_validate(NULL, v, &details));
+    assert_true(validate_plain(NULL, v, &details));
     assert_null(details);
-    assert_true(loom__schema_validate(NULL, NULL, NULL));
+    assert_true(validate_plain(NULL, NULL, NULL));
     cJSON_Delete(v);
     loom__schema_free(NULL);
 }
@@ -227,7 +238,7 @@ static void test_unusual_values(void **state)
     loom__schema *s = compile_ok("{\"minimum\":0,\"maximum\":10}");
     cJSON *nan = cJSON_CreateNumber(NAN);
     cJSON *details = NULL;
-    assert_false(loom__schema_validate(s, nan, &details));
+    assert_false(validate_plain(s, nan, &details));
     assert_true(t_json_eq(details, "[{\"path\":\"\",\"message\":\"must be >= 0\"},"
                                    "{\"path\":\"\",\"message\":\"must be <= 10\"}]"));
     cJSON_Delete(details);
@@ -237,7 +248,7 @@ static void test_unusual_values(void **state)
     /* Raw values match no type. */
     s = compile_ok("{\"type\":\"string\"}");
     cJSON *raw = cJSON_CreateRaw("1");
-    assert_false(loom__schema_validate(s, raw, &details));
+    assert_false(validate_plain(s, raw, &details));
     assert_true(t_json_eq(
         details, "[{\"path\":\"\",\"message\":\"expected string, got an unknown value\"}]"));
     cJSON_Delete(details);
@@ -247,7 +258,7 @@ static void test_unusual_values(void **state)
     /* An infinite number is not an integer. */
     s = compile_ok("{\"type\":\"integer\"}");
     cJSON *inf = cJSON_CreateNumber(INFINITY);
-    assert_false(loom__schema_validate(s, inf, NULL));
+    assert_false(validate_plain(s, inf, NULL));
     cJSON_Delete(inf);
     loom__schema_free(s);
 }
@@ -551,7 +562,7 @@ static void test_details_capped_at_20(void **state)
     for (int i = 0; i < 50; i++)
         cJSON_AddItemToArray(v, cJSON_CreateNumber(i));
     cJSON *details = NULL;
-    assert_false(loom__schema_validate(s, v, &details));
+    assert_false(validate_plain(s, v, &details));
     assert_int_equal(cJSON_GetArraySize(details), LOOM__SCHEMA_MAX_DETAILS);
     assert_int_equal(LOOM__SCHEMA_MAX_DETAILS, 20);
     for (int i = 0; i < 20; i++) {
@@ -568,7 +579,7 @@ static void test_details_capped_at_20(void **state)
     for (int n = 21; n >= 19; n--) {
         while (cJSON_GetArraySize(v) > n)
             cJSON_DeleteItemFromArray(v, 0);
-        assert_false(loom__schema_validate(s, v, &details));
+        assert_false(validate_plain(s, v, &details));
         assert_int_equal(cJSON_GetArraySize(details), n > 20 ? 20 : n);
         cJSON_Delete(details);
     }
@@ -583,7 +594,7 @@ static void test_details_capped_at_20(void **state)
         snprintf(key, sizeof key, "k%d", i);
         cJSON_AddNullToObject(v, key);
     }
-    assert_false(loom__schema_validate(s, v, &details));
+    assert_false(validate_plain(s, v, &details));
     assert_int_equal(cJSON_GetArraySize(details), 20);
     assert_string_equal(
         cJSON_GetObjectItem(cJSON_GetArrayItem(details, 19), "message")->valuestring,
@@ -599,10 +610,10 @@ static void test_details_optional(void **state)
     loom__schema *s = compile_ok("{\"items\":{\"type\":\"string\"}}");
     cJSON *bad = t_json("[1,2,3]");
     cJSON *good = t_json("[\"a\"]");
-    assert_false(loom__schema_validate(s, bad, NULL));
-    assert_true(loom__schema_validate(s, good, NULL));
+    assert_false(validate_plain(s, bad, NULL));
+    assert_true(validate_plain(s, good, NULL));
     cJSON *details = (cJSON *)(uintptr_t)1;
-    assert_true(loom__schema_validate(s, good, &details));
+    assert_true(validate_plain(s, good, &details));
     assert_null(details); /* always set */
     cJSON_Delete(bad);
     cJSON_Delete(good);
@@ -617,8 +628,8 @@ static void expect_depth(const char *schema, int n, bool valid, const char *path
     loom__schema *s = compile_ok(schema);
     cJSON *v = nested_arrays(n);
     cJSON *details = NULL;
-    assert_int_equal(loom__schema_validate(s, v, &details), valid);
-    assert_int_equal(loom__schema_validate(s, v, NULL), valid);
+    assert_int_equal(validate_plain(s, v, &details), valid);
+    assert_int_equal(validate_plain(s, v, NULL), valid);
     if (!valid) {
         assert_int_equal(cJSON_GetArraySize(details), 1);
         const cJSON *d = cJSON_GetArrayItem(details, 0);
@@ -672,7 +683,7 @@ static void test_deep_values(void **state)
         cur = o;
     }
     cJSON *details = NULL;
-    assert_false(loom__schema_validate(s, root, &details));
+    assert_false(validate_plain(s, root, &details));
     const cJSON *d = cJSON_GetArrayItem(details, 0);
     char *kp = calloc(64 * 2 + 1, 1);
     for (int i = 0; i < 64; i++)
@@ -697,8 +708,11 @@ static void test_compile_errors_per_keyword(void **state)
         {"\"x\"", "schema: a schema must be an object or a boolean at the root"},
         {"null", "schema: a schema must be an object or a boolean at the root"},
         {"[]", "schema: a schema must be an object or a boolean at the root"},
-        {"{\"oneOf\":[{}]}", "schema: unsupported keyword 'oneOf' at the root"},
-        {"{\"$ref\":\"#/x\"}", "schema: unsupported keyword '$ref' at the root"},
+        {"{\"oneOf\":[]}", "schema: 'oneOf' must be a non-empty array of schemas at the root"},
+        {"{\"$ref\":\"#/x\"}", "schema: cannot resolve '$ref' '#/x' at the root"},
+        {"{\"$dynamicRef\":\"#x\"}", "schema: cannot resolve '$dynamicRef' '#x' at the root"},
+        {"{\"$defs\":{\"a\":{\"minimum\":\"x\"}},\"$ref\":\"#/$defs/a\"}",
+         "schema: 'minimum' must be a number at /$defs/a"},
         {"{\"properties\":{\"a\":{\"Type\":\"string\"}}}",
          "schema: unsupported keyword 'Type' at /properties/a"},
         {"{\"type\":\"string\",\"type\":\"number\"}",
@@ -729,7 +743,7 @@ static void test_compile_errors_per_keyword(void **state)
          "schema: 'minimum' must be a number at /additionalProperties"},
         {"{\"items\":1}", "schema: a schema must be an object or a boolean at /items"},
         {"{\"items\":[{}]}",
-         "schema: 'items' must be a schema (tuples are not supported) at the root"},
+         "schema: 'items' must be a schema (tuples are 'prefixItems') at the root"},
         {"{\"items\":{\"foo\":1}}", "schema: unsupported keyword 'foo' at /items"},
         /* counts */
         {"{\"minItems\":-1}", "schema: 'minItems' must be a non-negative integer at the root"},
@@ -738,8 +752,7 @@ static void test_compile_errors_per_keyword(void **state)
         {"{\"maxLength\":true}", "schema: 'maxLength' must be a non-negative integer at the root"},
         {"{\"maxLength\":1e300}", "schema: 'maxLength' must be a non-negative integer at the root"},
         /* enum, const */
-        {"{\"enum\":[]}", "schema: 'enum' must be a non-empty array at the root"},
-        {"{\"enum\":\"a\"}", "schema: 'enum' must be a non-empty array at the root"},
+        {"{\"enum\":\"a\"}", "schema: 'enum' must be an array at the root"},
         /* bounds */
         {"{\"minimum\":\"1\"}", "schema: 'minimum' must be a number at the root"},
         {"{\"properties\":{\"age\":{\"minimum\":true}}}",
@@ -884,7 +897,7 @@ static void test_compile_pattern_too_complex(void **state)
         loom__schema *s = NULL;
         if (loom__schema_compile(&s, schema, err, sizeof err) != LOOM_OK)
             fail_msg("pattern %s: %s", good[i].pattern, err);
-        if (loom__schema_validate(s, subject, NULL) != good[i].matches)
+        if (validate_plain(s, subject, NULL) != good[i].matches)
             fail_msg("pattern %s on 20000 'a': expected %s", good[i].pattern,
                      good[i].matches ? "a match" : "none");
         loom__schema_free(s);
@@ -943,10 +956,10 @@ static void test_compile_depth(void **state)
     snprintf(deep + len, sizeof deep - len, "}");
     loom__schema *s = compile_ok(deep);
     cJSON *v = nested_arrays(64);
-    assert_true(loom__schema_validate(s, v, NULL));
+    assert_true(validate_plain(s, v, NULL));
     cJSON_Delete(v);
     v = nested_arrays(63);
-    assert_false(loom__schema_validate(s, v, NULL));
+    assert_false(validate_plain(s, v, NULL));
     cJSON_Delete(v);
     loom__schema_free(s);
 
@@ -1016,9 +1029,9 @@ static void test_no_allocation_when_valid(void **state)
     allocs = 0;
     cJSON *details = NULL;
     for (int i = 0; i < 100; i++)
-        assert_true(loom__schema_validate(s, good, &details));
+        assert_true(validate_plain(s, good, &details));
     size_t valid_allocs = allocs;
-    assert_false(loom__schema_validate(s, bad, &details));
+    assert_false(validate_plain(s, bad, &details));
     size_t invalid_allocs = allocs - valid_allocs;
     cJSON_Delete(details);
     cJSON_InitHooks(NULL);
@@ -1026,6 +1039,300 @@ static void test_no_allocation_when_valid(void **state)
     assert_true(invalid_allocs > 0); /* the counter does see the details */
     cJSON_Delete(good);
     cJSON_Delete(bad);
+    loom__schema_free(s);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Draft 2020-12 keywords                                                    */
+
+static void test_applicators(void **state)
+{
+    (void)state;
+    const char *all = "{\"allOf\":[{\"type\":\"integer\"},{\"minimum\":2}]}";
+    expect_valid(all, "3");
+    expect_error(all, "1", "", "must be >= 2");
+    const char *any = "{\"anyOf\":[{\"type\":\"string\"},{\"minimum\":2}]}";
+    expect_valid(any, "\"x\"");
+    expect_valid(any, "5");
+    expect_error(any, "1", "", "must match at least one schema in 'anyOf'");
+    const char *one = "{\"oneOf\":[{\"type\":\"integer\"},{\"minimum\":2}]}";
+    expect_valid(one, "1");
+    expect_valid(one, "2.5");
+    expect_error(one, "3", "", "must match exactly one schema in 'oneOf' (matches 2)");
+    expect_error(one, "1.5", "", "must match exactly one schema in 'oneOf' (matches 0)");
+    expect_error("{\"not\":{\"type\":\"null\"}}", "null", "", "must not match the schema in 'not'");
+    const char *cond = "{\"if\":{\"properties\":{\"kind\":{\"const\":\"card\"}}},"
+                       "\"then\":{\"required\":[\"number\"]},\"else\":{\"required\":[\"iban\"]}}";
+    expect_valid(cond, "{\"kind\":\"card\",\"number\":\"1\"}");
+    expect_error(cond, "{\"kind\":\"card\"}", "", "required property 'number' is missing");
+    expect_error(cond, "{\"kind\":\"bank\"}", "", "required property 'iban' is missing");
+    expect_valid("{\"then\":false}", "1"); /* then without if: ignored */
+}
+
+static void test_arrays_2020(void **state)
+{
+    (void)state;
+    const char *tuple =
+        "{\"prefixItems\":[{\"type\":\"string\"},{\"type\":\"integer\"}],\"items\":false}";
+    expect_valid(tuple, "[\"a\",1]");
+    expect_valid(tuple, "[\"a\"]");
+    expect_error(tuple, "[\"a\",\"b\"]", "/1", "expected integer, got string");
+    expect_error(tuple, "[\"a\",1,2]", "/2", "value is not allowed");
+    const char *has = "{\"contains\":{\"type\":\"integer\"},\"minContains\":2,\"maxContains\":3}";
+    expect_valid(has, "[1,\"x\",2]");
+    expect_error(has, "[1,\"x\"]", "", "must contain at least 2 matching items");
+    expect_error(has, "[1,2,3,4]", "", "must contain at most 3 matching items");
+    expect_error("{\"contains\":{\"const\":1}}", "[2]", "",
+                 "must contain at least 1 matching item");
+    expect_valid("{\"contains\":{\"const\":1},\"minContains\":0}", "[]");
+    expect_valid("{\"uniqueItems\":true}", "[1,\"1\",[1],{\"a\":1},{\"a\":2},true]");
+    expect_error("{\"uniqueItems\":true}", "[{\"a\":1,\"b\":2},3,{\"b\":2,\"a\":1}]", "",
+                 "must not contain duplicates (items 0 and 2 are equal)");
+    expect_error("{\"uniqueItems\":true}", "[1,1.0]", "",
+                 "must not contain duplicates (items 0 and 1 are equal)");
+}
+
+static void test_objects_2020(void **state)
+{
+    (void)state;
+    const char *pat = "{\"patternProperties\":{\"^x-\":{\"type\":\"string\"}},"
+                      "\"additionalProperties\":false}";
+    expect_valid(pat, "{\"x-a\":\"1\"}");
+    expect_error(pat, "{\"x-a\":1}", "/x-a", "expected string, got number");
+    expect_error(pat, "{\"y\":1}", "", "property 'y' is not allowed");
+    expect_error("{\"propertyNames\":{\"maxLength\":3}}", "{\"abcd\":1}", "",
+                 "property name 'abcd' is not allowed");
+    const char *dep = "{\"dependentRequired\":{\"card\":[\"cvc\"]},"
+                      "\"dependentSchemas\":{\"iban\":{\"required\":[\"bic\"]}}}";
+    expect_valid(dep, "{}");
+    expect_error(dep, "{\"card\":1}", "", "property 'cvc' is required when 'card' is present");
+    expect_error(dep, "{\"iban\":1}", "", "required property 'bic' is missing");
+    expect_error("{\"minProperties\":2}", "{\"a\":1}", "", "must have at least 2 properties");
+    expect_error("{\"maxProperties\":1}", "{\"a\":1,\"b\":2}", "", "must have at most 1 property");
+    expect_error("{\"multipleOf\":0.5}", "1.2", "", "must be a multiple of 0.5");
+    expect_valid("{\"multipleOf\":0.0001}", "0.0075");
+}
+
+static void test_unevaluated(void **state)
+{
+    (void)state;
+    const char *props = "{\"allOf\":[{\"properties\":{\"a\":true}}],"
+                        "\"anyOf\":[{\"properties\":{\"b\":true}},{\"required\":[\"c\"]}],"
+                        "\"unevaluatedProperties\":false}";
+    expect_valid(props, "{\"a\":1,\"b\":2}");
+    expect_error(props, "{\"a\":1,\"c\":2}", "", "property 'c' is not allowed");
+    const char *items = "{\"prefixItems\":[true],\"if\":{\"prefixItems\":[true,{\"const\":2}]},"
+                        "\"unevaluatedItems\":{\"type\":\"string\"}}";
+    expect_valid(items, "[1,2,\"x\"]");
+    expect_error(items, "[1,3]", "/1", "expected string, got number");
+    /* Over 256 members the bitmap is allocated. */
+    loom__schema *s = compile_ok("{\"allOf\":[{\"patternProperties\":{\"^p\":true}}],"
+                                 "\"unevaluatedProperties\":false}");
+    cJSON *big = cJSON_CreateObject();
+    for (int i = 0; i < 300; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "p%d", i);
+        cJSON_AddNumberToObject(big, key, i);
+    }
+    assert_true(validate_plain(s, big, NULL));
+    cJSON_AddNumberToObject(big, "q", 1);
+    cJSON *details = NULL;
+    assert_false(validate_plain(s, big, &details));
+    assert_true(
+        t_json_eq(details, "[{\"path\":\"\",\"message\":\"property 'q' is not allowed\"}]"));
+    cJSON_Delete(details);
+    cJSON_Delete(big);
+    loom__schema_free(s);
+}
+
+static void test_refs(void **state)
+{
+    (void)state;
+    const char *tree =
+        "{\"$defs\":{\"node\":{\"type\":\"object\",\"properties\":{"
+        "\"v\":{\"type\":\"integer\"},\"kids\":{\"items\":{\"$ref\":\"#/$defs/node\"}}}}},"
+        "\"$ref\":\"#/$defs/node\"}";
+    expect_valid(tree, "{\"v\":1,\"kids\":[{\"v\":2,\"kids\":[{\"v\":3}]}]}");
+    expect_error(tree, "{\"v\":1,\"kids\":[{\"kids\":[{\"v\":\"3\"}]}]}", "/kids/0/kids/0/v",
+                 "expected integer, got string");
+    const char *anchor = "{\"$defs\":{\"a\":{\"$anchor\":\"pos\",\"minimum\":0}},"
+                         "\"items\":{\"$ref\":\"#pos\"}}";
+    expect_error(anchor, "[1,-1]", "/1", "must be >= 0");
+    const char *ids =
+        "{\"$id\":\"https://x.test/root\",\"items\":{\"$ref\":\"other#/$defs/s\"},"
+        "\"$defs\":{\"o\":{\"$id\":\"other\",\"$defs\":{\"s\":{\"type\":\"string\"}}}}}";
+    expect_valid(ids, "[\"a\"]");
+    expect_error(ids, "[1]", "/0", "expected string, got number");
+    /* Escapes in pointers. */
+    expect_error("{\"$defs\":{\"a/b\":{\"type\":\"null\"}},\"$ref\":\"#/$defs/a~1b\"}", "1", "",
+                 "expected null, got number");
+    expect_error("{\"$defs\":{\"c%d\":{\"type\":\"null\"}},\"$ref\":\"#/$defs/c%25d\"}", "1", "",
+                 "expected null, got number");
+    /* $dynamicRef: the outermost resource with the dynamic anchor wins,
+     * so an extension of a generic list tightens its items. */
+    loom__schema_set *set = NULL;
+    char err[256];
+    assert_int_equal(loom__schema_set_create(&set, 0), LOOM_OK);
+    assert_int_equal(loom__schema_set_add(set, NULL,
+                                          "{\"$id\":\"list\",\"type\":\"array\",\"items\":{"
+                                          "\"$dynamicRef\":\"#item\"},\"$defs\":{\"any\":{"
+                                          "\"$dynamicAnchor\":\"item\"}}}",
+                                          err, sizeof err),
+                     LOOM_OK);
+    loom__schema *s = NULL;
+    assert_int_equal(loom__schema_compile_in(&s, set,
+                                             "{\"$id\":\"ints\",\"$ref\":\"list\",\"$defs\":{"
+                                             "\"int\":{\"$dynamicAnchor\":\"item\",\"type\":"
+                                             "\"integer\"}}}",
+                                             err, sizeof err),
+                     LOOM_OK);
+    cJSON *ints = t_json("[1,2]"), *strs = t_json("[1,\"x\"]");
+    assert_true(loom__schema_validate(s, ints, NULL));
+    assert_false(validate_plain(s, strs, NULL));
+    loom__schema_free(s);
+    /* The generic list alone takes anything. */
+    assert_int_equal(loom__schema_compile_in(&s, set, "{\"$ref\":\"list\"}", err, sizeof err),
+                     LOOM_OK);
+    assert_true(loom__schema_validate(s, strs, NULL));
+    loom__schema_free(s);
+    loom__schema_set_free(set);
+    cJSON_Delete(ints);
+    cJSON_Delete(strs);
+    /* A cycle that consumes nothing is bounded, not a hang. */
+    const char *loop = "{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/b\"},\"b\":{\"$ref\":\"#/$defs/a\"}},"
+                       "\"$ref\":\"#/$defs/a\"}";
+    expect_error(loop, "1", "", "schema recursion deeper than 400 levels");
+    expect_compile_error("{\"items\":{\"$ref\":\"#/$defs/nope\"}}",
+                         "schema: cannot resolve '$ref' '#/$defs/nope' at /items");
+    expect_compile_error("{\"$ref\":\"#/$defs/a\",\"$defs\":{\"a\":{\"items\":{\"Type\":1}}}}",
+                         "schema: unsupported keyword 'Type' at /$defs/a/items");
+}
+
+/* The details' schemaPath: the failing keyword, through $ref and sets. */
+static void test_schema_paths(void **state)
+{
+    (void)state;
+    loom__schema_set *set = NULL;
+    char err[256];
+    assert_int_equal(loom__schema_set_create(&set, LOOM__SCHEMA_ASSERT_FORMATS), LOOM_OK);
+    assert_int_equal(loom__schema_set_add(set, NULL,
+                                          "{\"$id\":\"zip\",\"type\":\"string\",\"pattern\":"
+                                          "\"^[0-9]{5}$\"}",
+                                          err, sizeof err),
+                     LOOM_OK);
+    loom__schema *s = NULL;
+    assert_int_equal(
+        loom__schema_compile_in(&s, set,
+                                "{\"properties\":{\"a\":{\"minimum\":1},\"z\":{\"$ref\":\"zip\"},"
+                                "\"d\":{\"format\":\"date\"}},\"required\":[\"q\"]}",
+                                err, sizeof err),
+        LOOM_OK);
+    loom__schema_set_free(set); /* the schema keeps its own reference */
+    cJSON *v = t_json("{\"a\":0,\"z\":\"1\",\"d\":\"2026-02-30\"}");
+    cJSON *details = NULL;
+    assert_false(loom__schema_validate(s, v, &details));
+    if (!t_json_eq(details,
+                   "[{\"path\":\"\",\"message\":\"required property 'q' is missing\","
+                   "\"schemaPath\":\"/required\"},"
+                   "{\"path\":\"/a\",\"message\":\"must be >= 1\",\"schemaPath\":\"/properties/a/"
+                   "minimum\"},"
+                   "{\"path\":\"/z\",\"message\":\"must match pattern '^[0-9]{5}$'\","
+                   "\"schemaPath\":\"zip#/pattern\"},"
+                   "{\"path\":\"/d\",\"message\":\"must be a valid date\",\"schemaPath\":"
+                   "\"/properties/d/format\"}]")) {
+        char *d = cJSON_PrintUnformatted(details);
+        fail_msg("details: %s", d);
+    }
+    cJSON_Delete(details);
+    cJSON_Delete(v);
+    loom__schema_free(s);
+}
+
+static void test_sets(void **state)
+{
+    (void)state;
+    loom__schema_set *set = NULL;
+    char err[256];
+    assert_int_equal(loom__schema_set_create(&set, 0), LOOM_OK);
+    assert_int_equal(loom__schema_set_add(set, NULL, "{\"type\":\"string\"}", err, sizeof err),
+                     LOOM_EINVAL);
+    assert_string_equal(err, "schema: a shared schema needs an \"$id\"");
+    assert_int_equal(loom__schema_set_add(set, NULL, "{\"$id\":\"a\"", err, sizeof err),
+                     LOOM_EINVAL);
+    assert_int_equal(loom__schema_set_add(set, NULL, "{\"$id\":\"a\"}", err, sizeof err), LOOM_OK);
+    assert_int_equal(loom__schema_set_add(set, NULL, "{\"$id\":\"a\"}", err, sizeof err),
+                     LOOM_EINVAL);
+    assert_string_equal(err, "schema: 'a' is defined twice");
+    assert_int_equal(
+        loom__schema_set_add(set, "b", "{\"$ref\":\"a\",\"format\":\"date\"}", err, sizeof err),
+        LOOM_OK);
+    /* Without the format flag, format is an annotation. */
+    loom__schema *s = NULL;
+    assert_int_equal(loom__schema_compile_in(&s, set, "{\"$ref\":\"b\"}", err, sizeof err),
+                     LOOM_OK);
+    cJSON *v = t_json("\"not a date\"");
+    assert_true(loom__schema_validate(s, v, NULL));
+    cJSON_Delete(v);
+    loom__schema_free(s);
+    /* Not in the set: unresolvable. */
+    assert_int_equal(loom__schema_compile(&s, "{\"$ref\":\"a\"}", err, sizeof err), LOOM_EINVAL);
+    assert_string_equal(err, "schema: cannot resolve '$ref' 'a' at the root");
+    loom__schema_set_free(set);
+    loom__schema_set_free(NULL);
+}
+
+/* Hostile combinations stop at the work bound, quickly. */
+static void test_work_bounds(void **state)
+{
+    (void)state;
+    /* 2^40 branches: d0 -> anyOf[d1, d1] -> ... -> d40 = false. */
+    loom__sbuf b = {0};
+    loom__sbuf_puts(&b, "{\"$ref\":\"#/$defs/d0\",\"$defs\":{");
+    for (int i = 0; i < 40; i++)
+        loom__sbuf_printf(&b,
+                          "\"d%d\":{\"anyOf\":[{\"$ref\":\"#/$defs/d%d\"},{\"$ref\":"
+                          "\"#/$defs/d%d\"}]},",
+                          i, i + 1, i + 1);
+    loom__sbuf_puts(&b, "\"d40\":false}}");
+    loom__schema *s = compile_ok(b.p);
+    free(b.p);
+    cJSON *v = t_json("1");
+    int64_t t0 = loom__mono_ms();
+    cJSON *details = NULL;
+    assert_false(validate_plain(s, v, &details));
+    assert_true(t_json_eq(details, "[{\"path\":\"\",\"message\":\"validation exceeds 10000000 "
+                                   "steps\"}]"));
+    cJSON_Delete(details);
+    assert_false(validate_plain(s, v, NULL));
+    int64_t took = loom__mono_ms() - t0;
+    assert_true(took < 20000); /* ~1 s on these machines, twice */
+    cJSON_Delete(v);
+    loom__schema_free(s);
+
+    /* uniqueItems on 200,000 distinct numbers and 20,000 equal-hash-free
+     * objects: sorted hashes, not n^2 comparisons. */
+    s = compile_ok("{\"uniqueItems\":true}");
+    cJSON *nums = cJSON_CreateArray(), *objs = cJSON_CreateArray();
+    for (int i = 0; i < 200000; i++)
+        cJSON_AddItemToArray(nums, cJSON_CreateNumber(i));
+    for (int i = 0; i < 20000; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "id", i);
+        cJSON_AddStringToObject(o, "kind", "same");
+        cJSON_AddItemToArray(objs, o);
+    }
+    t0 = loom__mono_ms();
+    assert_true(validate_plain(s, nums, NULL));
+    assert_true(validate_plain(s, objs, NULL));
+    cJSON_AddItemToArray(nums, cJSON_CreateNumber(7));
+    assert_false(validate_plain(s, nums, &details));
+    assert_true(t_json_eq(details, "[{\"path\":\"\",\"message\":\"must not contain duplicates "
+                                   "(items 7 and 200000 are equal)\"}]"));
+    cJSON_Delete(details);
+    took = loom__mono_ms() - t0;
+    assert_true(took < 10000); /* ~0.1 s */
+    cJSON_Delete(nums);
+    cJSON_Delete(objs);
     loom__schema_free(s);
 }
 
@@ -1043,9 +1350,9 @@ static void *worker_main(void *arg)
     worker *w = arg;
     for (int i = 0; i < 3000; i++) {
         cJSON *details = NULL;
-        if (!loom__schema_validate(w->s, w->good, &details) || details)
+        if (!validate_plain(w->s, w->good, &details) || details)
             w->failures++;
-        if (loom__schema_validate(w->s, w->bad, &details) || !details) {
+        if (validate_plain(w->s, w->bad, &details) || !details) {
             w->failures++;
             continue;
         }
@@ -1060,7 +1367,7 @@ static void *worker_main(void *arg)
                    "property 'admin' is not allowed") != 0)
             w->failures++;
         cJSON_Delete(details);
-        if (loom__schema_validate(w->s, w->bad, NULL))
+        if (validate_plain(w->s, w->bad, NULL))
             w->failures++;
     }
     return NULL;
@@ -1123,6 +1430,14 @@ int main(void)
         cmocka_unit_test(test_compile_arguments),
         cmocka_unit_test(test_no_allocation_when_valid),
         cmocka_unit_test(test_concurrent_validation),
+        cmocka_unit_test(test_applicators),
+        cmocka_unit_test(test_arrays_2020),
+        cmocka_unit_test(test_objects_2020),
+        cmocka_unit_test(test_unevaluated),
+        cmocka_unit_test(test_refs),
+        cmocka_unit_test(test_schema_paths),
+        cmocka_unit_test(test_sets),
+        cmocka_unit_test(test_work_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

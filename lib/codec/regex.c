@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/unicode.h"
 #include "core/util.h"
 
 #define MAX_CP 0x10FFFFu
@@ -26,9 +27,7 @@
 enum op { OP_CHAR, OP_CLASS, OP_SPLIT, OP_JMP, OP_ASSERT, OP_MATCH };
 enum assertion { A_BEGIN, A_END, A_WORD, A_NOT_WORD };
 
-typedef struct {
-    uint32_t lo, hi;
-} range;
+typedef loom__urange range;
 
 /* CHAR: x = code point. CLASS: x = first range, y = count. SPLIT: x, y =
  * targets. JMP: x = target. ASSERT: x = enum assertion. */
@@ -70,6 +69,9 @@ typedef struct {
     size_t nranges, rangecap;
     range *set; /* the class being parsed */
     size_t nset, setcap;
+    const range *prop; /* the last \\p{...}: its ranges, negated or not */
+    size_t nprop;
+    bool prop_negate;
 } parser;
 
 static int fail(parser *P, const char *fmt, ...) LOOM_PRINTF(2, 3);
@@ -177,10 +179,12 @@ static bool add_range(parser *P, uint32_t lo, uint32_t hi)
     return add_ranges(P, &(range){lo, hi}, 1, false);
 }
 
-/* \d \D \w \W \s \S */
+/* \d \D \w \W \s \S, and \p \P (the property escape() parsed) */
 static bool add_shorthand(parser *P, char c)
 {
     switch (c) {
+    case 'p':
+        return add_ranges(P, P->prop, P->nprop, P->prop_negate);
     case 'd':
     case 'D':
         return add_ranges(P, digit_ranges, LOOM__ARRAY_LEN(digit_ranges), c == 'D');
@@ -296,13 +300,41 @@ static int64_t unicode_escape(parser *P)
     return v; /* a lone surrogate: valid, never in UTF-8 text */
 }
 
+/* \p{NAME} or \P{NAME}, the cursor after the 'p' / 'P': stores the
+ * property in P. */
+static int64_t property_escape(parser *P, bool negate)
+{
+    char name[64];
+    size_t n = 0;
+    if (*P->p != '{')
+        return fail(P, "\\p needs {NAME}");
+    const char *q = P->p + 1;
+    while (n + 1 < sizeof name && ((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') ||
+                                   (*q >= '0' && *q <= '9') || *q == '_' || *q == '='))
+        name[n++] = *q++;
+    name[n] = '\0';
+    if (*q != '}')
+        return fail(P, "\\p needs {NAME}");
+    bool inverse;
+    if (!loom__unicode_property(name, &P->prop, &P->nprop, &inverse))
+        return fail(P, "unknown Unicode property '%s'", name);
+    P->prop_negate = inverse != negate;
+    P->p = q + 1;
+    return -2;
+}
+
 /* An escape, the cursor after the '\'. A code point, or -1 after an error,
- * or -2 with *shorthand set for \d \D \w \W \s \S. */
+ * or -2 with *shorthand set for \d \D \w \W \s \S and ('p') \p \P. */
 static int64_t escape(parser *P, bool in_class, char *shorthand)
 {
     char c = *P->p;
     if (!c)
         return fail(P, "'\\' ends the pattern");
+    if (c == 'p' || c == 'P') {
+        P->p++;
+        *shorthand = 'p';
+        return property_escape(P, c == 'P');
+    }
     if (strchr("dDwWsS", c)) {
         P->p++;
         *shorthand = c;

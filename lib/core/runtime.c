@@ -720,16 +720,16 @@ static bool valid_segment(const char *s, size_t max)
     return true;
 }
 
-/* Compiles one optional schema of a definition; `what` names the
+/* Compiles one optional schema of a definition of s; `what` names the
  * definition and `field` the schema in the error. */
-static loom_err compile(loom_runtime *rt, const char *what, const char *field, const char *text,
-                        loom__schema **out)
+static loom_err compile(loom_runtime *rt, loom__service *s, const char *what, const char *field,
+                        const char *text, loom__schema **out)
 {
     *out = NULL;
     if (!text)
         return LOOM_OK;
-    char err[256];
-    loom_err e = loom__schema_compile(out, text, err, sizeof err);
+    char err[512];
+    loom_err e = loom__schema_compile_in(out, s->schemas, text, err, sizeof err);
     if (e != LOOM_OK)
         loom_runtime_log(rt, LOOM_LOG_ERROR, "%s: %s: %s", what, field, err);
     return e;
@@ -757,6 +757,7 @@ static void service_fini(loom__service *s)
     }
     free(s->cmds);
     free(s->subs);
+    loom__schema_set_free(s->schemas);
 }
 
 static bool valid_method(const char *m)
@@ -809,10 +810,10 @@ static loom_err add_command(loom_runtime *rt, loom__service *s, const loom_comma
     c->max_running = (int)loom__config_int(rt->config, limit_key, 0);
     atomic_init(&c->running, 0);
     loom_err err;
-    if ((err = compile(rt, what, "payload_schema", cd->payload_schema, &c->payload_schema)) ||
-        (err = compile(rt, what, "parameter_schema", cd->parameter_schema,
+    if ((err = compile(rt, s, what, "payload_schema", cd->payload_schema, &c->payload_schema)) ||
+        (err = compile(rt, s, what, "parameter_schema", cd->parameter_schema,
                        &c->parameter_schema)) ||
-        (err = compile(rt, what, "output_schema", cd->output_schema, &c->output_schema)))
+        (err = compile(rt, s, what, "output_schema", cd->output_schema, &c->output_schema)))
         return err;
     const char *segs[] = {def->name, def->version, cd->name};
     char *filter = loom__topic_build(rt->prefix, "cmd", segs, 3);
@@ -839,7 +840,7 @@ static loom_err add_subscription(loom_runtime *rt, loom__service *s,
     sub->svc = s;
     sub->def = sd;
     sub->max_retries = sd->max_retries ? sd->max_retries : 3;
-    loom_err err = compile(rt, what, "payload_schema", sd->payload_schema, &sub->payload_schema);
+    loom_err err = compile(rt, s, what, "payload_schema", sd->payload_schema, &sub->payload_schema);
     if (err)
         return err;
     const char *segs[] = {sd->filter.event_name, sd->filter.sender_service,
@@ -851,9 +852,43 @@ static loom_err add_subscription(loom_runtime *rt, loom__service *s,
     return filter && (group || !grouped) ? LOOM_OK : LOOM_ENOMEM;
 }
 
+/* The set of s->def's shared schemas (and format flag). Each is added,
+ * then checked by compiling it alone in the set (so it may $ref the
+ * others). */
+static loom_err add_shared_schemas(loom_runtime *rt, loom__service *s)
+{
+    const loom_service_def *def = s->def;
+    size_t n = list_len((const void *const *)def->schemas);
+    if (!n && !def->assert_formats)
+        return LOOM_OK;
+    unsigned flags = def->assert_formats ? LOOM__SCHEMA_ASSERT_FORMATS : 0;
+    if (loom__schema_set_create(&s->schemas, flags) != LOOM_OK)
+        return LOOM_ENOMEM;
+    char err[512];
+    for (size_t pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < n; i++) {
+            loom__schema *check = NULL;
+            loom_err e =
+                pass == 0
+                    ? loom__schema_set_add(s->schemas, NULL, def->schemas[i], err, sizeof err)
+                    : loom__schema_compile_in(&check, s->schemas, def->schemas[i], err, sizeof err);
+            loom__schema_free(check);
+            if (e != LOOM_OK) {
+                loom_runtime_log(rt, LOOM_LOG_ERROR, "service %s: schemas[%zu]: %s", def->name, i,
+                                 err);
+                return e;
+            }
+        }
+    }
+    return LOOM_OK;
+}
+
 /* Registers the commands and subscriptions of s->def. */
 static loom_err add_definitions(loom_runtime *rt, loom__service *s)
 {
+    loom_err shared = add_shared_schemas(rt, s);
+    if (shared != LOOM_OK)
+        return shared;
     size_t nc = list_len((const void *const *)s->def->commands);
     size_t ns = list_len((const void *const *)s->def->subscriptions);
     s->cmds = calloc(nc ? nc : 1, sizeof *s->cmds);

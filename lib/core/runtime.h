@@ -54,7 +54,8 @@ typedef struct loom__subscription {
 struct loom__service {
     const loom_service_def *def;
     void *user;
-    const cJSON *config; /* config.<name>, borrowed from rt->config */
+    const cJSON *config;       /* config.<name>, borrowed from rt->config */
+    loom__schema_set *schemas; /* def->schemas and the format flag, or NULL */
     loom__command *cmds;
     size_t n_cmds;
     loom__subscription *subs;
