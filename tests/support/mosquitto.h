@@ -17,7 +17,7 @@ typedef struct t_broker {
 /* Starts `mosquitto -c <tmpdir>/mosquitto.conf` on a free loopback port
  * (bind a socket to 127.0.0.1:0 to find one) with: listener PORT 127.0.0.1,
  * allow_anonymous true, persistence true (as Debian's own configuration
- * has it; persistence_location in the temp dir, autosaved every second, so
+ * has it; persistence_location in the temp dir, autosaved (about every 2 s with autosave_interval 1), so
  * restarts keep durable sessions and retained messages), max_queued_messages
  * 100000; everything else as mosquitto ships it (no set_tcp_nodelay: the
  * tests meet the broker users run); waits (bounded, 5 s) until it accepts connections. Fails the test
