@@ -448,6 +448,20 @@ LOOM_API loom_err loom_store_incr(loom_store *s, const char *key, int64_t delta,
  * cas (an adapter of ABI version 1). */
 LOOM_API loom_err loom_store_cas(loom_store *s, const char *key, const cJSON *expected,
                                  const cJSON *value, uint32_t ttl_ms);
+/* Lists keys that begin with prefix ("" or NULL = every key), a page at a
+ * time, in byte order (strcmp): at most limit keys (1..1000; 0 = 100) that
+ * sort after `after` (NULL or "" = from the first; pass the last key of the
+ * previous page to get the next one). Expired keys are not listed. On
+ * LOOM_OK *keys is a new cJSON array of strings (cJSON_Delete it) and *more
+ * (optional) says whether keys are left after this page. A key written
+ * while you page is listed when it sorts after your position. Costs: the
+ * memory store looks at every key, the file store at the matching ones,
+ * Redis SCANs the keys that match the prefix (server-side MATCH). LOOM_EINVAL
+ * for a bad limit or a prefix or `after` over 1024 bytes,
+ * LOOM_EUNSUPPORTED when the store has no list (an adapter of ABI version
+ * 1 or 2). */
+LOOM_API loom_err loom_store_list(loom_store *s, const char *prefix, const char *after,
+                                  size_t limit, cJSON **keys, bool *more);
 
 /* ------------------------------------------------------------------------ */
 /* Deployment configuration (YAML file, environment, flags). A loom_config is
