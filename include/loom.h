@@ -317,6 +317,18 @@ LOOM_API loom_err loom_runtime_start(loom_runtime *rt);
  * to timeout_ms. LOOM_ETIMEDOUT otherwise. */
 LOOM_API loom_err loom_runtime_wait_ready(loom_runtime *rt, uint32_t timeout_ms);
 
+/* Waits until every event delivered so far to this runtime's subscriptions
+ * has been handled for good (acknowledged, dropped, or out of retries; an
+ * event waiting for a retry still counts), up to timeout_ms: LOOM_OK, or
+ * LOOM_ETIMEDOUT. With the in-memory broker an emit delivers before it
+ * returns, and an event a handler emits is delivered before that handler
+ * finishes, so after loom_runtime_emit (or a command with a success event)
+ * this waits for the whole cascade. With a network broker it covers only
+ * events that have already arrived. No polling: the last handler to finish
+ * wakes the waiters. LOOM_ESTATE from a handler (it would wait for
+ * itself). For tests and one-shot programs. */
+LOOM_API loom_err loom_runtime_wait_events(loom_runtime *rt, uint32_t timeout_ms);
+
 /* Graceful stop: refuses new work (LOOM_ECLOSED / 503), clears the service
  * announcements, lets in-flight work finish within the drain timeout, fails
  * what is left with 503, disconnects and joins all threads. Idempotent. Must
@@ -499,10 +511,45 @@ LOOM_API const cJSON *loom_config_tree(const loom_config *cfg);
 /* Runs a service program: parses flags (--config, --services, --broker,
  * --http, --instance, --workers, --log-level, --log-format, --help,
  * --version, and the one-shot client --call SERVICE.COMMAND [JSON] [--param
- * JSON], --emit EVENT JSON), applies the configuration, runs the selected
- * services until SIGINT/SIGTERM, and returns the process exit code. Call it
- * once from main(). */
+ * JSON] [--timeout MS], --emit EVENT [JSON] [--timeout MS]), applies the
+ * configuration, runs the selected services until SIGINT/SIGTERM, and
+ * returns the process exit code. Call it once from main().
+ *
+ * One-shot runs: with a network broker (mqtt://, nats://) they run no local
+ * service unless --services is on their command line, so the answer comes
+ * from the running instances; with memory: every selected service runs in
+ * the one-shot process. --timeout bounds the whole run, waiting for the
+ * broker included (without it: up to 10 s for the broker, then the call's
+ * own timeout). --emit returns once the in-process subscriptions it reached
+ * have handled the event (loom_runtime_wait_events); with a network broker
+ * it returns once the event is published. */
 LOOM_API int loom_main(int argc, char **argv, const loom_service_def *const *services);
+
+/* What a program tells loom_main_with about itself. Every field is
+ * optional (zero = loom's behaviour). Read during the call only. */
+typedef struct loom_main_options {
+    /* The program: --version prints "NAME VERSION (loom X.Y.Z)"; the
+     * OpenAPI document's info.title and info.version (keys
+     * http.openapi.title / .version, which the file can still override).
+     * name defaults to argv[0]'s file name. */
+    const char *name;
+    const char *version;
+    const char *description; /* --help's first line, OpenAPI info.description */
+    /* A YAML file loaded when neither --config nor LOOM_CONFIG names one,
+     * and only when it exists (e.g. "/etc/greenhouse.yaml"). */
+    const char *config_file;
+    /* Program defaults as "KEY=VALUE" texts (the --set syntax), NULL-
+     * terminated, under everything else (file, environment, flags):
+     *   (const char *const[]){"state.url=file:/var/lib/gh.json", NULL} */
+    const char *const *defaults;
+    /* The user pointer each service's handlers receive, in the order of
+     * the services array (NULL: NULL for all). */
+    void *const *users;
+} loom_main_options;
+
+/* loom_main with program options (opts may be NULL: same as loom_main). */
+LOOM_API int loom_main_with(int argc, char **argv, const loom_service_def *const *services,
+                            const loom_main_options *opts);
 
 #ifdef __cplusplus
 }

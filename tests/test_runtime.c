@@ -263,7 +263,10 @@ static void test_handler_errors(void **state)
     loom_runtime_destroy(rt);
 }
 
-static void test_unknown_is_503_at_once(void **state)
+/* An unknown command of a service that runs here: 404 with the service's
+ * commands. An unknown service (or version): 503 no receiver. Both at
+ * once, not after a timeout. */
+static void test_unknown_command_404_service_503(void **state)
 {
     (void)state;
     loom_runtime *rt = start_rt("memory:unknown", &svc_test);
@@ -271,13 +274,23 @@ static void test_unknown_is_503_at_once(void **state)
     clock_gettime(CLOCK_MONOTONIC, &a);
     loom_msg *r = call(rt, "nosuch", NULL);
     clock_gettime(CLOCK_MONOTONIC, &b);
-    assert_int_equal(loom_msg_status(r), 503);
-    assert_non_null(strstr(loom_msg_error(r), "no receiver"));
+    assert_int_equal(loom_msg_status(r), 404);
+    assert_true(loom_msg_is_handled_error(r));
+    assert_non_null(strstr(loom_msg_error(r), "has no command 'nosuch'"));
+    assert_non_null(strstr(loom_msg_error(r), "echo, empty"));
+    const cJSON *cmds = cJSON_GetObjectItemCaseSensitive(loom_msg_error_data(r), "commands");
+    assert_int_equal(cJSON_GetArraySize(cmds), 12);
+    assert_string_equal(cJSON_GetArrayItem(cmds, 0)->valuestring, "echo");
     /* not after a timeout: well under the 30 s default */
     assert_true(b.tv_sec - a.tv_sec < 2);
     loom_msg_release(r);
 
     loom_call c = {.service = "other", .command = "x"};
+    assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
+    assert_int_equal(loom_msg_status(r), 503);
+    assert_non_null(strstr(loom_msg_error(r), "no receiver"));
+    loom_msg_release(r);
+    c = (loom_call){.service = "test", .version = "2", .command = "echo"};
     assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
     assert_int_equal(loom_msg_status(r), 503);
     loom_msg_release(r);
@@ -586,6 +599,67 @@ static void test_subscription_retry_and_filter(void **state)
     loom_runtime_destroy(rt);
 }
 
+/* loom_runtime_wait_events returns once every event is handled: retries
+ * (with their backoff) and events emitted by handlers included, with no
+ * sleep in the test. */
+static void test_wait_events(void **state)
+{
+    (void)state;
+    loom_runtime *rt = start_rt("memory:wait", &svc_events);
+    atomic_store(&retries, 0);
+    assert_int_equal(loom_runtime_emit(rt, "flaky", NULL), LOOM_OK);
+    assert_int_equal(loom_runtime_wait_events(rt, 10000), LOOM_OK);
+    assert_int_equal(atomic_load(&retries), 3); /* 2 retries (50 + 100 ms), then ack */
+
+    atomic_store(&seen_all_a, 0);
+    atomic_store(&emitted_seen, 0);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(loom_runtime_emit(rt, "ping", cJSON_CreateNumber(i)), LOOM_OK);
+    assert_int_equal(loom_runtime_wait_events(rt, 10000), LOOM_OK);
+    assert_int_equal(atomic_load(&seen_all_a), 100);
+    assert_int_equal(atomic_load(&emitted_seen), 100); /* pong, emitted by a handler */
+    /* Nothing in hand: at once. */
+    assert_int_equal(loom_runtime_wait_events(rt, 0), LOOM_OK);
+    assert_int_equal(loom_runtime_wait_events(NULL, 0), LOOM_EINVAL);
+    loom_runtime_destroy(rt);
+}
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static bool gate_open;
+
+static loom_ack on_gated(loom_ctx *ctx, void *user)
+{
+    (void)ctx;
+    (void)user;
+    pthread_mutex_lock(&gate_mu);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+    return LOOM_ACK;
+}
+
+LOOM_SUBSCRIPTION(sub_gated, .name = "gated", .handler = on_gated,
+                  .filter = {.event_name = "gated"});
+LOOM_SERVICE(svc_gated, .name = "gated", .version = "1",
+             .subscriptions = LOOM_SUBSCRIPTIONS(&sub_gated));
+
+/* A handler that has not finished keeps wait_events waiting. */
+static void test_wait_events_times_out(void **state)
+{
+    (void)state;
+    loom_runtime *rt = start_rt("memory:gated", &svc_gated);
+    gate_open = false;
+    assert_int_equal(loom_runtime_emit(rt, "gated", NULL), LOOM_OK);
+    assert_int_equal(loom_runtime_wait_events(rt, 100), LOOM_ETIMEDOUT);
+    pthread_mutex_lock(&gate_mu);
+    gate_open = true;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+    assert_int_equal(loom_runtime_wait_events(rt, 10000), LOOM_OK);
+    loom_runtime_destroy(rt);
+}
+
 static void test_remote_call_across_runtimes(void **state)
 {
     (void)state;
@@ -869,7 +943,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sync_call_success),
         cmocka_unit_test(test_handler_errors),
-        cmocka_unit_test(test_unknown_is_503_at_once),
+        cmocka_unit_test(test_unknown_command_404_service_503),
         cmocka_unit_test(test_validation_400),
         cmocka_unit_test(test_timeout_and_deadline),
         cmocka_unit_test(test_async_and_deferred),
@@ -877,6 +951,8 @@ int main(void)
         cmocka_unit_test(test_store_and_service_config),
         cmocka_unit_test(test_subscriptions_groups_and_all),
         cmocka_unit_test(test_subscription_retry_and_filter),
+        cmocka_unit_test(test_wait_events),
+        cmocka_unit_test(test_wait_events_times_out),
         cmocka_unit_test(test_remote_call_across_runtimes),
         cmocka_unit_test(test_stop_drains_in_flight),
         cmocka_unit_test(test_stop_answers_what_is_left),
