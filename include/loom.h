@@ -200,7 +200,13 @@ typedef enum loom_ack {
 } loom_ack;
 
 /* A subscription handler. Runs on a worker thread, synchronously. A result
- * given with loom_ctx_reply() is emitted as the subscription's emit_event. */
+ * given with loom_ctx_reply() is emitted as the subscription's emit_event.
+ *
+ * Concurrency: the handlers of one subscription run CONCURRENTLY on several
+ * worker threads for different events (and alongside every other handler),
+ * in no guaranteed order; serialize with the store (loom_store_add,
+ * loom_store_cas) or your own lock, or run one worker (--workers 1) when
+ * order matters. Command handlers likewise. */
 typedef loom_ack (*loom_subscription_fn)(loom_ctx *ctx, void *user);
 
 typedef struct loom_command_def {
@@ -263,13 +269,28 @@ typedef struct loom_service_def {
  *
  *   LOOM_COMMAND(get_user, .name = "get", .handler = get_user_fn,
  *                .http_method = "GET", .http_path = "/users/:id");
+ *   LOOM_SUBSCRIPTION(on_created, .name = "onCreated", .handler = on_created_fn,
+ *                     .filter = {.event_name = "userCreated"});
  *   LOOM_SERVICE(users, .name = "users", .version = "1",
- *                .commands = LOOM_COMMANDS(&get_user));
+ *                .commands = LOOM_COMMANDS(&get_user),
+ *                .subscriptions = LOOM_SUBSCRIPTIONS(&on_created));
+ *
+ * To use a descriptor from another file (main.c, a test), define it with
+ * the _EXTERN form and declare it in a header with LOOM_*_DECLARE:
+ *
+ *   users.h:  LOOM_SERVICE_DECLARE(users);
+ *   users.c:  LOOM_SERVICE_EXTERN(users, .name = "users", .version = "1", ...);
  */
 #define LOOM_COMMAND(ident, ...) static const loom_command_def ident = {__VA_ARGS__}
 #define LOOM_SUBSCRIPTION(ident, ...)                                         \
     static const loom_subscription_def ident = {__VA_ARGS__}
 #define LOOM_SERVICE(ident, ...) static const loom_service_def ident = {__VA_ARGS__}
+#define LOOM_COMMAND_EXTERN(ident, ...) const loom_command_def ident = {__VA_ARGS__}
+#define LOOM_SUBSCRIPTION_EXTERN(ident, ...) const loom_subscription_def ident = {__VA_ARGS__}
+#define LOOM_SERVICE_EXTERN(ident, ...) const loom_service_def ident = {__VA_ARGS__}
+#define LOOM_COMMAND_DECLARE(ident) extern const loom_command_def ident
+#define LOOM_SUBSCRIPTION_DECLARE(ident) extern const loom_subscription_def ident
+#define LOOM_SERVICE_DECLARE(ident) extern const loom_service_def ident
 #define LOOM_COMMANDS(...) ((const loom_command_def *const[]){__VA_ARGS__, NULL})
 #define LOOM_SUBSCRIPTIONS(...)                                               \
     ((const loom_subscription_def *const[]){__VA_ARGS__, NULL})
@@ -426,8 +447,22 @@ LOOM_API loom_err loom_ctx_invoke(loom_ctx *ctx, const loom_call *call, loom_rep
 /* Blocking variant, bounded by the call's timeout and this message's
  * deadline. Runs the target inline when it is a local in-process command. */
 LOOM_API loom_err loom_ctx_call(loom_ctx *ctx, const loom_call *call, loom_msg **response);
-/* Emits an event as this service (payload taken over on LOOM_OK). */
+/* Emits an event as this service (payload taken over on LOOM_OK). With the
+ * in-memory broker the event is delivered (queued for the subscriptions'
+ * workers) before this returns. */
 LOOM_API loom_err loom_ctx_emit(loom_ctx *ctx, const char *event_name, cJSON *payload);
+
+/* The same three, but they ALWAYS take ownership: what could not be sent
+ * is freed (and the reason logged at warn through the context), so a
+ * handler answers in one line:
+ *
+ *   return (void)loom_ctx_reply_take(ctx, result);
+ *   loom_ctx_fail_take(ctx, 404, "no such reading", NULL);
+ *
+ * The return value is that of the underlying call, for those who care. */
+LOOM_API loom_err loom_ctx_reply_take(loom_ctx *ctx, cJSON *result);
+LOOM_API loom_err loom_ctx_fail_take(loom_ctx *ctx, int status, const char *message, cJSON *data);
+LOOM_API loom_err loom_ctx_emit_take(loom_ctx *ctx, const char *event_name, cJSON *payload);
 
 /* ------------------------------------------------------------------------ */
 /* State store (see loom/store.h for the adapter interface)                  */

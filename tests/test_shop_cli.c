@@ -517,7 +517,8 @@ static void test_version_and_help(void **state)
     t_run r;
     RUN_SHOP(&r, "--version");
     expect_status(&r, 0);
-    assert_non_null(strstr(t_run_out(&r), LOOM_VERSION_STRING));
+    /* The program's version first (loom_main_with), then loom's. */
+    assert_non_null(strstr(t_run_out(&r), "shop 1.0.0 (loom " LOOM_VERSION_STRING ")"));
     t_run_free(&r);
 
     RUN_SHOP(&r, "--help");
@@ -862,6 +863,10 @@ static void test_http_order_flow(void **state)
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!has_path_ending(paths, want[i]))
             fail_msg("openapi.json lacks a path ending in %s", want[i]);
+    /* The program's name and version (loom_main_with), not loom's. */
+    const cJSON *info = cJSON_GetObjectItemCaseSensitive(api, "info");
+    assert_string_equal(str_at(info, "title"), "shop");
+    assert_string_equal(str_at(info, "version"), "1.0.0");
     cJSON_Delete(api);
 
     http(&res, s.port, "GET", "/healthz", NULL);
@@ -874,6 +879,18 @@ static void test_http_order_flow(void **state)
     cJSON_Delete(user);
     free(res.body.data);
     server_stop(&s);
+
+    /* The access log (batched: complete once the process has exited): one
+     * line per request, with the route (not the id), status and trace id. */
+    char *log = t_proc_log(&s.proc);
+    assert_non_null(log);
+    if (!strstr(log, "[http trace=") || !strstr(log, "] POST /api/v1/users 200 ") ||
+        !strstr(log, "] POST /api/v1/users 409 ") ||
+        !strstr(log, "] GET /api/v1/orders/{id} 404 ") || !strstr(log, "] GET /healthz 200 ") ||
+        !strstr(log, "] GET /metrics 200 "))
+        fail_msg("access log lines missing:\n%s", log);
+    assert_null(strstr(log, "o-999")); /* ids in paths stay out */
+    free(log);
 }
 
 int main(void)
