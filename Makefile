@@ -114,6 +114,13 @@ $(O)/tests/%: tests/%.c $(TEST_SUPPORT) $(wildcard tests/support/*.h) $(STATIC)
 	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP $(SAN_LDFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) \
 	  $(LDFLAGS) $(DEP_LIBS) $(TEST_LIBS)
 
+# The shop's own tests through the test kit link the shop's services (not its main).
+SHOP_SERVICE_SRCS := $(filter-out examples/shop/main.c,$(SHOP_SRCS))
+$(O)/tests/test_shop_kit: tests/test_shop_kit.c $(SHOP_SERVICE_SRCS) examples/shop/shop.h $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Iexamples/shop -MMD -MP $(SAN_LDFLAGS) -o $@ $< $(SHOP_SERVICE_SRCS) \
+	  $(STATIC) $(LDFLAGS) $(DEP_LIBS) -lcmocka
+
 $(O)/tests/fault_service: tests/fault_service.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_LDFLAGS) -o $@ $< $(STATIC) $(LDFLAGS) $(DEP_LIBS)

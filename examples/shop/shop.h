@@ -33,7 +33,7 @@ LOOM_SERVICE_DECLARE(shop_orders);
 LOOM_SERVICE_DECLARE(shop_payments);
 LOOM_SERVICE_DECLARE(shop_notifications);
 
-/* Helpers shared by the services (main.c). */
+/* Helpers shared by the services (helpers.c). */
 
 /* Makes the next readable id "<prefix>-N" from the counter at seq_key in the
  * state store (atomic, so concurrent handlers never share an id). */
