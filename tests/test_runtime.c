@@ -2,11 +2,13 @@
  * deadlines, async completion, stop/drain, and many threads at once. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "loom/test.h"
 #include "support/support.h"
 
 static void sleep_ms(int ms)
@@ -692,6 +694,84 @@ static void test_take_calls_free_what_they_cannot_send(void **state)
     loom_runtime_destroy(rt);
 }
 
+/* loom_main_with: the user pointer per service, program defaults and the
+ * default config file reach the handler of a one-shot --call run in this
+ * process; a missing default file is skipped. */
+static void *seen_user;
+static char seen_greeting[64];
+static void who_fn(loom_ctx *ctx, void *user)
+{
+    seen_user = user;
+    const char *g = cJSON_GetStringValue(cJSON_GetObjectItem(loom_ctx_config(ctx), "greeting"));
+    snprintf(seen_greeting, sizeof seen_greeting, "%s", g ? g : "(none)");
+    loom_ctx_reply_take(ctx, NULL);
+}
+LOOM_COMMAND(cmd_who, .name = "who", .handler = who_fn);
+LOOM_SERVICE(svc_who, .name = "who", .version = "1", .commands = LOOM_COMMANDS(&cmd_who));
+LOOM_SERVICE(svc_other, .name = "other", .version = "1", .commands = LOOM_COMMANDS(&cmd_who));
+
+static void test_main_with_options(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/loom-main-with-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char yaml[] = "config:\n  who:\n    greeting: from-the-file\n";
+    assert_int_equal(write(fd, yaml, sizeof yaml - 1), (ssize_t)(sizeof yaml - 1));
+    close(fd);
+    static int marker_a, marker_b;
+    char *argv[] = {"prog", "--call", "who.who", NULL};
+    loom_main_options opts = {
+        .name = "prog",
+        .version = "9.9",
+        .config_file = path,
+        .defaults = (const char *const[]){"log.level=error", "config.who.greeting=default", NULL},
+        .users = (void *const[]){&marker_a, &marker_b},
+    };
+    seen_user = NULL;
+    assert_int_equal(loom_main_with(3, argv, LOOM_SERVICES(&svc_who, &svc_other), &opts), 0);
+    assert_ptr_equal(seen_user, &marker_a);
+    assert_string_equal(seen_greeting, "from-the-file"); /* the file over the defaults */
+    /* The second service gets the second pointer. */
+    char *argv2[] = {"prog", "--call", "other.who", NULL};
+    assert_int_equal(loom_main_with(3, argv2, LOOM_SERVICES(&svc_who, &svc_other), &opts), 0);
+    assert_ptr_equal(seen_user, &marker_b);
+    unlink(path);
+    /* Without the file: the program default. */
+    assert_int_equal(loom_main_with(3, argv, LOOM_SERVICES(&svc_who, &svc_other), &opts), 0);
+    assert_string_equal(seen_greeting, "default");
+    /* A bad default is a usage error (2), not a crash. */
+    opts.defaults = (const char *const[]){"no-equals-sign", NULL};
+    assert_int_equal(loom_main_with(3, argv, LOOM_SERVICES(&svc_who, &svc_other), &opts), 2);
+}
+
+/* The test kit passes the user pointers and config_yaml on; a bad YAML is
+ * refused. */
+static void test_kit_options(void **state)
+{
+    (void)state;
+    static int marker;
+    loom_test_options o = {.users = (void *const[]){&marker},
+                           .config_yaml = "config:\n  who:\n    greeting: kit\n"};
+    loom_test *t = NULL;
+    assert_int_equal(loom_test_create(&t, LOOM_SERVICES(&svc_who), &o), LOOM_OK);
+    int status = 0;
+    assert_int_equal(loom_test_call(t, "who.who", NULL, NULL, &status, NULL), LOOM_OK);
+    assert_int_equal(status, 204);
+    assert_ptr_equal(seen_user, &marker);
+    assert_string_equal(seen_greeting, "kit");
+    /* The fake context gets the user and the config section too. */
+    seen_user = NULL;
+    assert_int_equal(loom_test_run_command(t, &svc_who, &cmd_who, &o, NULL, NULL, &status, NULL),
+                     LOOM_OK);
+    assert_int_equal(status, 204);
+    assert_ptr_equal(seen_user, &o);
+    loom_test_destroy(t);
+    o.config_yaml = "config: [";
+    assert_int_not_equal(loom_test_create(&t, LOOM_SERVICES(&svc_who), &o), LOOM_OK);
+    assert_null(t);
+}
+
 static void test_remote_call_across_runtimes(void **state)
 {
     (void)state;
@@ -986,6 +1066,8 @@ int main(void)
         cmocka_unit_test(test_wait_events),
         cmocka_unit_test(test_wait_events_times_out),
         cmocka_unit_test(test_take_calls_free_what_they_cannot_send),
+        cmocka_unit_test(test_main_with_options),
+        cmocka_unit_test(test_kit_options),
         cmocka_unit_test(test_remote_call_across_runtimes),
         cmocka_unit_test(test_stop_drains_in_flight),
         cmocka_unit_test(test_stop_answers_what_is_left),

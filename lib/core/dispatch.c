@@ -141,8 +141,6 @@ static bool mark_replied(loom_ctx *ctx)
 static void after_answer(loom_ctx *ctx)
 {
     loom_runtime *rt = ctx->rt;
-    if (ctx->cmd->max_running)
-        atomic_fetch_sub(&ctx->cmd->running, 1);
     if (atomic_load(&ctx->flags) & LOOM__CTX_DEFERRED) {
         pthread_mutex_lock(&rt->ctx_mu);
         if (ctx->prev_deferred)
@@ -187,6 +185,10 @@ static void deliver_answer(loom_ctx *ctx, loom_msg *resp)
 
 static loom_err answer_command(loom_ctx *ctx, loom_msg *resp)
 {
+    /* The bulkhead slot frees before the caller hears the answer: a caller
+     * that calls again as soon as it has it must find the slot free. */
+    if (ctx->cmd->max_running)
+        atomic_fetch_sub(&ctx->cmd->running, 1);
     deliver_answer(ctx, resp);
     after_answer(ctx);
     return LOOM_OK;
