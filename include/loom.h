@@ -555,9 +555,11 @@ LOOM_API const cJSON *loom_config_tree(const loom_config *cfg);
  * from the running instances; with memory: every selected service runs in
  * the one-shot process. --timeout bounds the whole run, waiting for the
  * broker included (without it: up to 10 s for the broker, then the call's
- * own timeout). --emit returns once the in-process subscriptions it reached
- * have handled the event (loom_runtime_wait_events); with a network broker
- * it returns once the event is published. */
+ * own timeout). --call and --emit return once the in-process subscriptions
+ * their events reached (a command's success event, the emitted event, what
+ * those handlers emitted) have handled them (loom_runtime_wait_events),
+ * within the same bound; with a network broker nothing runs in process and
+ * they return once answered / published. */
 LOOM_API int loom_main(int argc, char **argv, const loom_service_def *const *services);
 
 /* What a program tells loom_main_with about itself. Every field is

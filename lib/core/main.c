@@ -433,7 +433,13 @@ static int run_oneshot(loom_runtime *rt, const opts *o, const char *prog)
         int64_t left = start + o->timeout_ms - loom__mono_ms();
         timeout = left > 0 ? (uint32_t)left : 1;
     }
-    return run_call(rt, o, timeout, prog);
+    int rc = run_call(rt, o, timeout, prog);
+    /* The in-process subscriptions the command's events reached: within
+     * --timeout, else the drain time. */
+    int64_t left = o->timeout_ms ? deadline - loom__mono_ms() : (int64_t)rt->drain_timeout_ms;
+    if (loom_runtime_wait_events(rt, left > 0 ? (uint32_t)left : 0) != LOOM_OK)
+        fprintf(stderr, "%s: warning: subscriptions still busy at exit\n", prog);
+    return rc;
 }
 
 static bool is_memory_broker(const loom_config *cfg)
