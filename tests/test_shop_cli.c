@@ -480,7 +480,7 @@ static void test_oneshot_network_runs_no_local_services(void **state)
     const char *url = t_broker_url(&b);
     t_run r;
     t_run_prog(&r, shop_path,
-               (const char *const[]){"--broker", url, "--timeout", "5000", "--call",
+               (const char *const[]){"--broker", url, "--timeout", "15000", "--call",
                                      "notifications.list", NULL},
                child_env, RUN_TIMEOUT_MS);
     expect_status(&r, 1);
@@ -491,7 +491,7 @@ static void test_oneshot_network_runs_no_local_services(void **state)
 
     t_run_prog(&r, shop_path,
                (const char *const[]){"--broker", url, "--services", "notifications", "--timeout",
-                                     "5000", "--call", "notifications.list", NULL},
+                                     "15000", "--call", "notifications.list", NULL},
                child_env, RUN_TIMEOUT_MS);
     expect_status(&r, 0);
     t_run_free(&r);
@@ -500,7 +500,7 @@ static void test_oneshot_network_runs_no_local_services(void **state)
     char **env = t_env_new(
         (const char *const[]){tmpdir_var, "LOOM_STATE=memory:", "LOOM_SERVICES=all", NULL});
     t_run_prog(&r, shop_path,
-               (const char *const[]){"--broker", url, "--timeout", "5000", "--call",
+               (const char *const[]){"--broker", url, "--timeout", "15000", "--call",
                                      "notifications.list", NULL},
                env, RUN_TIMEOUT_MS);
     expect_status(&r, 1);
