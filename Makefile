@@ -12,6 +12,7 @@
 #   make valgrind     the integration tests (and the programs they start)
 #                     under valgrind memcheck
 #   make check-symbols  fails when libloom.so exports a symbol without loom_
+#   make check-api      fails when an exported loom_ function is missing from docs/api.md
 #   make install PREFIX=/usr/local DESTDIR=   /  make uninstall
 #   make deps         installs the Debian packages that are missing
 #   make clean
@@ -71,7 +72,7 @@ TEST_LIBS    := -lcmocka -lcurl
 TEST_HELPERS := $(O)/tests/fault_service
 
 .PHONY: loom.pc all lib examples demo test check asan check-symbols install uninstall deps clean \
-        tests pkgconfig-test format bench fuzz
+        tests pkgconfig-test format bench fuzz check-api
 
 all: lib examples
 
@@ -114,6 +115,13 @@ $(O)/tests/%: tests/%.c $(TEST_SUPPORT) $(wildcard tests/support/*.h) $(STATIC)
 	$(CC) $(ALL_CFLAGS) -Itests -MMD -MP $(SAN_LDFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) \
 	  $(LDFLAGS) $(DEP_LIBS) $(TEST_LIBS)
 
+# The shop's own tests through the test kit link the shop's services (not its main).
+SHOP_SERVICE_SRCS := $(filter-out examples/shop/main.c,$(SHOP_SRCS))
+$(O)/tests/test_shop_kit: tests/test_shop_kit.c $(SHOP_SERVICE_SRCS) examples/shop/shop.h $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Iexamples/shop -MMD -MP $(SAN_LDFLAGS) -o $@ $< $(SHOP_SERVICE_SRCS) \
+	  $(STATIC) $(LDFLAGS) $(DEP_LIBS) -lcmocka
+
 $(O)/tests/fault_service: tests/fault_service.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(SAN_LDFLAGS) -o $@ $< $(STATIC) $(LDFLAGS) $(DEP_LIBS)
@@ -138,6 +146,9 @@ check-symbols: $(SHARED)
 	n=$$(nm -D --defined-only $(SHARED) | grep -c ' T loom_'); \
 	echo "check-symbols: $$n exported functions, all prefixed loom_"
 
+check-api: $(SHARED)
+	@tests/check-api-doc.sh $(SHARED)
+
 pkgconfig-test: lib
 	@tests/pkgconfig-test.sh
 
@@ -149,6 +160,7 @@ test: deps
 	$(MAKE) fuzz FUZZ_SECONDS=20
 	$(MAKE) valgrind
 	$(MAKE) check-symbols
+	$(MAKE) check-api
 	$(MAKE) pkgconfig-test
 	@cat build/release/summary build/asan/summary | \
 	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, fuzz smoke, valgrind, symbols, pkg-config build"; \

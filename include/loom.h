@@ -200,7 +200,13 @@ typedef enum loom_ack {
 } loom_ack;
 
 /* A subscription handler. Runs on a worker thread, synchronously. A result
- * given with loom_ctx_reply() is emitted as the subscription's emit_event. */
+ * given with loom_ctx_reply() is emitted as the subscription's emit_event.
+ *
+ * Concurrency: the handlers of one subscription run CONCURRENTLY on several
+ * worker threads for different events (and alongside every other handler),
+ * in no guaranteed order; serialize with the store (loom_store_add,
+ * loom_store_cas) or your own lock, or run one worker (--workers 1) when
+ * order matters. Command handlers likewise. */
 typedef loom_ack (*loom_subscription_fn)(loom_ctx *ctx, void *user);
 
 typedef struct loom_command_def {
@@ -274,13 +280,28 @@ typedef struct loom_service_def {
  *
  *   LOOM_COMMAND(get_user, .name = "get", .handler = get_user_fn,
  *                .http_method = "GET", .http_path = "/users/:id");
+ *   LOOM_SUBSCRIPTION(on_created, .name = "onCreated", .handler = on_created_fn,
+ *                     .filter = {.event_name = "userCreated"});
  *   LOOM_SERVICE(users, .name = "users", .version = "1",
- *                .commands = LOOM_COMMANDS(&get_user));
+ *                .commands = LOOM_COMMANDS(&get_user),
+ *                .subscriptions = LOOM_SUBSCRIPTIONS(&on_created));
+ *
+ * To use a descriptor from another file (main.c, a test), define it with
+ * the _EXTERN form and declare it in a header with LOOM_*_DECLARE:
+ *
+ *   users.h:  LOOM_SERVICE_DECLARE(users);
+ *   users.c:  LOOM_SERVICE_EXTERN(users, .name = "users", .version = "1", ...);
  */
 #define LOOM_COMMAND(ident, ...) static const loom_command_def ident = {__VA_ARGS__}
 #define LOOM_SUBSCRIPTION(ident, ...)                                         \
     static const loom_subscription_def ident = {__VA_ARGS__}
 #define LOOM_SERVICE(ident, ...) static const loom_service_def ident = {__VA_ARGS__}
+#define LOOM_COMMAND_EXTERN(ident, ...) const loom_command_def ident = {__VA_ARGS__}
+#define LOOM_SUBSCRIPTION_EXTERN(ident, ...) const loom_subscription_def ident = {__VA_ARGS__}
+#define LOOM_SERVICE_EXTERN(ident, ...) const loom_service_def ident = {__VA_ARGS__}
+#define LOOM_COMMAND_DECLARE(ident) extern const loom_command_def ident
+#define LOOM_SUBSCRIPTION_DECLARE(ident) extern const loom_subscription_def ident
+#define LOOM_SERVICE_DECLARE(ident) extern const loom_service_def ident
 #define LOOM_COMMANDS(...) ((const loom_command_def *const[]){__VA_ARGS__, NULL})
 #define LOOM_SUBSCRIPTIONS(...)                                               \
     ((const loom_subscription_def *const[]){__VA_ARGS__, NULL})
@@ -327,6 +348,18 @@ LOOM_API loom_err loom_runtime_start(loom_runtime *rt);
  * place and the services that other instances had announced are known, up
  * to timeout_ms. LOOM_ETIMEDOUT otherwise. */
 LOOM_API loom_err loom_runtime_wait_ready(loom_runtime *rt, uint32_t timeout_ms);
+
+/* Waits until every event delivered so far to this runtime's subscriptions
+ * has been handled for good (acknowledged, dropped, or out of retries; an
+ * event waiting for a retry still counts), up to timeout_ms: LOOM_OK, or
+ * LOOM_ETIMEDOUT. With the in-memory broker an emit delivers before it
+ * returns, and an event a handler emits is delivered before that handler
+ * finishes, so after loom_runtime_emit (or a command with a success event)
+ * this waits for the whole cascade. With a network broker it covers only
+ * events that have already arrived. No polling: the last handler to finish
+ * wakes the waiters. LOOM_ESTATE from a handler (it would wait for
+ * itself). For tests and one-shot programs. */
+LOOM_API loom_err loom_runtime_wait_events(loom_runtime *rt, uint32_t timeout_ms);
 
 /* Graceful stop: refuses new work (LOOM_ECLOSED / 503), clears the service
  * announcements, lets in-flight work finish within the drain timeout, fails
@@ -432,8 +465,22 @@ LOOM_API loom_err loom_ctx_invoke(loom_ctx *ctx, const loom_call *call, loom_rep
 /* Blocking variant, bounded by the call's timeout and this message's
  * deadline. Runs the target inline when it is a local in-process command. */
 LOOM_API loom_err loom_ctx_call(loom_ctx *ctx, const loom_call *call, loom_msg **response);
-/* Emits an event as this service (payload taken over on LOOM_OK). */
+/* Emits an event as this service (payload taken over on LOOM_OK). With the
+ * in-memory broker the event is delivered (queued for the subscriptions'
+ * workers) before this returns. */
 LOOM_API loom_err loom_ctx_emit(loom_ctx *ctx, const char *event_name, cJSON *payload);
+
+/* The same three, but they ALWAYS take ownership: what could not be sent
+ * is freed (and the reason logged at warn through the context), so a
+ * handler answers in one line:
+ *
+ *   return (void)loom_ctx_reply_take(ctx, result);
+ *   loom_ctx_fail_take(ctx, 404, "no such reading", NULL);
+ *
+ * The return value is that of the underlying call, for those who care. */
+LOOM_API loom_err loom_ctx_reply_take(loom_ctx *ctx, cJSON *result);
+LOOM_API loom_err loom_ctx_fail_take(loom_ctx *ctx, int status, const char *message, cJSON *data);
+LOOM_API loom_err loom_ctx_emit_take(loom_ctx *ctx, const char *event_name, cJSON *payload);
 
 /* ------------------------------------------------------------------------ */
 /* State store (see loom/store.h for the adapter interface)                  */
@@ -466,6 +513,20 @@ LOOM_API loom_err loom_store_incr(loom_store *s, const char *key, int64_t delta,
  * cas (an adapter of ABI version 1). */
 LOOM_API loom_err loom_store_cas(loom_store *s, const char *key, const cJSON *expected,
                                  const cJSON *value, uint32_t ttl_ms);
+/* Lists keys that begin with prefix ("" or NULL = every key), a page at a
+ * time, in byte order (strcmp): at most limit keys (1..1000; 0 = 100) that
+ * sort after `after` (NULL or "" = from the first; pass the last key of the
+ * previous page to get the next one). Expired keys are not listed. On
+ * LOOM_OK *keys is a new cJSON array of strings (cJSON_Delete it) and *more
+ * (optional) says whether keys are left after this page. A key written
+ * while you page is listed when it sorts after your position. Costs: the
+ * memory store looks at every key, the file store at the matching ones,
+ * Redis SCANs the keys that match the prefix (server-side MATCH). LOOM_EINVAL
+ * for a bad limit or a prefix or `after` over 1024 bytes,
+ * LOOM_EUNSUPPORTED when the store has no list (an adapter of ABI version
+ * 1 or 2). */
+LOOM_API loom_err loom_store_list(loom_store *s, const char *prefix, const char *after,
+                                  size_t limit, cJSON **keys, bool *more);
 
 /* ------------------------------------------------------------------------ */
 /* Deployment configuration (YAML file, environment, flags). A loom_config is
@@ -503,10 +564,47 @@ LOOM_API const cJSON *loom_config_tree(const loom_config *cfg);
 /* Runs a service program: parses flags (--config, --services, --broker,
  * --http, --instance, --workers, --log-level, --log-format, --help,
  * --version, and the one-shot client --call SERVICE.COMMAND [JSON] [--param
- * JSON], --emit EVENT JSON), applies the configuration, runs the selected
- * services until SIGINT/SIGTERM, and returns the process exit code. Call it
- * once from main(). */
+ * JSON] [--timeout MS], --emit EVENT [JSON] [--timeout MS]), applies the
+ * configuration, runs the selected services until SIGINT/SIGTERM, and
+ * returns the process exit code. Call it once from main().
+ *
+ * One-shot runs: with a network broker (mqtt://, nats://) they run no local
+ * service unless --services is on their command line, so the answer comes
+ * from the running instances; with memory: every selected service runs in
+ * the one-shot process. --timeout bounds the whole run, waiting for the
+ * broker included (without it: up to 10 s for the broker, then the call's
+ * own timeout). --call and --emit return once the in-process subscriptions
+ * their events reached (a command's success event, the emitted event, what
+ * those handlers emitted) have handled them (loom_runtime_wait_events),
+ * within the same bound; with a network broker nothing runs in process and
+ * they return once answered / published. */
 LOOM_API int loom_main(int argc, char **argv, const loom_service_def *const *services);
+
+/* What a program tells loom_main_with about itself. Every field is
+ * optional (zero = loom's behaviour). Read during the call only. */
+typedef struct loom_main_options {
+    /* The program: --version prints "NAME VERSION (loom X.Y.Z)"; the
+     * OpenAPI document's info.title and info.version (keys
+     * http.openapi.title / .version, which the file can still override).
+     * name defaults to argv[0]'s file name. */
+    const char *name;
+    const char *version;
+    const char *description; /* --help's first line, OpenAPI info.description */
+    /* A YAML file loaded when neither --config nor LOOM_CONFIG names one,
+     * and only when it exists (e.g. "/etc/greenhouse.yaml"). */
+    const char *config_file;
+    /* Program defaults as "KEY=VALUE" texts (the --set syntax), NULL-
+     * terminated, under everything else (file, environment, flags):
+     *   (const char *const[]){"state.url=file:/var/lib/gh.json", NULL} */
+    const char *const *defaults;
+    /* The user pointer each service's handlers receive, in the order of
+     * the services array (NULL: NULL for all). */
+    void *const *users;
+} loom_main_options;
+
+/* loom_main with program options (opts may be NULL: same as loom_main). */
+LOOM_API int loom_main_with(int argc, char **argv, const loom_service_def *const *services,
+                            const loom_main_options *opts);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs loom into a scratch prefix and builds a small program out of the
 # tree with `pkg-config --cflags --libs loom`, shared and static, then runs
-# both. Fails on any step.
+# both; then builds and runs `make test` of examples/template (a copy) against
+# the installed copy. Fails on any step.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
@@ -51,6 +52,13 @@ readelf -d "$tmp/prefix/lib/libloom.so" | grep -q 'SONAME.*libloom.so.[0-9]'
 cc -Wall -Wextra -Werror -o "$tmp/app-static" "$tmp/app.c" $(pkg-config --cflags loom) \
     "$tmp/prefix/lib/libloom.a" $(pkg-config --libs --static loom | sed 's/-lloom//')
 "$tmp/app-static"
+# The project template, copied out of the tree, built and tested against the
+# installed copy: its Makefile uses pkg-config and an rpath (no
+# LD_LIBRARY_PATH), its test uses the installed test kit (loom/test.h).
+cp -r "$top/examples/template" "$tmp/template"
+rm -f "$tmp/template/greenhouse" "$tmp/template/test_greenhouse"
+(cd "$tmp/template" && env -u LD_LIBRARY_PATH make -s test)
+test -f "$tmp/prefix/include/loom/test.h"
 make -s -C "$top" uninstall PREFIX="$tmp/prefix" >/dev/null
 test ! -e "$tmp/prefix/include/loom.h"
-echo "pkgconfig-test: shared and static builds against the installed copy work"
+echo "pkgconfig-test: shared and static builds and the project template against the installed copy work"

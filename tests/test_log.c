@@ -438,6 +438,81 @@ static void test_json_lines(void **state)
     }
 }
 
+/* The bridge's access records: text and JSON, escaped, one line each;
+ * nothing below info. */
+static void test_access_lines(void **state)
+{
+    (void)state;
+    loom__log_access a = {.method = "GET",
+                          .route = "/api/v1/readings/{id}",
+                          .status = 200,
+                          .duration_us = 1234,
+                          .principal = "al\"ice"};
+    loom__logger lg = text_logger(LOOM_LOG_INFO);
+    capture c;
+    capture_start(&c);
+    loom__log_access_line(&lg, TRACE_ID, &a);
+    a.principal = NULL;
+    a.status = 404;
+    a.route = "/x\ny";
+    loom__log_access_line(&lg, NULL, &a);
+    lg.level = LOOM_LOG_WARN;
+    loom__log_access_line(&lg, TRACE_ID, &a); /* below the level: nothing */
+    loom__log_flush();
+    size_t len;
+    char *out = capture_stop(&c, &len);
+    char *lines[4];
+    assert_int_equal(split_lines(out, len, lines, 4), 2);
+    assert_string_equal(check_timestamp(lines[0]),
+                        " INFO  [http trace=" TRACE_ID "] GET /api/v1/readings/{id} 200 1.234 ms "
+                        "principal=al\"ice");
+    assert_string_equal(check_timestamp(lines[1]), " INFO  [http] GET /x\\ny 404 1.234 ms");
+    free(out);
+
+    loom__logger jl = {.level = LOOM_LOG_INFO, .format = LOOM_LOG_JSON, .instance = "i-1"};
+    a = (loom__log_access){.method = "POST",
+                           .route = "/api/v1/r\"s",
+                           .status = 201,
+                           .duration_us = 5,
+                           .principal = "bob"};
+    capture_start(&c);
+    loom__log_access_line(&jl, TRACE_ID, &a);
+    /* Batched, but written before any other line. */
+    loom__log(&jl, LOOM_LOG_INFO, NULL, NULL, NULL, "after");
+    out = capture_stop(&c, &len);
+    char *second = memchr(out, '\n', len);
+    assert_non_null(second);
+    assert_non_null(strstr(second, "\"msg\":\"after\""));
+    *second = '\0';
+    len = (size_t)(second - out) + 1;
+    out[len - 1] = '\n';
+    assert_true(len > 0 && out[len - 1] == '\n');
+    assert_null(memchr(out, '\n', len - 1));
+    cJSON *j = cJSON_ParseWithOpts(out, NULL, false);
+    if (!j)
+        fail_msg("not JSON: %s", out);
+    free(out);
+    assert_string_equal(jstr(j, "service"), "http");
+    assert_string_equal(jstr(j, "traceId"), TRACE_ID);
+    assert_string_equal(jstr(j, "msg"), "POST /api/v1/r\"s 201 0.005 ms principal=bob");
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(j, "http");
+    assert_string_equal(jstr(h, "method"), "POST");
+    assert_string_equal(jstr(h, "route"), "/api/v1/r\"s");
+    assert_string_equal(jstr(h, "principal"), "bob");
+    assert_int_equal(cJSON_GetObjectItemCaseSensitive(h, "status")->valueint, 201);
+    assert_true(cJSON_GetObjectItemCaseSensitive(h, "durationMs")->valuedouble == 0.005);
+    cJSON_Delete(j);
+
+    /* A custom sink gets the record with the message. */
+    static sink k = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    loom__logger sl = {.level = LOOM_LOG_INFO, .fn = sink_fn, .user = &k};
+    loom__log_access_line(&sl, TRACE_ID, &a);
+    assert_int_equal(k.n, 1);
+    assert_string_equal(k.recs[0].service, "http");
+    assert_string_equal(k.recs[0].message, "POST /api/v1/r\"s 201 0.005 ms principal=bob");
+    sink_clear(&k);
+}
+
 static void test_truncation(void **state)
 {
     (void)state;
@@ -578,7 +653,7 @@ int main(void)
         cmocka_unit_test(test_level_parse),      cmocka_unit_test(test_sink_record),
         cmocka_unit_test(test_level_filter),     cmocka_unit_test(test_text_lines),
         cmocka_unit_test(test_json_lines),       cmocka_unit_test(test_truncation),
-        cmocka_unit_test(test_concurrent_lines),
+        cmocka_unit_test(test_concurrent_lines), cmocka_unit_test(test_access_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,11 +2,13 @@
  * deadlines, async completion, stop/drain, and many threads at once. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "loom/test.h"
 #include "support/support.h"
 
 static void sleep_ms(int ms)
@@ -263,7 +265,10 @@ static void test_handler_errors(void **state)
     loom_runtime_destroy(rt);
 }
 
-static void test_unknown_is_503_at_once(void **state)
+/* An unknown command of a service that runs here: 404 with the service's
+ * commands. An unknown service (or version): 503 no receiver. Both at
+ * once, not after a timeout. */
+static void test_unknown_command_404_service_503(void **state)
 {
     (void)state;
     loom_runtime *rt = start_rt("memory:unknown", &svc_test);
@@ -271,13 +276,23 @@ static void test_unknown_is_503_at_once(void **state)
     clock_gettime(CLOCK_MONOTONIC, &a);
     loom_msg *r = call(rt, "nosuch", NULL);
     clock_gettime(CLOCK_MONOTONIC, &b);
-    assert_int_equal(loom_msg_status(r), 503);
-    assert_non_null(strstr(loom_msg_error(r), "no receiver"));
+    assert_int_equal(loom_msg_status(r), 404);
+    assert_true(loom_msg_is_handled_error(r));
+    assert_non_null(strstr(loom_msg_error(r), "has no command 'nosuch'"));
+    assert_non_null(strstr(loom_msg_error(r), "echo, empty"));
+    const cJSON *cmds = cJSON_GetObjectItemCaseSensitive(loom_msg_error_data(r), "commands");
+    assert_int_equal(cJSON_GetArraySize(cmds), 12);
+    assert_string_equal(cJSON_GetArrayItem(cmds, 0)->valuestring, "echo");
     /* not after a timeout: well under the 30 s default */
     assert_true(b.tv_sec - a.tv_sec < 2);
     loom_msg_release(r);
 
     loom_call c = {.service = "other", .command = "x"};
+    assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
+    assert_int_equal(loom_msg_status(r), 503);
+    assert_non_null(strstr(loom_msg_error(r), "no receiver"));
+    loom_msg_release(r);
+    c = (loom_call){.service = "test", .version = "2", .command = "echo"};
     assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
     assert_int_equal(loom_msg_status(r), 503);
     loom_msg_release(r);
@@ -586,6 +601,177 @@ static void test_subscription_retry_and_filter(void **state)
     loom_runtime_destroy(rt);
 }
 
+/* loom_runtime_wait_events returns once every event is handled: retries
+ * (with their backoff) and events emitted by handlers included, with no
+ * sleep in the test. */
+static void test_wait_events(void **state)
+{
+    (void)state;
+    loom_runtime *rt = start_rt("memory:wait", &svc_events);
+    atomic_store(&retries, 0);
+    assert_int_equal(loom_runtime_emit(rt, "flaky", NULL), LOOM_OK);
+    assert_int_equal(loom_runtime_wait_events(rt, 10000), LOOM_OK);
+    assert_int_equal(atomic_load(&retries), 3); /* 2 retries (50 + 100 ms), then ack */
+
+    atomic_store(&seen_all_a, 0);
+    atomic_store(&emitted_seen, 0);
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(loom_runtime_emit(rt, "ping", cJSON_CreateNumber(i)), LOOM_OK);
+    assert_int_equal(loom_runtime_wait_events(rt, 10000), LOOM_OK);
+    assert_int_equal(atomic_load(&seen_all_a), 100);
+    assert_int_equal(atomic_load(&emitted_seen), 100); /* pong, emitted by a handler */
+    /* Nothing in hand: at once. */
+    assert_int_equal(loom_runtime_wait_events(rt, 0), LOOM_OK);
+    assert_int_equal(loom_runtime_wait_events(NULL, 0), LOOM_EINVAL);
+    loom_runtime_destroy(rt);
+}
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static bool gate_open;
+
+static loom_ack on_gated(loom_ctx *ctx, void *user)
+{
+    (void)ctx;
+    (void)user;
+    pthread_mutex_lock(&gate_mu);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cv, &gate_mu);
+    pthread_mutex_unlock(&gate_mu);
+    return LOOM_ACK;
+}
+
+LOOM_SUBSCRIPTION(sub_gated, .name = "gated", .handler = on_gated,
+                  .filter = {.event_name = "gated"});
+LOOM_SERVICE(svc_gated, .name = "gated", .version = "1",
+             .subscriptions = LOOM_SUBSCRIPTIONS(&sub_gated));
+
+/* A handler that has not finished keeps wait_events waiting. */
+static void test_wait_events_times_out(void **state)
+{
+    (void)state;
+    loom_runtime *rt = start_rt("memory:gated", &svc_gated);
+    gate_open = false;
+    assert_int_equal(loom_runtime_emit(rt, "gated", NULL), LOOM_OK);
+    assert_int_equal(loom_runtime_wait_events(rt, 100), LOOM_ETIMEDOUT);
+    pthread_mutex_lock(&gate_mu);
+    gate_open = true;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+    assert_int_equal(loom_runtime_wait_events(rt, 10000), LOOM_OK);
+    loom_runtime_destroy(rt);
+}
+
+/* The _take calls free what they could not send: under ASan a leak here
+ * fails the run. */
+static atomic_int take_results;
+static void take_fn(loom_ctx *ctx, void *user)
+{
+    (void)user;
+    int ok = 0;
+    ok += loom_ctx_emit_take(ctx, NULL, cJSON_CreateString("refused")) == LOOM_EINVAL;
+    ok += loom_ctx_emit_take(ctx, "taken", cJSON_CreateString("sent")) == LOOM_OK;
+    ok += loom_ctx_reply_take(ctx, cJSON_CreateString("first")) == LOOM_OK;
+    ok += loom_ctx_reply_take(ctx, cJSON_CreateString("second")) == LOOM_ESTATE;
+    ok += loom_ctx_fail_take(ctx, 409, "late", cJSON_CreateString("data")) == LOOM_ESTATE;
+    ok += loom_ctx_reply_take(NULL, cJSON_CreateString("no context")) == LOOM_EINVAL;
+    atomic_store(&take_results, ok);
+}
+LOOM_COMMAND(cmd_take, .name = "take", .handler = take_fn);
+LOOM_SERVICE(svc_take, .name = "take", .version = "1", .commands = LOOM_COMMANDS(&cmd_take));
+
+static void test_take_calls_free_what_they_cannot_send(void **state)
+{
+    (void)state;
+    loom_runtime *rt = start_rt("memory:take", &svc_take);
+    loom_call c = {.service = "take", .command = "take"};
+    loom_msg *r = NULL;
+    assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
+    assert_int_equal(loom_msg_status(r), 200);
+    assert_string_equal(cJSON_GetStringValue(loom_msg_payload(r)), "first");
+    loom_msg_release(r);
+    assert_int_equal(atomic_load(&take_results), 6);
+    loom_runtime_destroy(rt);
+}
+
+/* loom_main_with: the user pointer per service, program defaults and the
+ * default config file reach the handler of a one-shot --call run in this
+ * process; a missing default file is skipped. */
+static void *seen_user;
+static char seen_greeting[64];
+static void who_fn(loom_ctx *ctx, void *user)
+{
+    seen_user = user;
+    const char *g = cJSON_GetStringValue(cJSON_GetObjectItem(loom_ctx_config(ctx), "greeting"));
+    snprintf(seen_greeting, sizeof seen_greeting, "%s", g ? g : "(none)");
+    loom_ctx_reply_take(ctx, NULL);
+}
+LOOM_COMMAND(cmd_who, .name = "who", .handler = who_fn);
+LOOM_SERVICE(svc_who, .name = "who", .version = "1", .commands = LOOM_COMMANDS(&cmd_who));
+LOOM_SERVICE(svc_other, .name = "other", .version = "1", .commands = LOOM_COMMANDS(&cmd_who));
+
+static void test_main_with_options(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/loom-main-with-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char yaml[] = "config:\n  who:\n    greeting: from-the-file\n";
+    assert_int_equal(write(fd, yaml, sizeof yaml - 1), (ssize_t)(sizeof yaml - 1));
+    close(fd);
+    static int marker_a, marker_b;
+    char *argv[] = {"prog", "--call", "who.who", NULL};
+    loom_main_options opts = {
+        .name = "prog",
+        .version = "9.9",
+        .config_file = path,
+        .defaults = (const char *const[]){"log.level=error", "config.who.greeting=default", NULL},
+        .users = (void *const[]){&marker_a, &marker_b},
+    };
+    seen_user = NULL;
+    assert_int_equal(loom_main_with(3, argv, LOOM_SERVICES(&svc_who, &svc_other), &opts), 0);
+    assert_ptr_equal(seen_user, &marker_a);
+    assert_string_equal(seen_greeting, "from-the-file"); /* the file over the defaults */
+    /* The second service gets the second pointer. */
+    char *argv2[] = {"prog", "--call", "other.who", NULL};
+    assert_int_equal(loom_main_with(3, argv2, LOOM_SERVICES(&svc_who, &svc_other), &opts), 0);
+    assert_ptr_equal(seen_user, &marker_b);
+    unlink(path);
+    /* Without the file: the program default. */
+    assert_int_equal(loom_main_with(3, argv, LOOM_SERVICES(&svc_who, &svc_other), &opts), 0);
+    assert_string_equal(seen_greeting, "default");
+    /* A bad default is a usage error (2), not a crash. */
+    opts.defaults = (const char *const[]){"no-equals-sign", NULL};
+    assert_int_equal(loom_main_with(3, argv, LOOM_SERVICES(&svc_who, &svc_other), &opts), 2);
+}
+
+/* The test kit passes the user pointers and config_yaml on; a bad YAML is
+ * refused. */
+static void test_kit_options(void **state)
+{
+    (void)state;
+    static int marker;
+    loom_test_options o = {.users = (void *const[]){&marker},
+                           .config_yaml = "config:\n  who:\n    greeting: kit\n"};
+    loom_test *t = NULL;
+    assert_int_equal(loom_test_create(&t, LOOM_SERVICES(&svc_who), &o), LOOM_OK);
+    int status = 0;
+    assert_int_equal(loom_test_call(t, "who.who", NULL, NULL, &status, NULL), LOOM_OK);
+    assert_int_equal(status, 204);
+    assert_ptr_equal(seen_user, &marker);
+    assert_string_equal(seen_greeting, "kit");
+    /* The fake context gets the user and the config section too. */
+    seen_user = NULL;
+    assert_int_equal(loom_test_run_command(t, &svc_who, &cmd_who, &o, NULL, NULL, &status, NULL),
+                     LOOM_OK);
+    assert_int_equal(status, 204);
+    assert_ptr_equal(seen_user, &o);
+    loom_test_destroy(t);
+    o.config_yaml = "config: [";
+    assert_int_not_equal(loom_test_create(&t, LOOM_SERVICES(&svc_who), &o), LOOM_OK);
+    assert_null(t);
+}
+
 static void test_remote_call_across_runtimes(void **state)
 {
     (void)state;
@@ -869,7 +1055,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sync_call_success),
         cmocka_unit_test(test_handler_errors),
-        cmocka_unit_test(test_unknown_is_503_at_once),
+        cmocka_unit_test(test_unknown_command_404_service_503),
         cmocka_unit_test(test_validation_400),
         cmocka_unit_test(test_timeout_and_deadline),
         cmocka_unit_test(test_async_and_deferred),
@@ -877,6 +1063,11 @@ int main(void)
         cmocka_unit_test(test_store_and_service_config),
         cmocka_unit_test(test_subscriptions_groups_and_all),
         cmocka_unit_test(test_subscription_retry_and_filter),
+        cmocka_unit_test(test_wait_events),
+        cmocka_unit_test(test_wait_events_times_out),
+        cmocka_unit_test(test_take_calls_free_what_they_cannot_send),
+        cmocka_unit_test(test_main_with_options),
+        cmocka_unit_test(test_kit_options),
         cmocka_unit_test(test_remote_call_across_runtimes),
         cmocka_unit_test(test_stop_drains_in_flight),
         cmocka_unit_test(test_stop_answers_what_is_left),

@@ -15,6 +15,7 @@
 
 #include <curl/curl.h>
 
+#include "support/mosquitto.h"
 #include "support/proc.h"
 #include "support/support.h"
 
@@ -203,13 +204,21 @@ static void test_call_payload_not_json(void **state)
     t_run_free(&r);
 }
 
-static void test_call_unknown_command_is_503(void **state)
+/* A service that runs here but has no such command: 404 with its list of
+ * commands. An unknown service: 503, nobody could answer. */
+static void test_call_unknown_command_is_404(void **state)
 {
     (void)state;
     t_run r;
     RUN_SHOP(&r, "--call", "users.nosuch", "{}");
     expect_status(&r, 1);
-    cJSON *e = expect_error_json(&r, 503);
+    cJSON *e = expect_error_json(&r, 404);
+    assert_non_null(strstr(str_at(e, "message"), "nosuch"));
+    const cJSON *cmds =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(e, "data"), "commands");
+    char *text = cJSON_PrintUnformatted(cmds);
+    assert_string_equal(text, "[\"create\",\"get\"]");
+    free(text);
     cJSON_Delete(e);
     t_run_free(&r);
 
@@ -428,6 +437,79 @@ static void test_emit(void **state)
     t_run_free(&r);
 }
 
+/* --- one-shot runs with a network broker ---------------------------------------- */
+
+/* Nothing listens on the broker's port: --timeout bounds the whole run
+ * (the readiness wait alone used to take 10 s whatever --timeout said). */
+static void test_oneshot_timeout_bounds_broker_wait(void **state)
+{
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "mqtt://127.0.0.1:%d", t_free_port());
+    const char *const *modes[] = {
+        (const char *const[]){"--call", "notifications.list", NULL},
+        (const char *const[]){"--emit", "orderCreated", "{}", NULL},
+    };
+    for (size_t m = 0; m < 2; m++) {
+        const char *args[12] = {"--broker", url, "--timeout", "500"};
+        size_t n = 4;
+        for (size_t i = 0; modes[m][i]; i++)
+            args[n++] = modes[m][i];
+        t_run r;
+        int64_t t0 = t_mono_ms();
+        t_run_prog(&r, shop_path, args, child_env, RUN_TIMEOUT_MS);
+        int64_t took = t_mono_ms() - t0;
+        expect_status(&r, 1);
+        assert_non_null(strstr(t_run_err(&r), "cannot reach the broker"));
+        /* 500 ms asked; the old code waited 10 s. Far from both (a wrapped
+         * child, e.g. under valgrind, starts too slowly to tell). */
+        if (took > 5000 && !t_wrapped())
+            fail_msg("%s with --timeout 500 took %lld ms", modes[m][0], (long long)took);
+        t_run_free(&r);
+    }
+}
+
+/* With mosquitto and no running shop, a one-shot --call must not answer
+ * from its own copy of the service (with its own empty state): 503, no
+ * receiver. --services on the command line brings the local copy back. */
+static void test_oneshot_network_runs_no_local_services(void **state)
+{
+    (void)state;
+    t_broker b;
+    t_broker_start(&b);
+    const char *url = t_broker_url(&b);
+    t_run r;
+    t_run_prog(&r, shop_path,
+               (const char *const[]){"--broker", url, "--timeout", "15000", "--call",
+                                     "notifications.list", NULL},
+               child_env, RUN_TIMEOUT_MS);
+    expect_status(&r, 1);
+    cJSON *e = expect_error_json(&r, 503);
+    assert_non_null(strstr(str_at(e, "message"), "no receiver"));
+    cJSON_Delete(e);
+    t_run_free(&r);
+
+    t_run_prog(&r, shop_path,
+               (const char *const[]){"--broker", url, "--services", "notifications", "--timeout",
+                                     "15000", "--call", "notifications.list", NULL},
+               child_env, RUN_TIMEOUT_MS);
+    expect_status(&r, 0);
+    t_run_free(&r);
+
+    /* LOOM_SERVICES in the environment is a deployment's, not a request. */
+    char **env = t_env_new(
+        (const char *const[]){tmpdir_var, "LOOM_STATE=memory:", "LOOM_SERVICES=all", NULL});
+    t_run_prog(&r, shop_path,
+               (const char *const[]){"--broker", url, "--timeout", "15000", "--call",
+                                     "notifications.list", NULL},
+               env, RUN_TIMEOUT_MS);
+    expect_status(&r, 1);
+    cJSON_Delete(expect_error_json(&r, 503));
+    t_run_free(&r);
+    t_env_free(env);
+    t_broker_stop(&b);
+}
+
 /* --- flags ---------------------------------------------------------------------- */
 
 static void test_version_and_help(void **state)
@@ -436,7 +518,8 @@ static void test_version_and_help(void **state)
     t_run r;
     RUN_SHOP(&r, "--version");
     expect_status(&r, 0);
-    assert_non_null(strstr(t_run_out(&r), LOOM_VERSION_STRING));
+    /* The program's version first (loom_main_with), then loom's. */
+    assert_non_null(strstr(t_run_out(&r), "shop 1.0.0 (loom " LOOM_VERSION_STRING ")"));
     t_run_free(&r);
 
     RUN_SHOP(&r, "--help");
@@ -781,6 +864,10 @@ static void test_http_order_flow(void **state)
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!has_path_ending(paths, want[i]))
             fail_msg("openapi.json lacks a path ending in %s", want[i]);
+    /* The program's name and version (loom_main_with), not loom's. */
+    const cJSON *info = cJSON_GetObjectItemCaseSensitive(api, "info");
+    assert_string_equal(str_at(info, "title"), "shop");
+    assert_string_equal(str_at(info, "version"), "1.0.0");
     cJSON_Delete(api);
 
     http(&res, s.port, "GET", "/healthz", NULL);
@@ -793,6 +880,18 @@ static void test_http_order_flow(void **state)
     cJSON_Delete(user);
     free(res.body.data);
     server_stop(&s);
+
+    /* The access log (batched: complete once the process has exited): one
+     * line per request, with the route (not the id), status and trace id. */
+    char *log = t_proc_log(&s.proc);
+    assert_non_null(log);
+    if (!strstr(log, "[http trace=") || !strstr(log, "] POST /api/v1/users 200 ") ||
+        !strstr(log, "] POST /api/v1/users 409 ") ||
+        !strstr(log, "] GET /api/v1/orders/{id} 404 ") || !strstr(log, "] GET /healthz 200 ") ||
+        !strstr(log, "] GET /metrics 200 "))
+        fail_msg("access log lines missing:\n%s", log);
+    assert_null(strstr(log, "o-999")); /* ids in paths stay out */
+    free(log);
 }
 
 int main(void)
@@ -802,7 +901,7 @@ int main(void)
         cmocka_unit_test(test_call_missing_field_is_400),
         cmocka_unit_test(test_call_wrong_type_is_400),
         cmocka_unit_test(test_call_payload_not_json),
-        cmocka_unit_test(test_call_unknown_command_is_503),
+        cmocka_unit_test(test_call_unknown_command_is_404),
         cmocka_unit_test(test_call_get_unknown_user_is_404),
         cmocka_unit_test(test_call_charge_rejects_non_positive_amounts),
         cmocka_unit_test(test_call_order_for_unknown_user_is_422),
@@ -811,6 +910,8 @@ int main(void)
         cmocka_unit_test(test_default_state_is_shared_file),
         cmocka_unit_test(test_services_selection),
         cmocka_unit_test(test_emit),
+        cmocka_unit_test(test_oneshot_timeout_bounds_broker_wait),
+        cmocka_unit_test(test_oneshot_network_runs_no_local_services),
         cmocka_unit_test(test_version_and_help),
         cmocka_unit_test(test_unknown_flag_exits_2),
         cmocka_unit_test(test_broken_config_rejected_with_line),

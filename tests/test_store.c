@@ -355,6 +355,8 @@ static void test_custom_adapter(void **state)
     cJSON *one = t_json("1");
     assert_int_equal(loom_store_cas(s, "c", NULL, one, 0), LOOM_EUNSUPPORTED);
     cJSON_Delete(one);
+    cJSON *keys = NULL;
+    assert_int_equal(loom_store_list(s, "", NULL, 10, &keys, NULL), LOOM_EUNSUPPORTED);
 
     int before = fake_closes;
     loom__store_close(s);
@@ -461,6 +463,10 @@ static void test_abi_v1(void **state)
     loom_store *s = t_store_open("oldstore:", NULL);
     cJSON *v = t_json("1"), *out = NULL;
     assert_int_equal(loom_store_cas(s, "k", NULL, v, 0), LOOM_EUNSUPPORTED);
+    /* Nor its list (a version 2 field). */
+    cJSON *keys = (cJSON *)1;
+    assert_int_equal(loom_store_list(s, "", NULL, 10, &keys, NULL), LOOM_EUNSUPPORTED);
+    assert_null(keys);
     assert_int_equal(loom_store_get(s, "ok", &out), LOOM_OK);
     cJSON_Delete(out);
     cJSON_Delete(v);

@@ -162,7 +162,7 @@ static void list(loom_ctx *ctx, void *user)
     cJSON *arr = cJSON_AddArrayToObject(result, "notifications");
     if (!arr) {
         cJSON_Delete(result);
-        shop_fail(ctx, 500, "out of memory", NULL);
+        loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return;
     }
     int found = 0;
@@ -190,7 +190,7 @@ static void list(loom_ctx *ctx, void *user)
         found++;
     }
     loom_ctx_log(ctx, LOOM_LOG_DEBUG, "listed %d notifications", found);
-    shop_reply(ctx, result);
+    loom_ctx_reply_take(ctx, result);
 }
 
 LOOM_SUBSCRIPTION(on_order_created_sub, .name = "onOrderCreated",
@@ -203,10 +203,6 @@ LOOM_COMMAND(list_cmd, .name = "list", .description = "Lists notifications, newe
              .output_schema = list_schema, .http_method = "GET", .http_path = "/notifications",
              .http_public = true);
 
-const loom_service_def shop_notifications = {
-    .name = "notifications",
-    .version = "1",
-    .description = "Order notifications",
-    .commands = LOOM_COMMANDS(&list_cmd),
-    .subscriptions = LOOM_SUBSCRIPTIONS(&on_order_created_sub),
-};
+LOOM_SERVICE_EXTERN(shop_notifications, .name = "notifications", .version = "1",
+                    .description = "Order notifications", .commands = LOOM_COMMANDS(&list_cmd),
+                    .subscriptions = LOOM_SUBSCRIPTIONS(&on_order_created_sub));

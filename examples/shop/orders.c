@@ -54,7 +54,7 @@ static bool downstream_ok(loom_ctx *ctx, const char *what, loom_err err, const l
 {
     if (err != LOOM_OK) {
         loom_ctx_log(ctx, LOOM_LOG_WARN, "%s: %s", what, loom_strerror(err));
-        shop_fail(ctx, err == LOOM_ETIMEDOUT ? 504 : 503, what, NULL);
+        loom_ctx_fail_take(ctx, err == LOOM_ETIMEDOUT ? 504 : 503, what, NULL);
         return false;
     }
     int status = loom_msg_status(resp);
@@ -62,7 +62,7 @@ static bool downstream_ok(loom_ctx *ctx, const char *what, loom_err err, const l
         return true;
     const char *message = loom_msg_error(resp);
     loom_ctx_log(ctx, LOOM_LOG_WARN, "%s: %d %s", what, status, message ? message : "");
-    shop_fail(ctx, status == 504 ? 504 : 503, what, NULL);
+    loom_ctx_fail_take(ctx, status == 504 ? 504 : 503, what, NULL);
     return false;
 }
 
@@ -71,7 +71,7 @@ static bool check_user(loom_ctx *ctx, const char *user_id)
 {
     cJSON *param = shop_detail("id", user_id);
     if (!param) {
-        shop_fail(ctx, 500, "out of memory", NULL);
+        loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return false;
     }
     loom_call call = {.service = "users", .version = "1", .command = "get", .parameter = param};
@@ -84,7 +84,7 @@ static bool check_user(loom_ctx *ctx, const char *user_id)
     if (status >= 400 && status < 500) {
         /* 404, or 400 for an id users.get finds malformed: no such user. */
         loom_ctx_log(ctx, LOOM_LOG_INFO, "unknown user %s", user_id);
-        shop_fail(ctx, 422, "unknown user", shop_detail("userId", user_id));
+        loom_ctx_fail_take(ctx, 422, "unknown user", shop_detail("userId", user_id));
     } else {
         ok = downstream_ok(ctx, "cannot check the user", err, resp);
     }
@@ -99,7 +99,7 @@ static cJSON *charge(loom_ctx *ctx, const char *order_id, double amount)
     cJSON *payload = shop_detail("orderId", order_id);
     if (!payload || !cJSON_AddNumberToObject(payload, "amount", amount)) {
         cJSON_Delete(payload);
-        shop_fail(ctx, 500, "out of memory", NULL);
+        loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return NULL;
     }
     loom_call call = {
@@ -114,12 +114,12 @@ static cJSON *charge(loom_ctx *ctx, const char *order_id, double amount)
         const char *reason = loom_msg_error(resp);
         loom_ctx_log(ctx, LOOM_LOG_INFO, "payment for %s declined: %s", order_id,
                      reason ? reason : "");
-        shop_fail(ctx, 402, "payment declined", shop_detail("reason", reason));
+        loom_ctx_fail_take(ctx, 402, "payment declined", shop_detail("reason", reason));
     } else if (downstream_ok(ctx, "cannot charge the payment", err, resp)) {
         payment = loom_msg_result_json(resp);
         if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(payment, "paymentId"))) {
             loom_ctx_log(ctx, LOOM_LOG_ERROR, "payments.charge answered without a paymentId");
-            shop_fail(ctx, 500, "bad payment response", NULL);
+            loom_ctx_fail_take(ctx, 500, "bad payment response", NULL);
             cJSON_Delete(payment);
             payment = NULL;
         }
@@ -163,7 +163,7 @@ static void create_order(loom_ctx *ctx, void *user)
     const cJSON *amount = cJSON_GetObjectItemCaseSensitive(p, "amount");
     if (!cJSON_IsString(user_id) || !cJSON_IsArray(items) || !cJSON_IsNumber(amount) ||
         !(amount->valuedouble > 0)) {
-        shop_fail(ctx, 400, "userId, items and a positive amount are required", NULL);
+        loom_ctx_fail_take(ctx, 400, "userId, items and a positive amount are required", NULL);
         return;
     }
     if (!check_user(ctx, user_id->valuestring))
@@ -182,7 +182,7 @@ static void create_order(loom_ctx *ctx, void *user)
     cJSON *order = new_order(id, p, payment);
     cJSON_Delete(payment);
     if (!order) {
-        shop_fail(ctx, 500, "out of memory", NULL);
+        loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return;
     }
     snprintf(key, sizeof key, "orders:%s", id);
@@ -194,7 +194,7 @@ static void create_order(loom_ctx *ctx, void *user)
     }
     loom_ctx_log(ctx, LOOM_LOG_INFO, "order %s placed for user %s: %.2f", id, user_id->valuestring,
                  amount->valuedouble);
-    shop_reply(ctx, order); /* also delivered as the event orderCreated */
+    loom_ctx_reply_take(ctx, order); /* also delivered as the event orderCreated */
 }
 
 /* GET /orders/:id -> the order, or 404. */
@@ -205,20 +205,20 @@ static void get_order(loom_ctx *ctx, void *user)
         cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(loom_ctx_parameter(ctx), "id"));
     char key[128];
     if (!id || snprintf(key, sizeof key, "orders:%s", id) >= (int)sizeof key) {
-        shop_fail(ctx, 404, "order not found", shop_detail("id", id));
+        loom_ctx_fail_take(ctx, 404, "order not found", shop_detail("id", id));
         return;
     }
     cJSON *order = NULL;
     loom_err err = loom_store_get(loom_ctx_store(ctx), key, &order);
     if (err == LOOM_ENOTFOUND) {
-        shop_fail(ctx, 404, "order not found", shop_detail("id", id));
+        loom_ctx_fail_take(ctx, 404, "order not found", shop_detail("id", id));
         return;
     }
     if (err != LOOM_OK) {
         shop_fail_store(ctx, "read the order", err);
         return;
     }
-    shop_reply(ctx, order);
+    loom_ctx_reply_take(ctx, order);
 }
 
 LOOM_COMMAND(create_cmd, .name = "create",
@@ -231,9 +231,5 @@ LOOM_COMMAND(get_cmd, .name = "get", .description = "Returns an order by id", .h
              .parameter_schema = id_parameter_schema, .output_schema = order_schema,
              .http_method = "GET", .http_path = "/orders/:id", .http_public = true);
 
-const loom_service_def shop_orders = {
-    .name = "orders",
-    .version = "1",
-    .description = "Shop orders",
-    .commands = LOOM_COMMANDS(&create_cmd, &get_cmd),
-};
+LOOM_SERVICE_EXTERN(shop_orders, .name = "orders", .version = "1", .description = "Shop orders",
+                    .commands = LOOM_COMMANDS(&create_cmd, &get_cmd));

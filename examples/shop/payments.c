@@ -81,12 +81,12 @@ static void answer_repeat(loom_ctx *ctx, const char *key, const char *order_id, 
     const cJSON *was = cJSON_GetObjectItemCaseSensitive(earlier, "amount");
     if (!cJSON_IsNumber(was) || was->valuedouble != amount) {
         cJSON_Delete(earlier);
-        shop_fail(ctx, 409, "order already charged with another amount",
-                  shop_detail("orderId", order_id));
+        loom_ctx_fail_take(ctx, 409, "order already charged with another amount",
+                           shop_detail("orderId", order_id));
         return;
     }
     loom_ctx_log(ctx, LOOM_LOG_INFO, "order %s already charged: same payment again", order_id);
-    shop_reply(ctx, earlier);
+    loom_ctx_reply_take(ctx, earlier);
 }
 
 /* POST /payments {"orderId", "amount"} -> {paymentId, orderId, amount,
@@ -99,13 +99,14 @@ static void charge(loom_ctx *ctx, void *user)
     const cJSON *amount = cJSON_GetObjectItemCaseSensitive(p, "amount");
     /* The schema already refuses these; a payment service checks twice. */
     if (!order_id || !cJSON_IsNumber(amount) || !(amount->valuedouble > 0)) {
-        shop_fail(ctx, 400, "the amount must be positive", shop_detail("orderId", order_id));
+        loom_ctx_fail_take(ctx, 400, "the amount must be positive",
+                           shop_detail("orderId", order_id));
         return;
     }
     loom_store *store = loom_ctx_store(ctx);
     char id[32], key[128];
     if (snprintf(key, sizeof key, "payments:order:%s", order_id) >= (int)sizeof key) {
-        shop_fail(ctx, 400, "orderId is too long", NULL);
+        loom_ctx_fail_take(ctx, 400, "orderId is too long", NULL);
         return;
     }
     loom_err err = shop_next_id(store, "payments:seq", "p", id, sizeof id);
@@ -115,7 +116,7 @@ static void charge(loom_ctx *ctx, void *user)
     }
     cJSON *payment = new_payment(id, order_id, amount->valuedouble, currency_of(ctx));
     if (!payment) {
-        shop_fail(ctx, 500, "out of memory", NULL);
+        loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return;
     }
     err = loom_store_add(store, key, payment, 0);
@@ -131,7 +132,7 @@ static void charge(loom_ctx *ctx, void *user)
     }
     loom_ctx_log(ctx, LOOM_LOG_INFO, "captured %s for order %s: %.2f %s", id, order_id,
                  amount->valuedouble, currency_of(ctx));
-    shop_reply(ctx, payment);
+    loom_ctx_reply_take(ctx, payment);
 }
 
 /* Not public: over HTTP it needs a token once auth is configured (orders
@@ -140,9 +141,5 @@ LOOM_COMMAND(charge_cmd, .name = "charge", .description = "Charges an amount for
              .handler = charge, .payload_schema = charge_schema, .output_schema = payment_schema,
              .http_method = "POST", .http_path = "/payments");
 
-const loom_service_def shop_payments = {
-    .name = "payments",
-    .version = "1",
-    .description = "Shop payments",
-    .commands = LOOM_COMMANDS(&charge_cmd),
-};
+LOOM_SERVICE_EXTERN(shop_payments, .name = "payments", .version = "1",
+                    .description = "Shop payments", .commands = LOOM_COMMANDS(&charge_cmd));

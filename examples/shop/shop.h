@@ -13,8 +13,9 @@
  * default, a shared store when several instances run), never in globals, so
  * the same code runs monolithic or split across processes.
  *
- * The descriptors are plain `const` objects instead of LOOM_SERVICE's
- * `static const` so that main.c can list them; they are still only data.
+ * The descriptors are defined with LOOM_SERVICE_EXTERN (LOOM_SERVICE makes
+ * them static) and declared here with LOOM_SERVICE_DECLARE, so that main.c
+ * and the tests can list them; they are still only data.
  */
 #ifndef SHOP_H
 #define SHOP_H
@@ -24,9 +25,15 @@
 
 #include <loom.h>
 
-extern const loom_service_def shop_users, shop_orders, shop_payments, shop_notifications;
+/* The program's version (--version, the OpenAPI document's info.version). */
+#define SHOP_VERSION "1.0.0"
 
-/* Helpers shared by the services (main.c). */
+LOOM_SERVICE_DECLARE(shop_users);
+LOOM_SERVICE_DECLARE(shop_orders);
+LOOM_SERVICE_DECLARE(shop_payments);
+LOOM_SERVICE_DECLARE(shop_notifications);
+
+/* Helpers shared by the services (helpers.c). */
 
 /* Makes the next readable id "<prefix>-N" from the counter at seq_key in the
  * state store (atomic, so concurrent handlers never share an id). */
@@ -35,13 +42,6 @@ loom_err shop_next_id(loom_store *store, const char *seq_key, const char *prefix
 
 /* The current UTC time as "2026-01-02T03:04:05Z". */
 void shop_timestamp(char out[32]);
-
-/* Answers with result, taken over in every case (freed when the reply
- * cannot be sent; the runtime then answers 500). */
-void shop_reply(loom_ctx *ctx, cJSON *result);
-
-/* Answers with an error; data (may be NULL) is taken over in every case. */
-void shop_fail(loom_ctx *ctx, int status, const char *message, cJSON *data);
 
 /* Answers the error a failed store call deserves (503 when the store is
  * unreachable, 500 otherwise) and logs what was being done. */

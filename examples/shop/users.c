@@ -63,11 +63,11 @@ static void create_user(loom_ctx *ctx, void *user)
     const char *email = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p, "email"));
     /* The payload schema guarantees both; this guards against a schema edit. */
     if (!name || !email) {
-        shop_fail(ctx, 400, "name and email are required", NULL);
+        loom_ctx_fail_take(ctx, 400, "name and email are required", NULL);
         return;
     }
     if (strlen(email) > MAX_EMAIL_BYTES) {
-        shop_fail(ctx, 400, "email is too long", NULL);
+        loom_ctx_fail_take(ctx, 400, "email is too long", NULL);
         return;
     }
     char email_key[16 + MAX_EMAIL_BYTES];
@@ -87,7 +87,7 @@ static void create_user(loom_ctx *ctx, void *user)
     if (!id_json || !u) {
         cJSON_Delete(id_json);
         cJSON_Delete(u);
-        shop_fail(ctx, 500, "out of memory", NULL);
+        loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return;
     }
     err = loom_store_add(store, email_key, id_json, 0);
@@ -95,7 +95,7 @@ static void create_user(loom_ctx *ctx, void *user)
     if (err == LOOM_EEXIST) {
         cJSON_Delete(u);
         loom_ctx_log(ctx, LOOM_LOG_INFO, "email already registered");
-        shop_fail(ctx, 409, "email already registered", shop_detail("email", email));
+        loom_ctx_fail_take(ctx, 409, "email already registered", shop_detail("email", email));
         return;
     }
     snprintf(key, sizeof key, "users:%s", id);
@@ -107,7 +107,7 @@ static void create_user(loom_ctx *ctx, void *user)
         return;
     }
     loom_ctx_log(ctx, LOOM_LOG_INFO, "created user %s", id);
-    shop_reply(ctx, u);
+    loom_ctx_reply_take(ctx, u);
 }
 
 /* GET /users/:id -> the user, or 404. */
@@ -118,20 +118,20 @@ static void get_user(loom_ctx *ctx, void *user)
         cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(loom_ctx_parameter(ctx), "id"));
     char key[128];
     if (!id || snprintf(key, sizeof key, "users:%s", id) >= (int)sizeof key) {
-        shop_fail(ctx, 404, "user not found", shop_detail("id", id));
+        loom_ctx_fail_take(ctx, 404, "user not found", shop_detail("id", id));
         return;
     }
     cJSON *u = NULL;
     loom_err err = loom_store_get(loom_ctx_store(ctx), key, &u);
     if (err == LOOM_ENOTFOUND) {
-        shop_fail(ctx, 404, "user not found", shop_detail("id", id));
+        loom_ctx_fail_take(ctx, 404, "user not found", shop_detail("id", id));
         return;
     }
     if (err != LOOM_OK) {
         shop_fail_store(ctx, "read the user", err);
         return;
     }
-    shop_reply(ctx, u);
+    loom_ctx_reply_take(ctx, u);
 }
 
 LOOM_COMMAND(create_cmd, .name = "create", .description = "Registers a user",
@@ -142,9 +142,5 @@ LOOM_COMMAND(get_cmd, .name = "get", .description = "Returns a user by id", .han
              .parameter_schema = id_parameter_schema, .output_schema = user_schema,
              .http_method = "GET", .http_path = "/users/:id", .http_public = true);
 
-const loom_service_def shop_users = {
-    .name = "users",
-    .version = "1",
-    .description = "Shop users",
-    .commands = LOOM_COMMANDS(&create_cmd, &get_cmd),
-};
+LOOM_SERVICE_EXTERN(shop_users, .name = "users", .version = "1", .description = "Shop users",
+                    .commands = LOOM_COMMANDS(&create_cmd, &get_cmd));

@@ -22,8 +22,9 @@
 extern "C" {
 #endif
 
-/* 2 added cas. Tables of version 1 are still accepted (without cas). */
-#define LOOM_STORE_ABI_VERSION 2
+/* 2 added cas, 3 added list. Tables of versions 1 and 2 are still accepted
+ * (without the operations they lack). */
+#define LOOM_STORE_ABI_VERSION 3
 
 typedef struct loom_store_ops {
     uint32_t abi_version; /* LOOM_STORE_ABI_VERSION */
@@ -52,6 +53,18 @@ typedef struct loom_store_ops {
      * LOOM_EUNSUPPORTED. */
     loom_err (*cas)(void *self, const char *key, const char *expected_json, const char *new_json,
                     uint32_t ttl_ms);
+
+    /* --- abi_version >= 3 --- */
+
+    /* Lists live keys that begin with prefix ("" = every key) and sort
+     * strictly after `after` by strcmp (NULL = from the first), in strcmp
+     * order, at most limit of them (1..1001). On LOOM_OK *keys is a malloc'd
+     * array of *count malloc'd NUL-terminated keys (NULL when *count is 0)
+     * that the core frees. loom__store_page (lib/store/store.h) does the
+     * selection for stores that enumerate in no order. May be NULL:
+     * loom_store_list then returns LOOM_EUNSUPPORTED. */
+    loom_err (*list)(void *self, const char *prefix, const char *after, size_t limit, char ***keys,
+                     size_t *count);
 } loom_store_ops;
 
 /* Registers a store for ops->scheme, process-wide and permanently: ops must

@@ -138,6 +138,10 @@ static const key_def keys[] = {
     LIST("http.cors.origins"),
     LIST("http.cors.headers"),
     INT("http.cors.max_age", 0, 86400),
+    BOOL("http.access_log"),
+    STR("http.openapi.title"),
+    STR("http.openapi.version"),
+    STR("http.openapi.description"),
     MAP("config"), /* config.<service> is handed to that service's handlers */
 };
 

@@ -317,6 +317,59 @@ bool loom__remote_has_command(loom_runtime *rt, const char *service, const char 
     return found;
 }
 
+/* Adds the command names of service/version in one announcement to names
+ * (each once); true when the announcement has that service. */
+static bool doc_service_commands(const cJSON *doc, const char *service, const char *version,
+                                 cJSON *names)
+{
+    bool known = false;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(doc, "services"))
+    {
+        const char *n = jstr(s, "name"), *v = jstr(s, "version");
+        if (!n || !v || strcmp(n, service) != 0 || strcmp(v, version) != 0)
+            continue;
+        known = true;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(s, "commands"))
+        {
+            const char *cn = jstr(c, "name");
+            bool dup = !cn;
+            const cJSON *have;
+            cJSON_ArrayForEach(have, names) dup = dup || strcmp(have->valuestring, cn) == 0;
+            if (!dup)
+                cJSON_AddItemToArray(names, cJSON_CreateString(cn));
+        }
+    }
+    return known;
+}
+
+cJSON *loom__service_commands(loom_runtime *rt, const char *service, const char *version)
+{
+    cJSON *names = cJSON_CreateArray();
+    if (!names)
+        return NULL;
+    bool known = false;
+    for (size_t i = 0; i < rt->n_services; i++) {
+        const loom__service *s = &rt->services[i];
+        if (strcmp(s->def->name, service) != 0 || strcmp(s->def->version, version) != 0)
+            continue;
+        known = true;
+        for (size_t j = 0; j < s->n_cmds; j++)
+            cJSON_AddItemToArray(names, cJSON_CreateString(s->cmds[j].def->name));
+    }
+    pthread_mutex_lock(&rt->disc_mu);
+    purge_expired_locked(rt);
+    for (loom__remote *r = rt->remotes; r; r = r->next)
+        known = doc_service_commands(r->doc, service, version, names) || known;
+    pthread_mutex_unlock(&rt->disc_mu);
+    if (!known) {
+        cJSON_Delete(names);
+        return NULL;
+    }
+    return names;
+}
+
 uint32_t loom__remote_timeout(loom_runtime *rt, const char *service, const char *version,
                               const char *command)
 {

@@ -141,8 +141,6 @@ static bool mark_replied(loom_ctx *ctx)
 static void after_answer(loom_ctx *ctx)
 {
     loom_runtime *rt = ctx->rt;
-    if (ctx->cmd->max_running)
-        atomic_fetch_sub(&ctx->cmd->running, 1);
     if (atomic_load(&ctx->flags) & LOOM__CTX_DEFERRED) {
         pthread_mutex_lock(&rt->ctx_mu);
         if (ctx->prev_deferred)
@@ -187,6 +185,10 @@ static void deliver_answer(loom_ctx *ctx, loom_msg *resp)
 
 static loom_err answer_command(loom_ctx *ctx, loom_msg *resp)
 {
+    /* The bulkhead slot frees before the caller hears the answer: a caller
+     * that calls again as soon as it has it must find the slot free. */
+    if (ctx->cmd->max_running)
+        atomic_fetch_sub(&ctx->cmd->running, 1);
     deliver_answer(ctx, resp);
     after_answer(ctx);
     return LOOM_OK;
@@ -469,7 +471,9 @@ static void retry_job(void *a, void *b, uintptr_t c)
     free(r);
 }
 
-static void schedule_retry(loom_ctx *ctx, uint32_t attempt)
+/* Schedules another attempt, which keeps the event's count; false when it
+ * cannot (the event is then settled by the caller). */
+static bool schedule_retry(loom_ctx *ctx, uint32_t attempt)
 {
     /* 50 ms, 100, 200 ... capped at 5 s */
     uint32_t delay = 50u << (attempt < 7 ? attempt : 7);
@@ -478,7 +482,7 @@ static void schedule_retry(loom_ctx *ctx, uint32_t attempt)
     retry_entry *r = calloc(1, sizeof *r);
     if (!r) {
         ctx_log(ctx, LOOM_LOG_ERROR, "out of memory: event dropped instead of retried");
-        return;
+        return false;
     }
     r->rt = ctx->rt;
     r->sub = ctx->sub;
@@ -487,10 +491,23 @@ static void schedule_retry(loom_ctx *ctx, uint32_t attempt)
     r->timer.heap_index = SIZE_MAX;
     r->timer.job = (loom__job){retry_job, r, NULL, 0};
     loom__timer_add(&ctx->rt->pool, &r->timer, delay);
+    return true;
 }
 
+static bool handle_event(loom_runtime *rt, loom__subscription *sub, loom_msg *msg,
+                         uint32_t attempt);
+
+/* Every event counted in events_pending is settled here once, unless it
+ * waits for a retry (which comes back here). */
 void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg *msg,
                             uint32_t attempt)
+{
+    if (!handle_event(rt, sub, msg, attempt))
+        loom__event_done(rt);
+}
+
+/* True when a retry is scheduled. */
+static bool handle_event(loom_runtime *rt, loom__subscription *sub, loom_msg *msg, uint32_t attempt)
 {
     const loom_subscription_def *def = sub->def;
     if (atomic_load(&rt->drain_over) || !loom__filter_matches(&def->filter, msg)) {
@@ -498,14 +515,14 @@ void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg 
             loom_runtime_log(rt, LOOM_LOG_WARN, "%s.%s: runtime stopping, event %s not handled",
                          sub->svc->def->name, def->name, msg->event_name ? msg->event_name : "");
         loom_msg_release(msg);
-        return;
+        return false;
     }
     loom_ctx *ctx = ctx_new(rt, sub->svc, msg);
     if (!ctx) {
         loom_runtime_log(rt, LOOM_LOG_ERROR, "%s.%s: out of memory, event dropped",
                      sub->svc->def->name, def->name);
         loom_msg_release(msg);
-        return;
+        return false;
     }
     ctx->sub = sub;
     cJSON *details = NULL;
@@ -517,8 +534,9 @@ void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg 
         free(text);
         cJSON_Delete(details);
         ctx_free(ctx);
-        return;
+        return false;
     }
+    bool retrying = false;
     loom_ack ack = def->handler(ctx, sub->svc->user);
     switch (ack) {
     case LOOM_ACK:
@@ -535,9 +553,8 @@ void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg 
         break;
     case LOOM_RETRY:
         if (attempt < sub->max_retries) {
-            ctx_log(ctx, LOOM_LOG_INFO, "retry %u of %u requested", attempt + 1,
-                    sub->max_retries);
-            schedule_retry(ctx, attempt);
+            ctx_log(ctx, LOOM_LOG_INFO, "retry %u of %u requested", attempt + 1, sub->max_retries);
+            retrying = schedule_retry(ctx, attempt);
         } else {
             ctx_log(ctx, LOOM_LOG_WARN, "event %s dropped after %u retries",
                     msg->event_name ? msg->event_name : "", sub->max_retries);
@@ -553,4 +570,5 @@ void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg 
         break;
     }
     ctx_free(ctx);
+    return retrying;
 }

@@ -315,6 +315,41 @@ typedef struct prepared {
     loom_msg *early;
 } prepared;
 
+/* A service known here (local, or announced) without this command: 404
+ * with the list of its commands, rather than waiting for a receiver that
+ * cannot exist. Sets p->early and releases m when so. */
+static bool unknown_command(loom_runtime *rt, const loom_call *call, prepared *p, loom_msg *m)
+{
+    if (loom__remote_has_command(rt, call->service, p->version, call->command))
+        return false;
+    cJSON *names = loom__service_commands(rt, call->service, p->version);
+    if (!names)
+        return false;
+    char list[256] = "";
+    size_t len = 0;
+    const cJSON *n;
+    cJSON_ArrayForEach(n, names)
+    {
+        int w = snprintf(list + len, sizeof list - len, "%s%s", len ? ", " : "", n->valuestring);
+        if (w < 0 || (size_t)w >= sizeof list - len)
+            break;
+        len += (size_t)w;
+    }
+    char text[512];
+    snprintf(text, sizeof text, "service %s (version %s) has no command '%s'; its commands: %s",
+             call->service, p->version, call->command, len ? list : "none");
+    cJSON *data = cJSON_CreateObject();
+    if (data)
+        cJSON_AddItemToObject(data, "commands", names);
+    else
+        cJSON_Delete(names);
+    p->early = loom__msg_error_for(m, 404, text, data, true);
+    if (!p->early)
+        cJSON_Delete(data);
+    loom_msg_release(m);
+    return true;
+}
+
 static loom_err prepare(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
                         prepared *p)
 {
@@ -340,6 +375,8 @@ static loom_err prepare(loom_runtime *rt, const loom_ctx *parent, const loom_cal
         loom_msg_release(m);
         return p->early ? LOOM_OK : LOOM_ENOMEM;
     }
+    if (!p->local && unknown_command(rt, call, p, m))
+        return p->early ? LOOM_OK : LOOM_ENOMEM;
     /* Nobody announced it: 503 at once, once the announcements that existed
      * when we connected have arrived (before that, send it and let the
      * deadline decide). */

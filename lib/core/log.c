@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,9 +156,21 @@ static void format_time(char *buf, size_t n, int64_t ms)
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
 }
 
-static void write_stderr(const char *p, size_t n)
+/* Access lines (loom__log_access_line) are many and small: they are
+ * gathered in abuf and written in batches, by whoever writes next to fd 2,
+ * when abuf is full, or by the flusher thread at most FLUSH_MS after the
+ * first line of a batch (and at exit). Everything under stderr_lock, so
+ * lines keep their order. */
+#define ABUF_SIZE 65536
+#define FLUSH_MS 20
+static char abuf[ABUF_SIZE];
+static size_t abuf_len;
+static bool flusher_started;
+static pthread_cond_t abuf_cv = PTHREAD_COND_INITIALIZER; /* abuf got its first line */
+
+/* Caller holds stderr_lock. */
+static void write_all_locked(const char *p, size_t n)
 {
-    pthread_mutex_lock(&stderr_lock);
     while (n > 0) {
         ssize_t k = write(STDERR_FILENO, p, n);
         if (k < 0 && errno == EINTR)
@@ -166,6 +179,105 @@ static void write_stderr(const char *p, size_t n)
             break;
         p += k;
         n -= (size_t)k;
+    }
+}
+
+/* Caller holds stderr_lock. */
+static void flush_locked(void)
+{
+    if (abuf_len) {
+        write_all_locked(abuf, abuf_len);
+        abuf_len = 0;
+    }
+}
+
+static void write_stderr(const char *p, size_t n)
+{
+    pthread_mutex_lock(&stderr_lock);
+    flush_locked();
+    write_all_locked(p, n);
+    pthread_mutex_unlock(&stderr_lock);
+}
+
+void loom__log_flush(void)
+{
+    pthread_mutex_lock(&stderr_lock);
+    flush_locked();
+    pthread_mutex_unlock(&stderr_lock);
+}
+
+static void flush_at_exit(void)
+{
+    loom__log_flush();
+}
+
+/* A forked child starts without the flusher and without the parent's
+ * unwritten lines (the parent writes them). */
+static void after_fork_child(void)
+{
+    abuf_len = 0;
+    flusher_started = false;
+}
+
+static void *flusher_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&stderr_lock);
+    for (;;) {
+        while (abuf_len == 0)
+            pthread_cond_wait(&abuf_cv, &stderr_lock);
+        /* Let the batch grow for FLUSH_MS, then write it. */
+        pthread_mutex_unlock(&stderr_lock);
+        struct timespec ts = {0, FLUSH_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&stderr_lock);
+        flush_locked();
+    }
+    return NULL;
+}
+
+/* Caller holds stderr_lock. False when no flusher can run: write now. */
+static bool start_flusher_locked(void)
+{
+    static bool registered;
+    if (!registered) {
+        if (atexit(flush_at_exit) != 0 || pthread_atfork(NULL, NULL, after_fork_child) != 0)
+            return false;
+        registered = true;
+    }
+    pthread_attr_t attr;
+    pthread_t t;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the flusher takes no signal */
+    bool attr_ok = pthread_attr_init(&attr) == 0;
+    bool ok = attr_ok && pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) == 0 &&
+              pthread_create(&t, &attr, flusher_main, NULL) == 0;
+    if (attr_ok)
+        pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    flusher_started = ok;
+    return ok;
+}
+
+/* Appends one access line to the batch. */
+static void buffer_stderr(const char *p, size_t n)
+{
+    pthread_mutex_lock(&stderr_lock);
+    if (!flusher_started && !start_flusher_locked()) {
+        flush_locked();
+        write_all_locked(p, n);
+    } else {
+        if (abuf_len + n > ABUF_SIZE)
+            flush_locked();
+        if (n > ABUF_SIZE) {
+            write_all_locked(p, n);
+        } else {
+            if (abuf_len == 0)
+                pthread_cond_signal(&abuf_cv);
+            memcpy(abuf + abuf_len, p, n);
+            abuf_len += n;
+        }
     }
     pthread_mutex_unlock(&stderr_lock);
 }
@@ -300,4 +412,133 @@ void loom__log(const loom__logger *lg, loom_log_level level, const char *service
     va_start(ap, fmt);
     loom__logv(lg, level, service, command, trace_id, fmt, ap);
     va_end(ap);
+}
+
+/* --- access lines ---------------------------------------------------------- */
+
+/* The time stamp up to the seconds ("2026-11-22T01:02:03."), kept per
+ * thread and made again only when the second changes. */
+static const char *time_prefix(int64_t ms)
+{
+    static _Thread_local int64_t sec = INT64_MIN;
+    static _Thread_local char text[48];
+    if (ms / 1000 != sec) {
+        format_time(text, sizeof text, ms - ms % 1000);
+        text[strlen(text) - 4] = '\0'; /* cut "000Z" */
+        sec = ms / 1000;
+    }
+    return text;
+}
+
+static char *put_uint(char *w, uint64_t v)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *w++ = tmp[--n];
+    return w;
+}
+
+/* "12.345" milliseconds from microseconds. */
+static char *put_ms(char *w, int64_t us)
+{
+    if (us < 0)
+        us = 0;
+    w = put_uint(w, (uint64_t)us / 1000);
+    unsigned frac = (unsigned)(us % 1000);
+    *w++ = '.';
+    *w++ = (char)('0' + frac / 100);
+    *w++ = (char)('0' + frac / 10 % 10);
+    *w++ = (char)('0' + frac % 10);
+    return w;
+}
+
+/* "GET /route 200 1.234 ms[ principal=P]", cleaned for text or JSON. */
+static char *put_access_msg(char *w, const loom__log_access *a, bool json)
+{
+    w = put_clean(w, a->method ? a->method : "-", a->method ? field_len(a->method) : 1, json);
+    *w++ = ' ';
+    w = put_clean(w, a->route ? a->route : "-", a->route ? field_len(a->route) : 1, json);
+    *w++ = ' ';
+    w = put_uint(w, (uint64_t)(a->status > 0 ? a->status : 0));
+    *w++ = ' ';
+    w = put_ms(w, a->duration_us);
+    w = put(w, " ms");
+    if (a->principal) {
+        w = put(w, " principal=");
+        w = put_clean(w, a->principal, field_len(a->principal), json);
+    }
+    return w;
+}
+
+/* Method, route, principal, trace and instance are cut at FIELD_MAX, each
+ * written twice at most (msg and the http object): this bounds a line. */
+#define ACCESS_LINE (LINE_OVERHEAD + 2 * ESCAPE_MAX * 5 * FIELD_MAX)
+
+void loom__log_access_line(const loom__logger *lg, const char *trace_id, const loom__log_access *a)
+{
+    if (!lg || !a || !loom__log_enabled(lg, LOOM_LOG_INFO))
+        return;
+    int64_t now = loom__now_ms();
+    size_t tl = field_len(trace_id), il = strnlen(lg->instance, sizeof lg->instance);
+    char line[ACCESS_LINE];
+    char *w = line;
+    if (lg->fn) {
+        /* A custom sink: the record with the text message. */
+        w = put_access_msg(w, a, false);
+        *w = '\0';
+        char instance[FIELD_MAX];
+        loom__strlcpy(instance, lg->instance, sizeof lg->instance);
+        loom_log_record rec = {.level = LOOM_LOG_INFO,
+                               .time_ms = now,
+                               .instance = il ? instance : NULL,
+                               .service = "http",
+                               .trace_id = tl ? trace_id : NULL,
+                               .message = line};
+        lg->fn(&rec, lg->user);
+        return;
+    }
+    char ms[4] = {(char)('0' + now % 1000 / 100), (char)('0' + now % 100 / 10),
+                  (char)('0' + now % 10), '\0'};
+    if (lg->format == LOOM_LOG_JSON) {
+        w = put(w, "{\"time\":\"");
+        w = put(w, time_prefix(now));
+        w = put(w, ms);
+        w = put(w, "Z\",\"level\":\"info\"");
+        w = put_json_field(w, "instance", lg->instance, il);
+        w = put(w, ",\"service\":\"http\"");
+        w = put_json_field(w, "traceId", trace_id, tl);
+        w = put(w, ",\"msg\":\"");
+        w = put_access_msg(w, a, true);
+        w = put(w, "\",\"http\":{\"method\":\"");
+        w = put_clean(w, a->method ? a->method : "", field_len(a->method), true);
+        w = put(w, "\",\"route\":\"");
+        w = put_clean(w, a->route ? a->route : "", field_len(a->route), true);
+        w = put(w, "\",\"status\":");
+        w = put_uint(w, (uint64_t)(a->status > 0 ? a->status : 0));
+        w = put(w, ",\"durationMs\":");
+        w = put_ms(w, a->duration_us);
+        if (a->principal) {
+            w = put(w, ",\"principal\":\"");
+            w = put_clean(w, a->principal, field_len(a->principal), true);
+            w = put(w, "\"");
+        }
+        w = put(w, "}}\n");
+    } else {
+        w = put(w, time_prefix(now));
+        w = put(w, ms);
+        w = put(w, "Z INFO  [http");
+        if (tl) {
+            w = put(w, " trace=");
+            w = put_clean(w, trace_id, tl, false);
+        }
+        w = put(w, "] ");
+        w = put_access_msg(w, a, false);
+        *w++ = '\n';
+    }
+    buffer_stderr(line, (size_t)(w - line));
 }

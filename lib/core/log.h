@@ -41,6 +41,28 @@ void loom__logv(const loom__logger *lg, loom_log_level level, const char *servic
                 const char *command, const char *trace_id, const char *fmt, va_list ap)
     LOOM_PRINTF(6, 0);
 
+/* The fields of one HTTP access record (the bridge's access log). Strings
+ * may be NULL (principal: unknown). */
+typedef struct loom__log_access {
+    const char *method;
+    const char *route; /* the route label, or the raw path when none matched */
+    int status;
+    int64_t duration_us;
+    const char *principal;
+} loom__log_access;
+
+/* Logs one access record at info as service "http" with trace_id:
+ *   text: "... INFO  [http trace=ID] GET /api/v1/x/{id} 200 0.412 ms principal=P"
+ *   json: the usual object with the same "msg" and
+ *         "http":{"method","route","status","durationMs","principal"?}
+ * A custom sink gets the record with that message, at once. Lines for fd 2
+ * are batched (see loom__log_flush) so that a busy bridge pays a memcpy per
+ * request, not a write(2). */
+void loom__log_access_line(const loom__logger *lg, const char *trace_id, const loom__log_access *a);
+/* Writes the access lines not yet written (they go out in batches: at most
+ * 20 ms late, before any other line, and at exit). */
+void loom__log_flush(void);
+
 /* True when a record of this level would be emitted: check it before costly
  * formatting. */
 static inline bool loom__log_enabled(const loom__logger *lg, loom_log_level level)

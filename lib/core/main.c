@@ -1,11 +1,21 @@
 /* loom_main: the ready-made main of a service program. Configuration comes
- * from defaults < the YAML file < LOOM_* environment < command-line flags. */
+ * from defaults < the program's defaults (loom_main_options) < the YAML file
+ * < LOOM_* environment < command-line flags.
+ *
+ * One-shot runs (--call, --emit) must not answer from a stale copy: with a
+ * network broker they run no local service unless --services is on their
+ * command line, and --timeout bounds all of it (broker wait included). With
+ * the in-memory broker the process is the whole system, so every service
+ * runs, and --emit waits for the in-process subscriptions it triggered. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "config/config.h"
+#include "core/runtime.h"
 #include "core/util.h"
 #include "loom/http.h"
 #include "loom.h"
@@ -18,7 +28,8 @@ static const char usage_text[] =
     "\n"
     "Options (each overrides the LOOM_* environment variable, which overrides the file):\n"
     "  --config FILE        YAML deployment configuration (LOOM_CONFIG)\n"
-    "  --services LIST      services to run here: a,b | all | none (LOOM_SERVICES; default all)\n"
+    "  --services LIST      services to run here: a,b | all | none (LOOM_SERVICES; default all,\n"
+    "                       but none for --call/--emit with a network broker)\n"
     "  --broker URL         memory: | mqtt[s]://HOST:PORT | nats://HOST:PORT[,...] (LOOM_BROKER)\n"
     "  --http HOST:PORT     serve the HTTP bridge (LOOM_HTTP)\n"
     "  --state URL          memory: | file:PATH | redis://HOST:PORT[/DB] (LOOM_STATE)\n"
@@ -33,7 +44,10 @@ static const char usage_text[] =
     "  --call SERVICE.COMMAND [JSON] [--param JSON] [--timeout MS]\n"
     "                       invokes a command, prints the JSON result on stdout and exits 0,\n"
     "                       or prints the error JSON on stderr and exits 1\n"
-    "  --emit EVENT [JSON]  publishes an event and exits\n";
+    "  --emit EVENT [JSON] [--timeout MS]\n"
+    "                       publishes an event and exits (in-process subscriptions first)\n"
+    "  With a network broker a one-shot runs no local service unless --services is given;\n"
+    "  --timeout bounds the whole run, waiting for the broker included.\n";
 
 typedef struct opts {
     const char *call;
@@ -43,6 +57,7 @@ typedef struct opts {
     const char *emit_payload;
     long long timeout_ms;
     bool log_level_set;
+    bool services_set; /* --services or --set services=... on the command line */
 } opts;
 
 /* Flags that map to one configuration key. */
@@ -64,8 +79,49 @@ static const char *inline_value(const char *arg, const char *flag)
     return strncmp(arg, flag, n) == 0 && arg[n] == '=' ? arg + n + 1 : NULL;
 }
 
-static int parse_args(int argc, char **argv, const char *prog, loom_config *cfg, opts *o)
+/* The program's own defaults, under the file: its "key=value" list and
+ * the OpenAPI info from its name and version. */
+static int apply_program_defaults(const loom_main_options *mo, const char *prog, loom_config *cfg)
 {
+    if (mo->name && loom_config_set(cfg, "http.openapi.title", mo->name) != LOOM_OK)
+        goto bad;
+    if (mo->version && loom_config_set(cfg, "http.openapi.version", mo->version) != LOOM_OK)
+        goto bad;
+    if (mo->description &&
+        loom_config_set(cfg, "http.openapi.description", mo->description) != LOOM_OK)
+        goto bad;
+    for (size_t i = 0; mo->defaults && mo->defaults[i]; i++) {
+        const char *kv = mo->defaults[i], *eq = strchr(kv, '=');
+        char key[256];
+        if (!eq || (size_t)(eq - kv) >= sizeof key) {
+            fprintf(stderr, "%s: program default '%s' is not KEY=VALUE\n", prog, kv);
+            return EXIT_USAGE;
+        }
+        memcpy(key, kv, (size_t)(eq - kv));
+        key[eq - kv] = '\0';
+        if (loom__config_set_from(cfg, "program default", key, eq + 1) != LOOM_OK)
+            goto bad;
+    }
+    return 0;
+bad:
+    fprintf(stderr, "%s: %s\n", prog, loom_config_error(cfg));
+    return EXIT_USAGE;
+}
+
+static void print_version(const loom_main_options *mo, const char *prog)
+{
+    if (mo->version)
+        printf("%s %s (loom %s)\n", mo->name ? mo->name : prog, mo->version, loom_version());
+    else
+        printf("loom %s\n", loom_version());
+}
+
+static int parse_args(int argc, char **argv, const char *prog, const loom_main_options *mo,
+                      loom_config *cfg, opts *o)
+{
+    int rc = apply_program_defaults(mo, prog, cfg);
+    if (rc != 0)
+        return rc;
     /* --config first, so that flags override the file whatever their order. */
     const char *config_path = getenv("LOOM_CONFIG");
     if (config_path && !*config_path)
@@ -82,6 +138,9 @@ static int parse_args(int argc, char **argv, const char *prog, loom_config *cfg,
             config_path = v;
         }
     }
+    /* The program's default file, only when it exists. */
+    if (!config_path && mo->config_file && access(mo->config_file, F_OK) == 0)
+        config_path = mo->config_file;
     if (config_path && loom_config_load_file(cfg, config_path) != LOOM_OK) {
         fprintf(stderr, "%s: %s\n", prog, loom_config_error(cfg));
         return EXIT_USAGE;
@@ -94,11 +153,13 @@ static int parse_args(int argc, char **argv, const char *prog, loom_config *cfg,
         const char *a = argv[i];
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            if (mo->description)
+                printf("%s\n\n", mo->description);
             printf(usage_text, prog);
             return -1;
         }
         if (strcmp(a, "--version") == 0) {
-            printf("loom %s\n", loom_version());
+            print_version(mo, prog);
             return -1;
         }
         if (strcmp(a, "--config") == 0) {
@@ -127,6 +188,8 @@ static int parse_args(int argc, char **argv, const char *prog, loom_config *cfg,
             }
             if (strcmp(flag_keys[k].key, "log.level") == 0)
                 o->log_level_set = true;
+            if (strcmp(flag_keys[k].key, "services") == 0)
+                o->services_set = true;
         }
         if (matched)
             continue;
@@ -149,6 +212,8 @@ static int parse_args(int argc, char **argv, const char *prog, loom_config *cfg,
                 fprintf(stderr, "%s: %s\n", prog, loom_config_error(cfg));
                 return EXIT_USAGE;
             }
+            o->services_set = o->services_set || strcmp(key, "services") == 0;
+            o->log_level_set = o->log_level_set || strcmp(key, "log.level") == 0;
             continue;
         }
         if (strcmp(a, "--call") == 0) {
@@ -194,8 +259,12 @@ static int parse_args(int argc, char **argv, const char *prog, loom_config *cfg,
         fprintf(stderr, "%s: --call and --emit cannot be combined\n", prog);
         return EXIT_USAGE;
     }
-    if ((o->call_param || o->timeout_ms) && !o->call) {
-        fprintf(stderr, "%s: --param and --timeout go with --call\n", prog);
+    if (o->call_param && !o->call) {
+        fprintf(stderr, "%s: --param goes with --call\n", prog);
+        return EXIT_USAGE;
+    }
+    if (o->timeout_ms && !o->call && !o->emit) {
+        fprintf(stderr, "%s: --timeout goes with --call or --emit\n", prog);
         return EXIT_USAGE;
     }
     return 0;
@@ -203,7 +272,8 @@ static int parse_args(int argc, char **argv, const char *prog, loom_config *cfg,
 
 /* Adds the services selected by the `services` key. */
 static int add_selected(loom_runtime *rt, const loom_config *cfg,
-                        const loom_service_def *const *services, const char *prog)
+                        const loom_service_def *const *services, void *const *users,
+                        const char *prog)
 {
     const cJSON *sel = loom_config_get(cfg, "services");
     bool all = !sel || cJSON_GetArraySize(sel) == 0;
@@ -242,7 +312,7 @@ static int add_selected(loom_runtime *rt, const loom_config *cfg,
             true;
         if (!wanted)
             continue;
-        loom_err err = loom_runtime_add_service(rt, services[i], NULL);
+        loom_err err = loom_runtime_add_service(rt, services[i], users ? users[i] : NULL);
         if (err != LOOM_OK) {
             fprintf(stderr, "%s: cannot add service %s: %s\n", prog, services[i]->name,
                     loom_strerror(err));
@@ -262,7 +332,7 @@ static cJSON *parse_json_arg(const char *prog, const char *what, const char *tex
     return j;
 }
 
-static int run_call(loom_runtime *rt, const opts *o, const char *prog)
+static int run_call(loom_runtime *rt, const opts *o, uint32_t timeout_ms, const char *prog)
 {
     const char *dot = strrchr(o->call, '.');
     if (!dot || dot == o->call || !dot[1]) {
@@ -290,8 +360,11 @@ static int run_call(loom_runtime *rt, const opts *o, const char *prog)
             return EXIT_USAGE;
         }
     }
-    loom_call call = {.service = service, .command = dot + 1, .payload = payload,
-                      .parameter = param, .timeout_ms = (uint32_t)o->timeout_ms};
+    loom_call call = {.service = service,
+                      .command = dot + 1,
+                      .payload = payload,
+                      .parameter = param,
+                      .timeout_ms = timeout_ms};
     loom_msg *resp = NULL;
     loom_err err = loom_runtime_call(rt, &call, &resp);
     if (err != LOOM_OK) {
@@ -316,7 +389,7 @@ static int run_call(loom_runtime *rt, const opts *o, const char *prog)
     return status < 300 ? 0 : EXIT_CALL_FAILED;
 }
 
-static int run_emit(loom_runtime *rt, const opts *o, const char *prog)
+static int run_emit(loom_runtime *rt, const opts *o, int64_t deadline, const char *prog)
 {
     cJSON *payload = NULL;
     if (o->emit_payload && !(payload = parse_json_arg(prog, "the event payload", o->emit_payload)))
@@ -327,11 +400,86 @@ static int run_emit(loom_runtime *rt, const opts *o, const char *prog)
         fprintf(stderr, "%s: emit failed: %s\n", prog, loom_strerror(err));
         return EXIT_CALL_FAILED;
     }
+    /* The in-process subscriptions it reached (and what they emitted). */
+    int64_t left = deadline - loom__mono_ms();
+    if (loom_runtime_wait_events(rt, left > 0 ? (uint32_t)left : 0) != LOOM_OK) {
+        fprintf(stderr, "%s: the subscriptions did not finish within the timeout\n", prog);
+        return EXIT_CALL_FAILED;
+    }
     return 0;
 }
 
-int loom_main(int argc, char **argv, const loom_service_def *const *services)
+/* Waits for the broker within the one-shot's deadline, then makes the
+ * call or the emit with the time that is left. */
+static int run_oneshot(loom_runtime *rt, const opts *o, const char *prog)
 {
+    /* Without --timeout: the call's own timeout, after at most 10 s of
+     * waiting for the broker; subscriptions get the drain time. */
+    int64_t start = loom__mono_ms();
+    uint32_t wait = o->timeout_ms ? (uint32_t)o->timeout_ms : 10000;
+    int64_t deadline = start + (o->timeout_ms ? o->timeout_ms : 10000 + rt->drain_timeout_ms);
+    if (loom_runtime_wait_ready(rt, wait) != LOOM_OK) {
+        if (atomic_load(&rt->broker_state) != LOOM_BROKER_CONNECTED) {
+            fprintf(stderr, "%s: cannot reach the broker %s within %u ms\n", prog, rt->broker_url,
+                    wait);
+            return EXIT_CALL_FAILED;
+        }
+        fprintf(stderr, "%s: warning: the broker is not ready after %u ms\n", prog, wait);
+    }
+    if (o->emit)
+        return run_emit(rt, o, deadline, prog);
+    uint32_t timeout = 0; /* the command's own */
+    if (o->timeout_ms) {
+        int64_t left = start + o->timeout_ms - loom__mono_ms();
+        timeout = left > 0 ? (uint32_t)left : 1;
+    }
+    int rc = run_call(rt, o, timeout, prog);
+    /* The in-process subscriptions the command's events reached: within
+     * --timeout, else the drain time. */
+    int64_t left = o->timeout_ms ? deadline - loom__mono_ms() : (int64_t)rt->drain_timeout_ms;
+    if (loom_runtime_wait_events(rt, left > 0 ? (uint32_t)left : 0) != LOOM_OK)
+        fprintf(stderr, "%s: warning: subscriptions still busy at exit\n", prog);
+    return rc;
+}
+
+static bool is_memory_broker(const loom_config *cfg)
+{
+    return strncasecmp(loom__config_str(cfg, "broker.url", "memory:"), "memory:", 7) == 0;
+}
+
+/* Creates the runtime and the bridge, adds the selected services. */
+static int setup(loom_runtime **rt, loom_http **http, loom_config *cfg, const opts *o,
+                 const loom_service_def *const *services, const loom_main_options *mo,
+                 const char *prog)
+{
+    bool oneshot = o->call || o->emit;
+    loom_runtime_config rc_cfg = {.config = cfg};
+    loom_err err = loom_runtime_create(rt, &rc_cfg);
+    if (err != LOOM_OK) {
+        fprintf(stderr, "%s: cannot create the runtime: %s\n", prog, loom_strerror(err));
+        return err == LOOM_ECONFIG || err == LOOM_EUNSUPPORTED ? EXIT_USAGE : EXIT_CALL_FAILED;
+    }
+    /* A one-shot over a network broker asks the running instances; its own
+     * copies (with their own, likely empty, state) would answer instead. */
+    bool local = !oneshot || o->services_set || is_memory_broker(cfg);
+    int rc = local ? add_selected(*rt, cfg, services, mo->users, prog) : 0;
+    if (rc != 0)
+        return rc;
+    const char *listen = loom__config_str(cfg, "http.listen", NULL);
+    if (listen && !oneshot && (err = loom_http_create(http, *rt, cfg)) != LOOM_OK) {
+        fprintf(stderr, "%s: cannot create the HTTP bridge on %s: %s\n", prog, listen,
+                loom_strerror(err));
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+int loom_main_with(int argc, char **argv, const loom_service_def *const *services,
+                   const loom_main_options *mo)
+{
+    static const loom_main_options no_options = {0};
+    if (!mo)
+        mo = &no_options;
     const char *prog = argc > 0 && argv[0] ? argv[0] : "loom";
     const char *slash = strrchr(prog, '/');
     if (slash)
@@ -342,7 +490,7 @@ int loom_main(int argc, char **argv, const loom_service_def *const *services)
         return EXIT_CALL_FAILED;
     }
     opts o = {0};
-    int rc = parse_args(argc, argv, prog, cfg, &o);
+    int rc = parse_args(argc, argv, prog, mo, cfg, &o);
     if (rc != 0) {
         loom_config_destroy(cfg);
         return rc < 0 ? 0 : rc;
@@ -362,39 +510,21 @@ int loom_main(int argc, char **argv, const loom_service_def *const *services)
 
     loom_runtime *rt = NULL;
     loom_http *http = NULL;
-    loom_runtime_config rc_cfg = {.config = cfg};
-    loom_err err = loom_runtime_create(&rt, &rc_cfg);
-    if (err != LOOM_OK) {
-        fprintf(stderr, "%s: cannot create the runtime: %s\n", prog, loom_strerror(err));
-        rc = err == LOOM_ECONFIG || err == LOOM_EUNSUPPORTED ? EXIT_USAGE : EXIT_CALL_FAILED;
+    loom_err err;
+    if ((rc = setup(&rt, &http, cfg, &o, services, mo, prog)) != 0)
         goto out;
-    }
-    if ((rc = add_selected(rt, cfg, services, prog)) != 0)
-        goto out;
-    const char *listen = loom__config_str(cfg, "http.listen", NULL);
-    if (listen && !oneshot) {
-        err = loom_http_create(&http, rt, cfg);
-        if (err != LOOM_OK) {
-            fprintf(stderr, "%s: cannot create the HTTP bridge on %s: %s\n", prog, listen,
-                    loom_strerror(err));
-            rc = EXIT_USAGE;
-            goto out;
-        }
-    }
     if ((err = loom_runtime_start(rt)) != LOOM_OK) {
         fprintf(stderr, "%s: cannot start: %s\n", prog, loom_strerror(err));
         rc = EXIT_CALL_FAILED;
         goto out;
     }
     if (oneshot) {
-        if (loom_runtime_wait_ready(rt, 10000) != LOOM_OK)
-            fprintf(stderr, "%s: warning: the broker is not ready after 10 s\n", prog);
-        rc = o.call ? run_call(rt, &o, prog) : run_emit(rt, &o, prog);
+        rc = run_oneshot(rt, &o, prog);
         goto out;
     }
     if (http && (err = loom_http_start(http)) != LOOM_OK) {
-        fprintf(stderr, "%s: cannot start the HTTP bridge on %s: %s\n", prog, listen,
-                loom_strerror(err));
+        fprintf(stderr, "%s: cannot start the HTTP bridge on %s: %s\n", prog,
+                loom__config_str(cfg, "http.listen", ""), loom_strerror(err));
         rc = EXIT_CALL_FAILED;
         goto out;
     }
@@ -411,4 +541,9 @@ out:
     loom_config_destroy(cfg);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return rc;
+}
+
+int loom_main(int argc, char **argv, const loom_service_def *const *services)
+{
+    return loom_main_with(argc, argv, services, NULL);
 }

@@ -5,6 +5,7 @@
  * Adapter upcalls may arrive from the adapter's threads at any time between
  * connect and the adapter's stop; they only enqueue work (or complete a
  * blocking caller, which runs no user code). */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -393,6 +394,8 @@ static void run_bare_command(loom_runtime *rt, loom__command *cmd, raw_delivery 
     loom__run_command(rt, cmd, m, &to);
 }
 
+/* A delivery to a subscription ends in loom__run_subscription, which
+ * settles its events_pending count, or is settled here. */
 static void run_raw(loom_runtime *rt, raw_delivery *r)
 {
     loom__token *tok = r->tok;
@@ -402,6 +405,8 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
         snprintf(why, sizeof why, "%zu bytes is over the %zu-byte limit", r->len,
                  rt->max_message);
         warn_garbage(rt, tok->filter, why);
+        if (tok->kind == LOOM__TOK_SUBSCRIPTION)
+            loom__event_done(rt);
         return;
     }
     loom_err err = loom_msg_decode(r->data, r->len, &m, why, sizeof why);
@@ -426,6 +431,8 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
     }
     if (err != LOOM_OK) {
         warn_garbage(rt, tok->filter, why);
+        if (tok->kind == LOOM__TOK_SUBSCRIPTION)
+            loom__event_done(rt);
         return;
     }
     switch (tok->kind) {
@@ -530,10 +537,16 @@ static loom_err host_deliver(void *core, const loom_delivery *d)
         }
     }
     loom_err err;
+    /* Counted before the job can run, so the count never goes below 0. */
+    bool event = tok->kind == LOOM__TOK_SUBSCRIPTION;
+    if (event)
+        atomic_fetch_add(&rt->events_pending, 1);
     if (d->msg) {
         loom_msg *m = loom_msg_retain(d->msg);
         err = loom__pool_submit(&rt->pool, (loom__job){msg_job, rt, m, (uintptr_t)tok});
         if (err != LOOM_OK) {
+            if (event)
+                loom__event_done(rt);
             /* Overloaded: answer a command at once rather than drop it. */
             if (tok->kind == LOOM__TOK_COMMAND && m->reply_to && m->type == LOOM_MSG_COMMAND) {
                 loom_msg *resp = loom__msg_error_for(m, 503, "overloaded", NULL, false);
@@ -550,13 +563,19 @@ static loom_err host_deliver(void *core, const loom_delivery *d)
         return err == LOOM_EOVERLOAD ? LOOM_EOVERLOAD : LOOM_OK;
     }
     raw_delivery *r = raw_copy(d);
-    if (!r)
+    if (!r) {
+        if (event)
+            loom__event_done(rt);
         return LOOM_ENOMEM;
+    }
     loom__job job = {raw_job, rt, r, 0};
     err = tok->kind == LOOM__TOK_REPLY ? loom__pool_submit_always(&rt->pool, job)
                                        : loom__pool_submit(&rt->pool, job);
-    if (err != LOOM_OK)
+    if (err != LOOM_OK) {
         raw_free(r);
+        if (event)
+            loom__event_done(rt);
+    }
     return err;
 }
 
@@ -694,6 +713,8 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&rt->ready_cv, &ca);
+    pthread_mutex_init(&rt->events_mu, NULL);
+    pthread_cond_init(&rt->events_cv, &ca);
     pthread_condattr_destroy(&ca);
     rt->host = (loom_adapter_host){.core = rt,
                                    .deliver = host_deliver,
@@ -1023,6 +1044,38 @@ loom_err loom_runtime_wait_ready(loom_runtime *rt, uint32_t timeout_ms)
     return LOOM_OK;
 }
 
+void loom__event_done(loom_runtime *rt)
+{
+    if (atomic_fetch_sub(&rt->events_pending, 1) != 1)
+        return;
+    pthread_mutex_lock(&rt->events_mu);
+    pthread_cond_broadcast(&rt->events_cv);
+    pthread_mutex_unlock(&rt->events_mu);
+}
+
+loom_err loom_runtime_wait_events(loom_runtime *rt, uint32_t timeout_ms)
+{
+    if (!rt)
+        return LOOM_EINVAL;
+    if (loom__pool_is_worker(&rt->pool))
+        return LOOM_ESTATE; /* a handler would wait for itself */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    loom_err err = LOOM_OK;
+    pthread_mutex_lock(&rt->events_mu);
+    while (atomic_load(&rt->events_pending) > 0 && err == LOOM_OK)
+        if (pthread_cond_timedwait(&rt->events_cv, &rt->events_mu, &ts) == ETIMEDOUT)
+            err = atomic_load(&rt->events_pending) > 0 ? LOOM_ETIMEDOUT : LOOM_OK;
+    pthread_mutex_unlock(&rt->events_mu);
+    return err;
+}
+
 bool loom__accepting(loom_runtime *rt, bool from_handler)
 {
     int state = atomic_load(&rt->state);
@@ -1112,6 +1165,8 @@ void loom_runtime_destroy(loom_runtime *rt)
         pthread_mutex_destroy(&rt->disc_mu);
         pthread_mutex_destroy(&rt->ready_mu);
         pthread_cond_destroy(&rt->ready_cv);
+        pthread_mutex_destroy(&rt->events_mu);
+        pthread_cond_destroy(&rt->events_cv);
     }
     loom__store_close(rt->store);
     loom_config_destroy(rt->config);

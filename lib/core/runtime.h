@@ -155,6 +155,16 @@ struct loom_runtime {
     /* readiness */
     pthread_mutex_t ready_mu;
     pthread_cond_t ready_cv;
+
+    /* Events in hand (loom_runtime_wait_events): deliveries to this
+     * runtime's subscriptions counted from host_deliver until their handler
+     * finished for good (ack, drop, or out of retries; a retry keeps its
+     * count while it waits). The one that brings the count to 0 broadcasts
+     * events_cv under events_mu, so a waiter that checked the count under
+     * events_mu cannot miss it. */
+    atomic_long events_pending;
+    pthread_mutex_t events_mu;
+    pthread_cond_t events_cv; /* on CLOCK_MONOTONIC */
 };
 
 /* Where a command's response goes. */
@@ -257,6 +267,9 @@ bool loom__filter_matches(const loom_filter *f, const loom_msg *m);
 void loom__free_deferred(loom_runtime *rt);
 
 bool loom__runtime_ready(loom_runtime *rt);
+/* One event delivered to a subscription is handled for good (see
+ * events_pending). */
+void loom__event_done(loom_runtime *rt);
 /* Connected and every subscription in place (whether or not the others'
  * announcements have arrived yet). */
 bool loom__subscriptions_ready(loom_runtime *rt);
@@ -285,6 +298,10 @@ void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg
 /* True when some live remote instance announced service/version/command. */
 bool loom__remote_has_command(loom_runtime *rt, const char *service, const char *version,
                               const char *command);
+/* The names of the commands of service/version known here (this runtime's
+ * own services, then live remote announcements), as a new cJSON array; NULL
+ * when no such service is known. Takes the discovery lock. */
+cJSON *loom__service_commands(loom_runtime *rt, const char *service, const char *version);
 /* The timeout a remote instance announced for the command, or 0. */
 uint32_t loom__remote_timeout(loom_runtime *rt, const char *service, const char *version,
                               const char *command);

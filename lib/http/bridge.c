@@ -318,8 +318,11 @@ static loom__hs_action send_resp(breq *b, loom__hs_resp *r, int status)
         series *s = b->series;
         if (!s)
             s = loom__http_series_http(h, loom__http_method_names[b->method], "unmatched");
+        int64_t took = mono_us() - b->t0;
         loom__http_series_count(s, status);
-        loom__http_series_observe(s, mono_us() - b->t0);
+        loom__http_series_observe(s, took);
+        if (h->access_log)
+            loom__http_access_log(b, status, took);
         if (b->invoked && b->route)
             loom__http_series_count(b->route->cmd_series, status);
         if (b->inflight) {
@@ -1065,6 +1068,9 @@ loom_err loom_http_create(loom_http **out, loom_runtime *rt, const loom_config *
         free(tmp[i].text);
     if ((err = loom__http_auth_load(h, cfg)) != LOOM_OK)
         goto fail;
+    h->access_log = loom__config_bool(cfg, "http.access_log", true);
+    if ((err = loom__http_openapi_load(h, cfg)) != LOOM_OK)
+        goto fail;
     *out = h;
     return LOOM_OK;
 fail:
@@ -1173,6 +1179,7 @@ void loom_http_destroy(loom_http *h)
     loom__http_series_free_all(h);
     free(h->slots);
     loom__http_auth_fini(h);
+    loom__http_openapi_fini(h);
     free(h->openapi_path);
     free(h->base);
     free(h->listen);

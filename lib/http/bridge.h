@@ -178,6 +178,11 @@ struct loom_http {
 
     _Atomic(series *) *slots; /* SERIES_SLOTS */
     atomic_long in_flight;
+
+    /* openapi.c: the document's info (http.openapi.*), fixed at create. */
+    char *oa_title, *oa_version, *oa_description;
+    /* access_log.c: one line per request (http.access_log), fixed at create. */
+    bool access_log;
 };
 
 /* One request. Shared by the server side and, while invoked, the reply
@@ -252,5 +257,13 @@ char *loom__http_metrics_text(loom_http *h);
 /* openapi.c */
 /* The OpenAPI 3.1 document of the current commands, or NULL on ENOMEM. */
 cJSON *loom__http_openapi_doc(loom_http *h);
+/* Reads http.openapi.* (the document's info); LOOM_ENOMEM. */
+loom_err loom__http_openapi_load(loom_http *h, const loom_config *cfg);
+void loom__http_openapi_fini(loom_http *h);
+
+/* access_log.c */
+/* Logs the access line of b answered with status, when http.access_log is
+ * on and info is enabled: one formatted write, nothing when off. */
+void loom__http_access_log(const breq *b, int status, int64_t duration_us);
 
 #endif

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/config.h"
 #include "core/runtime.h"
 #include "http/bridge.h"
 
@@ -211,6 +212,24 @@ static const char oa_components[] =
     "\"Error\":{\"description\":\"An error answered by the command\",\"content\":{"
     "\"application/json\":{\"schema\":{\"$ref\":\"#/components/schemas/Error\"}}}}}}";
 
+loom_err loom__http_openapi_load(loom_http *h, const loom_config *cfg)
+{
+    h->oa_title = strdup(loom__config_str(cfg, "http.openapi.title", "loom HTTP bridge"));
+    h->oa_version = strdup(loom__config_str(cfg, "http.openapi.version", LOOM_VERSION_STRING));
+    h->oa_description = strdup(loom__config_str(
+        cfg, "http.openapi.description",
+        "Every command with HTTP exposure, served as {base}/v{version}{path}. Errors are JSON "
+        "{status, message, data?, traceId}."));
+    return h->oa_title && h->oa_version && h->oa_description ? LOOM_OK : LOOM_ENOMEM;
+}
+
+void loom__http_openapi_fini(loom_http *h)
+{
+    free(h->oa_title);
+    free(h->oa_version);
+    free(h->oa_description);
+}
+
 cJSON *loom__http_openapi_doc(loom_http *h)
 {
     cJSON *doc = cJSON_CreateObject();
@@ -218,12 +237,9 @@ cJSON *loom__http_openapi_doc(loom_http *h)
                       ? cJSON_AddObjectToObject(doc, "info")
                       : NULL;
     cJSON *components = cJSON_Parse(oa_components);
-    if (!info || !components || !cJSON_AddStringToObject(info, "title", "loom HTTP bridge") ||
-        !cJSON_AddStringToObject(info, "version", LOOM_VERSION_STRING) ||
-        !cJSON_AddStringToObject(info, "description",
-                                 "Every command with HTTP exposure, served as "
-                                 "{base}/v{version}{path}. Errors are JSON "
-                                 "{status, message, data?, traceId}."))
+    if (!info || !components || !cJSON_AddStringToObject(info, "title", h->oa_title) ||
+        !cJSON_AddStringToObject(info, "version", h->oa_version) ||
+        !cJSON_AddStringToObject(info, "description", h->oa_description))
         goto fail;
     oa_ctx c = {.h = h, .paths = cJSON_AddObjectToObject(doc, "paths")};
     if (!c.paths)

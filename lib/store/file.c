@@ -1074,6 +1074,56 @@ static loom_err file_cas(void *self, const char *key, const char *expected_json,
     return file_put(self, key, new_json, ttl_ms, true, expected_json);
 }
 
+/* list: the table is sorted, so the page is a run of it from the first
+ * key that begins with prefix (or follows `after`), under the shared lock. */
+static loom_err file_list(void *self, const char *prefix, const char *after, size_t limit,
+                          char ***keys, size_t *count)
+{
+    file_db *db = self;
+    if (!db || !prefix || !keys || !count || limit == 0)
+        return LOOM_EINVAL;
+    char **out = malloc(limit * sizeof *out); /* allocated outside the locks */
+    if (!out)
+        return LOOM_ENOMEM;
+    loom_err err = enter(db, false);
+    if (err != LOOM_OK) {
+        free(out);
+        return err;
+    }
+    const char *from = after && strcmp(after, prefix) > 0 ? after : prefix;
+    bool found;
+    size_t i = table_search(&db->data, from, &found);
+    if (found && from == after)
+        i++;
+    size_t plen = strlen(prefix), n = 0;
+    int64_t now = loom__now_ms();
+    for (; i < db->data.len && n < limit && err == LOOM_OK; i++) {
+        const fentry *e = db->data.items[i];
+        if (strncmp(e->key, prefix, plen) != 0)
+            break; /* sorted: no later key has the prefix */
+        if (expired(e, now))
+            continue;
+        if (!(out[n] = strdup(e->key)))
+            err = LOOM_ENOMEM;
+        else
+            n++;
+    }
+    leave(db);
+    if (err != LOOM_OK) {
+        while (n)
+            free(out[--n]);
+        free(out);
+        return err;
+    }
+    if (n == 0) {
+        free(out);
+        out = NULL;
+    }
+    *keys = out;
+    *count = n;
+    return LOOM_OK;
+}
+
 /* --- lifetime ------------------------------------------------------------ */
 
 /* The path part of a file URL (after "file:"): "PATH", "//" + "" or
@@ -1180,4 +1230,5 @@ const loom_store_ops loom__store_file_ops = {
     .incr = file_incr,
     .close = file_close,
     .cas = file_cas,
+    .list = file_list,
 };

@@ -335,6 +335,29 @@ static loom_err mem_cas(void *self, const char *key, const char *expected_json,
     return put(self, key, new_json, ttl_ms, true, expected_json);
 }
 
+/* Visits every shard, one lock at a time: not a snapshot, but each key
+ * that exists throughout the call is seen once. */
+static loom_err mem_list(void *self, const char *prefix, const char *after, size_t limit,
+                         char ***keys, size_t *count)
+{
+    mem_db *db = self;
+    if (!db || !prefix || !keys || !count || limit == 0)
+        return LOOM_EINVAL;
+    loom__store_page pg;
+    loom__store_page_init(&pg, prefix, after, limit);
+    int64_t now = loom__mono_ms();
+    for (size_t s = 0; s < SHARDS; s++) {
+        shard *sh = &db->shards[s];
+        pthread_mutex_lock(&sh->lock);
+        for (size_t b = 0; b < sh->nbuckets; b++)
+            for (const entry *e = sh->buckets[b]; e; e = e->next)
+                if (!expired(e, now))
+                    loom__store_page_offer(&pg, e->key, e->klen);
+        pthread_mutex_unlock(&sh->lock);
+    }
+    return loom__store_page_finish(&pg, keys, count);
+}
+
 /* --- lifetime ----------------------------------------------------------- */
 
 static void db_free(mem_db *db)
@@ -477,4 +500,5 @@ const loom_store_ops loom__store_memory_ops = {
     .incr = mem_incr,
     .close = mem_close,
     .cas = mem_cas,
+    .list = mem_list,
 };

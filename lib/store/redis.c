@@ -621,6 +621,98 @@ static loom_err redis_del(void *self, const char *key)
     return err;
 }
 
+/* The SCAN MATCH pattern for keys that begin with PREFIX+prefix: the glob
+ * characters of both escaped with a backslash, then '*'. malloc'd. */
+static char *match_pattern(const redis_db *db, const char *prefix, size_t *len)
+{
+    size_t plen = strlen(prefix);
+    char *pat = malloc(2 * (db->prefix_len + plen) + 2);
+    if (!pat)
+        return NULL;
+    size_t n = 0;
+    for (int part = 0; part < 2; part++) {
+        const char *p = part ? prefix : db->prefix;
+        size_t l = part ? plen : db->prefix_len;
+        for (size_t i = 0; i < l; i++) {
+            if (strchr("*?[]\\", p[i]))
+                pat[n++] = '\\';
+            pat[n++] = p[i];
+        }
+    }
+    pat[n++] = '*';
+    pat[n] = '\0';
+    *len = n;
+    return pat;
+}
+
+/* Takes the keys of one SCAN reply into pg; false when it is no SCAN reply.
+ * *cursor_zero says whether the iteration is complete. */
+static bool scan_step(redis_db *db, const redisReply *r, loom__store_page *pg, char *cursor,
+                      size_t cursor_cap, bool *cursor_zero)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len >= cursor_cap ||
+        r->element[1]->type != REDIS_REPLY_ARRAY)
+        return false;
+    memcpy(cursor, r->element[0]->str, r->element[0]->len);
+    cursor[r->element[0]->len] = '\0';
+    *cursor_zero = strcmp(cursor, "0") == 0;
+    const redisReply *keys = r->element[1];
+    for (size_t i = 0; i < keys->elements; i++) {
+        const redisReply *k = keys->element[i];
+        if (k->type == REDIS_REPLY_STRING && k->len >= db->prefix_len &&
+            memcmp(k->str, db->prefix, db->prefix_len) == 0)
+            loom__store_page_offer(pg, k->str + db->prefix_len, k->len - db->prefix_len);
+    }
+    return true;
+}
+
+/* SCAN MATCH over the whole keyspace (one operation, so timeout_ms bounds
+ * it all); the page keeps the smallest keys. */
+static loom_err redis_list(void *self, const char *prefix, const char *after, size_t limit,
+                           char ***keys, size_t *count)
+{
+    redis_db *db = self;
+    if (!db || !prefix || !keys || !count || limit == 0)
+        return LOOM_EINVAL;
+    size_t pat_len = 0;
+    char *pat = match_pattern(db, prefix, &pat_len);
+    if (!pat)
+        return LOOM_ENOMEM;
+    op o;
+    loom_err err = op_begin(&o, db, "*"); /* the key is unused: SCAN takes none */
+    if (err != LOOM_OK) {
+        free(pat);
+        return err;
+    }
+    loom__store_page pg;
+    loom__store_page_init(&pg, prefix, after, limit);
+    char cursor[32] = "0";
+    bool done = false;
+    while (!done && err == LOOM_OK) {
+        const char *argv[] = {"SCAN", cursor, "MATCH", pat, "COUNT", "1000"};
+        size_t lens[] = {4, strlen(cursor), 5, pat_len, 5, 4};
+        redisReply *r = NULL;
+        err = op_cmd(&o, &r, 6, argv, lens);
+        if (err == LOOM_OK && r->type == REDIS_REPLY_ERROR)
+            err = reply_error(r);
+        else if (err == LOOM_OK && !scan_step(db, r, &pg, cursor, sizeof cursor, &done))
+            err = LOOM_EIO;
+        freeReplyObject(r);
+    }
+    op_end(&o);
+    free(pat);
+    loom_err perr = loom__store_page_finish(&pg, keys, count);
+    if (err != LOOM_OK && perr == LOOM_OK) {
+        for (size_t i = 0; i < *count; i++)
+            free((*keys)[i]);
+        free(*keys);
+        *keys = NULL;
+        *count = 0;
+    }
+    return err != LOOM_OK ? err : perr;
+}
+
 /* Runs the cas script in o. expected NULL = must be absent, value NULL =
  * delete; ttl "0" none, "-1" keep. LOOM_OK swapped, LOOM_EEXIST differed. */
 static loom_err run_cas(op *o, const char *expected, size_t expected_len, const char *value,
@@ -1046,4 +1138,5 @@ const loom_store_ops loom__store_redis_ops = {
     .incr = redis_incr,
     .close = redis_close,
     .cas = redis_cas,
+    .list = redis_list,
 };

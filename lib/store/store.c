@@ -328,3 +328,148 @@ loom_err loom_store_cas(loom_store *s, const char *key, const cJSON *expected, c
     cJSON_free(new_json);
     return err;
 }
+
+/* --- list ----------------------------------------------------------------- */
+
+#define LIST_DEFAULT 100
+#define LIST_MAX 1000
+
+void loom__store_page_init(loom__store_page *pg, const char *prefix, const char *after,
+                           size_t limit)
+{
+    *pg = (loom__store_page){.prefix = prefix ? prefix : "", .after = after, .limit = limit};
+    pg->prefix_len = strlen(pg->prefix);
+}
+
+/* strcmp of key (len bytes) against the NUL-terminated s. */
+static int cmp_len(const char *key, size_t len, const char *s)
+{
+    size_t slen = strlen(s);
+    int c = memcmp(key, s, len < slen ? len : slen);
+    return c ? c : (len > slen) - (len < slen);
+}
+
+void loom__store_page_offer(loom__store_page *pg, const char *key, size_t len)
+{
+    if (pg->nomem || len < pg->prefix_len || memcmp(key, pg->prefix, pg->prefix_len) != 0 ||
+        memchr(key, '\0', len))
+        return;
+    if (pg->after && cmp_len(key, len, pg->after) <= 0)
+        return;
+    /* Binary search for the insertion point among the kept keys. */
+    size_t lo = 0, hi = pg->count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = cmp_len(key, len, pg->keys[mid]);
+        if (c == 0)
+            return; /* offered twice (Redis SCAN may repeat a key) */
+        if (c > 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == pg->limit)
+        return; /* the page is full of smaller keys */
+    if (!pg->keys && !(pg->keys = malloc(pg->limit * sizeof *pg->keys))) {
+        pg->nomem = true;
+        return;
+    }
+    char *copy = strndup(key, len);
+    if (!copy) {
+        pg->nomem = true;
+        return;
+    }
+    if (pg->count == pg->limit)
+        free(pg->keys[--pg->count]); /* the largest falls off */
+    memmove(&pg->keys[lo + 1], &pg->keys[lo], (pg->count - lo) * sizeof *pg->keys);
+    pg->keys[lo] = copy;
+    pg->count++;
+}
+
+loom_err loom__store_page_finish(loom__store_page *pg, char ***keys, size_t *count)
+{
+    if (pg->nomem) {
+        for (size_t i = 0; i < pg->count; i++)
+            free(pg->keys[i]);
+        free(pg->keys);
+        *pg = (loom__store_page){0};
+        return LOOM_ENOMEM;
+    }
+    *keys = pg->keys;
+    *count = pg->count;
+    pg->keys = NULL;
+    pg->count = 0;
+    return LOOM_OK;
+}
+
+static void free_keys(char **keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(keys[i]);
+    free(keys);
+}
+
+/* Checks what a faulty adapter could get wrong: order, bounds, the prefix. */
+static bool page_valid(char **keys, size_t n, size_t asked, const char *prefix, const char *after)
+{
+    if (n > asked || (n && !keys))
+        return false;
+    size_t plen = strlen(prefix);
+    for (size_t i = 0; i < n; i++) {
+        if (!keys[i] || strncmp(keys[i], prefix, plen) != 0 ||
+            (after && strcmp(keys[i], after) <= 0) || (i && strcmp(keys[i - 1], keys[i]) >= 0))
+            return false;
+    }
+    return true;
+}
+
+loom_err loom_store_list(loom_store *s, const char *prefix, const char *after, size_t limit,
+                         cJSON **out, bool *more)
+{
+    if (out)
+        *out = NULL;
+    if (more)
+        *more = false;
+    if (!s || !out || limit > LIST_MAX)
+        return LOOM_EINVAL;
+    if (!prefix)
+        prefix = "";
+    if (after && !*after)
+        after = NULL;
+    if (strnlen(prefix, LOOM__STORE_MAX_KEY + 1) > LOOM__STORE_MAX_KEY ||
+        (after && strnlen(after, LOOM__STORE_MAX_KEY + 1) > LOOM__STORE_MAX_KEY))
+        return LOOM_EINVAL;
+    /* Tables of version 1 and 2 end before list: do not read past them. */
+    if (s->ops->abi_version < 3 || !s->ops->list)
+        return LOOM_EUNSUPPORTED;
+    if (limit == 0)
+        limit = LIST_DEFAULT;
+    /* One more than asked tells whether another page follows. */
+    char **keys = NULL;
+    size_t n = 0;
+    loom_err err = s->ops->list(s->self, prefix, after, limit + 1, &keys, &n);
+    if (err != LOOM_OK) {
+        free_keys(keys, n); /* in case a faulty adapter left something behind */
+        return err;
+    }
+    if (!page_valid(keys, n, limit + 1, prefix, after)) {
+        free_keys(keys, n);
+        return LOOM_EIO;
+    }
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; arr && i < n && i < limit; i++) {
+        cJSON *k = cJSON_CreateString(keys[i]);
+        if (!k || !cJSON_AddItemToArray(arr, k)) {
+            cJSON_Delete(k);
+            cJSON_Delete(arr);
+            arr = NULL;
+        }
+    }
+    free_keys(keys, n);
+    if (!arr)
+        return LOOM_ENOMEM;
+    if (more)
+        *more = n > limit;
+    *out = arr;
+    return LOOM_OK;
+}

@@ -55,6 +55,30 @@ static inline bool loom__store_cas_match(const char *cur, const char *expected_j
     return expected_json ? cur && strcmp(cur, expected_json) == 0 : !cur;
 }
 
+/* list's selection, for stores that enumerate keys in no particular order:
+ * offer every live key and the page keeps the `limit` smallest that begin
+ * with prefix and sort after `after`, in strcmp order, with memory bounded
+ * by limit. Not locked: one thread fills one page. */
+typedef struct loom__store_page {
+    const char *prefix; /* "" = every key */
+    size_t prefix_len;
+    const char *after; /* NULL = from the first */
+    size_t limit;      /* >= 1 */
+    char **keys;       /* sorted; malloc'd strings */
+    size_t count;
+    bool nomem; /* an allocation failed: finish with LOOM_ENOMEM */
+} loom__store_page;
+
+/* Sets up an empty page (allocates nothing yet). */
+void loom__store_page_init(loom__store_page *pg, const char *prefix, const char *after,
+                           size_t limit);
+/* Offers key (len bytes, no NUL inside needed). Any key may be offered:
+ * those outside the page are ignored. */
+void loom__store_page_offer(loom__store_page *pg, const char *key, size_t len);
+/* Hands the page over as list returns it (LOOM_OK, or LOOM_ENOMEM after
+ * freeing everything). */
+loom_err loom__store_page_finish(loom__store_page *pg, char ***keys, size_t *count);
+
 /* The "memory" store (memory.c), registered lazily by the registry.
  *   "memory:"      a store private to its opener;
  *   "memory:NAME"  shared by everyone in the process who opens the same

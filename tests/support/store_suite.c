@@ -710,6 +710,13 @@ void t_store_suite_adapter_args(void **state)
     assert_int_equal(ops->incr(s->self, NULL, 1, NULL), LOOM_EINVAL);
     assert_int_equal(ops->cas(NULL, "k", NULL, "1", 0), LOOM_EINVAL);
     assert_int_equal(ops->cas(s->self, NULL, NULL, "1", 0), LOOM_EINVAL);
+    char **keys = NULL;
+    size_t count = 0;
+    assert_int_equal(ops->list(NULL, "", NULL, 1, &keys, &count), LOOM_EINVAL);
+    assert_int_equal(ops->list(s->self, NULL, NULL, 1, &keys, &count), LOOM_EINVAL);
+    assert_int_equal(ops->list(s->self, "", NULL, 0, &keys, &count), LOOM_EINVAL);
+    assert_int_equal(ops->list(s->self, "", NULL, 1, NULL, &count), LOOM_EINVAL);
+    assert_null(keys);
     ops->close(NULL);
     /* Nothing was stored by the refused calls. */
     t_store_assert_absent(s, "k");
@@ -728,5 +735,116 @@ void t_store_suite_adapter_args(void **state)
     free(out);
     assert_int_equal(ops->del(s->self, "k"), LOOM_OK);
     assert_int_equal(ops->del(s->self, "k"), LOOM_ENOTFOUND);
+    close_handle(f, s);
+}
+
+/* --- list by prefix --------------------------------------------------------- */
+
+/* Lists one page and compares it with want (a JSON array text). */
+static void assert_page(loom_store *s, const char *prefix, const char *after, size_t limit,
+                        const char *want, bool want_more)
+{
+    cJSON *keys = NULL;
+    bool more = !want_more;
+    loom_err err = loom_store_list(s, prefix, after, limit, &keys, &more);
+    if (err != LOOM_OK)
+        fail_msg("list '%s' after '%s': %s", prefix ? prefix : "(null)", after ? after : "",
+                 loom_strerror(err));
+    if (!t_json_eq(keys, want) || more != want_more) {
+        char *got = cJSON_PrintUnformatted(keys);
+        cJSON_Delete(keys);
+        fail_msg("list '%s' after '%s' limit %zu: got %s more=%d, want %s more=%d",
+                 prefix ? prefix : "(null)", after ? after : "", limit, got, more, want, want_more);
+    }
+    cJSON_Delete(keys);
+}
+
+void t_store_suite_list(void **state)
+{
+    const t_store_factory *f = *state;
+    loom_store *s = open_handle(f), *other = open_handle(f);
+    const char *keys[] = {"reading/b", "reading/a", "reading/c", "readings", "alert/1",
+                          /* glob characters must match only themselves */
+                          "g*1", "g*2", "gx1", "q?", "qa", "[ab]", "a", "b]", "\\x", "\\\\x"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        t_store_set_text(s, keys[i], "1", 0);
+    assert_page(other, "reading/", NULL, 0, "[\"reading/a\",\"reading/b\",\"reading/c\"]", false);
+    /* Pages: the last key of one page continues with the next. */
+    assert_page(other, "reading/", NULL, 2, "[\"reading/a\",\"reading/b\"]", true);
+    assert_page(other, "reading/", "reading/b", 2, "[\"reading/c\"]", false);
+    assert_page(other, "reading/", "reading/c", 2, "[]", false);
+    assert_page(other, "reading/", "", 3, "[\"reading/a\",\"reading/b\",\"reading/c\"]", false);
+    /* `after` outside the prefix range. */
+    assert_page(other, "reading/", "a", 1, "[\"reading/a\"]", true);
+    assert_page(other, "reading/", "z", 10, "[]", false);
+    assert_page(other, "reading", NULL, 10,
+                "[\"reading/a\",\"reading/b\",\"reading/c\",\"readings\"]", false);
+    assert_page(other, "g*", NULL, 10, "[\"g*1\",\"g*2\"]", false);
+    assert_page(other, "q?", NULL, 10, "[\"q?\"]", false);
+    assert_page(other, "[a", NULL, 10, "[\"[ab]\"]", false);
+    assert_page(other, "b]", NULL, 10, "[\"b]\"]", false);
+    assert_page(other, "\\", NULL, 10, "[\"\\\\\\\\x\",\"\\\\x\"]", false);
+    assert_page(other, "nothing", NULL, 10, "[]", false);
+    /* Every key, in byte order. */
+    assert_page(other, NULL, NULL, 0,
+                "[\"[ab]\",\"\\\\\\\\x\",\"\\\\x\",\"a\",\"alert/1\",\"b]\",\"g*1\",\"g*2\","
+                "\"gx1\",\"q?\",\"qa\",\"reading/a\",\"reading/b\",\"reading/c\",\"readings\"]",
+                false);
+    /* Deleted and expired keys are not listed. */
+    assert_int_equal(loom_store_delete(s, "reading/b"), LOOM_OK);
+    t_store_set_text(s, "reading/d", "1", f->ttl_ms);
+    t_sleep_ms((int)(f->ttl_ms * 3 / 2));
+    assert_page(other, "reading/", NULL, 10, "[\"reading/a\",\"reading/c\"]", false);
+
+    /* Bad arguments. */
+    cJSON *out = (cJSON *)1;
+    assert_int_equal(loom_store_list(s, "a", NULL, 1001, &out, NULL), LOOM_EINVAL);
+    assert_null(out);
+    assert_int_equal(loom_store_list(s, "a", NULL, 10, NULL, NULL), LOOM_EINVAL);
+    assert_int_equal(loom_store_list(NULL, "a", NULL, 10, &out, NULL), LOOM_EINVAL);
+    char *big = malloc(1026);
+    assert_non_null(big);
+    memset(big, 'k', 1025);
+    big[1025] = '\0';
+    assert_int_equal(loom_store_list(s, big, NULL, 10, &out, NULL), LOOM_EINVAL);
+    assert_int_equal(loom_store_list(s, "a", big, 10, &out, NULL), LOOM_EINVAL);
+    free(big);
+    close_handle(f, other);
+    close_handle(f, s);
+}
+
+/* Pages through many keys: each key exactly once, in order. */
+void t_store_suite_list_many(void **state)
+{
+    const t_store_factory *f = *state;
+    loom_store *s = open_handle(f);
+    enum { N = 1100 };
+    char key[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(key, sizeof key, "item/%05d", i);
+        t_store_set_text(s, key, "0", 0);
+    }
+    t_store_set_text(s, "other", "0", 0);
+    char after[32] = "";
+    int seen = 0, pages = 0;
+    bool more = true;
+    while (more) {
+        cJSON *page = NULL;
+        assert_int_equal(loom_store_list(s, "item/", after, 1000, &page, &more), LOOM_OK);
+        pages++;
+        const cJSON *k;
+        cJSON_ArrayForEach(k, page)
+        {
+            snprintf(key, sizeof key, "item/%05d", seen);
+            assert_string_equal(k->valuestring, key);
+            seen++;
+        }
+        assert_true(cJSON_GetArraySize(page) > 0);
+        snprintf(after, sizeof after, "%s",
+                 cJSON_GetArrayItem(page, -1 + cJSON_GetArraySize(page))->valuestring);
+        cJSON_Delete(page);
+    }
+    assert_int_equal(seen, N);
+    assert_int_equal(pages, 2);
     close_handle(f, s);
 }

@@ -1,6 +1,6 @@
 /* The state store conformance suite: the semantics every store must have
  * (get/set/add/delete, incr, TTL, compare-and-set, threads, big values,
- * adapter arguments), written once and run by each store's test binary
+ * adapter arguments, listing by prefix), written once and run by each store's test binary
  * against the store a factory gives it:
  *
  *     static const t_store_factory factory = {
@@ -69,7 +69,8 @@ typedef struct t_store_factory {
         T_STORE_SUITE_TEST(t_store_suite_cas_threads, f),                                          \
         T_STORE_SUITE_TEST(t_store_suite_threads, f),                                              \
         T_STORE_SUITE_TEST(t_store_suite_big_values, f),                                           \
-        T_STORE_SUITE_TEST(t_store_suite_adapter_args, f)
+        T_STORE_SUITE_TEST(t_store_suite_adapter_args, f),                                         \
+        T_STORE_SUITE_TEST(t_store_suite_list, f), T_STORE_SUITE_TEST(t_store_suite_list_many, f)
 
 int t_store_suite_setup(void **state);
 int t_store_suite_teardown(void **state);
@@ -83,6 +84,8 @@ void t_store_suite_cas_threads(void **state);
 void t_store_suite_threads(void **state);
 void t_store_suite_big_values(void **state);
 void t_store_suite_adapter_args(void **state);
+void t_store_suite_list(void **state);
+void t_store_suite_list_many(void **state);
 
 /* --- helpers ------------------------------------------------------------ */
 
