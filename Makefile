@@ -40,7 +40,7 @@ else
 endif
 CFLAGS  ?=
 ALL_CFLAGS := $(BASE_CFLAGS) $(OPT) $(CFLAGS)
-DEP_LIBS := -lpaho-mqtt3as -lnats -lhiredis -lcjson -lyaml -lmicrohttpd -lpthread
+DEP_LIBS := -lpaho-mqtt3as -lnats -lhiredis -lcjson -lyaml -lmicrohttpd -lsodium -lpthread
 LDFLAGS ?=
 
 LIB_SRCS  := $(sort $(wildcard lib/*/*.c))
@@ -183,7 +183,7 @@ uninstall:
 DEB_PACKAGES := build-essential pkg-config libpaho-mqtt-dev libcjson-dev libyaml-dev \
                 libcmocka-dev libmicrohttpd-dev libcurl4-openssl-dev mosquitto \
                 mosquitto-clients curl clang libclang-rt-14-dev valgrind \
-                libnats-dev nats-server libhiredis-dev redis-server nginx-light
+                libnats-dev nats-server libhiredis-dev redis-server nginx-light libsodium-dev
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' \

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "core/trust.h"
 #include "core/util.h"
 #include "loom/http.h"
 #include "loom.h"
@@ -33,7 +34,11 @@ static const char usage_text[] =
     "  --call SERVICE.COMMAND [JSON] [--param JSON] [--timeout MS]\n"
     "                       invokes a command, prints the JSON result on stdout and exits 0,\n"
     "                       or prints the error JSON on stderr and exits 1\n"
-    "  --emit EVENT [JSON]  publishes an event and exits\n";
+    "  --emit EVENT [JSON]  publishes an event and exits\n"
+    "\n"
+    "Keys (docs/security.md):\n"
+    "  --keygen NAME FILE   writes a new identity's secret key to FILE (mode 0600) and\n"
+    "                       prints its keyring line \"NAME PUBLIC-KEY\" on stdout\n";
 
 typedef struct opts {
     const char *call;
@@ -330,12 +335,33 @@ static int run_emit(loom_runtime *rt, const opts *o, const char *prog)
     return 0;
 }
 
+/* --keygen NAME FILE: a new identity (the secret never goes to stdout). */
+static int run_keygen(int argc, char **argv, const char *prog)
+{
+    /* Whatever follows is ignored: wrappers (the shop) append their flags. */
+    if (argc < 4 || is_flag(argv[2]) || is_flag(argv[3])) {
+        fprintf(stderr, "%s: --keygen needs NAME and FILE\n", prog);
+        return EXIT_USAGE;
+    }
+    char line[256];
+    loom_err err = loom__trust_keygen(argv[2], argv[3], line, sizeof line);
+    if (err != LOOM_OK) {
+        fprintf(stderr, "%s: --keygen %s %s: %s\n", prog, argv[2], argv[3],
+                err == LOOM_EINVAL ? "NAME must be 1 to 63 of [A-Za-z0-9_.-]" : loom_strerror(err));
+        return EXIT_USAGE;
+    }
+    printf("%s\n", line);
+    return 0;
+}
+
 int loom_main(int argc, char **argv, const loom_service_def *const *services)
 {
     const char *prog = argc > 0 && argv[0] ? argv[0] : "loom";
     const char *slash = strrchr(prog, '/');
     if (slash)
         prog = slash + 1;
+    if (argc >= 2 && strcmp(argv[1], "--keygen") == 0)
+        return run_keygen(argc, argv, prog);
     loom_config *cfg = NULL;
     if (loom_config_create(&cfg) != LOOM_OK) {
         fprintf(stderr, "%s: out of memory\n", prog);
