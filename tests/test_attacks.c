@@ -254,6 +254,63 @@ static loom_msg *forged_command(const char *sender_service)
     return m;
 }
 
+static char logged[4096];
+
+static void capture_log(const loom_log_record *rec, void *user)
+{
+    (void)user;
+    size_t n = strlen(logged);
+    snprintf(logged + n, sizeof logged - n, "%s\n", rec->message);
+}
+
+static loom_err create_with(const char *key_file, const char *ring_file)
+{
+    loom_config *cfg;
+    assert_int_equal(loom_config_create(&cfg), LOOM_OK);
+    assert_int_equal(loom_config_set(cfg, "security.signing", "on"), LOOM_OK);
+    if (key_file)
+        assert_int_equal(loom_config_set(cfg, "security.key_file", key_file), LOOM_OK);
+    if (ring_file)
+        assert_int_equal(loom_config_set(cfg, "security.keyring", ring_file), LOOM_OK);
+    logged[0] = '\0';
+    loom_runtime_config rc = {.config = cfg, .log_fn = capture_log};
+    loom_runtime *rt = NULL;
+    loom_err err = loom_runtime_create(&rt, &rc);
+    loom_runtime_destroy(rt);
+    loom_config_destroy(cfg);
+    return err;
+}
+
+/* Signing on without usable keys is a configuration error that names the
+ * file (and line) and never prints a key. */
+static void test_signing_configuration_errors(void **state)
+{
+    (void)state;
+    char key[256], ring[256], bad[256];
+    snprintf(key, sizeof key, "%s/probe.key", S.dir);
+    snprintf(ring, sizeof ring, "%s/keyring", S.dir);
+    snprintf(bad, sizeof bad, "%s/bad", S.dir);
+    assert_int_equal(create_with(NULL, NULL), LOOM_ECONFIG);
+    assert_non_null(strstr(logged, "security.key_file"));
+    assert_int_equal(create_with(bad, ring), LOOM_ECONFIG);
+    assert_non_null(strstr(logged, "cannot read"));
+    char *secret = t_read_file(key);
+    secret[strcspn(secret, "\n")] = '\0';
+    char *b64 = strchr(secret, ' ') + 1;
+    write_file(bad, "probe not-base64!\n", 18);
+    assert_int_equal(create_with(bad, ring), LOOM_ECONFIG);
+    assert_non_null(strstr(logged, "expected \"NAME BASE64-SECRET-KEY\""));
+    static const char lines[] = "# comment\ncaller AAAA -\n";
+    write_file(bad, lines, sizeof lines - 1);
+    assert_int_equal(create_with(key, bad), LOOM_ECONFIG);
+    char where[300];
+    snprintf(where, sizeof where, "%s:2:", bad);
+    assert_non_null(strstr(logged, where));
+    assert_int_equal(create_with(key, ring), LOOM_OK);
+    assert_null(strstr(logged, b64));
+    free(secret);
+}
+
 /* A signed call carries a verified identity to the handler. */
 static void test_signed_call_carries_verified_identity(void **state)
 {
@@ -533,6 +590,47 @@ static void test_forged_announcements_are_refused(void **state)
     loom_msg *resp = call_echo("dave", NULL);
     assert_int_equal(loom_msg_status(resp), 200);
     loom_msg_release(resp);
+}
+
+LOOM_COMMAND(own_cmd, .name = "x", .handler = echo_fn, .http_method = "POST", .http_path = "/x");
+LOOM_COMMAND(own_public_cmd, .name = "x", .handler = echo_fn, .http_method = "POST",
+             .http_path = "/x", .http_public = true);
+LOOM_SERVICE(own_svc, .name = "mallory", .version = "1", .commands = LOOM_COMMANDS(&own_cmd));
+LOOM_SERVICE(own_public_svc, .name = "mallory", .version = "1",
+             .commands = LOOM_COMMANDS(&own_public_cmd));
+
+static void find_x(void *user, const char *service, const char *version, const char *desc,
+                   const cJSON *cmd, bool local)
+{
+    (void)version;
+    (void)desc;
+    (void)local;
+    const cJSON *name = cJSON_GetObjectItem(cmd, "name");
+    if (strcmp(service, "mallory") == 0 && cJSON_IsString(name) &&
+        strcmp(name->valuestring, "x") == 0)
+        *(int *)user =
+            cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(cmd, "http"), "public")) ? 1 : 0;
+}
+
+/* Two verified announcements of one command that disagree: the first stays
+ * (a later instance cannot make a route public). */
+static void test_conflicting_announcements_first_wins(void **state)
+{
+    (void)state;
+    loom_runtime *first = rt_new("mallory", "mallory-4", NULL, NULL);
+    assert_int_equal(loom_runtime_add_service(first, &own_svc, NULL), LOOM_OK);
+    rt_go(first);
+    WAIT_UNTIL(loom__remote_has_command(S.caller, "mallory", "1", "x"), "the first announcement");
+    loom_runtime *second = rt_new("mallory", "mallory-5", NULL, NULL);
+    assert_int_equal(loom_runtime_add_service(second, &own_public_svc, NULL), LOOM_OK);
+    unsigned v0 = loom__routes_version(S.caller);
+    rt_go(second);
+    WAIT_UNTIL(loom__routes_version(S.caller) != v0, "the second announcement");
+    int pub = -1;
+    loom__commands_each(S.caller, find_x, &pub);
+    assert_int_equal(pub, 0);
+    loom_runtime_destroy(second);
+    loom_runtime_destroy(first);
 }
 
 /* Attack: a validly signed announcement with more commands than
@@ -961,6 +1059,7 @@ int main(void)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest signing[] = {
+        T(test_signing_configuration_errors),
         T(test_signed_call_carries_verified_identity),
         T(test_forged_principal_unsigned_is_dropped),
         T(test_bare_call_refused_with_403),
@@ -969,6 +1068,7 @@ int main(void)
         T(test_forged_replies_are_dropped),
         T(test_cleared_or_replaced_announcement_is_restored),
         T(test_forged_announcements_are_refused),
+        T(test_conflicting_announcements_first_wins),
         T(test_announcement_flood_is_capped),
     };
     const struct CMUnitTest split[] = {
