@@ -56,7 +56,7 @@ static void run(const char *name, loom_runtime *from, loom_runtime *to, loom_msg
         double t1 = bench_now();
         loom_msg *got;
         char why[160];
-        if (loom__trust_decode(&to->trust, data, len, &got, why, sizeof why)) {
+        if (loom__trust_decode(&to->trust, data, len, 0, &got, why, sizeof why)) {
             fprintf(stderr, "bench_sign: %s: %s\n", name, why);
             exit(1);
         }

@@ -373,11 +373,12 @@ static void warn_refused(loom_runtime *rt, const char *what, const char *why)
 
 /* Decodes and checks a delivery; false (logged, counted) when it is dropped.
  * *bare is set for bytes that are not an envelope at all. */
-static bool wire_decode(loom_runtime *rt, const char *what, const void *data, size_t len,
-                        loom_msg **m, bool *bare)
+static bool wire_decode(loom_runtime *rt, const loom__token *tok, const char *what,
+                        const void *data, size_t len, loom_msg **m, bool *bare)
 {
     char why[160];
-    loom_err err = loom__trust_decode(&rt->trust, data, len, m, why, sizeof why);
+    loom_err err =
+        loom__trust_decode(&rt->trust, data, len, (uint64_t)(uintptr_t)tok, m, why, sizeof why);
     if (bare)
         *bare = err != LOOM_OK && err != LOOM_ESTATE;
     if (err == LOOM_ESTATE)
@@ -472,7 +473,7 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
     if (tok->kind == LOOM__TOK_COMMAND) {
         loom__command *cmd = (loom__command *)tok;
         bool bare = false;
-        if (!wire_decode(rt, tok->filter, r->data, r->len, &m, &bare)) {
+        if (!wire_decode(rt, tok, tok->filter, r->data, r->len, &m, &bare)) {
             if (bare)
                 run_bare_command(rt, cmd, r);
             return;
@@ -490,7 +491,7 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
         loom__run_command(rt, cmd, m, &to);
         return;
     }
-    if (!wire_decode(rt, tok->filter, r->data, r->len, &m, NULL))
+    if (!wire_decode(rt, tok, tok->filter, r->data, r->len, &m, NULL))
         return;
     switch (tok->kind) {
     case LOOM__TOK_SUBSCRIPTION:
@@ -561,7 +562,8 @@ static loom_err host_deliver(void *core, const loom_delivery *d)
         if (!d->msg && !empty && d->len > rt->max_announcement) {
             loom__trust_count(&rt->trust, LOOM__DROP_ANNOUNCE);
             warn_refused(rt, d->topic, "announcement over limits.announcement bytes");
-        } else if (!d->msg && !empty && !wire_decode(rt, d->topic, d->data, d->len, &m, NULL)) {
+        } else if (!d->msg && !empty &&
+                   !wire_decode(rt, tok, d->topic, d->data, d->len, &m, NULL)) {
             m = NULL;
         } else {
             loom__discovery_received(rt, d->topic, m, empty);
@@ -584,7 +586,7 @@ static loom_err host_deliver(void *core, const loom_delivery *d)
         }
         if (id && loom__is_id(id) && loom__pending_is_sync(rt, id)) {
             loom_msg *m = d->msg ? loom_msg_retain(d->msg) : NULL;
-            if (!m && !wire_decode(rt, d->topic, d->data, d->len, &m, NULL))
+            if (!m && !wire_decode(rt, tok, d->topic, d->data, d->len, &m, NULL))
                 return LOOM_OK;
             if ((m->type == LOOM_MSG_SUCCESS || m->type == LOOM_MSG_ERROR) && d->msg)
                 loom__complete_pending(rt, m);

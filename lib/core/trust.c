@@ -375,9 +375,9 @@ loom_err loom__trust_verify_bytes(loom__trust *t, const void *data, size_t len,
     return LOOM_OK;
 }
 
-static uint64_t id_hash(const char *id)
+static uint64_t id_hash(const char *id, uint64_t scope)
 {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = 1469598103934665603ULL ^ (scope * 0x9E3779B97F4A7C15ULL);
     for (int i = 0; i < LOOM_ID_LEN; i++)
         h = (h ^ (unsigned char)id[i]) * 1099511628211ULL;
     return h ? h : 1;
@@ -396,9 +396,9 @@ static bool gen_has(const uint64_t *g, uint64_t h)
 /* True when id was seen within the window (and records it otherwise).
  * Two generations: an id stays at least one window, at most two; a
  * generation that fills up early rotates early (docs/security.md). */
-static bool seen_before(loom__trust *t, const char *id)
+static bool seen_before(loom__trust *t, const char *id, uint64_t scope)
 {
-    uint64_t h = id_hash(id);
+    uint64_t h = id_hash(id, scope);
     pthread_mutex_lock(&t->mu);
     int64_t now = loom__mono_ms();
     if (now - t->gen_start >= t->window_ms || t->gen_count[0] >= CACHE_SLOTS / 4 * 3) {
@@ -430,8 +430,8 @@ static loom_err refuse(loom__trust *t, int reason, char *why, size_t n, const ch
     return LOOM_ESTATE;
 }
 
-loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, loom_msg **out, char *why,
-                            size_t why_len)
+loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, uint64_t scope,
+                            loom_msg **out, char *why, size_t why_len)
 {
     *out = NULL;
     if (!t->signing)
@@ -461,7 +461,7 @@ loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, loom_m
         }
         int64_t now = loom__now_ms();
         if (m->timestamp < now - t->window_ms || m->timestamp > now + t->window_ms ||
-            (m->deadline && m->deadline < now) || seen_before(t, m->id)) {
+            (m->deadline && m->deadline < now) || seen_before(t, m->id, scope)) {
             loom_msg_release(m);
             return refuse(t, LOOM__DROP_REPLAY, why, why_len,
                           "replayed, expired or outside the time window");

@@ -78,11 +78,14 @@ loom_err loom__trust_sign(loom__trust *t, const loom_msg *m, bool to_all, char *
 /* Decodes a wire envelope and checks it. With signing on: the trailer must
  * verify, the signer must be entitled to m's sender service (events,
  * commands, replies) and commands, replies and events must be fresh and not
- * replayed. On success m->verified and m->signer are set. Returns LOOM_OK,
+ * replayed: seen before with the same scope (the subscription it arrived
+ * for: one message may rightly reach a runtime once per matching
+ * subscription, e.g. as a reply and as an event). On success m->verified
+ * and m->signer are set. Returns LOOM_OK,
  * LOOM_ESTATE when it is an envelope but refused (counted; *why says why),
  * or the decoder's error (not an envelope: a bare call, or garbage). */
-loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, loom_msg **out, char *why,
-                            size_t why_len);
+loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, uint64_t scope,
+                            loom_msg **out, char *why, size_t why_len);
 
 /* True when identity may speak for service. */
 bool loom__trust_allows(const loom__trust *t, const char *identity, const char *service);

@@ -131,7 +131,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     loom_msg *m = NULL;
     char why[160];
-    if (loom__trust_decode(&rx->trust, data, size, &m, why, sizeof why) == LOOM_OK) {
+    if (loom__trust_decode(&rx->trust, data, size, 0, &m, why, sizeof why) == LOOM_OK) {
         if (!m || !m->verified || !m->signer)
             abort();
         loom_msg_release(m);

@@ -9,7 +9,9 @@
 #             (mosquitto runs with use_username_as_clientid)
 #   IDENTITY  its signing identity (instances of one service share one);
 #             empty for an operator user that only makes bare calls
-#   SERVICES  comma-separated services it runs, or - for none
+#   SERVICES  comma-separated services it runs, - for none, or * for a
+#             user that may publish and subscribe anything (a test's or an
+#             administrator's tool; no identity)
 #   CALLS     comma-separated services whose commands it may call, - for
 #             none, * (the default) for all
 # e.g. shop-a:shop-a:users,orders,notifications:payments
@@ -75,6 +77,16 @@ for entry in "$@"; do
     # mosquitto (dynamic security plugin): this user's role
     acl() { acls="${acls:+$acls,}{\"acltype\":\"$1\",\"topic\":\"$2\",\"allow\":true}"; }
     acls=""
+    if [ "$services" = '*' ]; then
+        acl publishClientSend '#'
+        acl subscribePattern '#'
+        acl subscribePattern '$share/+/#'
+        roles="${roles:+$roles,
+}    {\"rolename\": \"$user\", \"acls\": [$acls]}"
+        nats_users="$nats_users
+    {user: \"$user\", password: \"$pass\"}"
+        continue
+    fi
     acl subscribePattern "$prefix/reply/$user"
     acl subscribePattern "$prefix/reply/$user/#"
     acl subscribePattern "$prefix/svc/+"
