@@ -29,10 +29,12 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <nats/nats.h>
 
 #include "core/runtime.h"
 #include "core/trust.h"
 #include "support/mosquitto.h"
+#include "support/nats.h"
 #include "support/proc.h"
 #include "support/support.h"
 
@@ -668,7 +670,9 @@ static void test_announcement_flood_is_capped(void **state)
 
 static struct {
     char dir[128];
+    bool on_nats; /* the "split_nats" group */
     t_broker broker;
+    t_nats nats;
     t_proc procs[3]; /* shop-a, pay-1, bridge */
     int http_port;
     char mallory_pass[64], operator_pass[64];
@@ -733,7 +737,7 @@ static void start_shop(t_proc *p, const char *user, const char *services, const 
     const char *args[] = {"--config",
                           conf,
                           "--broker",
-                          t_broker_url(&L.broker),
+                          L.on_nats ? t_nats_url(&L.nats) : t_broker_url(&L.broker),
                           "--services",
                           services,
                           "--state",
@@ -744,10 +748,10 @@ static void start_shop(t_proc *p, const char *user, const char *services, const 
     t_proc_start(p, user, shop_path, args, NULL, log);
 }
 
-static int split_setup(void **state)
+static int split_setup_on(bool nats)
 {
-    (void)state;
     memset(&L, 0, sizeof L);
+    L.on_nats = nats;
     snprintf(L.dir, sizeof L.dir, "/tmp/loom-attacks-split-XXXXXX");
     if (!mkdtemp(L.dir))
         return -1;
@@ -766,9 +770,12 @@ static int split_setup(void **state)
         fail_msg("secure.sh failed: %s", t_run_err(&r));
     t_run_free(&r);
     char path[256];
-    snprintf(path, sizeof path, "%s/mosquitto-auth.conf", L.dir);
+    snprintf(path, sizeof path, "%s/%s", L.dir, nats ? "nats-auth.conf" : "mosquitto-auth.conf");
     char *auth = t_read_file(path);
-    t_broker_start_with(&L.broker, auth);
+    if (nats)
+        t_nats_start_with(&L.nats, auth);
+    else
+        t_broker_start_with(&L.broker, auth);
     free(auth);
     /* the bridge authenticates HTTP callers */
     snprintf(path, sizeof path, "%s/bridge.yaml", L.dir);
@@ -801,12 +808,27 @@ static int split_setup(void **state)
     return 0;
 }
 
+static int split_setup(void **state)
+{
+    (void)state;
+    return split_setup_on(false);
+}
+
+static int split_nats_setup(void **state)
+{
+    (void)state;
+    return split_setup_on(true);
+}
+
 static int split_teardown(void **state)
 {
     (void)state;
     for (int i = 0; i < 3; i++)
         t_proc_stop(&L.procs[i], SIGTERM, 5000);
-    t_broker_stop(&L.broker);
+    if (L.on_nats)
+        t_nats_stop(&L.nats);
+    else
+        t_broker_stop(&L.broker);
     t_proc_reap_all(2000);
     t_remove_tree(L.dir);
     return 0;
@@ -1044,6 +1066,62 @@ static void test_split_client_id_takeover(void **state)
     order_works();
 }
 
+/* --- the same deployment over NATS (users and subject permissions) ---------- */
+
+/* A nats.c connection as user (NULL: anonymous); NULL when refused. */
+static natsConnection *nats_as(const char *user)
+{
+    natsOptions *o = NULL;
+    natsConnection *nc = NULL;
+    if (natsOptions_Create(&o) != NATS_OK)
+        fail_msg("natsOptions_Create");
+    natsOptions_SetURL(o, t_nats_url(&L.nats));
+    natsOptions_SetTimeout(o, 2000);
+    natsOptions_SetMaxReconnect(o, 0);
+    if (user)
+        natsOptions_SetUserInfo(o, user, L.mallory_pass);
+    if (natsConnection_Connect(&nc, o) != NATS_OK)
+        nc = NULL;
+    natsOptions_Destroy(o);
+    return nc;
+}
+
+/* Attacks over NATS: no credentials; as mallory: a request to
+ * payments.charge, joining payments' queue group, reading every subject,
+ * replacing pay-1's announcement. Each fails; the shop keeps serving. */
+static void test_nats_attacks_fail(void **state)
+{
+    (void)state;
+    assert_null(nats_as(NULL));
+    natsConnection *nc = nats_as("mallory");
+    assert_non_null(nc);
+    natsSubscription *all = NULL, *group = NULL;
+    natsConnection_SubscribeSync(&all, nc, "loom.>");
+    natsConnection_QueueSubscribeSync(&group, nc, "loom.cmd.payments.1.charge", "payments%2E1");
+    natsMsg *reply = NULL;
+    natsStatus st =
+        natsConnection_RequestString(&reply, nc, "loom.cmd.payments.1.charge",
+                                     "{\"orderId\":\"o-evil\",\"amount\":999999}", 1500);
+    assert_int_not_equal(st, NATS_OK);
+    natsMsg_Destroy(reply);
+    natsConnection_PublishString(nc, "loom.svc.pay-1", "junk");
+    natsConnection_Flush(nc);
+    for (int i = 0; i < 3; i++)
+        order_works();
+    natsMsg *m = NULL;
+    /* the server refused both subscriptions: nothing arrives on either */
+    assert_int_not_equal(natsSubscription_NextMsg(&m, all, 500), NATS_OK);
+    assert_int_not_equal(natsSubscription_NextMsg(&m, group, 100), NATS_OK);
+    natsSubscription_Destroy(all);
+    natsSubscription_Destroy(group);
+    natsConnection_Destroy(nc);
+    assert_int_equal(t_proc_log_count(&L.procs[1], "o-evil"), 0);
+    http_res res = {0};
+    assert_int_equal(http(&res, "GET", "/readyz", NULL, false), 200);
+    assert_non_null(strstr(res.body.data, "\"routes\":6"));
+    free(res.body.data);
+}
+
 #define T(fn) cmocka_unit_test(fn)
 
 int main(void)
@@ -1083,6 +1161,10 @@ int main(void)
     int failed =
         cmocka_run_group_tests_name("attacks_signing", signing, signing_setup, signing_teardown);
     failed += cmocka_run_group_tests_name("attacks_split", split, split_setup, split_teardown);
+    const struct CMUnitTest split_nats[] = {T(test_nats_attacks_fail)};
+    failed += cmocka_run_group_tests_name("attacks_split_nats", split_nats, split_nats_setup,
+                                          split_teardown);
+    nats_CloseAndWait(5000);
     curl_global_cleanup();
     return failed ? 1 : 0;
 }
