@@ -308,6 +308,13 @@ static void test_signing_configuration_errors(void **state)
     char where[300];
     snprintf(where, sizeof where, "%s:2:", bad);
     assert_non_null(strstr(logged, where));
+    /* a keyring without this process's own identity */
+    char *all = t_read_file(ring);
+    char *caller_line = strstr(all, "caller ");
+    write_file(bad, caller_line, strlen(caller_line));
+    free(all);
+    assert_int_equal(create_with(key, bad), LOOM_ECONFIG);
+    assert_non_null(strstr(logged, "does not list this process's identity 'probe'"));
     assert_int_equal(create_with(key, ring), LOOM_OK);
     assert_null(strstr(logged, b64));
     free(secret);

@@ -43,6 +43,8 @@ static bool valid_name(const char *s)
     return true;
 }
 
+static const loom__key *find_key(const loom__trust *t, const char *name, size_t n);
+
 /* --- files ------------------------------------------------------------------ */
 
 /* Reads a small text file (keys, keyring) whole. */
@@ -202,6 +204,15 @@ loom_err loom__trust_init(loom__trust *t, const loom_config *cfg, loom_runtime *
         err = load_ring(t, ring, rt);
     if (err != LOOM_OK)
         return err;
+    /* Our own announcements come back to us: we must be able to check them. */
+    const loom__key *self = find_key(t, t->name, strlen(t->name));
+    if (!self || memcmp(self->pk, t->pk, sizeof t->pk) != 0) {
+        loom_runtime_log(rt, LOOM_LOG_ERROR,
+                         "security.keyring: %s does not list this process's identity '%s' with "
+                         "its public key",
+                         ring, t->name);
+        return LOOM_ECONFIG;
+    }
     pthread_mutex_init(&t->mu, NULL);
     t->mu_ready = true;
     t->gen[0] = calloc(CACHE_SLOTS, sizeof(uint64_t));
