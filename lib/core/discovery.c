@@ -269,7 +269,7 @@ static void own_topic(loom_runtime *rt, loom_msg *msg)
 static void refuse_announcement(loom_runtime *rt, const char *topic, const char *why)
 {
     loom__trust_count(&rt->trust, LOOM__DROP_ANNOUNCE);
-    loom_runtime_log(rt, LOOM_LOG_WARN, "refused the announcement on %s: %s", topic, why);
+    loom__warn_refused(rt, topic, why);
 }
 
 static size_t doc_commands(const cJSON *doc)

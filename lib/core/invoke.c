@@ -100,10 +100,7 @@ static bool pend_take(loom_runtime *rt, const char *id, loom_reply_fn *cb, void 
     if (p && from && p->service[0] && strcmp(from, p->service) != 0) {
         pthread_mutex_unlock(&rt->pend_mu);
         loom__trust_count(&rt->trust, LOOM__DROP_REPLY);
-        loom_runtime_log(rt, LOOM_LOG_WARN,
-                         "dropped a reply for a call to %s that came from '%s' (counted in "
-                         "/metrics)",
-                         p->service, from);
+        loom__warn_refused(rt, rt->reply_topic, "a reply from a service that was not called");
         return false;
     }
     p = p ? pend_take_locked(rt, id) : NULL;

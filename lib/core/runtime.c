@@ -361,8 +361,7 @@ static void warn_garbage(loom_runtime *rt, const char *what, const char *why)
     loom_runtime_log(rt, LOOM_LOG_WARN, "dropped a malformed message on %s: %s", what, why);
 }
 
-/* Rate-limited warning about a message refused by the trust checks. */
-static void warn_refused(loom_runtime *rt, const char *what, const char *why)
+void loom__warn_refused(loom_runtime *rt, const char *what, const char *why)
 {
     int64_t now = loom__mono_ms(), prev = atomic_load(&rt->refused_warned_mono);
     if (now - prev < 1000 || !atomic_compare_exchange_strong(&rt->refused_warned_mono, &prev, now))
@@ -382,7 +381,7 @@ static bool wire_decode(loom_runtime *rt, const loom__token *tok, const char *wh
     if (bare)
         *bare = err != LOOM_OK && err != LOOM_ESTATE;
     if (err == LOOM_ESTATE)
-        warn_refused(rt, what, why);
+        loom__warn_refused(rt, what, why);
     else if (err != LOOM_OK && !bare)
         warn_garbage(rt, what, why);
     return err == LOOM_OK;
@@ -394,7 +393,7 @@ static void refuse_bare(loom_runtime *rt, raw_delivery *r)
     static const char body[] = "{\"status\":403,\"message\":\"unsigned calls are not "
                                "accepted (security.bare_calls)\"}";
     loom__trust_count(&rt->trust, LOOM__DROP_UNSIGNED);
-    warn_refused(rt, r->tok->filter, "a bare call while security.bare_calls is off");
+    loom__warn_refused(rt, r->tok->filter, "a bare call while security.bare_calls is off");
     loom_msg *err = loom__msg_new(LOOM_MSG_ERROR);
     if (!err)
         return;
@@ -561,7 +560,7 @@ static loom_err host_deliver(void *core, const loom_delivery *d)
         bool empty = !d->msg && d->len == 0;
         if (!d->msg && !empty && d->len > rt->max_announcement) {
             loom__trust_count(&rt->trust, LOOM__DROP_ANNOUNCE);
-            warn_refused(rt, d->topic, "announcement over limits.announcement bytes");
+            loom__warn_refused(rt, d->topic, "announcement over limits.announcement bytes");
         } else if (!d->msg && !empty &&
                    !wire_decode(rt, tok, d->topic, d->data, d->len, &m, NULL)) {
             m = NULL;

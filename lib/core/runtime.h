@@ -226,6 +226,9 @@ enum {
 };
 
 /* runtime.c */
+/* A rate-limited warning (one a second) about a message the trust checks
+ * refused; what is the topic or subject, why the reason. */
+void loom__warn_refused(loom_runtime *rt, const char *what, const char *why);
 loom__command *loom__find_command(loom_runtime *rt, const char *service, const char *version,
                                   const char *command);
 /* Publishes msg (taken over on LOOM_OK) on topic through the adapter,
