@@ -317,6 +317,22 @@ static void test_signing_configuration_errors(void **state)
     assert_non_null(strstr(logged, "does not list this process's identity 'probe'"));
     assert_int_equal(create_with(key, ring), LOOM_OK);
     assert_null(strstr(logged, b64));
+    /* the key from the environment instead of a file */
+    char *text = t_read_file(key);
+    setenv("LOOM_TEST_ATTACKS_KEY", text, 1);
+    free(text);
+    loom_config *cfg;
+    assert_int_equal(loom_config_create(&cfg), LOOM_OK);
+    assert_int_equal(loom_config_set(cfg, "security.signing", "on"), LOOM_OK);
+    assert_int_equal(loom_config_set(cfg, "security.key_env", "LOOM_TEST_ATTACKS_KEY"), LOOM_OK);
+    assert_int_equal(loom_config_set(cfg, "security.keyring", ring), LOOM_OK);
+    loom_runtime_config rc = {.config = cfg, .log_fn = capture_log};
+    loom_runtime *rt = NULL;
+    assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
+    assert_string_equal(rt->trust.name, "probe");
+    loom_runtime_destroy(rt);
+    loom_config_destroy(cfg);
+    unsetenv("LOOM_TEST_ATTACKS_KEY");
     free(secret);
 }
 
