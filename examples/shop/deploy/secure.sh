@@ -37,7 +37,7 @@
 set -euf
 
 [ $# -ge 3 ] || {
-    echo "usage: secure.sh DIR SHOP USER:IDENTITY:SERVICES..." >&2
+    echo "usage: secure.sh DIR SHOP USER:IDENTITY:SERVICES[:CALLS]..." >&2
     exit 2
 }
 dir=$1
