@@ -248,7 +248,17 @@ void loom__announce_restore(loom_runtime *rt)
                          "our announcement on %s was cleared or replaced by someone else: "
                          "publishing it again (%u so far)",
                          rt->announce_topic, n + 1);
-    loom__pool_submit_always(&rt->pool, (loom__job){restore_job, rt, NULL, 0});
+    /* At most one restore a second: two instances misconfigured with one
+     * instance id (or someone clearing in a loop) must not make us flood. */
+    int64_t now = loom__mono_ms(), last = atomic_exchange(&rt->restore_mono, now);
+    if (now - last >= 1000) {
+        loom__pool_submit_always(&rt->pool, (loom__job){restore_job, rt, NULL, 0});
+        return;
+    }
+    atomic_store(&rt->restore_mono, last + 1000);
+    rt->restore_timer.heap_index = SIZE_MAX;
+    rt->restore_timer.job = (loom__job){restore_job, rt, NULL, 0};
+    loom__timer_add(&rt->pool, &rt->restore_timer, (uint32_t)(last + 1000 - now));
 }
 
 /* Our own topic: our announcement coming back, or someone else's doing. */

@@ -160,6 +160,8 @@ struct loom_runtime {
     atomic_bool announce_lost;
     atomic_uint announce_restores;
     atomic_bool restore_queued;
+    _Atomic int64_t restore_mono; /* when the last restore was scheduled */
+    loom__timer restore_timer;    /* a restore delayed by the rate limit */
     /* discovery caps (limits.*) */
     size_t max_announcement, max_instance_commands, max_routes;
 
