@@ -41,7 +41,7 @@ else
 endif
 CFLAGS  ?=
 ALL_CFLAGS := $(BASE_CFLAGS) $(OPT) $(CFLAGS)
-DEP_LIBS := -lpaho-mqtt3as -lnats -lhiredis -lcjson -lyaml -lmicrohttpd -lpthread
+DEP_LIBS := -lpaho-mqtt3as -lnats -lhiredis -lcjson -lyaml -lmicrohttpd -lsodium -lpthread
 LDFLAGS ?=
 
 LIB_SRCS  := $(sort $(wildcard lib/*/*.c))
@@ -195,7 +195,7 @@ uninstall:
 DEB_PACKAGES := build-essential pkg-config libpaho-mqtt-dev libcjson-dev libyaml-dev \
                 libcmocka-dev libmicrohttpd-dev libcurl4-openssl-dev mosquitto \
                 mosquitto-clients curl clang libclang-rt-14-dev valgrind \
-                libnats-dev nats-server libhiredis-dev redis-server nginx-light
+                libnats-dev nats-server libhiredis-dev redis-server nginx-light libsodium-dev
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' \
@@ -213,7 +213,7 @@ deps:
 # tables on stdout and docs/performance.md, in about 8 minutes on 2 CPUs.
 # BENCH_SCALE=0.3 BENCH_REPS=1 make bench is a quick smoke run.
 BENCH_PACKAGES := wrk nginx-light mosquitto nats-server valgrind python3
-BENCH_PROGS    := bench_invoke bench_events bench_routes ref_mqtt_rr ref_nats_rr
+BENCH_PROGS    := bench_invoke bench_events bench_routes bench_sign ref_mqtt_rr ref_nats_rr
 
 .PHONY: bench-deps bench-build
 

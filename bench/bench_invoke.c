@@ -14,6 +14,8 @@
  *                   default {"n":41}
  *   --body JSON     request payload as given
  *   --broker URL    broker (default "memory:")
+ *   --config FILE   a loom YAML configuration for the client runtime (e.g.
+ *                   broker credentials and security.signing)
  *   --target S.C    call command C of service S (version 1) served elsewhere
  *                   instead of the built-in bench.inc; `direct` is skipped
  *   --window W      invocations in flight for `invoke`
@@ -243,7 +245,8 @@ static bool wanted(const char *list, const char *name)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_invoke [seconds] [threads] [direct,call,call_mt,invoke]\n"
-                    "       [--bytes N | --body JSON] [--broker URL] [--target SVC.CMD]\n"
+                    "       [--bytes N | --body JSON] [--broker URL] [--config FILE]\n"
+                    "       [--target SVC.CMD]\n"
                     "       [--window W] [--count N]\n");
     exit(2);
 }
@@ -252,7 +255,7 @@ int main(int argc, char **argv)
 {
     double secs = 2.0;
     int threads = 2, pos = 0;
-    const char *only = "", *broker = "memory:", *body = "{\"n\":41}";
+    const char *only = "", *broker = "memory:", *body = "{\"n\":41}", *config = NULL;
     char *owned_body = NULL;
     bool remote = false;
     for (int i = 1; i < argc; i++) {
@@ -279,6 +282,8 @@ int main(int argc, char **argv)
             body = v;
         } else if (!strcmp(a, "--broker")) {
             broker = v;
+        } else if (!strcmp(a, "--config")) {
+            config = v;
         } else if (!strcmp(a, "--target")) {
             const char *dot = strchr(v, '.');
             if (!dot || dot == v || !dot[1] || (size_t)(dot - v) >= sizeof T.service ||
@@ -303,11 +308,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_invoke: the payload is not JSON\n");
         return 2;
     }
-    loom_runtime_config cfg = {.log_level = LOOM_LOG_WARN, .workers = (unsigned)threads,
+    loom_config *conf = NULL;
+    if (config && (loom_config_create(&conf) || loom_config_load_file(conf, config))) {
+        fprintf(stderr, "bench_invoke: %s\n", conf ? loom_config_error(conf) : "out of memory");
+        return 2;
+    }
+    loom_runtime_config cfg = {.config = conf,
+                               .log_level = LOOM_LOG_WARN,
+                               .workers = (unsigned)threads,
                                .broker_url = broker};
     loom_runtime *rt = NULL;
-    if (loom_runtime_create(&rt, &cfg) || (!remote && loom_runtime_add_service(rt, &svc, NULL)) ||
-        loom_runtime_start(rt) || loom_runtime_wait_ready(rt, 10000)) {
+    loom_err cerr = loom_runtime_create(&rt, &cfg);
+    loom_config_destroy(conf);
+    if (cerr || (!remote && loom_runtime_add_service(rt, &svc, NULL)) || loom_runtime_start(rt) ||
+        loom_runtime_wait_ready(rt, 10000)) {
         fprintf(stderr, "bench_invoke: cannot start the runtime\n");
         loom_runtime_destroy(rt);
         cJSON_Delete(T.payload);

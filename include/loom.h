@@ -167,6 +167,14 @@ LOOM_API const char *loom_msg_reply_to(const loom_msg *m);
 LOOM_API int64_t loom_msg_timestamp(const loom_msg *m); /* epoch ms */
 LOOM_API int64_t loom_msg_deadline(const loom_msg *m);  /* epoch ms, 0 = none */
 LOOM_API const loom_address *loom_msg_sender(const loom_msg *m);
+/* True when the message's identity fields (principal, tenant, sender) can
+ * be believed: it was made in this process (by the HTTP bridge after its
+ * auth, or by your code), or it came over the broker with a signature that
+ * verified (security.signing, docs/security.md). False for messages that
+ * crossed a broker unsigned and for plain clients' bare calls. */
+LOOM_API bool loom_msg_identity_verified(const loom_msg *m);
+/* The keyring identity whose signature or MAC verified, or NULL. */
+LOOM_API const char *loom_msg_signer(const loom_msg *m);
 LOOM_API const loom_address *loom_msg_receiver(const loom_msg *m);
 
 /* Serializes the message as its JSON envelope. *out is NUL-terminated and

@@ -22,6 +22,14 @@
  *   - mosquitto hands a group's messages out in turn; NATS picks a queue
  *     group member at random, so tests that expect a spread send more.
  *
+ * Secure by default, as examples/shop/deploy/split.sh runs the shop
+ * (docs/security.md): the suite generates one kit with secure.sh (a broker
+ * user, ACL and signing identity per instance name the tests use, and a
+ * user "tester" who may publish and subscribe anything, for the plain
+ * client, the watcher and the junk); every broker starts with its users
+ * and ACLs (mosquitto's dynamic security plugin, nats-server users), every
+ * shop process and test runtime logs in as its instance and signs.
+ *
  * Each test gets its own broker on free loopback ports
  * (tests/support/mosquitto.h, tests/support/nats.h), its own temporary
  * directory (the state file the shop processes share, their logs) and a
@@ -73,6 +81,19 @@
 #define NATS_REQUEST_TIMEOUT_MS 5000
 
 static char shop_path[4096];
+
+/* The security kit (secure.sh's output), shared by the suite's tests. */
+static char kit[128];
+static char tester_pass[64], watcher_pass[64];
+static char nats_conf[4096];
+
+/* kit/INSTANCE.yaml in a static buffer. */
+static const char *kit_yaml(const char *instance)
+{
+    static char path[256];
+    snprintf(path, sizeof path, "%s/%s.yaml", kit, instance);
+    return path;
+}
 static char rr_path[256], pub_path[256], sub_path[256];
 
 /* What junk_publish sends: a text, nothing (a zero-length message), or a
@@ -309,11 +330,12 @@ static t_proc *new_proc(void)
 static t_proc *shop_start_on(const char *url, const char *instance, const char *services,
                              const char *state, const char *log_level, const char *const *extra)
 {
-    const char *args[40] = {"--services", services,   "--broker",    url,
-                            "--instance", instance,   "--state",     state ? state : L.state_url,
-                            "--workers",  "2",        "--log-level", log_level ? log_level : "info",
-                            "--set",      CMD_TIMEOUT};
-    size_t n = 14;
+    const char *args[40] = {
+        "--services", services,    "--broker",    url,
+        "--instance", instance,    "--state",     state ? state : L.state_url,
+        "--workers",  "2",         "--log-level", log_level ? log_level : "info",
+        "--set",      CMD_TIMEOUT, "--config",    kit_yaml(instance)};
+    size_t n = 16;
     for (size_t i = 0; extra && extra[i]; i++) {
         if (n + 1 >= sizeof args / sizeof args[0])
             fail_msg("too many arguments");
@@ -343,8 +365,8 @@ static void mqtt_watch_start(void)
     snprintf(log, sizeof log, "%s/watch.log", L.dir);
     L.watch = new_proc();
     t_proc_start(L.watch, "mosquitto_sub", sub_path,
-                 (const char *const[]){"-h", "127.0.0.1", "-p", port, "-t", "loom/svc/+", "-F",
-                                       "%t %l", NULL},
+                 (const char *const[]){"-h", "127.0.0.1", "-p", port, "-u", "watcher", "-P",
+                                       watcher_pass, "-t", "loom/svc/+", "-F", "%t %l", NULL},
                  L.env, log);
 }
 
@@ -515,7 +537,11 @@ static loom_runtime *probe_start_on(const char *url, const char *instance,
 {
     if (L.n_rts == MAX_RTS)
         fail_msg("too many runtimes in one test");
-    loom_runtime_config rc = {.broker_url = url,
+    loom_config *cfg = NULL;
+    if (loom_config_create(&cfg) != LOOM_OK || loom_config_load_file(cfg, kit_yaml(instance)))
+        fail_msg("%s: %s", kit_yaml(instance), cfg ? loom_config_error(cfg) : "out of memory");
+    loom_runtime_config rc = {.config = cfg,
+                              .broker_url = url,
                               .instance_id = instance,
                               .workers = 2,
                               .default_timeout_ms = CALL_TIMEOUT_MS,
@@ -523,6 +549,7 @@ static loom_runtime *probe_start_on(const char *url, const char *instance,
                               .log_level = LOOM_LOG_ERROR};
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
+    loom_config_destroy(cfg);
     L.rts[L.n_rts++] = rt;
     if (svc)
         assert_int_equal(loom_runtime_add_service(rt, svc, user), LOOM_OK);
@@ -707,7 +734,11 @@ static bool mqtt_available(void)
 
 static void mqtt_start(void)
 {
-    t_broker_start(&L.broker);
+    char path[256];
+    snprintf(path, sizeof path, "%s/mosquitto-auth.conf", kit);
+    char *auth = t_read_file(path);
+    t_broker_start_with(&L.broker, auth);
+    free(auth);
     mqtt_watch_start();
 }
 
@@ -748,9 +779,18 @@ static cJSON *mqtt_plain_request(const char *topic, const char *payload, int *st
     snprintf(port, sizeof port, "%d", L.broker.port);
     t_run r;
     t_run_prog(&r, rr_path,
-               (const char *const[]){"-V", "5", "-h", "127.0.0.1", "-p", port, "-t", topic, "-e",
-                                     "rr/reply/test", "-m", payload, "-F", "%P|%p", "-W", "5",
-                                     NULL},
+               (const char *const[]){
+                   "-V", "5",
+                   "-h", "127.0.0.1",
+                   "-p", port,
+                   "-u", "tester",
+                   "-P", tester_pass,
+                   "-t", topic,
+                   "-e", "loom/reply/tester/rr" /* services may answer under loom/reply/ only */,
+                   "-m", payload,
+                   "-F", "%P|%p",
+                   "-W", "5",
+                   NULL},
                L.env, TOOL_TIMEOUT_MS);
     if (r.status != 0)
         fail_msg("mosquitto_rr exited with %d: %s%s", r.status, t_run_out(&r), t_run_err(&r));
@@ -769,8 +809,9 @@ static void mqtt_junk_publish(const junk *j)
 {
     char port[16];
     snprintf(port, sizeof port, "%d", L.broker.port);
-    const char *argv[16] = {"-h", "127.0.0.1", "-p", port, "-t", j->topic};
-    size_t n = 6;
+    const char *argv[20] = {"-h",     "127.0.0.1", "-p",        port, "-u",
+                            "tester", "-P",        tester_pass, "-t", j->topic};
+    size_t n = 10;
     if (j->retain)
         argv[n++] = "-r";
     switch (j->kind) {
@@ -854,6 +895,8 @@ static void nats_client_start(const int *ports, size_t n)
     if (s == NATS_OK)
         s = natsOptions_SetName(o, "test-watch");
     if (s == NATS_OK)
+        s = natsOptions_SetUserInfo(o, "tester", tester_pass);
+    if (s == NATS_OK)
         s = natsOptions_SetMaxReconnect(o, -1);
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(o, 100);
@@ -886,7 +929,7 @@ static bool nats_available(void)
 
 static void nats_start(void)
 {
-    t_nats_start_with(&L.nats, NATS_CONF);
+    t_nats_start_with(&L.nats, nats_conf);
     nats_client_start(&L.nats.port, 1);
 }
 
@@ -1054,7 +1097,7 @@ static const broker_fixture nats_fixture = {
 
 static void cluster_start(void)
 {
-    t_nats_cluster_start_with(&L.cluster, NATS_CONF);
+    t_nats_cluster_start_with(&L.cluster, nats_conf);
     int ports[T_NATS_CLUSTER_NODES];
     for (int i = 0; i < T_NATS_CLUSTER_NODES; i++)
         ports[i] = L.cluster.node[i].port;
@@ -1114,6 +1157,51 @@ static const broker_fixture *suite_fixture(void)
     return SPLIT_ON_NATS ? &nats_fixture : &mqtt_fixture;
 }
 
+/* The kit: every instance name the tests start, with its services. */
+static int kit_setup(void)
+{
+    snprintf(kit, sizeof kit, "/tmp/loom-split-kit-XXXXXX");
+    if (!mkdtemp(kit))
+        return -1;
+    const char *args[] = {kit,
+                          shop_path,
+                          "shop-a:shop-a:users,orders,notifications",
+                          "notif-2:shop-a:notifications",
+                          "pay-1:payments:payments",
+                          "pay-2:payments:payments",
+                          "pay-3:payments:payments",
+                          "bridge:bridge:-",
+                          "bridge-1:bridge:-",
+                          "bridge-2:bridge:-",
+                          "cli:cli:-",
+                          "probe:probe:-",
+                          "audit-1:audit:audit",
+                          "audit-2:audit:audit",
+                          "tester::*",
+                          "watcher::*", /* its own user: one client id per user */
+                          NULL};
+    t_run r;
+    t_run_prog(&r, "examples/shop/deploy/secure.sh", args, NULL, 30000);
+    int status = r.status;
+    if (status != 0)
+        fprintf(stderr, SUITE_NAME ": secure.sh failed: %s\n", t_run_err(&r));
+    t_run_free(&r);
+    char path[256];
+    snprintf(path, sizeof path, "%s/tester.password", kit);
+    char *pass = t_read_file(path);
+    snprintf(tester_pass, sizeof tester_pass, "%.*s", (int)strcspn(pass, "\n"), pass);
+    free(pass);
+    snprintf(path, sizeof path, "%s/watcher.password", kit);
+    pass = t_read_file(path);
+    snprintf(watcher_pass, sizeof watcher_pass, "%.*s", (int)strcspn(pass, "\n"), pass);
+    free(pass);
+    snprintf(path, sizeof path, "%s/nats-auth.conf", kit);
+    char *auth = t_read_file(path);
+    snprintf(nats_conf, sizeof nats_conf, "%s\n%s", NATS_CONF, auth);
+    free(auth);
+    return status == 0 && tester_pass[0] ? 0 : -1;
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -1127,6 +1215,8 @@ static int group_setup(void **state)
     }
     if (!suite_fixture()->available())
         return -1;
+    if (kit_setup() != 0)
+        return -1;
     signal(SIGPIPE, SIG_IGN);
     return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
@@ -1135,6 +1225,8 @@ static int group_teardown(void **state)
 {
     (void)state;
     t_proc_reap_all(5000);
+    if (kit[0])
+        t_remove_tree(kit);
     curl_global_cleanup();
     if (SPLIT_ON_NATS)
         nats_CloseAndWait(5000); /* nats.c's own threads and memory */
@@ -1270,9 +1362,9 @@ static void test_order_flow_services_started_first(void **state)
     /* A one-shot client process with no services of its own. */
     char param[96];
     snprintf(param, sizeof param, "{\"id\":\"%s\"}", o.order_id);
-    const char *oneshot[] = {"--services", "none",    "--broker", L.fx->url(),
-                             "--state",    "memory:", "--call",   "orders.get",
-                             "--param",    param,     NULL};
+    const char *oneshot[] = {"--config",  kit_yaml("cli"), "--services", "none",   "--broker",
+                             L.fx->url(), "--state",       "memory:",    "--call", "orders.get",
+                             "--param",   param,           NULL};
     t_run r;
     settle();
     t_run_prog(&r, shop_path, oneshot, L.env, 30000);
@@ -1284,8 +1376,8 @@ static void test_order_flow_services_started_first(void **state)
     cJSON_Delete(order);
     t_run_free(&r);
 
-    oneshot[7] = "notifications.list";
-    oneshot[8] = NULL;
+    oneshot[9] = "notifications.list"; /* after "--call" */
+    oneshot[10] = NULL;
     t_run_prog(&r, shop_path, oneshot, L.env, 30000);
     if (r.status != 0)
         fail_msg("--call notifications.list exited with %d: %s", r.status, t_run_err(&r));

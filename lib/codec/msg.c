@@ -85,6 +85,7 @@ loom_msg *loom__msg_new(loom_msg_type type)
     memset(m, 0, offsetof(loom_msg, arena));
     atomic_init(&m->refs, 1);
     m->type = type;
+    m->verified = true; /* made here */
     loom__random_id(m->id);
     m->timestamp = loom__now_ms();
     return m;
@@ -165,6 +166,7 @@ static bool correlate(loom_msg *r, const loom_msg *req)
     memcpy(r->correlation_id, req->id, sizeof r->correlation_id);
     memcpy(r->trace_id, req->trace_id, sizeof r->trace_id);
     return loom__msg_set(r, &r->principal_id, req->principal_id) == LOOM_OK &&
+           loom__msg_set(r, &r->peer, req->signer) == LOOM_OK &&
            loom__msg_set(r, &r->tenant_id, req->tenant_id) == LOOM_OK &&
            loom__msg_set_address(r, &r->receiver, req->sender.service, req->sender.version,
                                  req->sender.target, req->sender.instance) == LOOM_OK &&
@@ -224,6 +226,8 @@ void loom_msg_release(loom_msg *m)
     msg_strfree(m, m->event_name);
     msg_strfree(m, m->reply_to);
     msg_strfree(m, m->info_type);
+    msg_strfree(m, m->signer);
+    msg_strfree(m, m->peer);
     address_free(m, &m->sender);
     address_free(m, &m->receiver);
     cJSON_Delete(m->payload);
@@ -342,6 +346,16 @@ int64_t loom_msg_timestamp(const loom_msg *m)
 int64_t loom_msg_deadline(const loom_msg *m)
 {
     return m ? m->deadline : 0;
+}
+
+bool loom_msg_identity_verified(const loom_msg *m)
+{
+    return m && m->verified;
+}
+
+const char *loom_msg_signer(const loom_msg *m)
+{
+    return m ? m->signer : NULL;
 }
 
 const loom_address *loom_msg_sender(const loom_msg *m)

@@ -38,6 +38,12 @@ struct loom_msg {
     char *error_message;
     cJSON *error_data;
     bool handled;
+    /* Trust (lib/core/trust.c). verified: made in this process, or its
+     * signature checked; signer: the identity that signed it (received);
+     * peer: the identity an outgoing reply is for (the request's signer). */
+    bool verified;
+    char *signer;
+    char *peer;
     /* Short strings live here (one allocation per message); longer ones
      * are malloc'd. A string inside the arena is never freed by itself. */
     uint16_t arena_used;

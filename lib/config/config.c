@@ -95,6 +95,9 @@ static const key_def keys[] = {
     INT("limits.queue", 1, 10000000),
     INT("limits.max_message", 1024, 268435456),
     MAP("limits.concurrency", .check = check_concurrency),
+    INT("limits.announcement", 1024, 16777216),
+    INT("limits.instance_commands", 1, 100000),
+    INT("limits.routes", 1, 1000000),
     STR("broker.url"),
     STR("broker.prefix", .check = check_prefix),
     STR("broker.client_id"),
@@ -142,6 +145,12 @@ static const key_def keys[] = {
     STR("http.openapi.title"),
     STR("http.openapi.version"),
     STR("http.openapi.description"),
+    BOOL("security.signing"),
+    STR("security.key_file"),
+    STR("security.key_env"),
+    STR("security.keyring"),
+    BOOL("security.bare_calls"),
+    INT("security.replay_window_ms", 1000, 86400000),
     MAP("config"), /* config.<service> is handed to that service's handlers */
 };
 
@@ -161,6 +170,9 @@ static const struct {
     {"LOOM_BROKER_USERNAME", "broker.username"},
     {"LOOM_BROKER_PASSWORD", "broker.password"},
     {"LOOM_HTTP_TOKENS", "http.auth.tokens"},
+    {"LOOM_SECURITY_SIGNING", "security.signing"},
+    {"LOOM_SECURITY_KEY_FILE", "security.key_file"},
+    {"LOOM_SECURITY_KEYRING", "security.keyring"},
 };
 
 static const key_def *find_key(const char *key)

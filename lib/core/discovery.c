@@ -194,10 +194,142 @@ bool loom__discovery_synced(loom_runtime *rt)
     return false;
 }
 
+static const cJSON *doc_command(const cJSON *doc, const char *service, const char *version,
+                                const char *command, const cJSON **svc_out);
+static const char *jstr(const cJSON *o, const char *key);
+
+/* Logs each command of r that an earlier announcement (or this process)
+ * already serves with a different HTTP exposure: the earlier one stays. */
+static void warn_conflicts_locked(loom_runtime *rt, const loom__remote *r)
+{
+    const cJSON *s;
+    cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(r->doc, "services"))
+    {
+        const char *n = jstr(s, "name"), *v = jstr(s, "version");
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(s, "commands"))
+        {
+            const char *cn = jstr(c, "name");
+            if (!n || !v || !cn)
+                continue;
+            const cJSON *first = rt->local_doc ? doc_command(rt->local_doc, n, v, cn, NULL) : NULL;
+            for (const loom__remote *o = rt->remotes; o && o != r && !first; o = o->next)
+                first = doc_command(o->doc, n, v, cn, NULL);
+            if (first && !cJSON_Compare(cJSON_GetObjectItemCaseSensitive(first, "http"),
+                                        cJSON_GetObjectItemCaseSensitive(c, "http"), true))
+                loom_runtime_log(rt, LOOM_LOG_WARN,
+                                 "conflicting announcements for %s.%s (version %s): %s "
+                                 "exposes it differently; the first announcement stays",
+                                 n, cn, v, r->topic);
+        }
+    }
+}
+
+static void restore_job(void *a, void *b, uintptr_t c)
+{
+    (void)b;
+    (void)c;
+    loom_runtime *rt = a;
+    atomic_store(&rt->restore_queued, false);
+    if (atomic_load(&rt->state) == LOOM__STARTED && loom__subscriptions_ready(rt))
+        loom__announce(rt);
+}
+
+void loom__announce_restore(loom_runtime *rt)
+{
+    if (atomic_load(&rt->state) != LOOM__STARTED || rt->n_services == 0)
+        return;
+    atomic_store(&rt->announce_lost, true);
+    if (atomic_exchange(&rt->restore_queued, true))
+        return; /* one restore at a time */
+    unsigned n = atomic_fetch_add(&rt->announce_restores, 1);
+    if (n < 3 || n % 100 == 0)
+        loom_runtime_log(rt, LOOM_LOG_WARN,
+                         "our announcement on %s was cleared or replaced by someone else: "
+                         "publishing it again (%u so far)",
+                         rt->announce_topic, n + 1);
+    /* At most one restore a second: two instances misconfigured with one
+     * instance id (or someone clearing in a loop) must not make us flood. */
+    int64_t now = loom__mono_ms(), last = atomic_exchange(&rt->restore_mono, now);
+    if (now - last >= 1000) {
+        loom__pool_submit_always(&rt->pool, (loom__job){restore_job, rt, NULL, 0});
+        return;
+    }
+    atomic_store(&rt->restore_mono, last + 1000);
+    rt->restore_timer.heap_index = SIZE_MAX;
+    rt->restore_timer.job = (loom__job){restore_job, rt, NULL, 0};
+    loom__timer_add(&rt->pool, &rt->restore_timer, (uint32_t)(last + 1000 - now));
+}
+
+/* Our own topic: our announcement coming back, or someone else's doing. */
+static void own_topic(loom_runtime *rt, loom_msg *msg)
+{
+    /* Ours: an announcement from this instance, signed by our identity when
+     * signing is on (not by id: heartbeats may arrive out of order). */
+    bool ours = msg && msg->type == LOOM_MSG_INFO && msg->sender.instance &&
+                strcmp(msg->sender.instance, rt->instance_id) == 0 &&
+                (!rt->trust.signing || (msg->signer && strcmp(msg->signer, rt->trust.name) == 0));
+    loom_msg_release(msg);
+    if (ours)
+        atomic_store(&rt->announce_lost, false);
+    else
+        loom__announce_restore(rt);
+}
+
+static void refuse_announcement(loom_runtime *rt, const char *topic, const char *why)
+{
+    loom__trust_count(&rt->trust, LOOM__DROP_ANNOUNCE);
+    loom__warn_refused(rt, topic, why);
+}
+
+static size_t doc_commands(const cJSON *doc)
+{
+    size_t n = 0;
+    const cJSON *s;
+    cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(doc, "services")) n +=
+        (size_t)cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s, "commands"));
+    return n;
+}
+
+/* May this verified announcement stand? Its signer must speak for every
+ * service it lists (so only a service states its own routes and public
+ * flags), and it must fit the caps. */
+static bool announcement_ok(loom_runtime *rt, const char *topic, const loom_msg *msg)
+{
+    const cJSON *s;
+    if (rt->trust.signing && msg->signer) {
+        cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(msg->payload, "services"))
+        {
+            const cJSON *n = cJSON_GetObjectItemCaseSensitive(s, "name");
+            if (!cJSON_IsString(n) ||
+                !loom__trust_allows(&rt->trust, msg->signer, n->valuestring)) {
+                refuse_announcement(rt, topic, "it lists a service its signer may not speak for");
+                return false;
+            }
+        }
+    }
+    size_t n = doc_commands(msg->payload);
+    if (n > rt->max_instance_commands) {
+        refuse_announcement(rt, topic, "more commands than limits.instance_commands");
+        return false;
+    }
+    size_t total = n;
+    pthread_mutex_lock(&rt->disc_mu);
+    for (const loom__remote *r = rt->remotes; r; r = r->next)
+        if (strcmp(r->topic, topic) != 0)
+            total += doc_commands(r->doc);
+    pthread_mutex_unlock(&rt->disc_mu);
+    if (total > rt->max_routes) {
+        refuse_announcement(rt, topic, "the known commands would exceed limits.routes");
+        return false;
+    }
+    return true;
+}
+
 void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg, bool empty)
 {
     if (strcmp(topic, rt->announce_topic) == 0) {
-        loom_msg_release(msg); /* our own */
+        own_topic(rt, msg);
         return;
     }
     if (strcmp(topic, rt->sync_topic) == 0) {
@@ -213,6 +345,10 @@ void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg
         const cJSON *p = msg ? loom_msg_payload(msg) : NULL;
         if (!msg || msg->type != LOOM_MSG_INFO || !cJSON_IsArray(cJSON_GetObjectItem(p, "services"))) {
             loom_runtime_log(rt, LOOM_LOG_WARN, "ignored a malformed announcement on %s", topic);
+            loom_msg_release(msg);
+            return;
+        }
+        if (!announcement_ok(rt, topic, msg)) {
             loom_msg_release(msg);
             return;
         }
@@ -247,8 +383,8 @@ void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg
         if (r && (r->topic = strdup(topic))) {
             r->doc = doc;
             r->expires_mono = expires;
-            r->next = rt->remotes;
-            rt->remotes = r;
+            *pp = r; /* at the tail: for a command listed twice, the first wins */
+            warn_conflicts_locked(rt, r);
         } else {
             free(r);
             cJSON_Delete(doc);

@@ -87,10 +87,23 @@ static void answer(loom_runtime *rt, loom_reply_fn cb, void *user, loom_msg *res
 /* Removes the entry for id and returns it with its timer stopped, or NULL.
  * When its timer job is already queued, the entry is left for that job to
  * free and a copy of the callback is returned in *copy. */
-static bool pend_take(loom_runtime *rt, const char *id, loom_reply_fn *cb, void **user)
+static bool pend_take(loom_runtime *rt, const char *id, loom_reply_fn *cb, void **user,
+                      const char *from)
 {
     pthread_mutex_lock(&rt->pend_mu);
-    loom__pending *p = pend_take_locked(rt, id);
+    loom__pending *p = NULL;
+    for (p = rt->pend_buckets[id_hash(id) & (rt->pend_nbuckets - 1)]; p; p = p->next)
+        if (memcmp(p->id, id, 33) == 0)
+            break;
+    /* A remote answer must come from the service that was called; anyone
+     * else's answer with the right correlation id is not taken. */
+    if (p && from && p->service[0] && strcmp(from, p->service) != 0) {
+        pthread_mutex_unlock(&rt->pend_mu);
+        loom__trust_count(&rt->trust, LOOM__DROP_REPLY);
+        loom__warn_refused(rt, rt->reply_topic, "a reply from a service that was not called");
+        return false;
+    }
+    p = p ? pend_take_locked(rt, id) : NULL;
     if (!p) {
         pthread_mutex_unlock(&rt->pend_mu);
         return false;
@@ -141,11 +154,14 @@ static void expire_job(void *a, void *b, uintptr_t c)
 }
 
 static loom__pending *pend_add(loom_runtime *rt, const char *id, loom_reply_fn cb, void *user,
-                               uint32_t timeout_ms, bool direct)
+                               uint32_t timeout_ms, bool direct, const char *service)
 {
-    loom__pending *p = calloc(1, sizeof *p);
+    size_t sl = service ? strlen(service) : 0;
+    loom__pending *p = calloc(1, sizeof *p + sl + 1);
     if (!p)
         return NULL;
+    if (sl)
+        memcpy(p->service, service, sl);
     memcpy(p->id, id, 33);
     p->cb = cb;
     p->user = user;
@@ -173,7 +189,22 @@ bool loom__complete_pending(loom_runtime *rt, loom_msg *response)
 {
     loom_reply_fn cb;
     void *user;
-    if (!response->correlation_id[0] || !pend_take(rt, response->correlation_id, &cb, &user)) {
+    if (!response->correlation_id[0] ||
+        !pend_take(rt, response->correlation_id, &cb, &user, NULL)) {
+        loom_msg_release(response);
+        return false;
+    }
+    answer(rt, cb, user, response);
+    return true;
+}
+
+bool loom__complete_remote(loom_runtime *rt, loom_msg *response)
+{
+    loom_reply_fn cb;
+    void *user;
+    const char *from = response->sender.service ? response->sender.service : "";
+    if (!response->correlation_id[0] ||
+        !pend_take(rt, response->correlation_id, &cb, &user, from)) {
         loom_msg_release(response);
         return false;
     }
@@ -208,7 +239,7 @@ void loom__fail_all_pending(loom_runtime *rt, int status, const char *message)
             return;
         loom_reply_fn cb;
         void *user;
-        if (!pend_take(rt, id, &cb, &user))
+        if (!pend_take(rt, id, &cb, &user, NULL))
             continue;
         loom_msg *resp = loom__msg_error_for(NULL, status, message, NULL, false);
         if (resp) {
@@ -403,7 +434,7 @@ static void fail_pending(loom_runtime *rt, const char *id, loom_msg *resp)
 {
     loom_reply_fn cb;
     void *user;
-    if (resp && pend_take(rt, id, &cb, &user))
+    if (resp && pend_take(rt, id, &cb, &user, NULL))
         answer(rt, cb, user, resp);
     else
         loom_msg_release(resp);
@@ -416,7 +447,7 @@ static void send_local(loom_runtime *rt, const prepared *p, loom_reply_fn cb, vo
     loom_msg *m = p->msg;
     char id[33];
     memcpy(id, m->id, 33);
-    if (!pend_add(rt, id, cb, user, remaining_ms(m), false)) {
+    if (!pend_add(rt, id, cb, user, remaining_ms(m), false, NULL)) {
         loom_msg *r = fail_response(m, 503, "out of memory");
         loom_msg_release(m);
         if (r)
@@ -460,7 +491,8 @@ static void send_remote(loom_runtime *rt, const prepared *p, loom_reply_fn cb, v
     char *topic = loom__topic_build(rt->prefix, "cmd", segs, 3);
     loom_msg *r503 = fail_response(m, 503, "no receiver for %s.%s (version %s)",
                                    m->receiver.service, m->receiver.target, p->version);
-    if (!topic || !r503 || !pend_add(rt, id, cb, user, remaining_ms(m), direct)) {
+    if (!topic || !r503 ||
+        !pend_add(rt, id, cb, user, remaining_ms(m), direct, m->receiver.service)) {
         free(topic);
         loom_msg_release(m);
         if (r503) {
@@ -587,7 +619,7 @@ loom_err loom__slot_defer(loom_ctx *ctx)
     if (!slot->cb && !w)
         return LOOM_ENOMEM;
     if (!pend_add(ctx->rt, ctx->msg->id, w ? waiter_cb : slot->cb, w ? (void *)w : slot->user,
-                  remaining_ms(ctx->msg), w != NULL)) {
+                  remaining_ms(ctx->msg), w != NULL, NULL)) {
         free(w);
         return LOOM_ENOMEM;
     }

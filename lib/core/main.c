@@ -16,6 +16,7 @@
 
 #include "config/config.h"
 #include "core/runtime.h"
+#include "core/trust.h"
 #include "core/util.h"
 #include "loom/http.h"
 #include "loom.h"
@@ -47,7 +48,11 @@ static const char usage_text[] =
     "  --emit EVENT [JSON] [--timeout MS]\n"
     "                       publishes an event and exits (in-process subscriptions first)\n"
     "  With a network broker a one-shot runs no local service unless --services is given;\n"
-    "  --timeout bounds the whole run, waiting for the broker included.\n";
+    "  --timeout bounds the whole run, waiting for the broker included.\n"
+    "\n"
+    "Keys (docs/security.md):\n"
+    "  --keygen NAME FILE   writes a new identity's secret key to FILE (mode 0600) and\n"
+    "                       prints its keyring line \"NAME PUBLIC-KEY\" on stdout\n";
 
 typedef struct opts {
     const char *call;
@@ -409,6 +414,25 @@ static int run_emit(loom_runtime *rt, const opts *o, int64_t deadline, const cha
     return 0;
 }
 
+/* --keygen NAME FILE: a new identity (the secret never goes to stdout). */
+static int run_keygen(int argc, char **argv, const char *prog)
+{
+    /* Whatever follows is ignored: wrappers (the shop) append their flags. */
+    if (argc < 4 || is_flag(argv[2]) || is_flag(argv[3])) {
+        fprintf(stderr, "%s: --keygen needs NAME and FILE\n", prog);
+        return EXIT_USAGE;
+    }
+    char line[256];
+    loom_err err = loom__trust_keygen(argv[2], argv[3], line, sizeof line);
+    if (err != LOOM_OK) {
+        fprintf(stderr, "%s: --keygen %s %s: %s\n", prog, argv[2], argv[3],
+                err == LOOM_EINVAL ? "NAME must be 1 to 63 of [A-Za-z0-9_.-]" : loom_strerror(err));
+        return EXIT_USAGE;
+    }
+    printf("%s\n", line);
+    return 0;
+}
+
 /* Waits for the broker within the one-shot's deadline, then makes the
  * call or the emit with the time that is left. */
 static int run_oneshot(loom_runtime *rt, const opts *o, const char *prog)
@@ -484,6 +508,8 @@ int loom_main_with(int argc, char **argv, const loom_service_def *const *service
     const char *slash = strrchr(prog, '/');
     if (slash)
         prog = slash + 1;
+    if (argc >= 2 && strcmp(argv[1], "--keygen") == 0)
+        return run_keygen(argc, argv, prog);
     loom_config *cfg = NULL;
     if (loom_config_create(&cfg) != LOOM_OK) {
         fprintf(stderr, "%s: out of memory\n", prog);

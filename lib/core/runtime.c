@@ -101,6 +101,14 @@ char *loom__event_topic(loom_runtime *rt, const char *event, const char *service
     return loom__topic_build(rt->prefix, "evt", segs, 3);
 }
 
+/* Does topic have many readers (events, announcements)? */
+static bool to_all(const loom_runtime *rt, const char *topic)
+{
+    size_t n = strlen(rt->prefix);
+    return strncmp(topic, rt->prefix, n) == 0 &&
+           (strncmp(topic + n, "/evt/", 5) == 0 || strncmp(topic + n, "/svc/", 5) == 0);
+}
+
 loom_err loom__publish(loom_runtime *rt, const char *topic, loom_msg *msg, int qos, bool retain,
                        const char *response_topic, const void *corr, size_t corr_len)
 {
@@ -116,8 +124,12 @@ loom_err loom__publish(loom_runtime *rt, const char *topic, loom_msg *msg, int q
     char *data = NULL;
     if (msg && !(rt->ops->caps & LOOM_CAP_IN_PROCESS)) {
         loom_err err = loom_msg_encode(msg, &data, &p.len);
-        if (err != LOOM_OK)
+        if (err == LOOM_OK)
+            err = loom__trust_sign(&rt->trust, msg, to_all(rt, topic), &data, &p.len);
+        if (err != LOOM_OK) {
+            free(data);
             return err;
+        }
         if (p.len > rt->max_message) {
             free(data);
             return LOOM_ETOOBIG;
@@ -350,6 +362,54 @@ static void warn_garbage(loom_runtime *rt, const char *what, const char *why)
     loom_runtime_log(rt, LOOM_LOG_WARN, "dropped a malformed message on %s: %s", what, why);
 }
 
+void loom__warn_refused(loom_runtime *rt, const char *what, const char *why)
+{
+    int64_t now = loom__mono_ms(), prev = atomic_load(&rt->refused_warned_mono);
+    if (now - prev < 1000 || !atomic_compare_exchange_strong(&rt->refused_warned_mono, &prev, now))
+        return;
+    loom_runtime_log(rt, LOOM_LOG_WARN, "refused a message on %s: %s (counted in /metrics)", what,
+                     why);
+}
+
+/* Decodes and checks a delivery; false (logged, counted) when it is dropped.
+ * *bare is set for bytes that are not an envelope at all. */
+static bool wire_decode(loom_runtime *rt, const loom__token *tok, const char *what,
+                        const void *data, size_t len, loom_msg **m, bool *bare)
+{
+    char why[160];
+    loom_err err =
+        loom__trust_decode(&rt->trust, data, len, (uint64_t)(uintptr_t)tok, m, why, sizeof why);
+    if (bare)
+        *bare = err != LOOM_OK && err != LOOM_ESTATE;
+    if (err == LOOM_ESTATE)
+        loom__warn_refused(rt, what, why);
+    else if (err != LOOM_OK && !bare)
+        warn_garbage(rt, what, why);
+    return err == LOOM_OK;
+}
+
+/* A bare call refused while signing is on: say so to the plain client. */
+static void refuse_bare(loom_runtime *rt, raw_delivery *r)
+{
+    static const char body[] = "{\"status\":403,\"message\":\"unsigned calls are not "
+                               "accepted (security.bare_calls)\"}";
+    loom__trust_count(&rt->trust, LOOM__DROP_UNSIGNED);
+    loom__warn_refused(rt, r->tok->filter, "a bare call while security.bare_calls is off");
+    loom_msg *err = loom__msg_new(LOOM_MSG_ERROR);
+    if (!err)
+        return;
+    loom_publish p = {.topic = r->response_topic,
+                      .msg = err,
+                      .data = body,
+                      .len = sizeof body - 1,
+                      .correlation = r->correlation,
+                      .correlation_len = r->correlation_len,
+                      .status = "403",
+                      .qos = rt->qos_reply};
+    if (rt->ops->publish(rt->adapter, &p) != LOOM_OK)
+        loom_msg_release(err);
+}
+
 /* A plain MQTT client's request: bare JSON payload, answered bare. */
 static void run_bare_command(loom_runtime *rt, loom__command *cmd, raw_delivery *r)
 {
@@ -357,9 +417,14 @@ static void run_bare_command(loom_runtime *rt, loom__command *cmd, raw_delivery 
         warn_garbage(rt, cmd->tok.filter, "not an envelope and no response topic");
         return;
     }
+    if (!rt->trust.bare_calls) {
+        refuse_bare(rt, r);
+        return;
+    }
     loom_msg *m = loom__msg_new(LOOM_MSG_COMMAND);
     if (!m)
         return;
+    m->verified = false; /* nobody vouches for a plain client */
     loom__random_id(m->trace_id);
     m->deadline = m->timestamp + (cmd->timeout_ms ? cmd->timeout_ms : rt->default_timeout_ms);
     loom__msg_set_address(m, &m->receiver, cmd->svc->def->name, cmd->svc->def->version,
@@ -409,11 +474,12 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
             loom__event_done(rt);
         return;
     }
-    loom_err err = loom_msg_decode(r->data, r->len, &m, why, sizeof why);
     if (tok->kind == LOOM__TOK_COMMAND) {
         loom__command *cmd = (loom__command *)tok;
-        if (err != LOOM_OK) {
-            run_bare_command(rt, cmd, r);
+        bool bare = false;
+        if (!wire_decode(rt, tok, tok->filter, r->data, r->len, &m, &bare)) {
+            if (bare)
+                run_bare_command(rt, cmd, r);
             return;
         }
         if (m->type != LOOM_MSG_COMMAND || !m->receiver.target ||
@@ -429,8 +495,7 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
         loom__run_command(rt, cmd, m, &to);
         return;
     }
-    if (err != LOOM_OK) {
-        warn_garbage(rt, tok->filter, why);
+    if (!wire_decode(rt, tok, tok->filter, r->data, r->len, &m, NULL)) {
         if (tok->kind == LOOM__TOK_SUBSCRIPTION)
             loom__event_done(rt);
         return;
@@ -445,7 +510,7 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
             loom_msg_release(m);
             return;
         }
-        loom__complete_pending(rt, m);
+        loom__complete_remote(rt, m);
         return;
     default:
         loom_msg_release(m);
@@ -501,14 +566,19 @@ static loom_err host_deliver(void *core, const loom_delivery *d)
         /* Bookkeeping only, no user code: done here. */
         loom_msg *m = d->msg ? loom_msg_retain(d->msg) : NULL;
         bool empty = !d->msg && d->len == 0;
-        if (!d->msg && !empty) {
-            char why[160];
-            if (loom_msg_decode(d->data, d->len, &m, why, sizeof why) != LOOM_OK) {
-                warn_garbage(rt, d->topic, why);
-                return LOOM_OK;
-            }
+        if (!d->msg && !empty && d->len > rt->max_announcement) {
+            loom__trust_count(&rt->trust, LOOM__DROP_ANNOUNCE);
+            loom__warn_refused(rt, d->topic, "announcement over limits.announcement bytes");
+        } else if (!d->msg && !empty &&
+                   !wire_decode(rt, tok, d->topic, d->data, d->len, &m, NULL)) {
+            m = NULL;
+        } else {
+            loom__discovery_received(rt, d->topic, m, empty);
+            return LOOM_OK;
         }
-        loom__discovery_received(rt, d->topic, m, empty);
+        /* Dropped. When it sits on our own topic, someone replaced ours. */
+        if (strcmp(d->topic, rt->announce_topic) == 0)
+            loom__announce_restore(rt);
         return LOOM_OK;
     }
     if (tok->kind == LOOM__TOK_REPLY) {
@@ -524,13 +594,12 @@ static loom_err host_deliver(void *core, const loom_delivery *d)
         }
         if (id && loom__is_id(id) && loom__pending_is_direct(rt, id)) {
             loom_msg *m = d->msg ? loom_msg_retain(d->msg) : NULL;
-            char why[160];
-            if (!m && loom_msg_decode(d->data, d->len, &m, why, sizeof why) != LOOM_OK) {
-                warn_garbage(rt, d->topic, why);
+            if (!m && !wire_decode(rt, tok, d->topic, d->data, d->len, &m, NULL))
                 return LOOM_OK;
-            }
-            if (m->type == LOOM_MSG_SUCCESS || m->type == LOOM_MSG_ERROR)
+            if ((m->type == LOOM_MSG_SUCCESS || m->type == LOOM_MSG_ERROR) && d->msg)
                 loom__complete_pending(rt, m);
+            else if (m->type == LOOM_MSG_SUCCESS || m->type == LOOM_MSG_ERROR)
+                loom__complete_remote(rt, m);
             else
                 loom_msg_release(m);
             return LOOM_OK;
@@ -653,6 +722,11 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     rt->qos_reply = (int)loom__config_int(c, "broker.qos.reply", 0);
     rt->qos_event = (int)loom__config_int(c, "broker.qos.event", 1);
     rt->qos_discovery = (int)loom__config_int(c, "broker.qos.discovery", 1);
+    rt->max_announcement = (size_t)loom__config_int(c, "limits.announcement", 256 * 1024);
+    rt->max_instance_commands = (size_t)loom__config_int(c, "limits.instance_commands", 1024);
+    rt->max_routes = (size_t)loom__config_int(c, "limits.routes", 4096);
+    if ((err = loom__trust_init(&rt->trust, c, rt)) != LOOM_OK)
+        goto fail_early;
 
     rt->prefix = strdup(loom__config_str(c, "broker.prefix", "loom"));
     if (!rt->prefix)
@@ -1085,7 +1159,10 @@ bool loom__accepting(loom_runtime *rt, bool from_handler)
 
 bool loom__runtime_ready(loom_runtime *rt)
 {
-    return atomic_load(&rt->state) == LOOM__STARTED && is_ready(rt);
+    /* Not ready while the broker has lost our announcement: nobody can
+     * route to our commands until it is back. */
+    return atomic_load(&rt->state) == LOOM__STARTED && is_ready(rt) &&
+           !atomic_load(&rt->announce_lost);
 }
 
 static void unsubscribe_commands(loom_runtime *rt)
@@ -1169,6 +1246,7 @@ void loom_runtime_destroy(loom_runtime *rt)
         pthread_cond_destroy(&rt->events_cv);
     }
     loom__store_close(rt->store);
+    loom__trust_fini(&rt->trust);
     loom_config_destroy(rt->config);
     free(rt->prefix);
     free(rt->broker_url);

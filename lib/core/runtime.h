@@ -9,6 +9,7 @@
 #include "codec/schema.h"
 #include "core/log.h"
 #include "core/pool.h"
+#include "core/trust.h"
 #include "loom.h"
 #include "loom/adapter.h"
 
@@ -74,6 +75,7 @@ typedef struct loom__pending {
     bool direct; /* completes on the thread that receives the response: a
                   * blocking caller, or loom_call.reply_inline */
     struct loom__pending *next; /* hash chain */
+    char service[];             /* the called service ("" for local calls) */
 } loom__pending;
 
 /* A remote instance's announcement (discovery). */
@@ -152,6 +154,19 @@ struct loom_runtime {
 
     _Atomic int64_t garbage_warned_mono; /* rate limit of "dropped a malformed message" */
 
+    /* trust: keys, verification, counters (core/trust.h) */
+    loom__trust trust;
+    _Atomic int64_t refused_warned_mono; /* rate limit of "refused a message" */
+    /* Whether the broker lost our announcement (cleared or replaced by
+     * someone else) and we have not seen it back yet. */
+    atomic_bool announce_lost;
+    atomic_uint announce_restores;
+    atomic_bool restore_queued;
+    _Atomic int64_t restore_mono; /* when the last restore was scheduled */
+    loom__timer restore_timer;    /* a restore delayed by the rate limit */
+    /* discovery caps (limits.*) */
+    size_t max_announcement, max_instance_commands, max_routes;
+
     /* readiness */
     pthread_mutex_t ready_mu;
     pthread_cond_t ready_cv;
@@ -225,6 +240,9 @@ enum {
 };
 
 /* runtime.c */
+/* A rate-limited warning (one a second) about a message the trust checks
+ * refused; what is the topic or subject, why the reason. */
+void loom__warn_refused(loom_runtime *rt, const char *what, const char *why);
 loom__command *loom__find_command(loom_runtime *rt, const char *service, const char *version,
                                   const char *command);
 /* Publishes msg (taken over on LOOM_OK) on topic through the adapter,
@@ -245,6 +263,10 @@ loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *c
 /* Completes the pending call response answers (response released here).
  * False when no call waits for it (late or unknown). */
 bool loom__complete_pending(loom_runtime *rt, loom_msg *response);
+/* The same for a response that came over the broker: it completes the call
+ * only when its sender is the service that was called (else it is dropped
+ * and counted). */
+bool loom__complete_remote(loom_runtime *rt, loom_msg *response);
 /* Turns an inline in-process call whose handler defers into a pending
  * call: answered to slot->cb, or to a new waiter (slot->waiter) for a
  * blocking caller. */
@@ -295,6 +317,9 @@ void loom__unannounce(loom_runtime *rt);
 /* Starts the re-announcing timer when the broker needs it (heartbeat_ms). */
 void loom__heartbeat_start(loom_runtime *rt);
 void loom__discovery_received(loom_runtime *rt, const char *topic, loom_msg *msg, bool empty);
+/* Something other than our announcement landed on our announcement topic
+ * (cleared or replaced): publish ours again. */
+void loom__announce_restore(loom_runtime *rt);
 /* True when some live remote instance announced service/version/command. */
 bool loom__remote_has_command(loom_runtime *rt, const char *service, const char *version,
                               const char *command);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/runtime.h"
 #include "http/bridge.h"
 
 #define N_STATUS 500 /* 100..599 */
@@ -165,6 +166,30 @@ static void sb_status_lines(loom__sbuf *sb, _Atomic(series *) *slots, int kind, 
     }
 }
 
+/* The runtime's trust counters (docs/security.md). */
+static void sb_trust_lines(loom__sbuf *sb, loom_runtime *rt)
+{
+    static const char *const reasons[LOOM__DROP_N] = {
+        [LOOM__DROP_UNSIGNED] = "unsigned",   [LOOM__DROP_BAD] = "bad_signature",
+        [LOOM__DROP_SENDER] = "wrong_sender", [LOOM__DROP_REPLAY] = "replay",
+        [LOOM__DROP_REPLY] = "wrong_replier", [LOOM__DROP_ANNOUNCE] = "announcement"};
+    loom__sbuf_puts(sb, "# HELP loom_messages_refused_total Messages from the broker dropped "
+                        "by the trust checks, by reason.\n# TYPE loom_messages_refused_total "
+                        "counter\n");
+    for (int i = 0; i < LOOM__DROP_N; i++)
+        loom__sbuf_printf(sb, "loom_messages_refused_total{reason=\"%s\"} %" PRIu64 "\n",
+                          reasons[i], atomic_load(&rt->trust.dropped[i]));
+    loom__sbuf_printf(sb,
+                      "# HELP loom_messages_verified_total Messages whose signature verified.\n"
+                      "# TYPE loom_messages_verified_total counter\n"
+                      "loom_messages_verified_total %" PRIu64 "\n"
+                      "# HELP loom_announcement_restores_total Times this instance published "
+                      "its announcement again after someone cleared or replaced it.\n"
+                      "# TYPE loom_announcement_restores_total counter\n"
+                      "loom_announcement_restores_total %u\n",
+                      atomic_load(&rt->trust.verified), atomic_load(&rt->announce_restores));
+}
+
 char *loom__http_metrics_text(loom_http *h)
 {
     loom__sbuf sb = {0};
@@ -207,6 +232,7 @@ char *loom__http_metrics_text(loom_http *h)
                          "bridge, by the status answered.\n# TYPE loom_command_requests_total "
                          "counter\n");
     sb_status_lines(&sb, h->slots, SERIES_CMD, "loom_command_requests_total");
+    sb_trust_lines(&sb, h->rt);
     if (sb.oom) {
         free(sb.p);
         return NULL;

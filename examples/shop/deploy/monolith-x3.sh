@@ -12,8 +12,10 @@
 # clients outside the three can call their commands) and one state store (a
 # user created through one instance is found through another). This is the
 # layout tests/test_scaleout.c checks, with this directory's nginx.conf.
-# Prints curl commands, then runs until Ctrl-C (or SIGTERM), which stops
-# every process it started.
+# The broker is secured as in split.sh (docs/security.md): one broker user
+# per instance (shop-1..3), one signing identity (shop) for all three, made
+# by secure.sh; INSECURE=1 runs without. Prints curl commands, then runs
+# until Ctrl-C (or SIGTERM), which stops every process it started.
 #
 # Environment:
 #   MQTT_PORT   mosquitto's port on 127.0.0.1 (default 1883)
@@ -28,6 +30,7 @@
 #               temporary directory. Set it to use a Redis of your own
 #               (STATE=redis://10.0.0.5:6379/2), or STATE=file:PATH.
 #   LOG_LEVEL   the shop instances' log level (default info)
+#   INSECURE    1: no broker users, ACLs or signatures
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -104,10 +107,24 @@ wait_http() {
 }
 
 sed "s/^listener .*/listener $mqtt_port 127.0.0.1/" "$here/mosquitto.conf" >"$work/mosquitto.conf"
+creds=""
+secure=""
+if [ "${INSECURE:-0}" != 1 ]; then
+    command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd is missing (mosquitto-clients)"
+    secure=$work/secure
+    all=users,orders,payments,notifications
+    "$here/secure.sh" "$secure" "$shop" "shop-1:shop:$all" "shop-2:shop:$all" \
+        "shop-3:shop:$all" operator::-
+    sed '/^allow_anonymous/d' "$work/mosquitto.conf" >"$work/mosquitto.conf.tmp"
+    cat "$work/mosquitto.conf.tmp" "$secure/mosquitto-auth.conf" >"$work/mosquitto.conf"
+    [ "$(id -u)" != 0 ] || echo "user root" >>"$work/mosquitto.conf"
+    creds="-u operator -P $(cat "$secure/operator.password")"
+fi
 "$mosquitto" -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
 pids="$pids $!"
 i=0
-until mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -t loom-deploy/ping -n 2>/dev/null; do
+# shellcheck disable=SC2086
+until mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" $creds -t loom-deploy/ping -n 2>/dev/null; do
     i=$((i + 1))
     if [ $i -ge 50 ]; then
         cat "$work/mosquitto.log" >&2
@@ -149,7 +166,10 @@ ports="$p1 $p2 $p3"
 n=0
 for port in $ports; do
     n=$((n + 1))
-    "$shop" --services all --broker "$broker" --state "$state" --instance "shop-$n" \
+    conf=""
+    [ -z "$secure" ] || conf="--config $secure/shop-$n.yaml"
+    # shellcheck disable=SC2086
+    "$shop" $conf --services all --broker "$broker" --state "$state" --instance "shop-$n" \
         --http "127.0.0.1:$port" --log-level "$log_level" >"$work/shop-$n.log" 2>&1 &
     pids="$pids $!"
 done

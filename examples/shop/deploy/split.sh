@@ -8,6 +8,12 @@
 #   pay-2    --services payments            the broker balances the charges)
 #   bridge   --services none --http ...     (the HTTP bridge, no services)
 #
+# Secure by default (docs/security.md): every process logs in to the broker
+# as its own user (mosquitto with the dynamic security plugin, or
+# nats-server users), confined to its own topics, and signs what it sends
+# (security.signing); secure.sh generates the keys, passwords and broker
+# configuration into the temporary directory. INSECURE=1 runs without.
+#
 # The service processes share one file: state store. Prints ready-to-paste
 # curl commands (and plain-client commands for the broker), then runs until
 # Ctrl-C (or SIGTERM), which stops every process it started. Logs go to a
@@ -27,6 +33,8 @@
 #               temporary directory; e.g. redis://127.0.0.1:6379 with a
 #               redis-server running)
 #   LOG_LEVEL   the shop processes' log level (default info)
+#   INSECURE    1: no broker users, ACLs or signatures (anyone on the
+#               machine can then call, answer and announce anything)
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -70,6 +78,15 @@ command -v curl >/dev/null || die "curl is not installed (make deps)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/loom-split.XXXXXX")
 pids=""
+secure=${INSECURE:-0}
+[ "$secure" = 1 ] && secure="" || secure=$work/secure
+if [ -n "$secure" ]; then
+    command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd is missing (mosquitto-clients)"
+    "$here/secure.sh" "$secure" "$shop" shop-a:shop-a:users,orders,notifications:payments \
+        pay-1:payments:payments:- pay-2:payments:payments:- pay-3:payments:payments:- \
+        bridge:bridge:- cli:cli:- operator::-:payments
+    opass=$(cat "$secure/operator.password")
+fi
 
 # Stops every process this script started: SIGTERM (a graceful stop
 # withdraws the announcements), then SIGKILL after 15 s.
@@ -99,10 +116,19 @@ if [ "$kind" = mqtt ]; then
     # mosquitto, with this directory's configuration on the chosen port.
     sed "s/^listener .*/listener $mqtt_port 127.0.0.1/" "$here/mosquitto.conf" \
         >"$work/mosquitto.conf"
+    creds=""
+    if [ -n "$secure" ]; then
+        sed '/^allow_anonymous/d' "$work/mosquitto.conf" >"$work/mosquitto.conf.tmp"
+        cat "$work/mosquitto.conf.tmp" "$secure/mosquitto-auth.conf" >"$work/mosquitto.conf"
+        # as root mosquitto would drop to the user mosquitto, who cannot read them
+        [ "$(id -u)" != 0 ] || echo "user root" >>"$work/mosquitto.conf"
+        creds="-u operator -P $opass"
+    fi
     "$mosquitto" -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
     pids="$pids $!"
     i=0
-    until mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -t loom-deploy/ping -n 2>/dev/null; do
+    # shellcheck disable=SC2086
+    until mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" $creds -t loom-deploy/ping -n 2>/dev/null; do
         i=$((i + 1))
         if [ $i -ge 50 ]; then
             cat "$work/mosquitto.log" >&2
@@ -116,6 +142,7 @@ else
     monitor=$((nats_port + 4000))
     printf 'listen: 127.0.0.1:%s\nhttp: 127.0.0.1:%s\n' "$nats_port" "$monitor" \
         >"$work/nats.conf"
+    [ -z "$secure" ] || cat "$secure/nats-auth.conf" >>"$work/nats.conf"
     "$nats_server" -c "$work/nats.conf" >"$work/nats.log" 2>&1 &
     pids="$pids $!"
     i=0
@@ -136,7 +163,10 @@ state=${STATE:-file:$work/state.json}
 start() {
     name=$1
     shift
-    "$shop" --broker "$broker" --instance "$name" --log-level "$log_level" "$@" \
+    conf=""
+    [ -z "$secure" ] || conf="--config $secure/$name.yaml"
+    # shellcheck disable=SC2086
+    "$shop" $conf --broker "$broker" --instance "$name" --log-level "$log_level" "$@" \
         >"$work/$name.log" 2>&1 &
     pids="$pids $!"
 }
@@ -161,18 +191,19 @@ done
 if [ "$kind" = mqtt ]; then
     plain="
   # a plain MQTT 5 client calls a command: bare JSON in, bare JSON out
-  mosquitto_rr -V 5 -h 127.0.0.1 -p $mqtt_port -t loom/cmd/payments/1/charge \\
-      -e rr/reply/\$\$ -m '{\"orderId\":\"o-77\",\"amount\":5}' -F '%p  (%P)'
+  # (secure: as the user operator, whom the broker lets call payments)
+  mosquitto_rr -V 5 -h 127.0.0.1 -p $mqtt_port ${creds:+$creds }-t loom/cmd/payments/1/charge \\
+      -e loom/reply/operator/\$\$ -m '{\"orderId\":\"o-77\",\"amount\":5}' -F '%p  (%P)'
 "
     watch="
   # the service announcements (retained)
-  mosquitto_sub -h 127.0.0.1 -p $mqtt_port -t 'loom/svc/+' -v -W 1
+  mosquitto_sub -h 127.0.0.1 -p $mqtt_port ${creds:+$creds }-t 'loom/svc/+' -v -W 1
 "
 else
     plain="
   # a plain NATS client (the nats CLI, github.com/nats-io/natscli) calls a
   # command: bare JSON in, bare JSON and a status header out
-  nats --server $broker req loom.cmd.payments.1.charge '{\"orderId\":\"o-77\",\"amount\":5}'
+  nats --server $broker ${secure:+--user operator --password $opass }req loom.cmd.payments.1.charge '{\"orderId\":\"o-77\",\"amount\":5}'
 "
     watch="
   # the service announcements (a heartbeat a second from each instance)
@@ -207,10 +238,10 @@ In another terminal, paste:
   grep -h captured $work/pay-*.log
 $plain
   # a one-shot client process over the broker
-  $shop --broker $broker --services none --state memory: --call notifications.list
+  $shop ${secure:+--config $secure/cli.yaml }--broker $broker --services none --state memory: --call notifications.list
 
   # one more payments instance (the broker spreads the charges over three)
-  $shop --broker $broker --services payments --state $state --instance pay-3
+  $shop ${secure:+--config $secure/pay-3.yaml }--broker $broker --services payments --state $state --instance pay-3
 $watch
 EOF
 
