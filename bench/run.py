@@ -465,7 +465,8 @@ def scenario_http():
     port = free_port()
     shop = start_loom("shop-mono", [SHOP, "--services", "all", "--http", "127.0.0.1:%d" % port,
                                     "--state", "memory:", "--log-level", "warn",
-                                    "--set", "http.max_connections=4096"], port)
+                                    "--set", "http.max_connections=4096",
+                                    "--set", "http.auth.required=false"], port)
     base = "http://127.0.0.1:%d" % port
     time.sleep(1.0)
     EXTRA["idle_rss_kb"] = rss_kb(shop.pid)[0]
@@ -539,7 +540,8 @@ def scenario_split(kind):
     pay = start_loom(kind + "-payments", [SHOP, "--services", "payments"] + common)
     port = free_port()
     bridge = start_loom(kind + "-bridge", [SHOP, "--services", "none", "--http",
-                                           "127.0.0.1:%d" % port] + common, port)
+                                           "127.0.0.1:%d" % port,
+                                           "--set", "http.auth.required=false"] + common, port)
     post_url = "http://127.0.0.1:%d/api/v1/payments" % port
     wait_until("the payments route on the bridge",
                lambda: http("POST", post_url, PAY_BODY)[0] == 200, procs=[pay, bridge])

@@ -783,6 +783,12 @@ static void test_http_order_flow(void **state)
             fail_msg("openapi.json lacks a path ending in %s", want[i]);
     cJSON_Delete(api);
 
+    /* Secure by default: no auth configured, so the protected charge is
+     * refused (and the start said why). */
+    http(&res, s.port, "POST", "/api/v1/payments", "{\"orderId\":\"o-1\",\"amount\":1}");
+    expect_http(&res, 401, "POST /api/v1/payments without auth configured");
+    assert_true(t_proc_log_count(&s.proc, "protected route(s) answer 401") > 0);
+
     http(&res, s.port, "GET", "/healthz", NULL);
     expect_http(&res, 200, "GET /healthz");
     http(&res, s.port, "GET", "/metrics", NULL);

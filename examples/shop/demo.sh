@@ -18,6 +18,12 @@ rm -f "$state" "$state.lock"
 
 cat <<EOF
 The shop is starting on http://$addr (stop it with Ctrl-C).
+
+NOTE: this demo turns HTTP authentication OFF (--set http.auth.required=false),
+so POST /api/v1/payments, which is not public, is open to anyone on $addr.
+A real deployment configures tokens instead (http.auth.tokens_env: SHOP_TOKENS
+in examples/shop/shop.yaml); without tokens and without this flag protected
+routes answer 401.
 In another terminal, paste:
 
   B=http://$addr
@@ -58,4 +64,4 @@ $state, shared with the running demo):
 
 EOF
 
-exec "$shop" --services all --http "$addr" "$@"
+exec "$shop" --services all --http "$addr" --set http.auth.required=false "$@"

@@ -657,6 +657,15 @@ static loom__hs_action serve_options(breq *b, const char *allow)
                      NULL);
 }
 
+static loom__hs_action send_auth_error(breq *b, int st)
+{
+    if (st == 401)
+        return send_error(b, 401, "authentication required", NULL, "WWW-Authenticate",
+                          "Bearer realm=\"loom\"");
+    return send_error(b, st, st == 503 ? "out of memory" : "authentication failed", NULL, NULL,
+                      NULL);
+}
+
 static loom__hs_action serve_builtin(breq *b, const char *which)
 {
     loom_http *h = b->h;
@@ -665,6 +674,13 @@ static loom__hs_action serve_builtin(breq *b, const char *which)
         return serve_options(b, "GET, HEAD");
     if (b->method != M_GET && b->method != M_HEAD)
         return send_error(b, 405, "method not allowed", NULL, "Allow", "GET, HEAD");
+    bool is_metrics = strcmp(which, "/metrics") == 0;
+    bool is_docs = strcmp(which, h->openapi_path) == 0;
+    if ((is_metrics && h->protect_metrics) || (is_docs && h->protect_docs)) {
+        int st = loom__http_authenticate(b);
+        if (st)
+            return send_auth_error(b, st);
+    }
     if (strcmp(which, "/healthz") == 0)
         return send_static_json(b, 200, "{\"status\":\"ok\"}");
     if (strcmp(which, "/readyz") == 0)
@@ -863,17 +879,11 @@ static loom__hs_action on_headers(void *user, loom__hs_req *hs)
     b->route = r;
     b->series = r->http_series;
 
-    if (!r->public && loom__http_auth_on(h)) {
+    if (!r->public) {
         int st = loom__http_authenticate(b);
-        if (st == 401) {
-            loom__http_pathsegs_fini(&ps);
-            return send_error(b, 401, "authentication required", NULL, "WWW-Authenticate",
-                              "Bearer realm=\"loom\"");
-        }
         if (st) {
             loom__http_pathsegs_fini(&ps);
-            return send_error(b, st, st == 503 ? "out of memory" : "authentication failed", NULL,
-                              NULL, NULL);
+            return send_auth_error(b, st);
         }
     }
 
@@ -1129,9 +1139,15 @@ loom_err loom_http_start(loom_http *h)
         return err == LOOM_ENOMEM ? err : LOOM_EIO;
     }
     atomic_store(&h->port, loom__hs_port(h->srv));
+    size_t n_protected = 0;
+    for (size_t i = 0; i < t->n; i++)
+        n_protected += !t->v[i].public;
     loom__http_log(h, LOOM_LOG_INFO, "listening on %s (port %d), %zu route(s) under %s/v*, auth %s",
                    h->listen, atomic_load(&h->port), t->n, h->base,
-                   loom__http_auth_on(h) ? "on" : "off");
+                   loom__http_auth_on(h) ? "on"
+                   : h->auth_required ? "required (none configured)"
+                                      : "off");
+    loom__http_auth_report(h, n_protected);
     pthread_mutex_unlock(&h->life_mu);
     return LOOM_OK;
 }
