@@ -395,7 +395,7 @@ static void test_deep_json(void **state)
     free(objects);
     expect_serving("100 000 nested objects");
     char *just = nested(999, false); /* parses; over the 64-level limit */
-    post_body(just, strlen(just), 400, "\"the JSON body is nested too deeply\"");
+    post_body(just, strlen(just), 400, "\"JSON nested deeper than 64 levels\"");
     free(just);
     expect_serving("999 nested arrays");
 
@@ -571,6 +571,51 @@ static char *envelope(loom_msg_type type, const char *info_type, const char *eve
     return out;
 }
 
+/* A bare request (a plain MQTT 5 client) passes the same checks as an
+ * envelope: each of these reached the handler before. */
+static void test_mqtt_bare_checks(void **state)
+{
+    (void)state;
+    char *deep = nested(900, false); /* under limits.max_message */
+    static const struct {
+        const char *what, *body;
+    } bad[] = {
+        {"invalid UTF-8", "{\"name\":\"caf\xc3\"}"},
+        {"a \\u0000 escape", "{\"name\":\"a\\u0000b\"}"},
+        {"data after the value", "{\"name\":\"a\"} trailing"},
+        {"a number that is not finite", "{\"n\":1e999}"},
+        {"a control character", "{\"name\":\"a\x01\"}"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *out = mqtt_rr("loom/cmd/faults/1/echopost", bad[i].body, strlen(bad[i].body), "5");
+        fprintf(stderr, "mqtt: bare command with %s -> %s", bad[i].what, out);
+        if (!strstr(out, "\"message\":\"the payload is not valid JSON\"") ||
+            !strstr(out, "status:400"))
+            fail_msg("bare command with %s: %s", bad[i].what, out);
+        free(out);
+    }
+    char *out = mqtt_rr("loom/cmd/faults/1/echopost", deep, strlen(deep), "5");
+    fprintf(stderr, "mqtt: 900-level bare command -> %s", out);
+    assert_non_null(strstr(out, "JSON nested deeper than 62 levels"));
+    assert_non_null(strstr(out, "status:400"));
+    free(out);
+    free(deep);
+    /* A trailing NUL (C publishers) is fine, as for envelopes. */
+    out = mqtt_rr("loom/cmd/faults/1/echopost", "{\"name\":\"ok\"}", 14, "5");
+    fprintf(stderr, "mqtt: bare command with a trailing NUL -> %s", out);
+    assert_non_null(strstr(out, "\"name\":\"ok\""));
+    free(out);
+    /* A result that cannot be encoded: 500 at once, not silence. */
+    int64_t t0 = t_mono_ms();
+    out = mqtt_rr("loom/cmd/faults/1/badutf8", "{}", 2, "10");
+    fprintf(stderr, "mqtt: unencodable result -> %s", out);
+    assert_non_null(strstr(out, "\"status\":500"));
+    assert_non_null(strstr(out, "status:500"));
+    assert_true(t_mono_ms() - t0 < 8000);
+    free(out);
+    expect_serving("bare commands with bad payloads");
+}
+
 static void test_mqtt_garbage(void **state)
 {
     (void)state;
@@ -586,7 +631,7 @@ static void test_mqtt_garbage(void **state)
     /* Commands. A bare request that is not JSON gets 400, bare. */
     char *out = mqtt_rr("loom/cmd/faults/1/sleep", garbage, sizeof garbage - 1, "5");
     fprintf(stderr, "mqtt: garbage command -> %s", out);
-    assert_non_null(strstr(out, "{\"status\":400,\"message\":\"the payload is not valid JSON\"}"));
+    assert_non_null(strstr(out, "{\"status\":400,\"message\":\"the payload is not valid JSON\","));
     assert_non_null(strstr(out, "status:400"));
     free(out);
     out = mqtt_rr("loom/cmd/faults/1/sleep", "{\"ms\":\"soon\"}", 13, "5");
@@ -596,7 +641,7 @@ static void test_mqtt_garbage(void **state)
     free(out);
     out = mqtt_rr("loom/cmd/faults/1/sleep", deep, strlen(deep), "5");
     fprintf(stderr, "mqtt: 100 000-level command -> %s", out);
-    assert_non_null(strstr(out, "{\"status\":400,\"message\":\"the payload is not valid JSON\"}"));
+    assert_non_null(strstr(out, "{\"status\":400,\"message\":\"the payload is not valid JSON\","));
     free(out);
     /* Over limits.max_message: dropped, nobody answers. */
     out = mqtt_rr("loom/cmd/faults/1/sleep", huge, 3 * MAX_MESSAGE, "2");
@@ -799,6 +844,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_paths_and_headers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deep_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slowloris, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mqtt_bare_checks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mqtt_garbage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broken_yaml, setup, teardown),
     };

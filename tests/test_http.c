@@ -1129,6 +1129,31 @@ static void test_auth_tokens(void **state)
     fx_free(f);
 }
 
+/* Numbers keep their value through the bridge: the shortest text that
+ * reads back to the same double; 1e999 (infinity to cJSON) is refused. */
+static void test_numbers(void **state)
+{
+    (void)state;
+    fx *f = fx_new(NULL, NULL, NULL);
+    resp r = post_json(
+        f, "/api/v1/echo/n",
+        "{\"msg\":\"n\",\"sum\":0.30000000000000004,\"big\":9007199254740992,\"tiny\":5e-324,"
+        "\"z\":-0,\"e\":1e300}");
+    expect_status(&r, 200);
+    if (!strstr(r.body, "\"sum\":0.30000000000000004,\"big\":9007199254740992,\"tiny\":5e-324,"
+                        "\"z\":-0,\"e\":1e+300"))
+        fail_msg("numbers changed: %s", r.body);
+    resp_free(&r);
+    const char *inf[] = {"{\"msg\":\"n\",\"n\":1e999}", "{\"msg\":\"n\",\"n\":-1e999}", "[1e400]"};
+    for (int i = 0; i < 3; i++) {
+        r = post_json(f, "/api/v1/echo/n", inf[i]);
+        expect_status(&r, 400);
+        assert_non_null(strstr(r.body, "not finite"));
+        resp_free(&r);
+    }
+    fx_free(f);
+}
+
 /* Secure by default: without any token, key or hook a protected route
  * answers 401 (and the start says why); only http.auth.required: false
  * serves it, with a warning. */
@@ -2305,6 +2330,7 @@ int main(void)
         cmocka_unit_test(test_stop_answers_suspended),
         cmocka_unit_test(test_restart),
         cmocka_unit_test(test_auth_tokens),
+        cmocka_unit_test(test_numbers),
         cmocka_unit_test(test_auth_default_secure),
         cmocka_unit_test(test_auth_protect_builtins),
         cmocka_unit_test(test_auth_sources),

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/json.h"
 #include "config/config.h"
 #include "core/util.h"
 #include "loom/http.h"
@@ -302,7 +303,7 @@ static int run_call(loom_runtime *rt, const opts *o, const char *prog)
     }
     int status = loom_msg_status(resp);
     cJSON *body = loom_msg_result_json(resp);
-    char *text = body ? cJSON_Print(body) : NULL;
+    char *text = body ? loom__json_print(body, NULL) : NULL;
     if (status < 300) {
         if (text)
             printf("%s\n", text);

@@ -44,6 +44,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "codec/json.h"
 #include "codec/msg.h"
 #include "config/config.h"
 #include "core/runtime.h"
@@ -363,7 +364,7 @@ static char *error_text(int status, const char *message, cJSON *data, const char
     }
     if (data && !cJSON_AddItemToObject(o, "data", data))
         cJSON_Delete(data);
-    char *text = cJSON_AddStringToObject(o, "traceId", trace) ? cJSON_PrintUnformatted(o) : NULL;
+    char *text = cJSON_AddStringToObject(o, "traceId", trace) ? loom__json_print(o, NULL) : NULL;
     cJSON_Delete(o);
     return text;
 }
@@ -380,11 +381,10 @@ static loom__hs_action send_error(breq *b, int status, const char *message, cJSO
         hvalue = RETRY_AFTER_S;
     }
     char *text = error_text(status, message, data, b->trace);
-    if (text && !valid_utf8(text)) {
-        /* The handler's data holds broken strings: leave it out. */
-        free(text);
+    if (!text && data)
+        /* The handler's data cannot be written (broken strings): leave it
+         * out. */
         text = error_text(status, message, NULL, b->trace);
-    }
     if (!text)
         return send_resp(b, NULL, status);
     return send_body(b, status, "application/json", text, strlen(text), hname ? hname : NULL,
@@ -408,17 +408,17 @@ static loom__hs_action respond_msg(breq *b, const loom_msg *m)
         const cJSON *p = loom_msg_payload(m);
         if (!p)
             return send_body(b, 204, NULL, NULL, 0, NULL);
-        char *text = cJSON_PrintUnformatted(p);
-        if (!text)
+        loom_err err;
+        char *text = loom__json_print(p, &err);
+        if (!text && err == LOOM_ENOMEM)
             return send_error(b, 503, "out of memory", NULL, NULL, NULL);
-        size_t n = strlen(text);
-        if (!loom__utf8_valid(text, n)) {
-            free(text);
-            loom__http_log(b->h, LOOM_LOG_ERROR, "%s %s: the result is not valid UTF-8",
+        if (!text) {
+            /* The runtime refuses such results; a custom path could not. */
+            loom__http_log(b->h, LOOM_LOG_ERROR, "%s %s: the result cannot be written as JSON",
                            b->route->method, b->route->label);
-            return send_error(b, 500, "the result is not valid UTF-8", NULL, NULL, NULL);
+            return send_error(b, 500, "internal server error", NULL, NULL, NULL);
         }
-        return send_body(b, 200, "application/json", text, n, NULL);
+        return send_body(b, 200, "application/json", text, strlen(text), NULL);
     }
     int status = loom_msg_status(m);
     if (loom_msg_type_of(m) != LOOM_MSG_ERROR || status < 400 || status > 599)
@@ -582,31 +582,6 @@ bool loom__http_json_content_type(const char *ct)
     return ok;
 }
 
-static int json_depth(const cJSON *j)
-{
-    int max = 0;
-    for (const cJSON *c = j ? j->child : NULL; c; c = c->next) {
-        int d = json_depth(c);
-        if (d > max)
-            max = d;
-    }
-    return max + 1;
-}
-
-/* True when a JSON string in text holds the escape \u0000 (C strings
- * cannot carry it: it would silently cut the value). */
-static bool has_nul_escape(const char *text, size_t len)
-{
-    for (size_t i = 0; i + 6 <= len; i++) {
-        if (text[i] != '\\')
-            continue;
-        if (text[i + 1] == 'u' && memcmp(text + i + 2, "0000", 4) == 0)
-            return true;
-        i++; /* skip the escaped character, so "\\u0000" is not one */
-    }
-    return false;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Built-in endpoints                                                        */
 
@@ -701,16 +676,14 @@ static loom__hs_action serve_metrics(breq *b)
 static loom__hs_action serve_openapi(breq *b)
 {
     cJSON *doc = loom__http_openapi_doc(b->h);
-    char *text = doc ? cJSON_PrintUnformatted(doc) : NULL;
+    loom_err err = LOOM_ENOMEM;
+    char *text = doc ? loom__json_print(doc, &err) : NULL;
     cJSON_Delete(doc);
-    if (!text)
+    if (!text && err == LOOM_ENOMEM)
         return send_error(b, 503, "out of memory", NULL, NULL, NULL);
-    size_t n = strlen(text);
-    if (!loom__utf8_valid(text, n)) {
-        free(text);
+    if (!text)
         return send_error(b, 500, "an announced schema is not valid UTF-8", NULL, NULL, NULL);
-    }
-    return send_body(b, 200, "application/json", text, n, NULL);
+    return send_body(b, 200, "application/json", text, strlen(text), NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -934,25 +907,17 @@ static loom__hs_action on_request(void *user, loom__hs_req *hs)
     if (len) {
         if (memchr(body, '\0', len))
             return send_error(b, 400, "the body contains a NUL byte", NULL, NULL, NULL);
-        if (!loom__utf8_valid(body, len))
-            return send_error(b, 400, "the body is not valid UTF-8", NULL, NULL, NULL);
-        const char *end = NULL;
-        payload = cJSON_ParseWithLengthOpts(body, len, &end, false);
-        size_t pos = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
-        if (!payload)
-            return send_error(b, 400, "the body is not valid JSON",
-                              data_number("position", (double)pos), NULL, NULL);
-        while (pos < len && strchr(" \t\r\n", body[pos]))
-            pos++;
-        const char *why = pos < len ? "unexpected data after the JSON value"
-                          : json_depth(payload) > LOOM_MAX_NESTING
-                              ? "the JSON body is nested too deeply"
-                          : has_nul_escape(body, len) ? "the JSON body holds a \\u0000 escape"
-                                                      : NULL;
-        if (why) {
-            cJSON_Delete(payload);
-            return send_error(b, 400, why, pos < len ? data_number("position", (double)pos) : NULL,
-                              NULL, NULL);
+        char why[128];
+        size_t pos;
+        loom_err err =
+            loom__json_parse(body, len, LOOM_MAX_NESTING, &payload, why, sizeof why, &pos);
+        if (err == LOOM_ENOMEM)
+            return send_error(b, 503, "out of memory", NULL, NULL, NULL);
+        if (err) {
+            cJSON *data = pos < len ? data_number("position", (double)pos) : cJSON_CreateObject();
+            if (data)
+                cJSON_AddStringToObject(data, "reason", why);
+            return send_error(b, 400, "the body is not valid JSON", data, NULL, NULL);
         }
     }
     return invoke(b, payload);
