@@ -613,6 +613,19 @@ static void test_mqtt_bare_checks(void **state)
     assert_non_null(strstr(out, "status:500"));
     assert_true(t_mono_ms() - t0 < 8000);
     free(out);
+    /* Over limits.max_message: the connection's MQTT 5 Maximum Packet Size
+     * makes the broker drop it, so loom never reads it (before: received,
+     * buffered, then refused with "... over the 262144-byte limit"). */
+    char *huge = malloc(3 * MAX_MESSAGE);
+    assert_non_null(huge);
+    memset(huge, ' ', 3 * MAX_MESSAGE);
+    memcpy(huge, "{}", 2);
+    mqtt_pub("loom/cmd/faults/1/echopost", huge, 3 * MAX_MESSAGE, "hostile/big", false);
+    free(huge);
+    out = mqtt_rr("loom/cmd/faults/1/echopost", "{\"name\":\"after\"}", 16, "5");
+    assert_non_null(strstr(out, "\"name\":\"after\""));
+    free(out);
+    assert_int_equal(t_proc_log_count(&T.proc, "-byte limit"), 0);
     expect_serving("bare commands with bad payloads");
 }
 

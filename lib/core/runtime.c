@@ -941,6 +941,7 @@ loom_err loom_runtime_start(loom_runtime *rt)
         .instance_id = rt->instance_id,
         .options = loom_config_get(rt->config, "broker"),
         .will_topic = rt->n_services ? rt->announce_topic : NULL,
+        .max_message = rt->max_message,
     };
     err = rt->ops->init(&rt->adapter, &rt->host, &opts);
     if (err != LOOM_OK) {
