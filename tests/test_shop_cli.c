@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -361,8 +362,9 @@ static void test_call_order_flow_across_processes(void **state)
     t_run_free(&r);
 }
 
-/* Without --state, the shop keeps its state in $TMPDIR/loom-shop-UID.json,
- * so one-shot calls in separate processes see each other's writes. */
+/* Without --state, the shop keeps its state in $TMPDIR/loom-shop-UID/state.json
+ * (a private directory it creates), so one-shot calls in separate processes
+ * see each other's writes; a directory that is not private is refused. */
 static void test_default_state_is_shared_file(void **state)
 {
     (void)state;
@@ -381,11 +383,22 @@ static void test_default_state_is_shared_file(void **state)
     assert_string_equal(str_at(order, "status"), "paid");
     cJSON_Delete(order);
     t_run_free(&r);
+    char path[256], dir[200];
+    snprintf(dir, sizeof dir, "%s/loom-shop-%u", tmp_dir, (unsigned)getuid());
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    assert_int_equal(access(path, R_OK), 0);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    /* Opened up to others: the shop refuses to use it. */
+    assert_int_equal(chmod(dir, 0777), 0);
+    RUN_SHOP(&r, "--call", "users.get", "--param", "{\"id\":\"u-1\"}");
+    expect_status(&r, 2);
+    assert_non_null(strstr(t_run_err(&r), "not a private directory"));
+    t_run_free(&r);
+    assert_int_equal(chmod(dir, 0700), 0);
     child_env = saved;
     t_env_free(env);
-    char path[256];
-    snprintf(path, sizeof path, "%s/loom-shop-%u.json", tmp_dir, (unsigned)getuid());
-    assert_int_equal(access(path, R_OK), 0);
 }
 
 /* --services chooses what runs here: the others have no receiver. */

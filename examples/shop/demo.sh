@@ -12,8 +12,9 @@ if [ ! -x "$shop" ]; then
     echo "demo: $shop is not built yet: run 'make' first" >&2
     exit 1
 fi
-# The shop keeps its state in this file (see main.c); the demo starts empty.
-state="${TMPDIR:-/tmp}/loom-shop-$(id -u).json"
+# The shop keeps its state in this file, in a private directory (see
+# main.c); the demo starts empty.
+state="${TMPDIR:-/tmp}/loom-shop-$(id -u)/state.json"
 rm -f "$state" "$state.lock"
 
 cat <<EOF

@@ -7,13 +7,17 @@
  *   ./shop --services all --http 127.0.0.1:8080          (see demo.sh)
  *
  * Unless --state, --config, LOOM_STATE or LOOM_CONFIG say otherwise, the
- * shop keeps its state in a file store, $TMPDIR/loom-shop-UID.json, so that
- * one-shot --call processes and a running shop see the same users and
- * orders. Pass --state memory: for a purely in-memory run.
+ * shop keeps its state in a file store, $TMPDIR/loom-shop-UID/state.json, so
+ * that one-shot --call processes and a running shop see the same users and
+ * orders. The directory is created private (0700) and must stay so: in a
+ * shared /tmp anyone could otherwise plant the state, lock or temporary
+ * files. Pass --state memory: for a purely in-memory run.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,9 +43,20 @@ int main(int argc, char **argv)
     if (state_configured(argc, argv))
         return loom_main(argc, argv, services);
     const char *tmp = getenv("TMPDIR");
-    char state[512];
-    snprintf(state, sizeof state, "--state=file:%s/loom-shop-%u.json", tmp && *tmp ? tmp : "/tmp",
-             (unsigned)getuid());
+    char dir[400], state[512];
+    snprintf(dir, sizeof dir, "%s/loom-shop-%u", tmp && *tmp ? tmp : "/tmp", (unsigned)getuid());
+    /* Ours and private, or refused: never state that someone else could
+     * have planted or can read. */
+    struct stat st;
+    if ((mkdir(dir, 0700) != 0 && errno != EEXIST) || lstat(dir, &st) != 0 ||
+        !S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
+        fprintf(stderr,
+                "%s: the state directory %s is not a private directory of this user (mode 0700); "
+                "remove it or pass --state\n",
+                argv[0], dir);
+        return 2;
+    }
+    snprintf(state, sizeof state, "--state=file:%s/state.json", dir);
     char **args = calloc((size_t)argc + 2, sizeof *args);
     if (!args)
         return 1;
@@ -88,7 +103,7 @@ void shop_fail(loom_ctx *ctx, int status, const char *message, cJSON *data)
 void shop_fail_store(loom_ctx *ctx, const char *what, loom_err err)
 {
     loom_ctx_log(ctx, LOOM_LOG_ERROR, "state store: cannot %s: %s", what, loom_strerror(err));
-    if (err == LOOM_EUNAVAILABLE)
+    if (err == LOOM_EUNAVAILABLE || err == LOOM_ETIMEDOUT) /* e.g. its lock held too long */
         shop_fail(ctx, 503, "the state store is unavailable", NULL);
     else
         shop_fail(ctx, 500, "state store error", NULL);
