@@ -466,7 +466,8 @@ def scenario_http():
     shop = start_loom("shop-mono", [SHOP, "--services", "all", "--http", "127.0.0.1:%d" % port,
                                     "--state", "memory:", "--log-level", "warn",
                                     "--set", "http.max_connections=4096",
-                                    "--set", "http.auth.required=false"], port)
+                                    "--set", "http.auth.required=false",
+                                    "--set", "config.payments.verify_orders=false"], port)
     base = "http://127.0.0.1:%d" % port
     time.sleep(1.0)
     EXTRA["idle_rss_kb"] = rss_kb(shop.pid)[0]
@@ -537,7 +538,8 @@ def scenario_split(kind):
         broker, url = start_nats()
         ref = PROG["ref_nats_rr"]
     common = ["--broker", url, "--state", "memory:", "--log-level", "warn"]
-    pay = start_loom(kind + "-payments", [SHOP, "--services", "payments"] + common)
+    pay = start_loom(kind + "-payments", [SHOP, "--services", "payments",
+                                          "--set", "config.payments.verify_orders=false"] + common)
     port = free_port()
     bridge = start_loom(kind + "-bridge", [SHOP, "--services", "none", "--http",
                                            "127.0.0.1:%d" % port,

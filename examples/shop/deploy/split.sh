@@ -161,8 +161,8 @@ done
 if [ "$kind" = mqtt ]; then
     plain="
   # a plain MQTT 5 client calls a command: bare JSON in, bare JSON out
-  mosquitto_rr -V 5 -h 127.0.0.1 -p $mqtt_port -t loom/cmd/payments/1/charge \\
-      -e rr/reply/\$\$ -m '{\"orderId\":\"o-77\",\"amount\":5}' -F '%p  (%P)'
+  mosquitto_rr -V 5 -h 127.0.0.1 -p $mqtt_port -t loom/cmd/users/1/create \\
+      -e rr/reply/\$\$ -m '{\"name\":\"Rr\",\"email\":\"rr@example.com\"}' -F '%p  (%P)'
 "
     watch="
   # the service announcements (retained)
@@ -172,7 +172,7 @@ else
     plain="
   # a plain NATS client (the nats CLI, github.com/nats-io/natscli) calls a
   # command: bare JSON in, bare JSON and a status header out
-  nats --server $broker req loom.cmd.payments.1.charge '{\"orderId\":\"o-77\",\"amount\":5}'
+  nats --server $broker req loom.cmd.users.1.create '{\"name\":\"Rr\",\"email\":\"rr@example.com\"}'
 "
     watch="
   # the service announcements (a heartbeat a second from each instance)
