@@ -522,6 +522,53 @@ static const char *framing_error(breq *b, int *status)
     return NULL;
 }
 
+/* What RFC 9112 requires of a request that the engine (run lenient, so
+ * that these errors get the bridge's JSON body) leaves to us: header fields
+ * within http.max_header (431), field names that are tokens (no space
+ * before the colon), exactly one Host in HTTP/1.1 and at most one in 1.0,
+ * no Transfer-Encoding in HTTP/1.0 (its framing would be guessed). */
+static const char *syntax_error(breq *b, int *status)
+{
+    bool bad_name = false;
+    size_t bytes = loom__hs_req_header_bytes(b->hs, &bad_name) +
+                   strlen(loom__hs_req_target(b->hs)) + strlen(loom__hs_req_method(b->hs)) + 16;
+    *status = 400;
+    if (bytes > b->h->max_header) {
+        *status = 431;
+        return "the request's header fields are too large";
+    }
+    if (bad_name)
+        return "a header field name is not a token (whitespace before the colon?)";
+    bool v11 = strcmp(loom__hs_req_version(b->hs), "HTTP/1.1") == 0;
+    unsigned hosts = loom__hs_req_header_count(b->hs, "Host");
+    if (hosts > 1)
+        return "the request has more than one Host header";
+    if (v11 && hosts == 0)
+        return "the request has no Host header (required in HTTP/1.1)";
+    if (!v11 && loom__hs_req_header_count(b->hs, "Transfer-Encoding"))
+        return "Transfer-Encoding is not allowed in HTTP/1.0";
+    return NULL;
+}
+
+/* The path of an absolute-form target ("http://host/p?q" -> "/p?q", or
+ * "/" alone), which RFC 9112 3.2.2 says a server must accept; NULL when the
+ * target is neither that nor an origin-form path. */
+static const char *origin_form(const char *target)
+{
+    if (target[0] == '/')
+        return target;
+    size_t skip = strncasecmp(target, "http://", 7) == 0    ? 7
+                  : strncasecmp(target, "https://", 8) == 0 ? 8
+                                                            : 0;
+    if (!skip)
+        return NULL;
+    const char *p = target + skip;
+    size_t auth = strcspn(p, "/?#");
+    if (auth == 0)
+        return NULL;
+    return p[auth] == '/' ? p + auth : p[auth] ? NULL : "/";
+}
+
 static void read_trace(breq *b)
 {
     const char *tp = header(b, "traceparent");
@@ -807,14 +854,17 @@ static loom__hs_action on_headers(void *user, loom__hs_req *hs)
     b->cors_origin = loom__http_cors_allow(h, header(b, "Origin"));
     int fst;
     const char *framing = framing_error(b, &fst);
+    if (!framing)
+        framing = syntax_error(b, &fst);
     if (framing) {
         b->close = true;
         return send_error(b, fst, framing, NULL, NULL, NULL);
     }
 
-    const char *target = loom__hs_req_target(hs);
-    if (target[0] != '/')
-        return send_error(b, 400, "the request target must be an absolute path", NULL, NULL, NULL);
+    const char *target = origin_form(loom__hs_req_target(hs));
+    if (!target)
+        return send_error(b, 400, "the request target must be an absolute path or URL", NULL, NULL,
+                          NULL);
     size_t plen = strcspn(target, "?#");
     if (!(b->path = strndup(target, plen)))
         return send_error(b, 503, "out of memory", NULL, NULL, NULL);
