@@ -1714,6 +1714,7 @@ static void test_split_mode(void **state)
     assert_int_equal(loom_http_start(b.h), LOOM_OK);
     b.port = loom_http_port(b.h);
 
+    int off0 = atomic_load(&auth_off_warnings);
     /* No services anywhere yet. */
     resp r = get(&b, "/readyz");
     expect_status(&r, 503);
@@ -1729,6 +1730,8 @@ static void test_split_mode(void **state)
     assert_int_equal(loom_runtime_start(svc), LOOM_OK);
     r = wait_for_status(&b, "/api/v1/items/1", 200, 5000);
     expect_status(&r, 200);
+    /* The start found no protected route; discovery brought some: warned. */
+    assert_true(atomic_load(&auth_off_warnings) > off0);
     assert_true(t_json_eq(cJSON_GetObjectItem(r.json, "parameter"), "{\"id\":\"1\"}"));
     resp_free(&r);
     r = get(&b, "/readyz");

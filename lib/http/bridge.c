@@ -181,7 +181,22 @@ static void warn_route(void *user, const char *line)
     loom__http_log(user, LOOM_LOG_WARN, "%s", line);
 }
 
-static routes *build_routes(loom_http *h)
+/* What auth means for the protected routes of t, said at start and again
+ * whenever discovery brings more of them than were last counted (a bridge
+ * of a split deployment starts with none). */
+static void report_auth(loom_http *h, const routes *t, bool at_start)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++)
+        n += !t->v[i].public;
+    if (!at_start && n <= atomic_load(&h->auth_reported))
+        return;
+    atomic_store(&h->auth_reported, n);
+    loom__http_auth_report(h, n);
+}
+
+/* report: say what auth means when more protected routes appeared. */
+static routes *build_routes(loom_http *h, bool report)
 {
     unsigned version = loom__routes_version(h->rt);
     raw_list l = {0};
@@ -207,6 +222,8 @@ static routes *build_routes(loom_http *h)
         r->http_series = loom__http_series_http(h, r->method, r->label);
         r->cmd_series = loom__http_series_cmd(h, r->service, r->command);
     }
+    if (report)
+        report_auth(h, t, false);
     return t;
 }
 
@@ -222,7 +239,7 @@ static routes *routes_acquire(loom_http *h)
         return t;
     /* Holding build_mu: nobody else replaces the table now. */
     if (h->routes->version != loom__routes_version(h->rt)) {
-        routes *fresh = build_routes(h);
+        routes *fresh = build_routes(h, true);
         if (fresh) {
             pthread_rwlock_wrlock(&h->routes_lock);
             routes *old = h->routes;
@@ -1120,7 +1137,7 @@ loom_err loom_http_start(loom_http *h)
         pthread_mutex_unlock(&h->life_mu);
         return LOOM_ESTATE;
     }
-    routes *t = build_routes(h);
+    routes *t = build_routes(h, false);
     if (!t) {
         pthread_mutex_unlock(&h->life_mu);
         return LOOM_ENOMEM;
@@ -1154,15 +1171,12 @@ loom_err loom_http_start(loom_http *h)
         return err == LOOM_ENOMEM ? err : LOOM_EIO;
     }
     atomic_store(&h->port, loom__hs_port(h->srv));
-    size_t n_protected = 0;
-    for (size_t i = 0; i < t->n; i++)
-        n_protected += !t->v[i].public;
     loom__http_log(h, LOOM_LOG_INFO, "listening on %s (port %d), %zu route(s) under %s/v*, auth %s",
                    h->listen, atomic_load(&h->port), t->n, h->base,
                    loom__http_auth_on(h) ? "on"
                    : h->auth_required ? "required (none configured)"
                                       : "off");
-    loom__http_auth_report(h, n_protected);
+    report_auth(h, t, true);
     pthread_mutex_unlock(&h->life_mu);
     return LOOM_OK;
 }

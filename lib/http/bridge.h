@@ -179,6 +179,7 @@ struct loom_http {
     pthread_mutex_t wait_mu; /* the invoked, unanswered requests */
     breq *waiting;
 
+    atomic_size_t auth_reported; /* protected routes the auth warning last counted */
     _Atomic(series *) *slots; /* SERIES_SLOTS */
     atomic_long in_flight;
 };
