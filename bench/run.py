@@ -468,7 +468,9 @@ def scenario_http():
     port = free_port()
     shop = start_loom("shop-mono", [SHOP, "--services", "all", "--http", "127.0.0.1:%d" % port,
                                     "--state", "memory:", "--log-level", "warn",
-                                    "--set", "http.max_connections=4096"], port)
+                                    "--set", "http.max_connections=4096",
+                                    "--set", "http.auth.required=false",
+                                    "--set", "config.payments.verify_orders=false"], port)
     base = "http://127.0.0.1:%d" % port
     time.sleep(1.0)
     EXTRA["idle_rss_kb"] = rss_kb(shop.pid)[0]
@@ -547,10 +549,12 @@ def scenario_split(kind):
         ref = PROG["ref_nats_rr"]
         ref_opts = []
     common = ["--broker", url, "--state", "memory:", "--log-level", "warn"]
-    pay = start_loom(kind + "-payments", [SHOP, "--services", "payments"] + common)
+    pay = start_loom(kind + "-payments", [SHOP, "--services", "payments",
+                                          "--set", "config.payments.verify_orders=false"] + common)
     port = free_port()
     bridge = start_loom(kind + "-bridge", [SHOP, "--services", "none", "--http",
-                                           "127.0.0.1:%d" % port] + common, port)
+                                           "127.0.0.1:%d" % port,
+                                           "--set", "http.auth.required=false"] + common, port)
     post_url = "http://127.0.0.1:%d/api/v1/payments" % port
     wait_until("the payments route on the bridge",
                lambda: http("POST", post_url, PAY_BODY)[0] == 200, procs=[pay, bridge])

@@ -13,6 +13,7 @@
  *                   (LOOM_ESTATE), the caller sees the first
  *   POST noreply    returns without answering (500)
  *   POST crash      fails 500 with internal detail the caller must not see
+ *   GET  badutf8    answers a string that is not UTF-8 (cannot be encoded: 500)
  *   GET  whoami     {"instance": ID}
  *   GET  echo/:name {"parameter": ..., "payload": ...}: what the handler got
  *   POST echo       the same, for a body
@@ -116,6 +117,12 @@ static void crash_fn(loom_ctx *ctx, void *user)
         cJSON_Delete(data);
 }
 
+static void badutf8_fn(loom_ctx *ctx, void *user)
+{
+    (void)user;
+    reply(ctx, cJSON_CreateString("caf\xc3"));
+}
+
 static void whoami_fn(loom_ctx *ctx, void *user)
 {
     (void)user;
@@ -190,13 +197,15 @@ LOOM_COMMAND(cmd_echo, .name = "echo", .handler = echo_fn, .http_method = "GET",
              .http_path = "/faults/echo/:name", .http_public = true);
 LOOM_COMMAND(cmd_echo_post, .name = "echopost", .handler = echo_fn, .http_method = "POST",
              .http_path = "/faults/echo", .http_public = true);
+LOOM_COMMAND(cmd_badutf8, .name = "badutf8", .handler = badutf8_fn, .http_method = "GET",
+             .http_path = "/faults/badutf8", .http_public = true);
 LOOM_COMMAND(cmd_stats, .name = "stats", .handler = stats_fn, .http_method = "GET",
              .http_path = "/faults/stats", .http_public = true);
 LOOM_SERVICE(faults, .name = "faults", .version = "1",
              .description = "Handlers that misbehave on purpose",
              .commands = LOOM_COMMANDS(&cmd_sleep, &cmd_hang, &cmd_badoutput, &cmd_twice,
                                        &cmd_noreply, &cmd_crash, &cmd_whoami, &cmd_echo,
-                                       &cmd_echo_post, &cmd_stats));
+                                       &cmd_echo_post, &cmd_badutf8, &cmd_stats));
 
 LOOM_SUBSCRIPTION(sub_count, .name = "count", .handler = count_fn, .filter = {.event_name = "tick"},
                   .max_retries = 5);

@@ -1,8 +1,12 @@
 /* The envelope codec: loom_msg construction, accessors, encode and decode. */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/json.h"
 #include "codec/msg.h"
 #include "core/util.h"
 #include "support/support.h"
@@ -750,7 +754,7 @@ static void test_reject_timestamp(void **state)
                   LOOM_EPARSE, "field 'timestamp'");
     expect_reject("{\"messageType\":\"commandSuccessResponse\",\"id\":\"" ID1
                   "\",\"timestamp\":1e999}",
-                  LOOM_EPARSE, "field 'timestamp'");
+                  LOOM_EPARSE, "not finite");
 }
 
 static void test_reject_deadline(void **state)
@@ -1404,6 +1408,119 @@ static void test_strerror_and_free(void **state)
     loom_free(malloc(10));
 }
 
+/* ------------------------------------------------------------------------ */
+/* JSON numbers: the shortest text that reads back to the same double        */
+
+static void expect_number(double d, const char *want)
+{
+    char buf[LOOM__JSON_NUMBER_MAX];
+    size_t n = loom__json_number(buf, d);
+    if (strcmp(buf, want) != 0 || n != strlen(want))
+        fail_msg("%.17g: got \"%s\", want \"%s\"", d, buf, want);
+}
+
+static void test_json_numbers(void **state)
+{
+    (void)state;
+    expect_number(0.1 + 0.2, "0.30000000000000004");
+    expect_number(9007199254740992.0, "9007199254740992"); /* 2^53 */
+    expect_number(-9007199254740992.0, "-9007199254740992");
+    expect_number(9007199254740991.0, "9007199254740991");
+    expect_number(1e300, "1e+300");
+    expect_number(-0.0, "-0");
+    expect_number(0.0, "0");
+    expect_number(5e-324, "5e-324"); /* the smallest subnormal */
+    expect_number(DBL_MIN, "2.2250738585072014e-308");
+    expect_number(DBL_MAX, "1.7976931348623157e+308");
+    expect_number(0.1, "0.1");
+    expect_number(1.5, "1.5");
+    expect_number(-42, "-42");
+    expect_number(1700000000123.0, "1700000000123");
+    expect_number(1e21, "1e+21");
+    expect_number(18014398509481984.0, "18014398509481984"); /* 2^54: %.17g is exact */
+    expect_number(39.9, "39.9");
+    /* Every double reads back, and no shorter precision would. */
+    uint64_t x = 0x9E3779B97F4A7C15u;
+    for (int i = 0; i < 20000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        double d;
+        memcpy(&d, &x, sizeof d);
+        if (!isfinite(d))
+            continue;
+        char buf[LOOM__JSON_NUMBER_MAX];
+        loom__json_number(buf, d);
+        double back = strtod(buf, NULL);
+        if (memcmp(&back, &d, sizeof d) != 0)
+            fail_msg("%a printed as %s reads back as %a", d, buf, back);
+        if (strchr(buf, 'e') || strchr(buf, '.')) {
+            char shorter[400];
+            int sig = 0; /* significant digits: leading zeros do not count */
+            for (const char *c = buf; *c && *c != 'e'; c++)
+                if (*c >= '1' || (*c == '0' && sig))
+                    sig += *c >= '0' && *c <= '9';
+            if (sig > 1) {
+                snprintf(shorter, sizeof shorter, "%.*g", sig - 1, d);
+                if (strtod(shorter, NULL) == d)
+                    fail_msg("%s is not the shortest for %a: %s is", buf, d, shorter);
+            }
+        }
+    }
+}
+
+/* The writer, the encoder and the parser agree on numbers: they round-trip
+ * through an envelope, and non-finite ones are refused, never sent as null. */
+static void test_json_numbers_roundtrip(void **state)
+{
+    (void)state;
+    cJSON *v = cJSON_CreateObject();
+    cJSON_AddNumberToObject(v, "sum", 0.1 + 0.2);
+    cJSON_AddNumberToObject(v, "big", 9007199254740992.0);
+    cJSON_AddNumberToObject(v, "tiny", 5e-324);
+    cJSON_AddNumberToObject(v, "negzero", -0.0);
+    char *text = loom__json_print(v, NULL);
+    assert_string_equal(text, "{\"sum\":0.30000000000000004,\"big\":9007199254740992,"
+                              "\"tiny\":5e-324,\"negzero\":-0}");
+    free(text);
+
+    loom_msg *m = loom__msg_new(LOOM_MSG_SUCCESS);
+    m->payload = v;
+    char *out = NULL;
+    size_t len = 0;
+    assert_int_equal(loom_msg_encode(m, &out, &len), LOOM_OK);
+    assert_non_null(strstr(out, "\"sum\":0.30000000000000004"));
+    assert_non_null(strstr(out, "\"big\":9007199254740992"));
+    loom_msg *back = NULL;
+    assert_int_equal(loom_msg_decode(out, len, &back, NULL, 0), LOOM_OK);
+    const cJSON *p = loom_msg_payload(back);
+    assert_true(cJSON_GetObjectItem(p, "sum")->valuedouble == 0.1 + 0.2);
+    assert_true(cJSON_GetObjectItem(p, "big")->valuedouble == 9007199254740992.0);
+    assert_true(cJSON_GetObjectItem(p, "tiny")->valuedouble == 5e-324);
+    assert_true(signbit(cJSON_GetObjectItem(p, "negzero")->valuedouble));
+    loom_msg_release(back);
+    free(out);
+
+    cJSON_AddNumberToObject(v, "inf", INFINITY);
+    assert_int_equal(loom_msg_encode(m, &out, &len), LOOM_EINVAL);
+    loom_err err = LOOM_OK;
+    assert_null(loom__json_print(v, &err));
+    assert_int_equal(err, LOOM_EINVAL);
+    loom_msg_release(m);
+
+    cJSON *parsed = NULL;
+    char why[128];
+    assert_int_equal(loom__json_parse("[1e999]", 7, 64, &parsed, why, sizeof why, NULL),
+                     LOOM_EPARSE);
+    assert_non_null(strstr(why, "not finite"));
+    assert_int_equal(loom__json_parse("{\"a\":-1e400}", 12, 64, &parsed, why, sizeof why, NULL),
+                     LOOM_EPARSE);
+    assert_null(parsed);
+    assert_int_equal(loom__json_parse(" [1, 2.5] \n", 11, 64, &parsed, why, sizeof why, NULL),
+                     LOOM_OK);
+    cJSON_Delete(parsed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1427,6 +1544,8 @@ int main(void)
         cmocka_unit_test(test_reject_version),
         cmocka_unit_test(test_reject_message_type),
         cmocka_unit_test(test_reject_id),
+        cmocka_unit_test(test_json_numbers),
+        cmocka_unit_test(test_json_numbers_roundtrip),
         cmocka_unit_test(test_reject_timestamp),
         cmocka_unit_test(test_reject_deadline),
         cmocka_unit_test(test_reject_trace_and_correlation_ids),

@@ -279,6 +279,69 @@ static int get_body(const char *target, char *body, size_t body_len, char *head,
     return t_http_raw(T.port, req, (size_t)n, 5000, head, head_len, body, body_len);
 }
 
+/* RFC 9110/9112 request syntax the engine used to get wrong: each case
+ * gets one answer, with the bridge's JSON error body (before: the first one
+ * got two 400 status lines and an HTML body, the next three 200, the
+ * absolute-form target 400). */
+static void test_http11_syntax(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name, *req;
+        int status;
+        const char *message;
+    } cases[] = {
+        {"no Host in HTTP/1.1", "GET /healthz HTTP/1.1\r\n\r\n", 400,
+         "the request has no Host header (required in HTTP/1.1)"},
+        {"two Host headers", "GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400,
+         "the request has more than one Host header"},
+        {"a space before a colon", "GET /healthz HTTP/1.1\r\nHost: a\r\nX-Foo : 1\r\n\r\n", 400,
+         "a header field name is not a token"},
+        {"Host with a space before the colon", "GET /healthz HTTP/1.1\r\nHost : a\r\n\r\n", 400,
+         "a header field name is not a token"},
+        {"HTTP/1.0 with chunked",
+         "POST /api/v1/faults/echo HTTP/1.0\r\nHost: t\r\nContent-Type: application/json\r\n"
+         "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+         400, "Transfer-Encoding is not allowed in HTTP/1.0"},
+        {"absolute-form target", "GET http://t/healthz HTTP/1.1\r\nHost: t\r\n\r\n", 200,
+         "\"status\":\"ok\""},
+        {"absolute-form with a query",
+         "GET http://t:8080/api/v1/faults/echo/x?q=1 HTTP/1.1\r\nHost: t\r\n\r\n", 200,
+         "\"q\":\"1\""},
+        {"HTTP/1.0 without Host", "GET /healthz HTTP/1.0\r\n\r\n", 200, "\"status\":\"ok\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char resp[8192];
+        bool closed;
+        exchange(cases[i].req, strlen(cases[i].req), resp, sizeof resp, 5000, &closed);
+        fprintf(stderr, "syntax: %-36s -> %d, %d response(s)\n", cases[i].name, status_of(resp),
+                count_responses(resp));
+        if (status_of(resp) != cases[i].status || !strstr(resp, cases[i].message) ||
+            count_responses(resp) != 1)
+            fail_msg("%s: %s", cases[i].name, resp);
+        if (cases[i].status >= 400)
+            assert_non_null(strcasestr(resp, "\r\nContent-Type: application/json\r\n"));
+        expect_serving(cases[i].name);
+    }
+    /* Header fields over http.max_header (16 KiB): 431 with the JSON body,
+     * across the range that used to close without an answer. */
+    for (size_t n = 16500; n <= 20000; n += 500) {
+        char *req = malloc(n + 128);
+        assert_non_null(req);
+        int k = snprintf(req, n + 128, "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: ");
+        memset(req + k, 'x', n);
+        memcpy(req + k + n, "\r\n\r\n", 5);
+        char resp[8192];
+        bool closed;
+        exchange(req, (size_t)k + n + 4, resp, sizeof resp, 5000, &closed);
+        free(req);
+        if (status_of(resp) != 431 ||
+            !strstr(resp, "\"the request's header fields are too large\""))
+            fail_msg("%zu-byte header: %.300s", n, resp);
+    }
+    expect_serving("large headers");
+}
+
 static void test_paths_and_headers(void **state)
 {
     (void)state;
@@ -395,7 +458,7 @@ static void test_deep_json(void **state)
     free(objects);
     expect_serving("100 000 nested objects");
     char *just = nested(999, false); /* parses; over the 64-level limit */
-    post_body(just, strlen(just), 400, "\"the JSON body is nested too deeply\"");
+    post_body(just, strlen(just), 400, "\"JSON nested deeper than 64 levels\"");
     free(just);
     expect_serving("999 nested arrays");
 
@@ -571,6 +634,64 @@ static char *envelope(loom_msg_type type, const char *info_type, const char *eve
     return out;
 }
 
+/* A bare request (a plain MQTT 5 client) passes the same checks as an
+ * envelope: each of these reached the handler before. */
+static void test_mqtt_bare_checks(void **state)
+{
+    (void)state;
+    char *deep = nested(900, false); /* under limits.max_message */
+    static const struct {
+        const char *what, *body;
+    } bad[] = {
+        {"invalid UTF-8", "{\"name\":\"caf\xc3\"}"},
+        {"a \\u0000 escape", "{\"name\":\"a\\u0000b\"}"},
+        {"data after the value", "{\"name\":\"a\"} trailing"},
+        {"a number that is not finite", "{\"n\":1e999}"},
+        {"a control character", "{\"name\":\"a\x01\"}"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *out = mqtt_rr("loom/cmd/faults/1/echopost", bad[i].body, strlen(bad[i].body), "5");
+        fprintf(stderr, "mqtt: bare command with %s -> %s", bad[i].what, out);
+        if (!strstr(out, "\"message\":\"the payload is not valid JSON\"") ||
+            !strstr(out, "status:400"))
+            fail_msg("bare command with %s: %s", bad[i].what, out);
+        free(out);
+    }
+    char *out = mqtt_rr("loom/cmd/faults/1/echopost", deep, strlen(deep), "5");
+    fprintf(stderr, "mqtt: 900-level bare command -> %s", out);
+    assert_non_null(strstr(out, "JSON nested deeper than 62 levels"));
+    assert_non_null(strstr(out, "status:400"));
+    free(out);
+    free(deep);
+    /* A trailing NUL (C publishers) is fine, as for envelopes. */
+    out = mqtt_rr("loom/cmd/faults/1/echopost", "{\"name\":\"ok\"}", 14, "5");
+    fprintf(stderr, "mqtt: bare command with a trailing NUL -> %s", out);
+    assert_non_null(strstr(out, "\"name\":\"ok\""));
+    free(out);
+    /* A result that cannot be encoded: 500 at once, not silence. */
+    int64_t t0 = t_mono_ms();
+    out = mqtt_rr("loom/cmd/faults/1/badutf8", "{}", 2, "10");
+    fprintf(stderr, "mqtt: unencodable result -> %s", out);
+    assert_non_null(strstr(out, "\"status\":500"));
+    assert_non_null(strstr(out, "status:500"));
+    assert_true(t_mono_ms() - t0 < 8000);
+    free(out);
+    /* Over limits.max_message: the connection's MQTT 5 Maximum Packet Size
+     * makes the broker drop it, so loom never reads it (before: received,
+     * buffered, then refused with "... over the 262144-byte limit"). */
+    char *huge = malloc(3 * MAX_MESSAGE);
+    assert_non_null(huge);
+    memset(huge, ' ', 3 * MAX_MESSAGE);
+    memcpy(huge, "{}", 2);
+    mqtt_pub("loom/cmd/faults/1/echopost", huge, 3 * MAX_MESSAGE, "hostile/big", false);
+    free(huge);
+    out = mqtt_rr("loom/cmd/faults/1/echopost", "{\"name\":\"after\"}", 16, "5");
+    assert_non_null(strstr(out, "\"name\":\"after\""));
+    free(out);
+    assert_int_equal(t_proc_log_count(&T.proc, "-byte limit"), 0);
+    expect_serving("bare commands with bad payloads");
+}
+
 static void test_mqtt_garbage(void **state)
 {
     (void)state;
@@ -586,7 +707,7 @@ static void test_mqtt_garbage(void **state)
     /* Commands. A bare request that is not JSON gets 400, bare. */
     char *out = mqtt_rr("loom/cmd/faults/1/sleep", garbage, sizeof garbage - 1, "5");
     fprintf(stderr, "mqtt: garbage command -> %s", out);
-    assert_non_null(strstr(out, "{\"status\":400,\"message\":\"the payload is not valid JSON\"}"));
+    assert_non_null(strstr(out, "{\"status\":400,\"message\":\"the payload is not valid JSON\","));
     assert_non_null(strstr(out, "status:400"));
     free(out);
     out = mqtt_rr("loom/cmd/faults/1/sleep", "{\"ms\":\"soon\"}", 13, "5");
@@ -596,7 +717,7 @@ static void test_mqtt_garbage(void **state)
     free(out);
     out = mqtt_rr("loom/cmd/faults/1/sleep", deep, strlen(deep), "5");
     fprintf(stderr, "mqtt: 100 000-level command -> %s", out);
-    assert_non_null(strstr(out, "{\"status\":400,\"message\":\"the payload is not valid JSON\"}"));
+    assert_non_null(strstr(out, "{\"status\":400,\"message\":\"the payload is not valid JSON\","));
     free(out);
     /* Over limits.max_message: dropped, nobody answers. */
     out = mqtt_rr("loom/cmd/faults/1/sleep", huge, 3 * MAX_MESSAGE, "2");
@@ -797,9 +918,11 @@ int main(void)
         cmocka_set_test_filter(filter);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_request_smuggling, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http11_syntax, setup, teardown),
         cmocka_unit_test_setup_teardown(test_paths_and_headers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deep_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slowloris, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mqtt_bare_checks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mqtt_garbage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_broken_yaml, setup, teardown),
     };

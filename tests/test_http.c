@@ -303,12 +303,17 @@ static const loom_service_def *const *fx_services = all_services;
 /* Runtimes and bridges                                                      */
 
 static atomic_int log_warnings;
+static atomic_int auth_off_warnings, auth_missing_warnings;
 
 static void test_log(const loom_log_record *rec, void *user)
 {
     (void)user;
     if (rec->level >= LOOM_LOG_WARN)
         atomic_fetch_add(&log_warnings, 1);
+    if (rec->level == LOOM_LOG_WARN && strstr(rec->message, "served to anyone"))
+        atomic_fetch_add(&auth_off_warnings, 1);
+    if (rec->level == LOOM_LOG_WARN && strstr(rec->message, "protected route(s) answer 401"))
+        atomic_fetch_add(&auth_missing_warnings, 1);
     if (getenv("LOOM_TEST_VERBOSE"))
         fprintf(stderr, "[log %d] %s\n", (int)rec->level, rec->message);
 }
@@ -339,8 +344,12 @@ typedef struct fx {
 } fx;
 
 /* A runtime with the test services and a started bridge. settings are
- * key, value pairs for loom_config_set, NULL-terminated (may be NULL). */
-static fx *fx_new(const char *const *settings, loom_http_auth_fn hook, void *hook_user)
+ * key, value pairs for loom_config_set, NULL-terminated (may be NULL).
+ * secure: keep the bridge's default (protected routes need auth); else
+ * http.auth.required is false unless settings say otherwise, so that the
+ * tests of other features can call protected routes without a token. */
+static fx *fx_new_opts(const char *const *settings, loom_http_auth_fn hook, void *hook_user,
+                       bool secure)
 {
     fx *f = calloc(1, sizeof *f);
     assert_non_null(f);
@@ -350,6 +359,8 @@ static fx *fx_new(const char *const *settings, loom_http_auth_fn hook, void *hoo
     assert_int_equal(loom_runtime_start(f->rt), LOOM_OK);
     assert_int_equal(loom_runtime_wait_ready(f->rt, 5000), LOOM_OK);
     assert_int_equal(loom_config_create(&f->cfg), LOOM_OK);
+    if (!secure)
+        assert_int_equal(loom_config_set(f->cfg, "http.auth.required", "false"), LOOM_OK);
     for (; settings && settings[0]; settings += 2)
         if (loom_config_set(f->cfg, settings[0], settings[1]) != LOOM_OK)
             fail_msg("config %s=%s: %s", settings[0], settings[1], loom_config_error(f->cfg));
@@ -360,6 +371,11 @@ static fx *fx_new(const char *const *settings, loom_http_auth_fn hook, void *hoo
     f->port = loom_http_port(f->h);
     assert_true(f->port > 0);
     return f;
+}
+
+static fx *fx_new(const char *const *settings, loom_http_auth_fn hook, void *hook_user)
+{
+    return fx_new_opts(settings, hook, hook_user, false);
 }
 
 static void fx_free(fx *f)
@@ -1190,6 +1206,94 @@ static void test_auth_tokens(void **state)
     fx_free(f);
 }
 
+/* Numbers keep their value through the bridge: the shortest text that
+ * reads back to the same double; 1e999 (infinity to cJSON) is refused. */
+static void test_numbers(void **state)
+{
+    (void)state;
+    fx *f = fx_new(NULL, NULL, NULL);
+    resp r = post_json(
+        f, "/api/v1/echo/n",
+        "{\"msg\":\"n\",\"sum\":0.30000000000000004,\"big\":9007199254740992,\"tiny\":5e-324,"
+        "\"z\":-0,\"e\":1e300}");
+    expect_status(&r, 200);
+    if (!strstr(r.body, "\"sum\":0.30000000000000004,\"big\":9007199254740992,\"tiny\":5e-324,"
+                        "\"z\":-0,\"e\":1e+300"))
+        fail_msg("numbers changed: %s", r.body);
+    resp_free(&r);
+    const char *inf[] = {"{\"msg\":\"n\",\"n\":1e999}", "{\"msg\":\"n\",\"n\":-1e999}", "[1e400]"};
+    for (int i = 0; i < 3; i++) {
+        r = post_json(f, "/api/v1/echo/n", inf[i]);
+        expect_status(&r, 400);
+        assert_non_null(strstr(r.body, "not finite"));
+        resp_free(&r);
+    }
+    fx_free(f);
+}
+
+/* Secure by default: without any token, key or hook a protected route
+ * answers 401 (and the start says why); only http.auth.required: false
+ * serves it, with a warning. */
+static void test_auth_default_secure(void **state)
+{
+    (void)state;
+    int missing0 = atomic_load(&auth_missing_warnings);
+    fx *f = fx_new_opts(NULL, NULL, NULL, true);
+    assert_int_equal(atomic_load(&auth_missing_warnings), missing0 + 1);
+    expect_auth(f, NULL, 401);
+    expect_auth(f, "Authorization: Bearer anything", 401);
+    resp r = get(f, "/api/v1/open");
+    expect_status(&r, 200);
+    resp_free(&r);
+    r = get(f, "/metrics");
+    expect_status(&r, 200);
+    resp_free(&r);
+    /* The document lists the 401 of protected operations. */
+    r = get(f, "/api/openapi.json");
+    const cJSON *op = cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(r.json, "paths"), "/api/v1/items/{id}"), "get");
+    assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(op, "responses"), "401"));
+    resp_free(&r);
+    fx_free(f);
+
+    int off0 = atomic_load(&auth_off_warnings);
+    const char *off[] = {"http.auth.required", "false", NULL};
+    f = fx_new_opts(off, NULL, NULL, true);
+    assert_int_equal(atomic_load(&auth_off_warnings), off0 + 1);
+    expect_auth(f, NULL, 200);
+    fx_free(f);
+}
+
+/* /metrics and the OpenAPI document can be protected like commands. */
+static void test_auth_protect_builtins(void **state)
+{
+    (void)state;
+    const char *s[] = {"http.auth.tokens",       "s3cret", "http.auth.protect_metrics", "true",
+                       "http.auth.protect_docs", "true",   NULL};
+    fx *f = fx_new(s, NULL, NULL);
+    const char *tok[] = {"Authorization: Bearer s3cret", NULL};
+    const char *paths[] = {"/metrics", "/api/openapi.json"};
+    for (int i = 0; i < 2; i++) {
+        resp r = get(f, paths[i]);
+        expect_status(&r, 401);
+        resp_free(&r);
+        r = request(f, NULL, paths[i], NULL, tok);
+        expect_status(&r, 200);
+        resp_free(&r);
+    }
+    resp r = get(f, "/healthz"); /* probes stay open */
+    expect_status(&r, 200);
+    resp_free(&r);
+    fx_free(f);
+    /* Protected with no token configured: 401 for everyone. */
+    const char *none[] = {"http.auth.protect_metrics", "true", "http.auth.required", "true", NULL};
+    f = fx_new(none, NULL, NULL);
+    r = get(f, "/metrics");
+    expect_status(&r, 401);
+    resp_free(&r);
+    fx_free(f);
+}
+
 static void test_auth_sources(void **state)
 {
     (void)state;
@@ -1681,10 +1785,13 @@ static void test_split_mode(void **state)
     b.rt = new_runtime(bus, NULL, 2);
     assert_int_equal(loom_runtime_start(b.rt), LOOM_OK);
     assert_int_equal(loom_runtime_wait_ready(b.rt, 5000), LOOM_OK);
-    assert_int_equal(loom_http_create(&b.h, b.rt, NULL), LOOM_OK);
+    assert_int_equal(loom_config_create(&b.cfg), LOOM_OK);
+    assert_int_equal(loom_config_set(b.cfg, "http.auth.required", "false"), LOOM_OK);
+    assert_int_equal(loom_http_create(&b.h, b.rt, b.cfg), LOOM_OK);
     assert_int_equal(loom_http_start(b.h), LOOM_OK);
     b.port = loom_http_port(b.h);
 
+    int off0 = atomic_load(&auth_off_warnings);
     /* No services anywhere yet. */
     resp r = get(&b, "/readyz");
     expect_status(&r, 503);
@@ -1700,6 +1807,8 @@ static void test_split_mode(void **state)
     assert_int_equal(loom_runtime_start(svc), LOOM_OK);
     r = wait_for_status(&b, "/api/v1/items/1", 200, 5000);
     expect_status(&r, 200);
+    /* The start found no protected route; discovery brought some: warned. */
+    assert_true(atomic_load(&auth_off_warnings) > off0);
     assert_true(t_json_eq(cJSON_GetObjectItem(r.json, "parameter"), "{\"id\":\"1\"}"));
     resp_free(&r);
     r = get(&b, "/readyz");
@@ -1747,6 +1856,7 @@ static void test_split_mode(void **state)
     loom_http_destroy(b.h);
     loom_runtime_destroy(svc);
     loom_runtime_destroy(b.rt);
+    loom_config_destroy(b.cfg);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2301,6 +2411,9 @@ int main(void)
         cmocka_unit_test(test_stop_answers_suspended),
         cmocka_unit_test(test_restart),
         cmocka_unit_test(test_auth_tokens),
+        cmocka_unit_test(test_numbers),
+        cmocka_unit_test(test_auth_default_secure),
+        cmocka_unit_test(test_auth_protect_builtins),
         cmocka_unit_test(test_auth_sources),
         cmocka_unit_test(test_auth_hook),
         cmocka_unit_test(test_cors),

@@ -647,13 +647,102 @@ static void test_concurrent_lines(void **state)
     free(out);
 }
 
+/* --- secrets are masked ------------------------------------------------- */
+
+static void expect_masked(const char *in, const char *want)
+{
+    char out[512];
+    size_t n = loom__mask_secrets(in, strlen(in), out, sizeof out);
+    if (strcmp(out, want) != 0 || n != strlen(want))
+        fail_msg("mask(%s):\n  got  %s\n  want %s", in, out, want);
+}
+
+static void test_mask_secrets(void **state)
+{
+    (void)state;
+    expect_masked("cannot connect to mqtt://user:hunter2@127.0.0.1:1883: refused",
+                  "cannot connect to mqtt://***@127.0.0.1:1883: refused");
+    expect_masked("state 'redis://:hunter2@db:6379/0'", "state 'redis://***@db:6379/0'");
+    expect_masked("nats://a:b@h1:4222,nats://c:d@h2:4222", "nats://***@h1:4222,nats://***@h2:4222");
+    expect_masked("url mqtts://u:p@ss@h:8883 x",
+                  "url mqtts://***@h:8883 x"); /* '@' in a password */
+    expect_masked("https://example.com/a and mqtt://h:1", "https://example.com/a and mqtt://h:1");
+    expect_masked("password=hunter2 next", "password=*** next");
+    expect_masked("broker.password=hunter2", "broker.password=***");
+    expect_masked("{\"password\":\"hunter2\",\"x\":1}", "{\"password\":\"***\",\"x\":1}");
+    expect_masked("{\"apiKey\": 1, \"api_key\": \"k-123\"}",
+                  "{\"apiKey\": 1, \"api_key\": \"***\"}");
+    expect_masked("?user=a&token=abc&x=1", "?user=a&token=***&x=1");
+    expect_masked("Authorization: Bearer abc.def.ghi", "Authorization: Bearer ***");
+    expect_masked("client_secret:xyz", "client_secret:***");
+    /* Text about secrets, not secrets, stays readable. */
+    expect_masked("http.auth.tokens_file: /run/x holds no token",
+                  "http.auth.tokens_file: /run/x holds no token");
+    expect_masked("broker.password: expected a string, got a list",
+                  "broker.password: expected a string, got a list");
+    expect_masked("GET /api/v1/users/email:ada@example.com",
+                  "GET /api/v1/users/email:ada@example.com");
+    expect_masked("", "");
+    /* Idempotent, and bounded by the output buffer. */
+    expect_masked("mqtt://***@h", "mqtt://***@h");
+    char small[8];
+    assert_int_equal(loom__mask_secrets("mqtt://a@h", 10, small, sizeof small), 7);
+    assert_string_equal(small, "mqtt://");
+}
+
+/* Every record, whoever logs it, reaches the sink masked. */
+static void test_log_masks_secrets(void **state)
+{
+    (void)state;
+    static sink k = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    loom__logger lg = {.level = LOOM_LOG_TRACE, .fn = sink_fn, .user = &k};
+    loom__log(&lg, LOOM_LOG_ERROR, NULL, NULL, NULL, "mqtt: broker URL '%s': bad port",
+              "mqtt://admin:hunter2@broker:99999");
+    loom__log(&lg, LOOM_LOG_WARN, NULL, NULL, NULL, "dsn=%s", "postgres://admin:hunter2@db/prod");
+    assert_int_equal(k.n, 2);
+    assert_string_equal(k.recs[0].message, "mqtt: broker URL 'mqtt://***@broker:99999': bad port");
+    assert_string_equal(k.recs[1].message, "dsn=postgres://***@db/prod");
+    sink_clear(&k);
+
+    /* A runtime refusing its broker URL logs it, masked. */
+    loom_runtime_config rc = {.broker_url = "mqtt://admin:hunter2@127.0.0.1:99999",
+                              .log_level = LOOM_LOG_DEBUG,
+                              .log_fn = sink_fn,
+                              .log_user = &k};
+    loom_runtime *rt = NULL;
+    loom_err err = loom_runtime_create(&rt, &rc);
+    if (err == LOOM_OK) {
+        loom_runtime_start(rt);
+        loom_runtime_destroy(rt);
+    }
+    assert_true(k.n > 0);
+    for (size_t i = 0; i < k.n; i++)
+        if (strstr(k.recs[i].message, "hunter2"))
+            fail_msg("a log line shows the password: %s", k.recs[i].message);
+    sink_clear(&k);
+
+    /* Configuration errors quote values: masked too. */
+    loom_config *cfg = NULL;
+    assert_int_equal(loom_config_create(&cfg), LOOM_OK);
+    assert_int_equal(loom_config_set(cfg, "workers", "mqtt://admin:hunter2@h"), LOOM_ECONFIG);
+    assert_null(strstr(loom_config_error(cfg), "hunter2"));
+    assert_non_null(strstr(loom_config_error(cfg), "mqtt://***@h"));
+    loom_config_destroy(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_level_parse),      cmocka_unit_test(test_sink_record),
-        cmocka_unit_test(test_level_filter),     cmocka_unit_test(test_text_lines),
-        cmocka_unit_test(test_json_lines),       cmocka_unit_test(test_truncation),
-        cmocka_unit_test(test_concurrent_lines), cmocka_unit_test(test_access_lines),
+        cmocka_unit_test(test_level_parse),
+        cmocka_unit_test(test_sink_record),
+        cmocka_unit_test(test_level_filter),
+        cmocka_unit_test(test_text_lines),
+        cmocka_unit_test(test_json_lines),
+        cmocka_unit_test(test_truncation),
+        cmocka_unit_test(test_concurrent_lines),
+        cmocka_unit_test(test_access_lines),
+        cmocka_unit_test(test_mask_secrets),
+        cmocka_unit_test(test_log_masks_secrets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

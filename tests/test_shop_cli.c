@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -266,7 +267,17 @@ static void test_call_charge_rejects_non_positive_amounts(void **state)
         cJSON_Delete(e);
         t_run_free(&r);
     }
+    /* No order o-1 exists: refused (payments asks orders.get). */
     RUN_SHOP(&r, "--call", "payments.charge", "{\"orderId\":\"o-1\",\"amount\":12.5}");
+    expect_status(&r, 1);
+    cJSON *e = expect_error_json(&r, 422);
+    assert_string_equal(str_at(e, "message"), "unknown order");
+    assert_string_equal(str_at(cJSON_GetObjectItemCaseSensitive(e, "data"), "orderId"), "o-1");
+    cJSON_Delete(e);
+    t_run_free(&r);
+    /* The bare charge, as the benchmark measures it. */
+    RUN_SHOP(&r, "--set", "config.payments.verify_orders=false", "--call", "payments.charge",
+             "{\"orderId\":\"o-1\",\"amount\":12.5}");
     expect_status(&r, 0);
     cJSON *p = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(p, "paymentId"), "p-1");
@@ -276,6 +287,27 @@ static void test_call_charge_rejects_non_positive_amounts(void **state)
     assert_true(cJSON_GetObjectItemCaseSensitive(p, "amount")->valuedouble == 12.5);
     cJSON_Delete(p);
     t_run_free(&r);
+}
+
+/* No whitespace or control character in an email: CR/LF could otherwise
+ * reach a mail header. */
+static void test_call_email_without_crlf(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {"ada@example.com\\r\\nBcc: eve@example.com",
+                                      "ada@example.com\\n", "a\\tda@example.com",
+                                      "ada@exa\\u0001mple.com", "ada @example.com"};
+    t_run r;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char payload[160];
+        snprintf(payload, sizeof payload, "{\"name\":\"Ada\",\"email\":\"%s\"}", bad[i]);
+        RUN_SHOP(&r, "--call", "users.create", payload);
+        expect_status(&r, 1);
+        cJSON *e = expect_error_json(&r, 400);
+        assert_true(has_detail(e, "/email", "pattern"));
+        cJSON_Delete(e);
+        t_run_free(&r);
+    }
 }
 
 static void test_call_order_for_unknown_user_is_422(void **state)
@@ -370,8 +402,9 @@ static void test_call_order_flow_across_processes(void **state)
     t_run_free(&r);
 }
 
-/* Without --state, the shop keeps its state in $TMPDIR/loom-shop-UID.json,
- * so one-shot calls in separate processes see each other's writes. */
+/* Without --state, the shop keeps its state in $TMPDIR/loom-shop-UID/state.json
+ * (a private directory it creates), so one-shot calls in separate processes
+ * see each other's writes; a directory that is not private is refused. */
 static void test_default_state_is_shared_file(void **state)
 {
     (void)state;
@@ -390,11 +423,22 @@ static void test_default_state_is_shared_file(void **state)
     assert_string_equal(str_at(order, "status"), "paid");
     cJSON_Delete(order);
     t_run_free(&r);
+    char path[256], dir[200];
+    snprintf(dir, sizeof dir, "%s/loom-shop-%u", tmp_dir, (unsigned)getuid());
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    assert_int_equal(access(path, R_OK), 0);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    /* Opened up to others: the shop refuses to use it. */
+    assert_int_equal(chmod(dir, 0777), 0);
+    RUN_SHOP(&r, "--call", "users.get", "--param", "{\"id\":\"u-1\"}");
+    expect_status(&r, 2);
+    assert_non_null(strstr(t_run_err(&r), "not a private directory"));
+    t_run_free(&r);
+    assert_int_equal(chmod(dir, 0700), 0);
     child_env = saved;
     t_env_free(env);
-    char path[256];
-    snprintf(path, sizeof path, "%s/loom-shop-%u.json", tmp_dir, (unsigned)getuid());
-    assert_int_equal(access(path, R_OK), 0);
 }
 
 /* --services chooses what runs here: the others have no receiver. */
@@ -408,8 +452,19 @@ static void test_services_selection(void **state)
     cJSON_Delete(expect_error_json(&r, 503));
     t_run_free(&r);
 
+    /* payments alone cannot check the order (orders has no receiver). */
     RUN_SHOP(&r, "--services", "payments", "--call", "payments.charge",
              "{\"orderId\":\"o-1\",\"amount\":1}");
+    expect_status(&r, 1);
+    cJSON_Delete(expect_error_json(&r, 503));
+    t_run_free(&r);
+    RUN_SHOP(&r, "--services", "payments,orders", "--call", "payments.charge",
+             "{\"orderId\":\"o-1\",\"amount\":1}");
+    expect_status(&r, 1);
+    cJSON_Delete(expect_error_json(&r, 422));
+    t_run_free(&r);
+    RUN_SHOP(&r, "--services", "payments", "--set", "config.payments.verify_orders=false", "--call",
+             "payments.charge", "{\"orderId\":\"o-1\",\"amount\":1}");
     expect_status(&r, 0);
     t_run_free(&r);
 
@@ -595,15 +650,17 @@ static void test_sample_config_and_service_config(void **state)
 {
     (void)state;
     t_run r;
-    RUN_SHOP(&r, "--config", "examples/shop/shop.yaml", "--log-level", "warn", "--call",
-             "payments.charge", "{\"orderId\":\"o-9\",\"amount\":1}");
+    RUN_SHOP(&r, "--config", "examples/shop/shop.yaml", "--log-level", "warn", "--set",
+             "config.payments.verify_orders=false", "--call", "payments.charge",
+             "{\"orderId\":\"o-9\",\"amount\":1}");
     expect_status(&r, 0);
     cJSON *p = parse_json(t_run_out(&r), "stdout");
     assert_string_equal(str_at(p, "currency"), "EUR");
     cJSON_Delete(p);
     t_run_free(&r);
 
-    char *path = write_temp("usd.yaml", "config:\n  payments:\n    currency: USD\n");
+    char *path = write_temp("usd.yaml",
+                            "config:\n  payments:\n    currency: USD\n    verify_orders: false\n");
     RUN_SHOP(&r, "--config", path, "--call", "payments.charge",
              "{\"orderId\":\"o-9\",\"amount\":1}");
     expect_status(&r, 0);
@@ -795,6 +852,17 @@ static void test_http_order_flow(void **state)
     http(&res, s.port, "POST", "/api/v1/users", "{\"name\":\"Ada\",\"email\":\"ADA@example.com\"}");
     expect_http(&res, 409, "POST /users with a taken email");
 
+    /* The email index cannot be probed through GET /users/:id: a registered
+     * and an unknown address answer the same 404. */
+    http(&res, s.port, "GET", "/api/v1/users/email:ada@example.com", NULL);
+    expect_http(&res, 404, "GET /users/email:<registered>");
+    char *registered = strdup(res.body.data);
+    http(&res, s.port, "GET", "/api/v1/users/email:nobody@example.com", NULL);
+    expect_http(&res, 404, "GET /users/email:<unknown>");
+    assert_non_null(strstr(registered, "\"user not found\""));
+    assert_non_null(strstr(res.body.data, "\"user not found\""));
+    free(registered);
+
     snprintf(body, sizeof body,
              "{\"userId\":\"%s\",\"items\":[{\"sku\":\"book-42\",\"quantity\":2}],"
              "\"amount\":39.9}",
@@ -870,6 +938,12 @@ static void test_http_order_flow(void **state)
     assert_string_equal(str_at(info, "version"), "1.0.0");
     cJSON_Delete(api);
 
+    /* Secure by default: no auth configured, so the protected charge is
+     * refused (and the start said why). */
+    http(&res, s.port, "POST", "/api/v1/payments", "{\"orderId\":\"o-1\",\"amount\":1}");
+    expect_http(&res, 401, "POST /api/v1/payments without auth configured");
+    assert_true(t_proc_log_count(&s.proc, "protected route(s) answer 401") > 0);
+
     http(&res, s.port, "GET", "/healthz", NULL);
     expect_http(&res, 200, "GET /healthz");
     http(&res, s.port, "GET", "/metrics", NULL);
@@ -904,6 +978,7 @@ int main(void)
         cmocka_unit_test(test_call_unknown_command_is_404),
         cmocka_unit_test(test_call_get_unknown_user_is_404),
         cmocka_unit_test(test_call_charge_rejects_non_positive_amounts),
+        cmocka_unit_test(test_call_email_without_crlf),
         cmocka_unit_test(test_call_order_for_unknown_user_is_422),
         cmocka_unit_test(test_call_notifications_list_empty),
         cmocka_unit_test(test_call_order_flow_across_processes),

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -231,9 +233,17 @@ static void test_persistence(void **state)
     };
     loom_store *s = t_store_open(f->url, NULL);
     for (size_t i = 0; i < LOOM__ARRAY_LEN(keys); i++) {
-        cJSON *v = cJSON_CreateString(keys[i]);
+        /* Keys may be any bytes; a value must be valid JSON text, so a
+         * string that is not UTF-8 is refused (it could not be read back). */
+        bool utf8 = loom__utf8_valid(keys[i], strlen(keys[i]));
+        cJSON *v = cJSON_CreateString(utf8 ? keys[i] : "x");
         assert_int_equal(loom_store_set(s, keys[i], v, 0), LOOM_OK);
         cJSON_Delete(v);
+        if (!utf8) {
+            v = cJSON_CreateString(keys[i]);
+            assert_int_equal(loom_store_set(s, "bad", v, 0), LOOM_EINVAL);
+            cJSON_Delete(v);
+        }
     }
     /* Beyond 2^53 a double would round: the file keeps the exact text. */
     int64_t n = 0;
@@ -247,9 +257,11 @@ static void test_persistence(void **state)
         cJSON *v = NULL;
         assert_int_equal(loom_store_get(s, keys[i], &v), LOOM_OK);
         assert_true(cJSON_IsString(v));
-        assert_string_equal(v->valuestring, keys[i]);
+        bool utf8 = loom__utf8_valid(keys[i], strlen(keys[i]));
+        assert_string_equal(v->valuestring, utf8 ? keys[i] : "x");
         cJSON_Delete(v);
     }
+    t_store_assert_absent(s, "bad");
     char *raw = raw_get(s, "big");
     assert_string_equal(raw, "9007199254740993");
     free(raw);
@@ -674,6 +686,143 @@ static void test_missing_dir(void **state)
     cJSON_Delete(one);
 }
 
+/* The directory must be one nobody else can create names in: checked at
+ * open when it exists, and before the first operation when it appears
+ * later. */
+static void test_private_dir(void **state)
+{
+    fixture *f = *state;
+    loom_store *s = NULL;
+    assert_int_equal(chmod(f->dir, 0777), 0);
+    assert_int_equal(loom__store_open(&s, f->url, NULL), LOOM_ECONFIG);
+    assert_int_equal(chmod(f->dir, 01777), 0); /* sticky like /tmp: still refused */
+    assert_int_equal(loom__store_open(&s, f->url, NULL), LOOM_ECONFIG);
+    assert_int_equal(chmod(f->dir, 0755), 0); /* others may read, not write */
+    s = t_store_open(f->url, NULL);
+    t_store_set_text(s, "k", "1", 0);
+    loom__store_close(s);
+
+    char dir[200], url[256];
+    snprintf(dir, sizeof dir, "%s/later", f->dir);
+    snprintf(url, sizeof url, "file:%s/state.json", dir);
+    s = t_store_open(url, NULL);
+    assert_int_equal(mkdir(dir, 0777), 0);
+    assert_int_equal(chmod(dir, 0777), 0);
+    cJSON *one = t_json("1");
+    assert_int_equal(loom_store_set(s, "k", one, 0), LOOM_EIO);
+    cJSON_Delete(one);
+    assert_int_equal(access(dir, F_OK), 0);
+    loom__store_close(s);
+    assert_int_equal(rmdir(dir), 0);
+}
+
+/* The temporary file of a save is created exclusively under a random name:
+ * a file planted at the name the store used to pick (PATH.tmp.<pid>) is
+ * neither written nor renamed into place. */
+static void test_tmp_exclusive(void **state)
+{
+    fixture *f = *state;
+    char planted[200];
+    snprintf(planted, sizeof planted, "%s.tmp.%ld", f->path, (long)getpid());
+    int fd = open(planted, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "planted", 7), 7);
+    close(fd);
+    loom_store *s = t_store_open(f->url, NULL);
+    t_store_set_text(s, "k", "\"v\"", 0);
+    t_store_assert_value(s, "k", "\"v\"");
+    loom__store_close(s);
+    char *text = t_read_file(planted);
+    assert_non_null(text);
+    assert_string_equal(text, "planted");
+    free(text);
+    assert_int_equal(unlink(planted), 0);
+}
+
+/* A state or lock file that others may write, or (as root) that another
+ * user owns, is not trusted: operations fail instead of reading it as the
+ * user's own. */
+static void test_untrusted_files(void **state)
+{
+    fixture *f = *state;
+    replace_file(f->path, "{\"k\":{\"v\":\"planted\"}}");
+    assert_int_equal(chmod(f->path, 0666), 0);
+    loom_store *s = t_store_open(f->url, NULL);
+    char *json = NULL;
+    assert_int_equal(s->ops->get(s->self, "k", &json), LOOM_EIO);
+    assert_int_equal(chmod(f->path, 0600), 0);
+    assert_int_equal(s->ops->get(s->self, "k", &json), LOOM_OK);
+    free(json);
+    if (geteuid() == 0) { /* a file of another user: uid 54321 needs no account */
+        assert_int_equal(chown(f->path, 54321, 54321), 0);
+        assert_int_equal(s->ops->get(s->self, "k", &json), LOOM_EIO);
+        assert_int_equal(chown(f->path, 0, 0), 0);
+    } else {
+        fprintf(stderr, "test_untrusted_files: not root, the owner check is not exercised\n");
+    }
+    loom__store_close(s);
+
+    /* A lock file anyone may open for writing (and so hold). */
+    char lock[200];
+    snprintf(lock, sizeof lock, "%s.lock", f->path);
+    assert_int_equal(chmod(lock, 0666), 0);
+    s = t_store_open(f->url, NULL);
+    assert_int_equal(s->ops->get(s->self, "k", &json), LOOM_EIO);
+    loom__store_close(s);
+    assert_int_equal(chmod(lock, 0600), 0);
+    if (geteuid() == 0) {
+        assert_int_equal(chown(lock, 54321, 54321), 0);
+        s = t_store_open(f->url, NULL);
+        assert_int_equal(s->ops->get(s->self, "k", &json), LOOM_EIO);
+        loom__store_close(s);
+        assert_int_equal(chown(lock, 0, 0), 0);
+    }
+}
+
+/* Waiting for the lock is bounded (state option timeout_ms): a holder that
+ * keeps it gives LOOM_ETIMEDOUT, not a hung worker; once it lets go, the
+ * store works again. */
+static void test_lock_timeout(void **state)
+{
+    fixture *f = *state;
+    loom_store *s = t_store_open(f->url, "{\"timeout_ms\": 300}");
+    t_store_set_text(s, "k", "1", 0);
+    char lock[200];
+    snprintf(lock, sizeof lock, "%s.lock", f->path);
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(ready[0]);
+        int fd = open(lock, O_RDWR);
+        if (fd < 0 || flock(fd, LOCK_EX) != 0)
+            _exit(3);
+        if (write(ready[1], "r", 1) != 1)
+            _exit(4);
+        sleep(6); /* far beyond the store's 300 ms */
+        _exit(0);
+    }
+    close(ready[1]);
+    char c;
+    assert_int_equal(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+    cJSON *two = t_json("2");
+    int64_t t0 = t_mono_ms();
+    assert_int_equal(loom_store_set(s, "k", two, 0), LOOM_ETIMEDOUT);
+    char *json = NULL;
+    assert_int_equal(s->ops->get(s->self, "k", &json), LOOM_ETIMEDOUT);
+    int64_t took = t_mono_ms() - t0;
+    assert_true(took >= 500 && took < 3000);
+    kill(pid, SIGKILL);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_int_equal(loom_store_set(s, "k", two, 0), LOOM_OK);
+    t_store_assert_value(s, "k", "2");
+    cJSON_Delete(two);
+    loom__store_close(s);
+}
+
 static void test_mode(void **state)
 {
     fixture *f = *state;
@@ -882,6 +1031,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_handwritten, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_private_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tmp_exclusive, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_untrusted_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cas_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cas_processes, setup, teardown),

@@ -12,12 +12,19 @@ if [ ! -x "$shop" ]; then
     echo "demo: $shop is not built yet: run 'make' first" >&2
     exit 1
 fi
-# The shop keeps its state in this file (see main.c); the demo starts empty.
-state="${TMPDIR:-/tmp}/loom-shop-$(id -u).json"
+# The shop keeps its state in this file, in a private directory (see
+# main.c); the demo starts empty.
+state="${TMPDIR:-/tmp}/loom-shop-$(id -u)/state.json"
 rm -f "$state" "$state.lock"
 
 cat <<EOF
 The shop is starting on http://$addr (stop it with Ctrl-C).
+
+NOTE: this demo turns HTTP authentication OFF (--set http.auth.required=false),
+so POST /api/v1/payments, which is not public, is open to anyone on $addr.
+A real deployment configures tokens instead (http.auth.tokens_env: SHOP_TOKENS
+in examples/shop/shop.yaml); without tokens and without this flag protected
+routes answer 401.
 In another terminal, paste:
 
   B=http://$addr
@@ -58,4 +65,4 @@ $state, shared with the running demo):
 
 EOF
 
-exec "$shop" --services all --http "$addr" "$@"
+exec "$shop" --services all --http "$addr" --set http.auth.required=false "$@"

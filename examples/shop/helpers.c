@@ -29,7 +29,7 @@ void shop_timestamp(char out[32])
 void shop_fail_store(loom_ctx *ctx, const char *what, loom_err err)
 {
     loom_ctx_log(ctx, LOOM_LOG_ERROR, "state store: cannot %s: %s", what, loom_strerror(err));
-    if (err == LOOM_EUNAVAILABLE)
+    if (err == LOOM_EUNAVAILABLE || err == LOOM_ETIMEDOUT) /* e.g. its lock held too long */
         loom_ctx_fail_take(ctx, 503, "the state store is unavailable", NULL);
     else
         loom_ctx_fail_take(ctx, 500, "state store error", NULL);

@@ -7,16 +7,32 @@
  *   ./shop --services all --http 127.0.0.1:8080          (see demo.sh)
  *
  * Unless the configuration file, LOOM_STATE or --state say otherwise, the
- * shop keeps its state in a file store, $TMPDIR/loom-shop-UID.json, so that
- * one-shot --call processes and a running shop see the same users and
- * orders (a program default, given to loom_main_with). Pass --state memory:
- * for a purely in-memory run.
+ * shop keeps its state in a file store, $TMPDIR/loom-shop-UID/state.json
+ * (a program default, given to loom_main_with), so that one-shot --call
+ * processes and a running shop see the same users and orders. The
+ * directory is created private (0700) and must stay so: in a shared /tmp
+ * anyone could otherwise plant the state, lock or temporary files. Pass
+ * --state memory: for a purely in-memory run.
  */
+#include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "shop.h"
+
+/* Whether the state store is chosen elsewhere (the default directory is
+ * then neither created nor checked). */
+static bool state_given(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++)
+        if (strncmp(argv[i], "--state", 7) == 0 || strncmp(argv[i], "--config", 8) == 0)
+            return true;
+    return getenv("LOOM_STATE") || getenv("LOOM_CONFIG");
+}
 
 int main(int argc, char **argv)
 {
@@ -24,9 +40,22 @@ int main(int argc, char **argv)
         LOOM_SERVICES(&shop_users, &shop_orders, &shop_payments, &shop_notifications);
     /* The default state, under the file, the environment and the flags. */
     const char *tmp = getenv("TMPDIR");
-    char state[512];
-    snprintf(state, sizeof state, "state.url=file:%s/loom-shop-%u.json", tmp && *tmp ? tmp : "/tmp",
-             (unsigned)getuid());
+    char dir[400], state[512];
+    snprintf(dir, sizeof dir, "%s/loom-shop-%u", tmp && *tmp ? tmp : "/tmp", (unsigned)getuid());
+    if (!state_given(argc, argv)) {
+        /* Ours and private, or refused: never state that someone else could
+         * have planted or can read. */
+        struct stat st;
+        if ((mkdir(dir, 0700) != 0 && errno != EEXIST) || lstat(dir, &st) != 0 ||
+            !S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
+            fprintf(stderr,
+                    "%s: the state directory %s is not a private directory of this user (mode "
+                    "0700); remove it or pass --state\n",
+                    argv[0], dir);
+            return 2;
+        }
+    }
+    snprintf(state, sizeof state, "state.url=file:%s/state.json", dir);
     loom_main_options opts = {
         .name = "shop",
         .version = SHOP_VERSION,

@@ -5,10 +5,14 @@
  *   1. users.get checks the user (loom_ctx_call: inline when users runs in
  *      this process, over the broker otherwise). An unknown user is the
  *      caller's mistake in an otherwise valid request: 422 "unknown user".
- *   2. payments.charge charges the amount the client sends (a demo: a real
- *      shop would price the items itself). A declined charge is 402.
- *   3. The order is stored and returned; its success event orderCreated
- *      carries the order to every subscriber (notifications).
+ *   2. The order is stored as "pending", so that it exists when
+ *      payments.charge checks it (payments refuses to charge an order
+ *      nobody placed).
+ *   3. payments.charge charges the amount the client sends (a demo: a real
+ *      shop would price the items itself). A declined charge is 402, and the
+ *      pending order is removed again.
+ *   4. The order is stored as "paid" and returned; its success event
+ *      orderCreated carries the order to every subscriber (notifications).
  * users or payments being unreachable or slow gives 503 / 504.
  *
  * State store keys: orders:seq (ids "o-1", ...), orders:<id> (the order).
@@ -43,10 +47,9 @@ static const char order_schema[] =
     " \"properties\": {"
     "   \"id\": {\"type\": \"string\"}, \"userId\": {\"type\": \"string\"},"
     "   \"items\": {\"type\": \"array\"}, \"amount\": {\"type\": \"number\"},"
-    "   \"currency\": {\"type\": \"string\"}, \"status\": {\"enum\": [\"paid\"]},"
+    "   \"currency\": {\"type\": \"string\"}, \"status\": {\"enum\": [\"pending\", \"paid\"]},"
     "   \"paymentId\": {\"type\": \"string\"}, \"createdAt\": {\"type\": \"string\"}},"
-    " \"required\": [\"id\", \"userId\", \"items\", \"amount\", \"currency\", \"status\","
-    "              \"paymentId\", \"createdAt\"]}";
+    " \"required\": [\"id\", \"userId\", \"items\", \"amount\", \"status\", \"createdAt\"]}";
 
 /* Answers a failed downstream call (err, or an error response) and returns
  * false; returns true when resp is a success. what names the step. */
@@ -128,10 +131,10 @@ static cJSON *charge(loom_ctx *ctx, const char *order_id, double amount)
     return payment;
 }
 
-static cJSON *new_order(const char *id, const cJSON *payload, const cJSON *payment)
+/* The pending order (payment NULL), or the paid one. */
+static cJSON *new_order(const char *id, const cJSON *payload, const cJSON *payment,
+                        const char *created_at)
 {
-    char now[32];
-    shop_timestamp(now);
     const cJSON *currency = cJSON_GetObjectItemCaseSensitive(payment, "currency");
     cJSON *o = cJSON_CreateObject();
     if (!o || !cJSON_AddStringToObject(o, "id", id) ||
@@ -141,12 +144,16 @@ static cJSON *new_order(const char *id, const cJSON *payload, const cJSON *payme
                                cJSON_Duplicate(cJSON_GetObjectItem(payload, "items"), 1)) ||
         !cJSON_AddItemToObject(o, "amount",
                                cJSON_Duplicate(cJSON_GetObjectItem(payload, "amount"), 1)) ||
-        !cJSON_AddStringToObject(o, "currency",
-                                 cJSON_IsString(currency) ? currency->valuestring : "EUR") ||
-        !cJSON_AddStringToObject(o, "status", "paid") ||
-        !cJSON_AddItemToObject(o, "paymentId",
-                               cJSON_Duplicate(cJSON_GetObjectItem(payment, "paymentId"), 1)) ||
-        !cJSON_AddStringToObject(o, "createdAt", now)) {
+        !cJSON_AddStringToObject(o, "status", payment ? "paid" : "pending") ||
+        !cJSON_AddStringToObject(o, "createdAt", created_at)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    if (payment &&
+        (!cJSON_AddStringToObject(o, "currency",
+                                  cJSON_IsString(currency) ? currency->valuestring : "EUR") ||
+         !cJSON_AddItemToObject(o, "paymentId",
+                                cJSON_Duplicate(cJSON_GetObjectItem(payment, "paymentId"), 1)))) {
         cJSON_Delete(o);
         return NULL;
     }
@@ -176,16 +183,31 @@ static void create_order(loom_ctx *ctx, void *user)
         shop_fail_store(ctx, "allocate an order id", err);
         return;
     }
-    cJSON *payment = charge(ctx, id, amount->valuedouble);
-    if (!payment)
+    char now[32];
+    shop_timestamp(now);
+    snprintf(key, sizeof key, "orders:%s", id);
+    cJSON *pending = new_order(id, p, NULL, now);
+    if (!pending) {
+        loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return;
-    cJSON *order = new_order(id, p, payment);
+    }
+    err = loom_store_set(store, key, pending, 0);
+    cJSON_Delete(pending);
+    if (err != LOOM_OK) {
+        shop_fail_store(ctx, "save the order", err);
+        return;
+    }
+    cJSON *payment = charge(ctx, id, amount->valuedouble);
+    if (!payment) {
+        loom_store_delete(store, key); /* answered already: declined or unreachable */
+        return;
+    }
+    cJSON *order = new_order(id, p, payment, now);
     cJSON_Delete(payment);
     if (!order) {
         loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return;
     }
-    snprintf(key, sizeof key, "orders:%s", id);
     if ((err = loom_store_set(store, key, order, 0)) != LOOM_OK) {
         /* The charge went through: a real shop would refund it here. */
         cJSON_Delete(order);

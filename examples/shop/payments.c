@@ -2,6 +2,10 @@
  * payments: charges an amount for an order (a pretend payment provider that
  * captures every positive amount).
  *
+ * Only orders that exist are charged: payments asks orders.get first (an
+ * unknown order is 422), unless config.payments.verify_orders is false
+ * (bench/run.py measures the bare charge that way; never in production).
+ *
  * Charging is idempotent per order: the payment is stored with
  * loom_store_add under payments:order:<orderId>, so a retried charge returns
  * the first payment instead of charging twice, and a second charge of the
@@ -89,6 +93,41 @@ static void answer_repeat(loom_ctx *ctx, const char *key, const char *order_id, 
     loom_ctx_reply_take(ctx, earlier);
 }
 
+/* True when orders.get finds the order (or the check is turned off);
+ * otherwise the command is answered: 422 for an unknown order, 503 / 504
+ * when orders cannot tell. */
+static bool check_order(loom_ctx *ctx, const char *order_id)
+{
+    const cJSON *verify = cJSON_GetObjectItemCaseSensitive(loom_ctx_config(ctx), "verify_orders");
+    if (cJSON_IsFalse(verify))
+        return true;
+    cJSON *param = shop_detail("id", order_id);
+    if (!param) {
+        loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
+        return false;
+    }
+    loom_call call = {.service = "orders", .version = "1", .command = "get", .parameter = param};
+    loom_msg *resp = NULL;
+    loom_err err = loom_ctx_call(ctx, &call, &resp);
+    if (err != LOOM_OK)
+        cJSON_Delete(param); /* not taken over */
+    int status = err == LOOM_OK ? loom_msg_status(resp) : 0;
+    loom_msg_release(resp);
+    if (status >= 200 && status < 300)
+        return true;
+    if (status >= 400 && status < 500) {
+        loom_ctx_log(ctx, LOOM_LOG_INFO, "refused a charge for unknown order %s", order_id);
+        loom_ctx_fail_take(ctx, 422, "unknown order", shop_detail("orderId", order_id));
+    } else {
+        /* Info: the caller sees the 503 / 504; orders logs its own trouble. */
+        loom_ctx_log(ctx, LOOM_LOG_INFO, "cannot check order %s: %s (status %d)", order_id,
+                     err != LOOM_OK ? loom_strerror(err) : "orders.get failed", status);
+        loom_ctx_fail_take(ctx, err == LOOM_ETIMEDOUT || status == 504 ? 504 : 503, "cannot check the order",
+                  NULL);
+    }
+    return false;
+}
+
 /* POST /payments {"orderId", "amount"} -> {paymentId, orderId, amount,
  * currency, status: "captured", createdAt}. */
 static void charge(loom_ctx *ctx, void *user)
@@ -109,6 +148,8 @@ static void charge(loom_ctx *ctx, void *user)
         loom_ctx_fail_take(ctx, 400, "orderId is too long", NULL);
         return;
     }
+    if (!check_order(ctx, order_id))
+        return;
     loom_err err = shop_next_id(store, "payments:seq", "p", id, sizeof id);
     if (err != LOOM_OK) {
         shop_fail_store(ctx, "allocate a payment id", err);

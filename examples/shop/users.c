@@ -1,6 +1,12 @@
 /*
  * users: registers users and looks them up.
  *
+ * An email holds no whitespace or control character (no CR/LF to smuggle
+ * into a mail header). users.get answers only ids of the form u-N: anything
+ * else is 404 without a lookup, so the email index (users:email:...) can
+ * never be read through it (GET /users/email:ADDR used to answer 500 for a
+ * registered address and 404 otherwise).
+ *
  * State store keys:
  *   users:seq              the id counter (ids are "u-1", "u-2", ...)
  *   users:<id>             the user {id, name, email, createdAt}
@@ -24,7 +30,9 @@ static const char create_schema[] =
     " \"properties\": {"
     "   \"name\":  {\"type\": \"string\", \"minLength\": 1, \"maxLength\": 100},"
     "   \"email\": {\"type\": \"string\", \"maxLength\": 254,"
-    "              \"pattern\": \"^[^@ ]+@[^@ ]+[.][^@ ]+$\"}},"
+    "              \"pattern\": "
+    "\"^[^@\\\\s\\\\x00-\\\\x1f\\\\x7f]+@[^@\\\\s\\\\x00-\\\\x1f\\\\x7f]+"
+    "[.][^@\\\\s\\\\x00-\\\\x1f\\\\x7f]+$\"}},"
     " \"required\": [\"name\", \"email\"],"
     " \"additionalProperties\": false}";
 
@@ -110,6 +118,15 @@ static void create_user(loom_ctx *ctx, void *user)
     loom_ctx_reply_take(ctx, u);
 }
 
+/* "u-" and 1 to 19 digits, the first not 0: what shop_next_id makes. */
+static bool is_user_id(const char *id)
+{
+    if (strncmp(id, "u-", 2) != 0 || id[2] < '1' || id[2] > '9')
+        return false;
+    size_t n = strspn(id + 2, "0123456789");
+    return n <= 19 && id[2 + n] == '\0';
+}
+
 /* GET /users/:id -> the user, or 404. */
 static void get_user(loom_ctx *ctx, void *user)
 {
@@ -117,7 +134,7 @@ static void get_user(loom_ctx *ctx, void *user)
     const char *id =
         cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(loom_ctx_parameter(ctx), "id"));
     char key[128];
-    if (!id || snprintf(key, sizeof key, "users:%s", id) >= (int)sizeof key) {
+    if (!id || !is_user_id(id) || snprintf(key, sizeof key, "users:%s", id) >= (int)sizeof key) {
         loom_ctx_fail_take(ctx, 404, "user not found", shop_detail("id", id));
         return;
     }

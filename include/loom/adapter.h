@@ -111,6 +111,11 @@ typedef struct loom_adapter_options {
     /* Last will: published by the broker when this client is lost (retained,
      * empty payload = clear). NULL topic = none. */
     const char *will_topic;
+    /* limits.max_message (appended in ABI 1: 0 = unknown): the largest
+     * message payload the core accepts. An adapter whose protocol lets a
+     * client cap what the server sends (MQTT 5 Maximum Packet Size) should
+     * declare it, so oversized messages are refused before they are read. */
+    size_t max_message;
 } loom_adapter_options;
 
 typedef struct loom_adapter_ops {

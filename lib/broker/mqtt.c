@@ -130,6 +130,8 @@
 #define MQTT_MAX_PAYLOAD (256 * 1024 * 1024) /* MQTT's packet limit, rounded down */
 #define MQTT_MAX_STRING 65535                /* any MQTT UTF-8 string */
 #define CLOSE_FLUSH_MS 300 /* close(): at most this long for the broker's PUBACKs */
+#define MAX_PACKET_LIMIT 268435455u          /* MQTT's largest packet */
+#define PACKET_OVERHEAD (128u * 1024)        /* header, topic, properties */
 #define FAIL_WARN_INTERVAL_MS 30000          /* repeated connect failures: one warning */
 #define DROP_WARN_INTERVAL_MS 1000           /* dropped messages: one warning */
 #define PAHO_MEMORY_ERROR_CODE (-99)         /* paho's PAHO_MEMORY_ERROR (not public) */
@@ -221,6 +223,7 @@ typedef struct mqtt_adapter {
     bool tls_verify;
     int keepalive;
     uint32_t session_expiry;
+    uint32_t max_packet; /* MQTT 5 Maximum Packet Size sent at connect; 0 = none */
     int connect_timeout_ms;
     int reconnect_min_ms, reconnect_max_ms;
     int buffer;
@@ -939,6 +942,17 @@ static int start_connect(mqtt_adapter *a)
         p.value.integer4 = a->session_expiry;
         if (MQTTProperties_add(&props, &p) != 0)
             return PAHO_MEMORY_ERROR_CODE;
+        co.connectProperties = &props;
+    }
+    if (a->max_packet) {
+        /* The broker does not send us larger packets (it drops them), so an
+         * oversized message is never read into memory here. */
+        MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE};
+        p.value.integer4 = a->max_packet;
+        if (MQTTProperties_add(&props, &p) != 0) {
+            MQTTProperties_free(&props);
+            return PAHO_MEMORY_ERROR_CODE;
+        }
         co.connectProperties = &props;
     }
     if (a->will_topic) {
@@ -2063,6 +2077,12 @@ static loom_err mqtt_init(void **self, const loom_adapter_host *host,
     }
     if (opts->will_topic)
         a->will_topic = strdup(opts->will_topic);
+    /* The payload limit plus room for the fixed header, the topic and the
+     * properties (MQTT caps a packet at 268 435 455 bytes). */
+    if (opts->max_message)
+        a->max_packet = opts->max_message > MAX_PACKET_LIMIT - PACKET_OVERHEAD
+                            ? MAX_PACKET_LIMIT
+                            : (uint32_t)(opts->max_message + PACKET_OVERHEAD);
     char *uri = loom__asprintf("%s://%s:%d", a->tls ? "ssl" : "tcp", a->host_name, a->port);
     if (!a->client_id || (opts->will_topic && !a->will_topic) || !uri) {
         free(uri);

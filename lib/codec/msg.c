@@ -1,15 +1,10 @@
 /* The decoded message: construction, accessors, and the JSON wire envelope.
  *
- * The decoder treats every input as hostile. It runs in three steps:
- *  1. prescan(): one linear pass over the raw bytes that rejects invalid UTF-8,
- *     raw control characters, escapes cJSON would turn lossy (\u0000) and
- *     nesting deeper than LOOM_MAX_NESTING, so cJSON never recurses deeply and
- *     never sees bytes it would accept silently;
- *  2. cJSON_ParseWithLengthOpts(), bounded by len (the input is not
- *     NUL-terminated);
- *  3. validate(), which only reads the tree and collects borrowed pointers,
- *     then build(), which copies the envelope strings and detaches (never
- *     duplicates) the payload subtrees.
+ * The decoder treats every input as hostile. loom__json_parse (json.c)
+ * checks the text (UTF-8, control characters, \u0000, depth, trailing data,
+ * non-finite numbers) and parses it; then validate() only reads the tree and
+ * collects borrowed pointers, and build() copies the envelope strings and
+ * detaches (never duplicates) the payload subtrees.
  * The encoder refuses to produce anything step 1 or 3 would reject, so a
  * message that encodes always decodes on the other side.
  */
@@ -22,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/json.h"
 #include "core/util.h"
 
 /* 2^53: timestamps and deadlines must be exactly representable as doubles. */
@@ -420,32 +416,6 @@ static void wb_int(loom__sbuf *b, int64_t v)
     loom__sbuf_add(b, p, (size_t)(e - p));
 }
 
-/* A JSON string literal: '"' and '\' escaped with a backslash, bytes below
- * 0x20 as \u00XX, everything else (UTF-8 included) copied in runs. */
-static void wb_str(loom__sbuf *b, const char *str)
-{
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *s = (const unsigned char *)str;
-    wb_lit(b, "\"");
-    for (;;) {
-        const unsigned char *run = s;
-        while (*s >= 0x20 && *s != '"' && *s != '\\')
-            s++;
-        loom__sbuf_add(b, (const char *)run, (size_t)(s - run));
-        if (!*s)
-            break;
-        if (*s == '"' || *s == '\\') {
-            char e[2] = {'\\', (char)*s};
-            loom__sbuf_add(b, e, 2);
-        } else {
-            char e[6] = {'\\', 'u', '0', '0', hex[*s >> 4], hex[*s & 15]};
-            loom__sbuf_add(b, e, 6);
-        }
-        s++;
-    }
-    wb_lit(b, "\"");
-}
-
 /* ,"key":"value" when value is set. key is a literal without escapes. */
 static void wb_field_str(loom__sbuf *b, const char *key, const char *v)
 {
@@ -454,29 +424,7 @@ static void wb_field_str(loom__sbuf *b, const char *key, const char *v)
     loom__sbuf_add(b, ",\"", 2);
     loom__sbuf_add(b, key, strlen(key));
     loom__sbuf_add(b, "\":", 2);
-    wb_str(b, v);
-}
-
-/* A JSON value printed by cJSON, straight into the buffer when it fits in
- * the room left (the common case), else through a temporary string. */
-static void wb_json(loom__sbuf *b, const cJSON *item)
-{
-    if (!loom__sbuf_reserve(b, 256))
-        return;
-    size_t room = b->cap - b->len;
-    if (room > 1u << 30)
-        room = 1u << 30;
-    if (cJSON_PrintPreallocated((cJSON *)item, b->p + b->len, (int)room, false)) {
-        b->len += strlen(b->p + b->len);
-        return;
-    }
-    char *s = cJSON_PrintUnformatted(item);
-    if (!s) {
-        b->oom = true;
-        return;
-    }
-    loom__sbuf_add(b, s, strlen(s));
-    cJSON_free(s);
+    loom__json_write_string(b, v);
 }
 
 static void wb_address(loom__sbuf *b, const char *key, const loom_address *a)
@@ -497,41 +445,9 @@ static void wb_address(loom__sbuf *b, const char *key, const loom_address *a)
         wb_lit(b, "\"");
         loom__sbuf_add(b, names[i], strlen(names[i]));
         wb_lit(b, "\":");
-        wb_str(b, vals[i]);
+        loom__json_write_string(b, vals[i]);
     }
     wb_lit(b, "}");
-}
-
-/* Checks that a payload value is printable and will pass the decoder: at
- * most budget levels of containers below it (a scalar needs none), only
- * valid UTF-8 in strings and keys. Recursion is bounded by the budget. */
-static loom_err check_value(const cJSON *it, int budget)
-{
-    if (!it)
-        return LOOM_OK;
-    switch (it->type & 0xFF) {
-    case cJSON_False:
-    case cJSON_True:
-    case cJSON_NULL:
-    case cJSON_Number:
-        return LOOM_OK;
-    case cJSON_String:
-    case cJSON_Raw:
-        return it->valuestring && str_utf8(it->valuestring) ? LOOM_OK : LOOM_EINVAL;
-    case cJSON_Array:
-    case cJSON_Object:
-        if (budget < 1)
-            return LOOM_ETOOBIG;
-        for (const cJSON *c = it->child; c; c = c->next) {
-            if (c->string && !str_utf8(c->string))
-                return LOOM_EINVAL;
-            loom_err e = check_value(c, budget - 1);
-            if (e)
-                return e;
-        }
-        return LOOM_OK;
-    }
-    return LOOM_EINVAL;
 }
 
 static loom_err check_str(const char *s)
@@ -574,8 +490,8 @@ static loom_err encode_check(const loom_msg *m)
             return LOOM_EINVAL;
         if (m->parameter && !cJSON_IsObject(m->parameter))
             return LOOM_EINVAL;
-        if ((e = check_value(m->payload, LOOM_MAX_NESTING - 2)) ||
-            (e = check_value(m->parameter, LOOM_MAX_NESTING - 2)))
+        if ((e = loom__json_check(m->payload, LOOM_MAX_NESTING - 2)) ||
+            (e = loom__json_check(m->parameter, LOOM_MAX_NESTING - 2)))
             return e;
         return LOOM_OK;
     case LOOM_MSG_ERROR:
@@ -583,11 +499,11 @@ static loom_err encode_check(const loom_msg *m)
             return LOOM_EINVAL;
         if (m->error_message && !str_utf8(m->error_message))
             return LOOM_EINVAL;
-        return check_value(m->error_data, LOOM_MAX_NESTING - 2);
+        return loom__json_check(m->error_data, LOOM_MAX_NESTING - 2);
     case LOOM_MSG_CUSTOM:
         if (!m->event_name || !*m->event_name)
             return LOOM_EINVAL;
-        return check_value(m->payload, LOOM_MAX_NESTING - 1);
+        return loom__json_check(m->payload, LOOM_MAX_NESTING - 1);
     case LOOM_MSG_INFO:
         if (m->info_type) {
             if (strncmp(m->info_type, "info", 4) != 0)
@@ -595,9 +511,9 @@ static loom_err encode_check(const loom_msg *m)
             if ((e = check_str(m->info_type)))
                 return e;
         }
-        return check_value(m->payload, LOOM_MAX_NESTING - 1);
+        return loom__json_check(m->payload, LOOM_MAX_NESTING - 1);
     case LOOM_MSG_SUCCESS:
-        return check_value(m->payload, LOOM_MAX_NESTING - 1);
+        return loom__json_check(m->payload, LOOM_MAX_NESTING - 1);
     }
     return LOOM_EINVAL;
 }
@@ -619,7 +535,7 @@ loom_err loom_msg_encode(const loom_msg *m, char **out, size_t *len)
     const char *type =
         m->type == LOOM_MSG_INFO && m->info_type ? m->info_type : loom_msg_type_name(m->type);
     wb_lit(&b, "{\"v\":1,\"messageType\":");
-    wb_str(&b, type);
+    loom__json_write_string(&b, type);
     wb_lit(&b, ",\"id\":\"");
     loom__sbuf_add(&b, m->id, LOOM_ID_LEN);
     wb_lit(&b, "\",\"timestamp\":");
@@ -638,13 +554,13 @@ loom_err loom_msg_encode(const loom_msg *m, char **out, size_t *len)
         wb_lit(&b, ",\"payload\":{");
         if (m->payload) {
             wb_lit(&b, "\"payload\":");
-            wb_json(&b, m->payload);
+            loom__json_write(&b, m->payload);
         }
         if (m->parameter) {
             if (m->payload)
                 wb_lit(&b, ",");
             wb_lit(&b, "\"parameter\":");
-            wb_json(&b, m->parameter);
+            loom__json_write(&b, m->parameter);
         }
         wb_lit(&b, "}");
         break;
@@ -652,10 +568,10 @@ loom_err loom_msg_encode(const loom_msg *m, char **out, size_t *len)
         wb_lit(&b, ",\"payload\":{\"status\":");
         wb_int(&b, m->status);
         wb_lit(&b, ",\"message\":");
-        wb_str(&b, m->error_message ? m->error_message : "");
+        loom__json_write_string(&b, m->error_message ? m->error_message : "");
         if (m->error_data) {
             wb_lit(&b, ",\"data\":");
-            wb_json(&b, m->error_data);
+            loom__json_write(&b, m->error_data);
         }
         wb_lit(&b, "},\"isHandledError\":");
         if (m->handled)
@@ -666,7 +582,7 @@ loom_err loom_msg_encode(const loom_msg *m, char **out, size_t *len)
     default:
         if (m->payload) {
             wb_lit(&b, ",\"payload\":");
-            wb_json(&b, m->payload);
+            loom__json_write(&b, m->payload);
         }
         break;
     }
@@ -707,93 +623,6 @@ static loom_err fail(errsink *eb, loom_err code, const char *fmt, ...)
         va_end(ap);
     }
     return code;
-}
-
-/* Bytes prescan() must look at; everything else is skipped in a tight loop.
- * Inside strings: controls, '"', '\' and non-ASCII. Outside: also brackets. */
-static const unsigned char special_in_string[256] = {
-    [0 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1, [0x80 ... 0xff] = 1};
-static const unsigned char special_outside[256] = {
-    [0 ... 0x1f] = 1, ['"'] = 1, ['{'] = 1, ['['] = 1, ['}'] = 1, [']'] = 1, [0x80 ... 0xff] = 1};
-
-/* Step 1: see the top of the file. Only what cJSON would accept wrongly or
- * handle dangerously is checked here; the grammar is cJSON's job. */
-static loom_err prescan(const unsigned char *p, size_t n, errsink *eb)
-{
-    int depth = 0;
-    bool in_str = false;
-    size_t i = 0;
-    for (;;) {
-        const unsigned char *special = in_str ? special_in_string : special_outside;
-        while (i < n && !special[p[i]])
-            i++;
-        if (i >= n)
-            break;
-        unsigned char c = p[i];
-        if (c >= 0x80) {
-            size_t k = loom__utf8_seq(p + i, n - i);
-            if (!k)
-                return fail(eb, LOOM_EPARSE, "invalid UTF-8 at byte %zu", i);
-            i += k;
-            continue;
-        }
-        if (in_str) {
-            if (c == '"') {
-                in_str = false;
-            } else if (c == '\\') {
-                if (i + 1 >= n)
-                    break; /* truncated: cJSON reports it */
-                switch (p[i + 1]) {
-                case '"':
-                case '\\':
-                case '/':
-                case 'b':
-                case 'f':
-                case 'n':
-                case 'r':
-                case 't':
-                    break;
-                case 'u':
-                    if (n - i >= 6 && memcmp(p + i + 2, "0000", 4) == 0)
-                        return fail(eb, LOOM_EPARSE, "escaped NUL character (\\u0000) at byte %zu",
-                                    i);
-                    break;
-                default:
-                    return fail(eb, LOOM_EPARSE, "invalid escape in string at byte %zu", i);
-                }
-                i += 2;
-                continue;
-            } else {
-                return fail(eb, LOOM_EPARSE, "control character in string at byte %zu", i);
-            }
-            i++;
-            continue;
-        }
-        switch (c) {
-        case '"':
-            in_str = true;
-            break;
-        case '{':
-        case '[':
-            if (++depth > LOOM_MAX_NESTING)
-                return fail(eb, LOOM_ETOOBIG, "JSON nested deeper than %d levels",
-                            LOOM_MAX_NESTING);
-            break;
-        case '}':
-        case ']':
-            if (depth > 0)
-                depth--;
-            break;
-        case '\t':
-        case '\n':
-        case '\r':
-            break;
-        default:
-            return fail(eb, LOOM_EPARSE, "control character at byte %zu", i);
-        }
-        i++;
-    }
-    return LOOM_OK;
 }
 
 /* Collects the members of obj named in names[] into slots[] (NULL when
@@ -1166,25 +995,10 @@ loom_err loom_msg_decode(const void *data, size_t len, loom_msg **out, char *err
     if (!len)
         return fail(&eb, LOOM_EPARSE, "empty input");
 
-    loom_err e = prescan(data, len, &eb);
+    cJSON *root = NULL;
+    loom_err e = loom__json_parse(data, len, LOOM_MAX_NESTING, &root, errbuf, errbuf_len, NULL);
     if (e)
         return e;
-
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(data, len, &end, false);
-    if (!root) {
-        size_t at = end && end >= (const char *)data ? (size_t)(end - (const char *)data) : 0;
-        return fail(&eb, LOOM_EPARSE, "malformed JSON near byte %zu", at);
-    }
-    size_t at = (size_t)(end - (const char *)data);
-    while (at < len) {
-        char c = ((const char *)data)[at];
-        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
-            cJSON_Delete(root);
-            return fail(&eb, LOOM_EPARSE, "malformed JSON near byte %zu: data after the value", at);
-        }
-        at++;
-    }
 
     fields f = {0};
     if ((e = validate(root, &f, &eb))) {

@@ -50,6 +50,7 @@
 #include <string.h>
 
 #include "codec/format.h"
+#include "codec/json.h"
 #include "codec/msg.h"
 #include "codec/regex.h"
 #include "codec/uri.h"
@@ -381,13 +382,9 @@ static bool is_integral(double d)
 /* Writes d in its shortest exact form ("1", "0.5", "1e+300"). */
 static void format_number(char *buf, size_t len, double d)
 {
-    if (d > -1e15 && d < 1e15 && d == (double)(int64_t)d) {
-        snprintf(buf, len, "%lld", (long long)d);
-        return;
-    }
-    snprintf(buf, len, "%.15g", d);
-    if (strtod(buf, NULL) != d)
-        snprintf(buf, len, "%.17g", d);
+    char num[LOOM__JSON_NUMBER_MAX];
+    loom__json_number(num, d == 0 ? 0 : d); /* "must be < 0", not "-0" */
+    loom__strlcpy(buf, num, len);
 }
 
 /* Unicode code points in a UTF-8 string: bytes that do not continue a

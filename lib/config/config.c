@@ -138,6 +138,9 @@ static const key_def keys[] = {
     STR("http.auth.tokens_file"),
     STR("http.auth.tokens_env"),
     STR("http.auth.api_key_header"),
+    BOOL("http.auth.required"),
+    BOOL("http.auth.protect_metrics"),
+    BOOL("http.auth.protect_docs"),
     LIST("http.cors.origins"),
     LIST("http.cors.headers"),
     INT("http.cors.max_age", 0, 86400),
@@ -1716,7 +1719,14 @@ loom_err loom_config_apply_env(loom_config *cfg)
 
 const char *loom_config_error(const loom_config *cfg)
 {
-    return cfg ? cfg->err : "";
+    if (!cfg)
+        return "";
+    /* Errors quote values (a broker URL, a --set argument): mask them once
+     * here, where they leave the config (masking is idempotent). */
+    char tmp[ERR_LEN];
+    size_t n = loom__mask_secrets(cfg->err, strlen(cfg->err), tmp, sizeof tmp);
+    memcpy(((loom_config *)cfg)->err, tmp, n + 1);
+    return cfg->err;
 }
 
 const cJSON *loom_config_tree(const loom_config *cfg)

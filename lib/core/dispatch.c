@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/json.h"
 #include "codec/topic.h"
 #include "core/runtime.h"
 #include "core/util.h"
@@ -89,6 +90,19 @@ static void route_response(loom_ctx *ctx, loom_msg *resp)
     case LOOM__TO_TOPIC: {
         loom_err err = loom__publish(rt, ctx->reply_topic, resp, rt->qos_reply, false, NULL,
                                      ctx->correlation, ctx->correlation_len);
+        if (err == LOOM_EINVAL || err == LOOM_ETOOBIG) {
+            /* The answer cannot be encoded: the caller gets a 500, not a
+             * timeout. */
+            ctx_log(ctx, LOOM_LOG_ERROR, "the response cannot be encoded (%s): answering 500",
+                    loom_strerror(err));
+            loom_msg_release(resp);
+            resp = loom__msg_error_for(ctx->msg, 500, "internal server error", NULL, false);
+            err = resp ? loom__publish(rt, ctx->reply_topic, resp, rt->qos_reply, false, NULL,
+                                       ctx->correlation, ctx->correlation_len)
+                       : LOOM_ENOMEM;
+            if (!resp)
+                return;
+        }
         if (err != LOOM_OK) {
             ctx_log(ctx, LOOM_LOG_WARN, "cannot send the response to %s: %s", ctx->reply_topic,
                     loom_strerror(err));
@@ -100,7 +114,7 @@ static void route_response(loom_ctx *ctx, loom_msg *resp)
         /* A plain MQTT client: the bare result (or error body) and a status
          * user property. */
         cJSON *body = loom_msg_result_json(resp);
-        char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+        char *text = body ? loom__json_print(body, NULL) : NULL;
         char status[8];
         snprintf(status, sizeof status, "%d", loom_msg_status(resp));
         loom_publish p = {
@@ -231,6 +245,25 @@ loom_err loom_ctx_reply(loom_ctx *ctx, cJSON *result)
             return answer_command(ctx, resp);
         }
     }
+    loom_err bad = loom__json_check(result, LOOM_MAX_NESTING - 1);
+    if (bad != LOOM_OK) {
+        /* Invalid UTF-8, a non-finite number or too deep: no transport can
+         * carry it faithfully, so the caller gets a 500 now rather than a
+         * damaged answer or none at all (a timeout). */
+        if (!mark_replied(ctx))
+            return LOOM_ESTATE;
+        ctx_log(ctx, LOOM_LOG_ERROR,
+                "the result cannot be encoded as JSON (%s: invalid UTF-8, a number that is not "
+                "finite, or nested too deeply): answering 500",
+                loom_strerror(bad));
+        loom_msg *resp = loom__msg_error_for(ctx->msg, 500, "internal server error", NULL, false);
+        if (!resp) {
+            atomic_fetch_and(&ctx->flags, ~LOOM__CTX_REPLIED);
+            return LOOM_ENOMEM;
+        }
+        cJSON_Delete(result); /* taken over: LOOM_OK is returned */
+        return answer_command(ctx, resp);
+    }
     if (!mark_replied(ctx))
         return LOOM_ESTATE;
     loom_msg *resp = loom__msg_success_for(ctx->msg, result);
@@ -257,19 +290,28 @@ loom_err loom_ctx_fail(loom_ctx *ctx, int status, const char *message, cJSON *da
     if (!mark_replied(ctx))
         return LOOM_ESTATE;
     bool unexpected = status >= 500 && status != 503 && status != 504;
+    if (!unexpected && message && !loom__utf8_valid(message, strlen(message))) {
+        ctx_log(ctx, LOOM_LOG_ERROR, "handler failed with %d and a message that is not UTF-8",
+                status);
+        unexpected = true;
+    }
+    bool drop_data = !unexpected && loom__json_check(data, LOOM_MAX_NESTING - 2) != LOOM_OK;
+    if (drop_data)
+        ctx_log(ctx, LOOM_LOG_ERROR,
+                "the error data of a %d cannot be encoded as JSON: sent without it", status);
     if (unexpected)
         ctx_log(ctx, LOOM_LOG_ERROR, "handler failed with %d: %s", status,
                 message ? message : "");
     /* Unexpected errors become a bare 500: their details stay in the log. */
-    loom_msg *resp = loom__msg_error_for(
-        ctx->msg, unexpected ? 500 : status,
-        unexpected ? "internal server error" : (message ? message : ""), unexpected ? NULL : data,
-        !unexpected);
+    loom_msg *resp =
+        loom__msg_error_for(ctx->msg, unexpected ? 500 : status,
+                            unexpected ? "internal server error" : (message ? message : ""),
+                            unexpected || drop_data ? NULL : data, !unexpected);
     if (!resp) {
         atomic_fetch_and(&ctx->flags, ~LOOM__CTX_REPLIED);
         return LOOM_ENOMEM;
     }
-    if (unexpected)
+    if (unexpected || drop_data)
         cJSON_Delete(data);
     loom__msg_set(resp, (char **)&resp->sender.instance, ctx->rt->instance_id);
     return answer_command(ctx, resp);

@@ -385,6 +385,10 @@ void loom__logv(const loom__logger *lg, loom_log_level level, const char *servic
     }
     if (!fmt)
         msg[0] = '\0';
+    /* Secrets never reach a sink, whoever wrote the line (loom, an adapter,
+     * a handler). */
+    char masked[LOOM__LOG_MAX_MESSAGE + 1];
+    len = loom__mask_secrets(msg, fmt ? len : 0, masked, sizeof masked);
 
     /* A copy, NUL-terminated even if the owner filled all 64 bytes. */
     _Static_assert(sizeof lg->instance <= FIELD_MAX, "instance fits a field");
@@ -397,7 +401,7 @@ void loom__logv(const loom__logger *lg, loom_log_level level, const char *servic
         .service = service && service[0] ? service : NULL,
         .command = command && command[0] ? command : NULL,
         .trace_id = trace_id && trace_id[0] ? trace_id : NULL,
-        .message = msg,
+        .message = masked,
     };
     if (lg->fn)
         lg->fn(&rec, lg->user);

@@ -14,6 +14,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "codec/json.h"
 #include "config/config.h"
 #include "core/runtime.h"
 #include "core/trust.h"
@@ -380,7 +381,7 @@ static int run_call(loom_runtime *rt, const opts *o, uint32_t timeout_ms, const 
     }
     int status = loom_msg_status(resp);
     cJSON *body = loom_msg_result_json(resp);
-    char *text = body ? cJSON_Print(body) : NULL;
+    char *text = body ? loom__json_print(body, NULL) : NULL;
     if (status < 300) {
         if (text)
             printf("%s\n", text);

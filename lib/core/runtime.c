@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "broker/adapters.h"
+#include "codec/json.h"
 #include "codec/topic.h"
 #include "config/config.h"
 #include "core/runtime.h"
@@ -429,21 +430,34 @@ static void run_bare_command(loom_runtime *rt, loom__command *cmd, raw_delivery 
     m->deadline = m->timestamp + (cmd->timeout_ms ? cmd->timeout_ms : rt->default_timeout_ms);
     loom__msg_set_address(m, &m->receiver, cmd->svc->def->name, cmd->svc->def->version,
                           cmd->def->name, NULL);
-    int status = 0;
-    if (r->len) {
-        const char *end = NULL;
-        m->payload = cJSON_ParseWithLengthOpts(r->data, r->len, &end, false);
-        if (!m->payload)
-            status = 400;
+    /* The same checks as an envelope's (size: run_raw; UTF-8, NUL, depth,
+     * trailing data, non-finite numbers: loom__json_parse), so a handler
+     * sees the same kind of payload whichever way it came. Trailing NULs
+     * are trimmed as loom_msg_decode does. */
+    size_t len = r->len;
+    while (len && r->data[len - 1] == '\0')
+        len--;
+    char why[128] = "";
+    loom_err perr = LOOM_OK;
+    if (len)
+        perr = loom__json_parse(r->data, len, LOOM_MAX_NESTING - 2, &m->payload, why, sizeof why,
+                                NULL);
+    if (perr == LOOM_ENOMEM) {
+        loom_msg_release(m);
+        return;
     }
-    if (status) {
-        loom_msg *err =
-            loom__msg_error_for(m, 400, "the payload is not valid JSON", NULL, true);
+    if (perr) {
+        cJSON *data = cJSON_CreateObject();
+        if (data && !cJSON_AddStringToObject(data, "reason", why)) {
+            cJSON_Delete(data);
+            data = NULL;
+        }
+        loom_msg *err = loom__msg_error_for(m, 400, "the payload is not valid JSON", data, true);
         loom_msg_release(m);
         if (!err)
             return;
         cJSON *body = loom_msg_result_json(err);
-        char *text = body ? cJSON_PrintUnformatted(body) : NULL;
+        char *text = body ? loom__json_print(body, NULL) : NULL;
         loom_publish p = {.topic = r->response_topic, .msg = err, .data = text ? text : "",
                           .len = text ? strlen(text) : 0, .correlation = r->correlation,
                           .correlation_len = r->correlation_len, .status = "400",
@@ -1058,6 +1072,7 @@ loom_err loom_runtime_start(loom_runtime *rt)
         .instance_id = rt->instance_id,
         .options = loom_config_get(rt->config, "broker"),
         .will_topic = rt->n_services ? rt->announce_topic : NULL,
+        .max_message = rt->max_message,
     };
     err = rt->ops->init(&rt->adapter, &rt->host, &opts);
     if (err != LOOM_OK) {

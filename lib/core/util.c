@@ -1,7 +1,9 @@
 #define _GNU_SOURCE
 #include "util.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <strings.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -192,4 +194,102 @@ void loom__sbuf_printf(loom__sbuf *b, const char *fmt, ...)
     vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
     b->len += (size_t)n;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Masking secrets                                                           */
+
+static const char *const secret_keys[] = {"password", "passwd", "secret",     "token",
+                                          "api_key",  "apikey", "access_key", "private_key"};
+
+/* Where a URL's authority or a secret value ends. */
+static bool mask_stop(char c)
+{
+    return c == '\0' || isspace((unsigned char)c) || strchr("\"'<>`,;&{}()[]", c);
+}
+
+typedef struct mask_out {
+    char *p;
+    size_t len, cap;
+} mask_out;
+
+static void mask_put(mask_out *o, const char *s, size_t n)
+{
+    size_t room = o->cap - 1 - o->len;
+    if (n > room)
+        n = room;
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+}
+
+/* "scheme://" at in[i]: the length of the userinfo to hide (up to the last
+ * '@' before the authority's end), or 0. */
+static size_t userinfo_len(const char *in, size_t n, size_t i)
+{
+    size_t at = 0, j = i;
+    for (; j < n && !mask_stop(in[j]); j++)
+        if (in[j] == '@')
+            at = j;
+    return at > i ? at - i : 0;
+}
+
+/* A secret key at in[i] (on a word boundary): the length of the key and
+ * separator to keep, or 0. */
+static size_t secret_key_len(const char *in, size_t n, size_t i)
+{
+    if (i > 0 && isalnum((unsigned char)in[i - 1]))
+        return 0;
+    for (size_t k = 0; k < LOOM__ARRAY_LEN(secret_keys); k++) {
+        size_t kl = strlen(secret_keys[k]);
+        if (n - i < kl || strncasecmp(in + i, secret_keys[k], kl) != 0)
+            continue;
+        size_t j = i + kl;
+        if (j < n && in[j] == '"')
+            j++;
+        if (j >= n || (in[j] != '=' && in[j] != ':'))
+            continue;
+        j++;
+        if (j + 1 < n && in[j] == ' ' && in[j + 1] == '"')
+            j++;
+        if (j < n && in[j] == '"')
+            j++;
+        return j < n && !mask_stop(in[j]) ? j - i : 0;
+    }
+    return 0;
+}
+
+size_t loom__mask_secrets(const char *in, size_t n, char *out, size_t cap)
+{
+    if (!cap)
+        return 0;
+    mask_out o = {out, 0, cap};
+    size_t i = 0;
+    while (i < n && o.len < cap - 1) {
+        size_t keep = 0, hide = 0;
+        if (i >= 1 && n - i >= 3 && memcmp(in + i, "://", 3) == 0 &&
+            isalnum((unsigned char)in[i - 1])) {
+            keep = 3;
+            hide = userinfo_len(in, n, i + 3);
+        } else if (n - i > 7 && strncasecmp(in + i, "bearer ", 7) == 0 && !mask_stop(in[i + 7])) {
+            keep = 7;
+            hide = 1;
+        } else if ((keep = secret_key_len(in, n, i)) > 0) {
+            hide = 1;
+        }
+        if (!hide) {
+            mask_put(&o, in + i, keep ? keep : 1);
+            i += keep ? keep : 1;
+            continue;
+        }
+        mask_put(&o, in + i, keep);
+        i += keep;
+        if (hide == 1) /* a value: up to where it stops */
+            while (i < n && !mask_stop(in[i]))
+                i++;
+        else
+            i += hide;
+        mask_put(&o, "***", 3);
+    }
+    out[o.len] = '\0';
+    return o.len;
 }

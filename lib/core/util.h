@@ -30,6 +30,16 @@ bool loom__parse_int(const char *s, long long min, long long max, long long *out
 /* Number of online CPUs (>= 1). */
 unsigned loom__cpu_count(void);
 
+/* The one masking rule for secrets in text that leaves the process (every
+ * log line, configuration errors): copies n bytes of in to out (cap bytes,
+ * always NUL-terminated, cut if needed) with credentials replaced by "***":
+ * URL userinfo (the "user:pass" of "mqtt://user:pass@host"), the value
+ * after password, passwd, secret, token, api_key, apikey, access_key or
+ * private_key followed by '=' or ':' (also as JSON "key":"value"), and a
+ * bearer token ("Bearer ***"). Returns the length written. Errs on the side
+ * of masking (a path with '@' after "://" is masked too). */
+size_t loom__mask_secrets(const char *in, size_t n, char *out, size_t cap);
+
 /* UTF-8 (Unicode 15, table 3-7): the length of the well-formed sequence at
  * s (avail >= 1 bytes readable), or 0 when it is malformed: overlong, a
  * surrogate, above U+10FFFF, a stray continuation byte or truncated.

@@ -1,7 +1,11 @@
 /* The bridge's authentication (built-in tokens or an application hook) and
  * its CORS settings. Tokens are compared in constant time and wiped from
  * memory when the bridge is destroyed; a configured token source that is
- * unreadable or empty is a configuration error, never "auth off". */
+ * unreadable or empty is a configuration error, never "auth off".
+ *
+ * Secure by default: a protected endpoint with no token, key or hook
+ * configured answers 401; only http.auth.required: false serves it to
+ * anyone, and the bridge then says so with a warning at start. */
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
@@ -68,6 +72,8 @@ static bool identity_ok(const char *s)
 int loom__http_authenticate(breq *b)
 {
     loom_http *h = b->h;
+    if (!loom__http_auth_on(h))
+        return h->auth_required ? 401 : 0;
     if (h->auth_fn) {
         loom_http_auth_request ar = {.method = loom__hs_req_method(b->hs),
                                      .path = b->path,
@@ -106,6 +112,26 @@ const char *loom__http_cors_allow(const loom_http *h, const char *origin)
         if (strcmp(h->origins[i], origin) == 0)
             return h->origins[i];
     return NULL;
+}
+
+void loom__http_auth_report(loom_http *h, size_t n_protected)
+{
+    if (loom__http_auth_on(h))
+        return;
+    if (!h->auth_required) {
+        if (n_protected || h->protect_metrics || h->protect_docs)
+            loom__http_log(h, LOOM_LOG_WARN,
+                           "authentication is OFF (http.auth.required: false): %zu protected "
+                           "route(s)%s are served to anyone",
+                           n_protected, h->protect_metrics || h->protect_docs ? " and endpoints" : "");
+        return;
+    }
+    if (n_protected || h->protect_metrics || h->protect_docs)
+        loom__http_log(h, LOOM_LOG_WARN,
+                       "no token, API key or hook is configured: %zu protected route(s) answer 401 "
+                       "(set http.auth.tokens, or http.auth.required: false to serve them to "
+                       "anyone)",
+                       n_protected);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -271,6 +297,9 @@ loom_err loom__http_auth_load(loom_http *h, const loom_config *cfg)
     }
     if (key && !(h->api_key_header = strdup(key)))
         return LOOM_ENOMEM;
+    h->auth_required = loom__config_bool(cfg, "http.auth.required", true);
+    h->protect_metrics = loom__config_bool(cfg, "http.auth.protect_metrics", false);
+    h->protect_docs = loom__config_bool(cfg, "http.auth.protect_docs", false);
     loom_err err = load_tokens(h, cfg);
     return err != LOOM_OK ? err : load_cors(h, cfg);
 }

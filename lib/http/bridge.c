@@ -44,6 +44,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "codec/json.h"
 #include "codec/msg.h"
 #include "config/config.h"
 #include "core/runtime.h"
@@ -180,7 +181,22 @@ static void warn_route(void *user, const char *line)
     loom__http_log(user, LOOM_LOG_WARN, "%s", line);
 }
 
-static routes *build_routes(loom_http *h)
+/* What auth means for the protected routes of t, said at start and again
+ * whenever discovery brings more of them than were last counted (a bridge
+ * of a split deployment starts with none). */
+static void report_auth(loom_http *h, const routes *t, bool at_start)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < t->n; i++)
+        n += !t->v[i].public;
+    if (!at_start && n <= atomic_load(&h->auth_reported))
+        return;
+    atomic_store(&h->auth_reported, n);
+    loom__http_auth_report(h, n);
+}
+
+/* report: say what auth means when more protected routes appeared. */
+static routes *build_routes(loom_http *h, bool report)
 {
     unsigned version = loom__routes_version(h->rt);
     raw_list l = {0};
@@ -206,6 +222,8 @@ static routes *build_routes(loom_http *h)
         r->http_series = loom__http_series_http(h, r->method, r->label);
         r->cmd_series = loom__http_series_cmd(h, r->service, r->command);
     }
+    if (report)
+        report_auth(h, t, false);
     return t;
 }
 
@@ -221,7 +239,7 @@ static routes *routes_acquire(loom_http *h)
         return t;
     /* Holding build_mu: nobody else replaces the table now. */
     if (h->routes->version != loom__routes_version(h->rt)) {
-        routes *fresh = build_routes(h);
+        routes *fresh = build_routes(h, true);
         if (fresh) {
             pthread_rwlock_wrlock(&h->routes_lock);
             routes *old = h->routes;
@@ -366,7 +384,7 @@ static char *error_text(int status, const char *message, cJSON *data, const char
     }
     if (data && !cJSON_AddItemToObject(o, "data", data))
         cJSON_Delete(data);
-    char *text = cJSON_AddStringToObject(o, "traceId", trace) ? cJSON_PrintUnformatted(o) : NULL;
+    char *text = cJSON_AddStringToObject(o, "traceId", trace) ? loom__json_print(o, NULL) : NULL;
     cJSON_Delete(o);
     return text;
 }
@@ -383,11 +401,10 @@ static loom__hs_action send_error(breq *b, int status, const char *message, cJSO
         hvalue = RETRY_AFTER_S;
     }
     char *text = error_text(status, message, data, b->trace);
-    if (text && !valid_utf8(text)) {
-        /* The handler's data holds broken strings: leave it out. */
-        free(text);
+    if (!text && data)
+        /* The handler's data cannot be written (broken strings): leave it
+         * out. */
         text = error_text(status, message, NULL, b->trace);
-    }
     if (!text)
         return send_resp(b, NULL, status);
     return send_body(b, status, "application/json", text, strlen(text), hname ? hname : NULL,
@@ -411,17 +428,17 @@ static loom__hs_action respond_msg(breq *b, const loom_msg *m)
         const cJSON *p = loom_msg_payload(m);
         if (!p)
             return send_body(b, 204, NULL, NULL, 0, NULL);
-        char *text = cJSON_PrintUnformatted(p);
-        if (!text)
+        loom_err err;
+        char *text = loom__json_print(p, &err);
+        if (!text && err == LOOM_ENOMEM)
             return send_error(b, 503, "out of memory", NULL, NULL, NULL);
-        size_t n = strlen(text);
-        if (!loom__utf8_valid(text, n)) {
-            free(text);
-            loom__http_log(b->h, LOOM_LOG_ERROR, "%s %s: the result is not valid UTF-8",
+        if (!text) {
+            /* The runtime refuses such results; a custom path could not. */
+            loom__http_log(b->h, LOOM_LOG_ERROR, "%s %s: the result cannot be written as JSON",
                            b->route->method, b->route->label);
-            return send_error(b, 500, "the result is not valid UTF-8", NULL, NULL, NULL);
+            return send_error(b, 500, "internal server error", NULL, NULL, NULL);
         }
-        return send_body(b, 200, "application/json", text, n, NULL);
+        return send_body(b, 200, "application/json", text, strlen(text), NULL);
     }
     int status = loom_msg_status(m);
     if (loom_msg_type_of(m) != LOOM_MSG_ERROR || status < 400 || status > 599)
@@ -525,6 +542,53 @@ static const char *framing_error(breq *b, int *status)
     return NULL;
 }
 
+/* What RFC 9112 requires of a request that the engine (run lenient, so
+ * that these errors get the bridge's JSON body) leaves to us: header fields
+ * within http.max_header (431), field names that are tokens (no space
+ * before the colon), exactly one Host in HTTP/1.1 and at most one in 1.0,
+ * no Transfer-Encoding in HTTP/1.0 (its framing would be guessed). */
+static const char *syntax_error(breq *b, int *status)
+{
+    bool bad_name = false;
+    size_t bytes = loom__hs_req_header_bytes(b->hs, &bad_name) +
+                   strlen(loom__hs_req_target(b->hs)) + strlen(loom__hs_req_method(b->hs)) + 16;
+    *status = 400;
+    if (bytes > b->h->max_header) {
+        *status = 431;
+        return "the request's header fields are too large";
+    }
+    if (bad_name)
+        return "a header field name is not a token (whitespace before the colon?)";
+    bool v11 = strcmp(loom__hs_req_version(b->hs), "HTTP/1.1") == 0;
+    unsigned hosts = loom__hs_req_header_count(b->hs, "Host");
+    if (hosts > 1)
+        return "the request has more than one Host header";
+    if (v11 && hosts == 0)
+        return "the request has no Host header (required in HTTP/1.1)";
+    if (!v11 && loom__hs_req_header_count(b->hs, "Transfer-Encoding"))
+        return "Transfer-Encoding is not allowed in HTTP/1.0";
+    return NULL;
+}
+
+/* The path of an absolute-form target ("http://host/p?q" -> "/p?q", or
+ * "/" alone), which RFC 9112 3.2.2 says a server must accept; NULL when the
+ * target is neither that nor an origin-form path. */
+static const char *origin_form(const char *target)
+{
+    if (target[0] == '/')
+        return target;
+    size_t skip = strncasecmp(target, "http://", 7) == 0    ? 7
+                  : strncasecmp(target, "https://", 8) == 0 ? 8
+                                                            : 0;
+    if (!skip)
+        return NULL;
+    const char *p = target + skip;
+    size_t auth = strcspn(p, "/?#");
+    if (auth == 0)
+        return NULL;
+    return p[auth] == '/' ? p + auth : p[auth] ? NULL : "/";
+}
+
 static void read_trace(breq *b)
 {
     const char *tp = header(b, "traceparent");
@@ -585,31 +649,6 @@ bool loom__http_json_content_type(const char *ct)
     return ok;
 }
 
-static int json_depth(const cJSON *j)
-{
-    int max = 0;
-    for (const cJSON *c = j ? j->child : NULL; c; c = c->next) {
-        int d = json_depth(c);
-        if (d > max)
-            max = d;
-    }
-    return max + 1;
-}
-
-/* True when a JSON string in text holds the escape \u0000 (C strings
- * cannot carry it: it would silently cut the value). */
-static bool has_nul_escape(const char *text, size_t len)
-{
-    for (size_t i = 0; i + 6 <= len; i++) {
-        if (text[i] != '\\')
-            continue;
-        if (text[i + 1] == 'u' && memcmp(text + i + 2, "0000", 4) == 0)
-            return true;
-        i++; /* skip the escaped character, so "\\u0000" is not one */
-    }
-    return false;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Built-in endpoints                                                        */
 
@@ -660,6 +699,15 @@ static loom__hs_action serve_options(breq *b, const char *allow)
                      NULL);
 }
 
+static loom__hs_action send_auth_error(breq *b, int st)
+{
+    if (st == 401)
+        return send_error(b, 401, "authentication required", NULL, "WWW-Authenticate",
+                          "Bearer realm=\"loom\"");
+    return send_error(b, st, st == 503 ? "out of memory" : "authentication failed", NULL, NULL,
+                      NULL);
+}
+
 static loom__hs_action serve_builtin(breq *b, const char *which)
 {
     loom_http *h = b->h;
@@ -668,6 +716,13 @@ static loom__hs_action serve_builtin(breq *b, const char *which)
         return serve_options(b, "GET, HEAD");
     if (b->method != M_GET && b->method != M_HEAD)
         return send_error(b, 405, "method not allowed", NULL, "Allow", "GET, HEAD");
+    bool is_metrics = strcmp(which, "/metrics") == 0;
+    bool is_docs = strcmp(which, h->openapi_path) == 0;
+    if ((is_metrics && h->protect_metrics) || (is_docs && h->protect_docs)) {
+        int st = loom__http_authenticate(b);
+        if (st)
+            return send_auth_error(b, st);
+    }
     if (strcmp(which, "/healthz") == 0)
         return send_static_json(b, 200, "{\"status\":\"ok\"}");
     if (strcmp(which, "/readyz") == 0)
@@ -688,16 +743,14 @@ static loom__hs_action serve_metrics(breq *b)
 static loom__hs_action serve_openapi(breq *b)
 {
     cJSON *doc = loom__http_openapi_doc(b->h);
-    char *text = doc ? cJSON_PrintUnformatted(doc) : NULL;
+    loom_err err = LOOM_ENOMEM;
+    char *text = doc ? loom__json_print(doc, &err) : NULL;
     cJSON_Delete(doc);
-    if (!text)
+    if (!text && err == LOOM_ENOMEM)
         return send_error(b, 503, "out of memory", NULL, NULL, NULL);
-    size_t n = strlen(text);
-    if (!loom__utf8_valid(text, n)) {
-        free(text);
+    if (!text)
         return send_error(b, 500, "an announced schema is not valid UTF-8", NULL, NULL, NULL);
-    }
-    return send_body(b, 200, "application/json", text, n, NULL);
+    return send_body(b, 200, "application/json", text, strlen(text), NULL);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -822,14 +875,17 @@ static loom__hs_action on_headers(void *user, loom__hs_req *hs)
     b->cors_origin = loom__http_cors_allow(h, header(b, "Origin"));
     int fst;
     const char *framing = framing_error(b, &fst);
+    if (!framing)
+        framing = syntax_error(b, &fst);
     if (framing) {
         b->close = true;
         return send_error(b, fst, framing, NULL, NULL, NULL);
     }
 
-    const char *target = loom__hs_req_target(hs);
-    if (target[0] != '/')
-        return send_error(b, 400, "the request target must be an absolute path", NULL, NULL, NULL);
+    const char *target = origin_form(loom__hs_req_target(hs));
+    if (!target)
+        return send_error(b, 400, "the request target must be an absolute path or URL", NULL, NULL,
+                          NULL);
     size_t plen = strcspn(target, "?#");
     if (!(b->path = strndup(target, plen)))
         return send_error(b, 503, "out of memory", NULL, NULL, NULL);
@@ -867,17 +923,11 @@ static loom__hs_action on_headers(void *user, loom__hs_req *hs)
     b->route = r;
     b->series = r->http_series;
 
-    if (!r->public && loom__http_auth_on(h)) {
+    if (!r->public) {
         int st = loom__http_authenticate(b);
-        if (st == 401) {
-            loom__http_pathsegs_fini(&ps);
-            return send_error(b, 401, "authentication required", NULL, "WWW-Authenticate",
-                              "Bearer realm=\"loom\"");
-        }
         if (st) {
             loom__http_pathsegs_fini(&ps);
-            return send_error(b, st, st == 503 ? "out of memory" : "authentication failed", NULL,
-                              NULL, NULL);
+            return send_auth_error(b, st);
         }
     }
 
@@ -928,25 +978,17 @@ static loom__hs_action on_request(void *user, loom__hs_req *hs)
     if (len) {
         if (memchr(body, '\0', len))
             return send_error(b, 400, "the body contains a NUL byte", NULL, NULL, NULL);
-        if (!loom__utf8_valid(body, len))
-            return send_error(b, 400, "the body is not valid UTF-8", NULL, NULL, NULL);
-        const char *end = NULL;
-        payload = cJSON_ParseWithLengthOpts(body, len, &end, false);
-        size_t pos = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
-        if (!payload)
-            return send_error(b, 400, "the body is not valid JSON",
-                              data_number("position", (double)pos), NULL, NULL);
-        while (pos < len && strchr(" \t\r\n", body[pos]))
-            pos++;
-        const char *why = pos < len ? "unexpected data after the JSON value"
-                          : json_depth(payload) > LOOM_MAX_NESTING
-                              ? "the JSON body is nested too deeply"
-                          : has_nul_escape(body, len) ? "the JSON body holds a \\u0000 escape"
-                                                      : NULL;
-        if (why) {
-            cJSON_Delete(payload);
-            return send_error(b, 400, why, pos < len ? data_number("position", (double)pos) : NULL,
-                              NULL, NULL);
+        char why[128];
+        size_t pos;
+        loom_err err =
+            loom__json_parse(body, len, LOOM_MAX_NESTING, &payload, why, sizeof why, &pos);
+        if (err == LOOM_ENOMEM)
+            return send_error(b, 503, "out of memory", NULL, NULL, NULL);
+        if (err) {
+            cJSON *data = pos < len ? data_number("position", (double)pos) : cJSON_CreateObject();
+            if (data)
+                cJSON_AddStringToObject(data, "reason", why);
+            return send_error(b, 400, "the body is not valid JSON", data, NULL, NULL);
         }
     }
     return invoke(b, payload);
@@ -1102,7 +1144,7 @@ loom_err loom_http_start(loom_http *h)
         pthread_mutex_unlock(&h->life_mu);
         return LOOM_ESTATE;
     }
-    routes *t = build_routes(h);
+    routes *t = build_routes(h, false);
     if (!t) {
         pthread_mutex_unlock(&h->life_mu);
         return LOOM_ENOMEM;
@@ -1138,7 +1180,10 @@ loom_err loom_http_start(loom_http *h)
     atomic_store(&h->port, loom__hs_port(h->srv));
     loom__http_log(h, LOOM_LOG_INFO, "listening on %s (port %d), %zu route(s) under %s/v*, auth %s",
                    h->listen, atomic_load(&h->port), t->n, h->base,
-                   loom__http_auth_on(h) ? "on" : "off");
+                   loom__http_auth_on(h) ? "on"
+                   : h->auth_required ? "required (none configured)"
+                                      : "off");
+    report_auth(h, t, true);
     pthread_mutex_unlock(&h->life_mu);
     return LOOM_OK;
 }

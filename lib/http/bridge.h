@@ -156,6 +156,9 @@ struct loom_http {
     size_t *token_lens;
     size_t n_tokens;
     char *api_key_header;
+    bool auth_required;   /* http.auth.required (default true) */
+    bool protect_metrics; /* http.auth.protect_metrics */
+    bool protect_docs;    /* http.auth.protect_docs: the OpenAPI document */
     loom_http_auth_fn auth_fn; /* set before start only */
     void *auth_user;
     char **origins;
@@ -176,6 +179,7 @@ struct loom_http {
     pthread_mutex_t wait_mu; /* the invoked, unanswered requests */
     breq *waiting;
 
+    atomic_size_t auth_reported; /* protected routes the auth warning last counted */
     _Atomic(series *) *slots; /* SERIES_SLOTS */
     atomic_long in_flight;
 
@@ -234,10 +238,16 @@ bool loom__http_json_content_type(const char *ct);
 loom_err loom__http_auth_load(loom_http *h, const loom_config *cfg);
 /* Frees what loom__http_auth_load kept (tokens are wiped first). */
 void loom__http_auth_fini(loom_http *h);
+/* True when tokens, API keys or a hook are configured. */
 bool loom__http_auth_on(const loom_http *h);
-/* 0: allowed; 401: refused; 500: the hook returned a bad identity;
+/* The decision for a protected endpoint: with auth on, the credentials are
+ * checked; with none configured, 401 unless http.auth.required is false.
+ * 0: allowed; 401: refused; 500: the hook returned a bad identity;
  * 503: ENOMEM. Sets b->principal and b->tenant from a hook. */
 int loom__http_authenticate(breq *b);
+/* Logs at start what auth means for the n_protected protected routes: a
+ * warning when they are served without authentication. */
+void loom__http_auth_report(loom_http *h, size_t n_protected);
 /* The Access-Control-Allow-Origin value for origin, or NULL. */
 const char *loom__http_cors_allow(const loom_http *h, const char *origin);
 

@@ -140,7 +140,7 @@ static bool oa_operation(oa_ctx *c, cJSON *op, const char *service, const char *
     cJSON *empty = cJSON_AddObjectToObject(responses, "204");
     if (!empty || !cJSON_AddStringToObject(empty, "description", "Done, with an empty result") ||
         !add_ref(responses, "400", "BadRequest") ||
-        (!public && loom__http_auth_on(c->h) && !add_ref(responses, "401", "Unauthorized")) ||
+        (!public && (loom__http_auth_on(c->h) || c->h->auth_required) && !add_ref(responses, "401", "Unauthorized")) ||
         !add_ref(responses, "404", "NotFound") || !add_ref(responses, "413", "TooLarge") ||
         !add_ref(responses, "503", "Unavailable") || !add_ref(responses, "504", "Timeout") ||
         !add_ref(responses, "default", "Error"))

@@ -108,6 +108,12 @@ const char *loom__hs_req_target(const loom__hs_req *r);
 const char *loom__hs_req_header(const loom__hs_req *r, const char *name);
 /* How many times a header occurs (case-insensitive name). */
 unsigned loom__hs_req_header_count(const loom__hs_req *r, const char *name);
+/* "HTTP/1.1" or "HTTP/1.0" (MHD refuses other versions). */
+const char *loom__hs_req_version(const loom__hs_req *r);
+/* The size of the header fields as received (names, values, separators);
+ * *bad_name when a field name is not a token (e.g. a space before the
+ * colon). */
+size_t loom__hs_req_header_bytes(const loom__hs_req *r, bool *bad_name);
 /* How many headers have a name that starts with name but is longer (e.g.
  * "Content-Length8": what libmicrohttpd 0.9.75 makes of an obs-folded
  * "Content-Length:\r\n 8", or "Transfer-Encoding " with a space before

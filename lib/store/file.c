@@ -23,6 +23,16 @@
  * is dropped (the next operation reloads), so the cache never holds a change
  * that is not in the file.
  *
+ * Trust. The files live in a directory others cannot write (owned by this
+ * user or root, no group or other write bit; checked before the lock file
+ * is first opened, and at open when the directory exists), so nobody can
+ * plant PATH, PATH.lock or a temporary name; PATH and PATH.lock must also
+ * be owned by this user (or root) and not writable by others, or every
+ * operation fails (LOOM_EIO) instead of trusting them. Temporary files are
+ * created with mkostemp (O_EXCL, a random name). Waiting for the flock is
+ * bounded by timeout_ms (the `state:` option, default DEFAULT_TIMEOUT_MS):
+ * a lock held too long gives LOOM_ETIMEDOUT, never a hung worker.
+ *
  * Change detection compares (st_dev, st_ino, st_size, st_mtim) with the file
  * the cache came from. pin_fd keeps that file open, so its inode cannot be
  * freed and reused by a newer file: without it a file written twice by
@@ -42,6 +52,7 @@
 #include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/util.h"
@@ -50,7 +61,8 @@
 #define MAX_DEPTH CJSON_NESTING_LIMIT    /* nesting of one value, as cJSON allows */
 #define MAX_NUMBER 63                    /* longest number text cJSON parses */
 #define WBUF ((size_t)64 << 10)          /* write buffer of a save */
-#define TMP_SUFFIX (sizeof ".tmp." + 20) /* ".tmp.<pid>" and a NUL, bounded */
+#define TMP_SUFFIX (sizeof ".tmp." + 20) /* ".tmp.XXXXXX" and a NUL, bounded */
+#define DEFAULT_TIMEOUT_MS 5000          /* longest wait for the flock */
 
 typedef struct fentry {
     char *value; /* JSON text, exactly as stored, NUL-terminated */
@@ -76,6 +88,7 @@ typedef struct file_db {
     char *path;      /* absolute */
     char *lock_path; /* path + ".lock" */
     char *dir;       /* the directory of path, fsync'd after a rename */
+    uint32_t timeout_ms; /* longest wait for the flock */
 
     pthread_mutex_t lock; /* guards every field below */
     int lock_fd;          /* PATH.lock, -1 until opened; opened by lock_pid */
@@ -589,6 +602,22 @@ static loom_err state_err(cache_state s)
     }
 }
 
+/* Owned by this user or root, and not writable by group or others. */
+static bool trusted(const struct stat *st)
+{
+    return (st->st_uid == geteuid() || st->st_uid == 0) && !(st->st_mode & (S_IWGRP | S_IWOTH));
+}
+
+/* The directory of the store, when it exists: a directory we can trust
+ * (nobody else can create names in it). ENOENT is the caller's to judge. */
+static loom_err check_dir(const file_db *db)
+{
+    struct stat st;
+    if (stat(db->dir, &st) != 0)
+        return errno == ENOENT || errno == ENOTDIR ? LOOM_ENOTFOUND : LOOM_EIO;
+    return S_ISDIR(st.st_mode) && trusted(&st) ? LOOM_OK : LOOM_EIO;
+}
+
 /* Reads PATH into the cache. Caller holds db->lock and, when it can, the
  * flock. The identity recorded is that of the file actually read. */
 static loom_err load_locked(file_db *db)
@@ -604,7 +633,8 @@ static loom_err load_locked(file_db *db)
         return LOOM_EIO;
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    /* A file someone else owns or may write is not this store's. */
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !trusted(&st)) {
         close(fd);
         return LOOM_EIO;
     }
@@ -660,9 +690,112 @@ static loom_err refresh_locked(file_db *db)
     }
     if (db->state >= CACHE_LOADED && same_file(&st, &db->pin)) {
         db->pin = st; /* the same file; its mode may have changed since */
-        return state_err(db->state);
+        return trusted(&st) ? state_err(db->state) : LOOM_EIO;
     }
     return load_locked(db);
+}
+
+/* A bounded wait for a contended flock. flock has no timed form, and
+ * polling it starves the waiter (a busy holder takes it again at once), so
+ * the wait is a blocking flock in the kernel's queue, on a thread of its
+ * own and a descriptor of its own: the caller waits for it until the
+ * deadline and, when it comes in time, adopts the descriptor as its lock
+ * fd. A waiter left behind at the deadline releases the lock as soon as it
+ * gets it and frees itself. */
+typedef struct lock_waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int fd, op, rc, refs;
+    bool done, abandoned;
+} lock_waiter;
+
+static void waiter_unref_locked(lock_waiter *w)
+{
+    bool last = --w->refs == 0;
+    pthread_mutex_unlock(&w->mu);
+    if (last) {
+        if (w->fd >= 0)
+            close(w->fd);
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+        free(w);
+    }
+}
+
+static void *waiter_main(void *arg)
+{
+    lock_waiter *w = arg;
+    int r;
+    while ((r = flock(w->fd, w->op)) != 0 && errno == EINTR)
+        ;
+    pthread_mutex_lock(&w->mu);
+    w->done = true;
+    w->rc = r;
+    if (w->abandoned && r == 0)
+        flock(w->fd, LOCK_UN);
+    pthread_cond_signal(&w->cv);
+    waiter_unref_locked(w);
+    return NULL;
+}
+
+/* flock(op) within db->timeout_ms: LOOM_ETIMEDOUT when another holder
+ * keeps it longer. Caller holds db->lock; db->lock_fd is open. */
+static loom_err wait_flock(file_db *db, int op)
+{
+    if (flock(db->lock_fd, op | LOCK_NB) == 0) {
+        db->locked = true;
+        return LOOM_OK;
+    }
+    if (errno != EWOULDBLOCK && errno != EINTR)
+        return LOOM_EIO;
+    lock_waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return LOOM_ENOMEM;
+    w->fd = open(db->lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    w->op = op;
+    w->refs = 2;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    bool started = w->fd >= 0 && pthread_create(&t, &attr, waiter_main, w) == 0;
+    pthread_attr_destroy(&attr);
+    pthread_mutex_lock(&w->mu);
+    if (!started) {
+        w->refs = 1;
+        waiter_unref_locked(w);
+        return LOOM_EIO;
+    }
+    struct timespec due;
+    clock_gettime(CLOCK_MONOTONIC, &due);
+    due.tv_sec += db->timeout_ms / 1000;
+    due.tv_nsec += (long)(db->timeout_ms % 1000) * 1000000L;
+    if (due.tv_nsec >= 1000000000L) {
+        due.tv_sec++;
+        due.tv_nsec -= 1000000000L;
+    }
+    while (!w->done && pthread_cond_timedwait(&w->cv, &w->mu, &due) == 0)
+        ;
+    loom_err err = LOOM_ETIMEDOUT;
+    if (!w->done) {
+        w->abandoned = true;
+    } else if (w->rc != 0) {
+        err = LOOM_EIO;
+    } else {
+        close(db->lock_fd); /* same file: the lock now lives on w->fd */
+        db->lock_fd = w->fd;
+        w->fd = -1;
+        db->locked = true;
+        err = LOOM_OK;
+    }
+    waiter_unref_locked(w);
+    return err;
 }
 
 /* Takes the flock: exclusive for writes. Caller holds db->lock. A reader
@@ -680,6 +813,9 @@ static loom_err flock_locked(file_db *db, bool write)
         db->lock_fd = -1;
     }
     if (db->lock_fd < 0) {
+        loom_err derr = check_dir(db);
+        if (derr == LOOM_EIO)
+            return LOOM_EIO;
         int fd = open(db->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0 && !write && (errno == EACCES || errno == EROFS))
             fd = open(db->lock_path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -689,16 +825,15 @@ static loom_err flock_locked(file_db *db, bool write)
                 return LOOM_OK;
             return LOOM_EIO;
         }
+        struct stat st;
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !trusted(&st)) {
+            close(fd); /* a lock file someone else can hold */
+            return LOOM_EIO;
+        }
         db->lock_fd = fd;
         db->lock_pid = pid;
     }
-    int r;
-    while ((r = flock(db->lock_fd, write ? LOCK_EX : LOCK_SH)) != 0 && errno == EINTR)
-        ;
-    if (r != 0)
-        return LOOM_EIO;
-    db->locked = true;
-    return LOOM_OK;
+    return wait_flock(db, write ? LOCK_EX : LOCK_SH);
 }
 
 static void leave(file_db *db)
@@ -848,14 +983,15 @@ static loom_err save_locked(file_db *db)
 {
     table_purge(&db->data, loom__now_ms());
     writer w = {.fd = -1, .err = LOOM_OK};
-    char *tmp = loom__asprintf("%s.tmp.%ld", db->path, (long)getpid());
+    char *tmp = loom__asprintf("%s.tmp.XXXXXX", db->path);
     w.buf = malloc(WBUF);
     if (!tmp || !w.buf) {
         w.err = LOOM_ENOMEM;
         goto out;
     }
-    /* O_NOFOLLOW: never write through a link planted at the tmp name. */
-    w.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    /* A fresh name, created exclusively (mode 0600): never a file someone
+     * planted at a name they could predict. */
+    w.fd = mkostemp(tmp, O_CLOEXEC);
     if (w.fd < 0) {
         w.err = LOOM_EIO;
         goto out;
@@ -1159,7 +1295,6 @@ static void db_free(file_db *db)
 
 static loom_err file_open(void **self, const char *url, const cJSON *options)
 {
-    (void)options; /* nothing to configure yet */
     if (!self || !url)
         return LOOM_EINVAL;
     *self = NULL;
@@ -1180,6 +1315,10 @@ static loom_err file_open(void **self, const char *url, const cJSON *options)
     db->lock_fd = -1;
     db->pin_fd = -1;
     db->state = CACHE_NONE;
+    db->timeout_ms = DEFAULT_TIMEOUT_MS;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(options, "timeout_ms");
+    if (cJSON_IsNumber(t) && t->valuedouble >= 1 && t->valuedouble <= 600000)
+        db->timeout_ms = (uint32_t)t->valuedouble;
     if (path[0] == '/') {
         db->path = strdup(path);
     } else {
@@ -1206,6 +1345,13 @@ static loom_err file_open(void **self, const char *url, const cJSON *options)
     if (!db->dir || !db->lock_path || pthread_mutex_init(&db->lock, NULL) != 0) {
         db_free(db);
         return LOOM_ENOMEM;
+    }
+    /* A directory others can write is refused now, not at the first save
+     * (a missing one may appear later: checked again then). */
+    if (check_dir(db) == LOOM_EIO) {
+        pthread_mutex_destroy(&db->lock);
+        db_free(db);
+        return LOOM_ECONFIG;
     }
     *self = db;
     return LOOM_OK;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "codec/json.h"
 #include "core/util.h"
 
 /* The scheme registry: process-wide by design (loom_store_register is).
@@ -269,11 +270,11 @@ static loom_err store_put(loom_store *s, const char *key, const cJSON *value, ui
         return err;
     if (!value || cJSON_IsInvalid(value))
         return LOOM_EINVAL;
-    char *json = cJSON_PrintUnformatted(value);
+    char *json = loom__json_print(value, &err);
     if (!json)
-        return LOOM_ENOMEM;
+        return err == LOOM_ENOMEM ? LOOM_ENOMEM : LOOM_EINVAL;
     err = s->ops->set(s->self, key, json, ttl_ms, if_absent);
-    cJSON_free(json);
+    free(json);
     return err;
 }
 
@@ -318,14 +319,15 @@ loom_err loom_store_cas(loom_store *s, const char *key, const cJSON *expected, c
     /* A version 1 table ends before cas: do not read past it. */
     if (s->ops->abi_version < 2 || !s->ops->cas)
         return LOOM_EUNSUPPORTED;
-    char *old_json = expected ? cJSON_PrintUnformatted(expected) : NULL;
-    char *new_json = value ? cJSON_PrintUnformatted(value) : NULL;
+    loom_err e1 = LOOM_OK, e2 = LOOM_OK;
+    char *old_json = expected ? loom__json_print(expected, &e1) : NULL;
+    char *new_json = value ? loom__json_print(value, &e2) : NULL;
     if ((expected && !old_json) || (value && !new_json))
-        err = LOOM_ENOMEM;
+        err = e1 == LOOM_ENOMEM || e2 == LOOM_ENOMEM ? LOOM_ENOMEM : LOOM_EINVAL;
     else
         err = s->ops->cas(s->self, key, old_json, new_json, ttl_ms);
-    cJSON_free(old_json);
-    cJSON_free(new_json);
+    free(old_json);
+    free(new_json);
     return err;
 }
 
