@@ -7,8 +7,8 @@
  *              (the reference: what the work itself costs)
  *   call     - loom_runtime_call in a loop on one thread (blocking, inline)
  *   call_mt  - the same on `threads` threads at once
- *   invoke   - loom_runtime_invoke (asynchronous, worker pool), --window in
- *              flight (default 256)
+ *   invoke   - loom_runtime_invoke (asynchronous, worker pool), up to
+ *              --window in flight (default 256), topped up in quarters
  * options:
  *   --bytes N       request payload of about N bytes ({"n":41,"pad":"xx.."});
  *                   default {"n":41}
@@ -17,6 +17,9 @@
  *   --target S.C    call command C of service S (version 1) served elsewhere
  *                   instead of the built-in bench.inc; `direct` is skipped
  *   --window W      invocations in flight for `invoke`
+ *   --no-inline     invoke.inline=false: `invoke` always goes through the
+ *                   worker pool (by default quick in-process commands run
+ *                   on the calling thread)
  *   --count N       run exactly N operations of each scenario, untimed, no
  *                   warm-up (for `valgrind --tool=callgrind`: the difference
  *                   between N and 0 calls, divided by N, is the cost of one)
@@ -154,12 +157,16 @@ static void bench_call(loom_runtime *rt, double secs, int threads, const char *n
     free(th);
 }
 
-/* Asynchronous: keep `window` invocations in flight; latency from invoke to
- * callback for every SAMPLE_EVERY-th one. */
+/* Asynchronous: keep up to `window` invocations in flight, topping up when
+ * a quarter of them have been answered (a caller woken for every single
+ * answer would measure its own wake-ups); latency from invoke to callback
+ * for every SAMPLE_EVERY-th one. */
 typedef struct async_state {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long inflight, done;
+    long low;     /* top up when inflight falls to this */
+    bool waiting; /* the issuing thread sleeps in cv */
     bench_samples lat;
 } async_state;
 
@@ -185,19 +192,29 @@ static void async_cb(loom_runtime *rt, const loom_msg *resp, void *user)
         bench_sample_add(&s->lat, us);
     s->inflight--;
     s->done++;
-    pthread_cond_signal(&s->cv);
+    if (s->waiting && s->inflight <= s->low)
+        pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
 
 static void bench_invoke(loom_runtime *rt, double secs)
 {
-    async_state s = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, {0}};
+    async_state s = {PTHREAD_MUTEX_INITIALIZER,
+                     PTHREAD_COND_INITIALIZER,
+                     0,
+                     0,
+                     T.window - (T.window + 3) / 4,
+                     false,
+                     {0}};
     long issued = 0;
     double start = bench_now(), end = start + secs;
     while (T.count >= 0 ? issued < T.count : bench_now() < end) {
         pthread_mutex_lock(&s.mu);
-        while (s.inflight >= T.window)
+        while (s.inflight > s.low) {
+            s.waiting = true;
             pthread_cond_wait(&s.cv, &s.mu);
+            s.waiting = false;
+        }
         long room = T.window - s.inflight;
         if (T.count >= 0 && room > T.count - issued)
             room = T.count - issued;
@@ -219,8 +236,12 @@ static void bench_invoke(loom_runtime *rt, double secs)
         }
     }
     pthread_mutex_lock(&s.mu);
-    while (s.inflight > 0)
+    s.low = 0;
+    while (s.inflight > 0) {
+        s.waiting = true;
         pthread_cond_wait(&s.cv, &s.mu);
+        s.waiting = false;
+    }
     long done = s.done;
     pthread_mutex_unlock(&s.mu);
     char name[32];
@@ -244,7 +265,7 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench_invoke [seconds] [threads] [direct,call,call_mt,invoke]\n"
                     "       [--bytes N | --body JSON] [--broker URL] [--target SVC.CMD]\n"
-                    "       [--window W] [--count N]\n");
+                    "       [--window W] [--count N] [--no-inline]\n");
     exit(2);
 }
 
@@ -254,9 +275,13 @@ int main(int argc, char **argv)
     int threads = 2, pos = 0;
     const char *only = "", *broker = "memory:", *body = "{\"n\":41}";
     char *owned_body = NULL;
-    bool remote = false;
+    bool remote = false, no_inline = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--no-inline")) {
+            no_inline = true;
+            continue;
+        }
         if (a[0] != '-' || a[1] != '-') {
             if (pos == 0)
                 secs = atof(a);
@@ -303,11 +328,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_invoke: the payload is not JSON\n");
         return 2;
     }
-    loom_runtime_config cfg = {.log_level = LOOM_LOG_WARN, .workers = (unsigned)threads,
-                               .broker_url = broker};
+    loom_config *conf = NULL;
+    if (no_inline && (loom_config_create(&conf) != LOOM_OK ||
+                      loom_config_set(conf, "invoke.inline", "false") != LOOM_OK))
+        abort();
+    loom_runtime_config cfg = {.log_level = LOOM_LOG_WARN,
+                               .workers = (unsigned)threads,
+                               .broker_url = broker,
+                               .config = conf};
     loom_runtime *rt = NULL;
-    if (loom_runtime_create(&rt, &cfg) || (!remote && loom_runtime_add_service(rt, &svc, NULL)) ||
-        loom_runtime_start(rt) || loom_runtime_wait_ready(rt, 10000)) {
+    loom_err cerr = loom_runtime_create(&rt, &cfg);
+    loom_config_destroy(conf);
+    if (cerr || (!remote && loom_runtime_add_service(rt, &svc, NULL)) || loom_runtime_start(rt) ||
+        loom_runtime_wait_ready(rt, 10000)) {
         fprintf(stderr, "bench_invoke: cannot start the runtime\n");
         loom_runtime_destroy(rt);
         cJSON_Delete(T.payload);

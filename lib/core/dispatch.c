@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "codec/topic.h"
 #include "core/runtime.h"
@@ -333,6 +334,25 @@ static loom_msg *validation_error(const loom_msg *req, const char *what, cJSON *
     return resp;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Counts quick runs in a row; writes the shared counter only on change. */
+static void note_duration(loom__command *cmd, int64_t ns)
+{
+    unsigned q = atomic_load_explicit(&cmd->quick, memory_order_relaxed);
+    if (ns >= LOOM__QUICK_NS) {
+        if (q)
+            atomic_store_explicit(&cmd->quick, 0, memory_order_relaxed);
+    } else if (q < LOOM__QUICK_RUNS) {
+        atomic_fetch_add_explicit(&cmd->quick, 1, memory_order_relaxed);
+    }
+}
+
 /* Answers without running the handler (validation, deadline, stopping). */
 static void answer_early(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
                          const loom__route *to, loom_msg *resp)
@@ -403,7 +423,16 @@ void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
     ctx->correlation_len = to->corr_len;
     atomic_fetch_add(&rt->inflight, 1);
 
+    /* Runs on the workers, and inline runs that LOOM__RUN_AUTO chose, are
+     * timed for that choice (loom__invoke); blocking calls and explicitly
+     * inline invokes always run inline and are not. */
+    bool timed = to->kind != LOOM__TO_SLOT || to->slot->timed;
+    int64_t t0 = timed ? mono_ns() : 0;
+    loom__callback_depth++;
     cmd->def->handler(ctx, cmd->svc->user);
+    loom__callback_depth--;
+    if (timed)
+        note_duration(cmd, mono_ns() - t0);
 
     int flags = atomic_load(&ctx->flags);
     if (!(flags & (LOOM__CTX_REPLIED | LOOM__CTX_DEFERRED))) {
@@ -519,7 +548,9 @@ void loom__run_subscription(loom_runtime *rt, loom__subscription *sub, loom_msg 
         ctx_free(ctx);
         return;
     }
+    loom__callback_depth++;
     loom_ack ack = def->handler(ctx, sub->svc->user);
+    loom__callback_depth--;
     switch (ack) {
     case LOOM_ACK:
         if (def->emit_event && ctx->sub_result) {

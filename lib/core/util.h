@@ -2,6 +2,7 @@
 #ifndef LOOM_CORE_UTIL_H
 #define LOOM_CORE_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -27,6 +28,9 @@ char *loom__asprintf(const char *fmt, ...) LOOM_PRINTF(1, 2);
 void loom__strlcpy(char *dst, const char *src, size_t n);
 /* Parses a whole decimal integer in [min, max]. */
 bool loom__parse_int(const char *s, long long min, long long max, long long *out);
+/* Initializes a mutex that spins briefly before sleeping (for short,
+ * often contended critical sections). */
+void loom__mutex_init_adaptive(pthread_mutex_t *mu);
 /* Number of online CPUs (>= 1). */
 unsigned loom__cpu_count(void);
 
