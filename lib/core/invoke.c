@@ -460,13 +460,13 @@ static void invoke_inline(loom_runtime *rt, const prepared *p, loom_reply_fn cb,
 
 /* LOOM__RUN_AUTO runs an in-process command on the calling thread when a
  * worker hop would cost more than the handler and nothing depends on the
- * hop: the command's latest LOOM__QUICK_RUNS asynchronous runs all
- * returned within LOOM__QUICK_NS, and the caller is application code, not
- * a handler or reply callback that loom is running (so a handler never
- * runs on a broker, timer or HTTP thread, and a callback that invokes
- * again cannot recurse). A quick handler that turns slow resets the count
- * and its next calls go to the workers again. invoke.inline: false turns
- * this off. */
+ * hop: none of the command's latest LOOM__QUICK_RUNS asynchronous runs
+ * was seen to take LOOM__QUICK_NS or more (dispatch.c times them), and the
+ * caller is application code, not a handler or reply callback that loom is
+ * running (so a handler never runs on a broker, timer or HTTP thread, and
+ * a callback that invokes again cannot recurse). A quick handler that
+ * turns slow resets the count and its next calls go to the workers again.
+ * invoke.inline: false turns this off. */
 static bool run_here(loom_runtime *rt, const loom__command *cmd, loom__run_mode mode)
 {
     if (mode != LOOM__RUN_AUTO)

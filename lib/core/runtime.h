@@ -41,8 +41,9 @@ typedef struct loom__command {
     uint32_t timeout_ms;
     int max_running;     /* limits.concurrency."service.command"; 0 = none */
     atomic_int running;  /* handlers started and not yet answered */
-    /* How many of its latest asynchronous runs in a row returned within
-     * LOOM__QUICK_NS (capped at LOOM__QUICK_RUNS): see loom__invoke. */
+    /* How many of its latest asynchronous runs in a row were not seen to
+     * take LOOM__QUICK_NS or more (capped at LOOM__QUICK_RUNS): see
+     * loom__invoke. */
     atomic_uint quick;
 } loom__command;
 
