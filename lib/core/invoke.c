@@ -78,8 +78,6 @@ static loom__pending *pend_take_locked(loom_runtime *rt, const char *id)
     return NULL;
 }
 
-_Thread_local unsigned loom__callback_depth;
-
 static void answer(loom_runtime *rt, loom_reply_fn cb, void *user, loom_msg *resp)
 {
     loom__callback_depth++;

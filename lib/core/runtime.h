@@ -241,9 +241,6 @@ char *loom__event_topic(loom_runtime *rt, const char *event, const char *service
 typedef enum { LOOM__RUN_AUTO, LOOM__RUN_INLINE, LOOM__RUN_POOL } loom__run_mode;
 loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
                       loom_reply_fn cb, void *user, loom__run_mode mode);
-/* Depth of handlers and reply callbacks running on this thread (user code
- * called by loom). */
-extern _Thread_local unsigned loom__callback_depth;
 loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
                     loom_msg **response);
 /* Completes the pending call response answers (response released here).

@@ -127,6 +127,8 @@ bool loom__parse_int(const char *s, long long min, long long max, long long *out
     return true;
 }
 
+_Thread_local unsigned loom__callback_depth;
+
 void loom__mutex_init_adaptive(pthread_mutex_t *mu)
 {
     pthread_mutexattr_t a;

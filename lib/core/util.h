@@ -28,6 +28,10 @@ char *loom__asprintf(const char *fmt, ...) LOOM_PRINTF(1, 2);
 void loom__strlcpy(char *dst, const char *src, size_t n);
 /* Parses a whole decimal integer in [min, max]. */
 bool loom__parse_int(const char *s, long long min, long long max, long long *out);
+/* How deep this thread is in user code that loom called (handlers, reply
+ * callbacks, log and auth callbacks): loom__invoke runs a command inline
+ * only at depth 0, i.e. for the application's own threads. */
+extern _Thread_local unsigned loom__callback_depth;
 /* Initializes a mutex that spins briefly before sleeping (for short,
  * often contended critical sections). */
 void loom__mutex_init_adaptive(pthread_mutex_t *mu);
