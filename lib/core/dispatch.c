@@ -335,24 +335,26 @@ static loom_msg *validation_error(const loom_msg *req, const char *what, cJSON *
 }
 
 /* Handler run times: every run is timed with the coarse clock (a few ns
- * to read, 1-4 ms resolution: catches a handler that blocks), every
- * eighth on each thread with the precise one (catches one that is merely
- * slower than LOOM__QUICK_NS); reading the precise clock twice per run
- * would cost a tenth of an inline call. */
+ * to read, 1-4 ms resolution: catches a handler that blocks for two ticks
+ * or more), every eighth on each thread with the precise one (catches one
+ * that is merely slower than LOOM__QUICK_NS); reading the precise clock
+ * twice per run would cost a tenth of an inline call. */
 static _Thread_local unsigned timed_runs;
 
 static int64_t clock_ns(bool precise)
 {
+    if (!precise)
+        return loom__coarse_ns();
     struct timespec ts;
-    clock_gettime(precise ? CLOCK_MONOTONIC : CLOCK_MONOTONIC_COARSE, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 /* Counts quick runs in a row; writes the shared counter only on change. */
-static void note_duration(loom__command *cmd, int64_t ns)
+static void note_duration(loom__command *cmd, int64_t ns, bool precise)
 {
     unsigned q = atomic_load_explicit(&cmd->quick, memory_order_relaxed);
-    if (ns >= LOOM__QUICK_NS) {
+    if (ns >= (precise ? LOOM__QUICK_NS : loom__coarse_sure_ns())) {
         if (q)
             atomic_store_explicit(&cmd->quick, 0, memory_order_relaxed);
     } else if (q < LOOM__QUICK_RUNS) {
@@ -440,7 +442,7 @@ void loom__run_command(loom_runtime *rt, loom__command *cmd, loom_msg *msg,
     cmd->def->handler(ctx, cmd->svc->user);
     loom__callback_depth--;
     if (timed)
-        note_duration(cmd, clock_ns(precise) - t0);
+        note_duration(cmd, clock_ns(precise) - t0, precise);
 
     int flags = atomic_load(&ctx->flags);
     if (!(flags & (LOOM__CTX_REPLIED | LOOM__CTX_DEFERRED))) {

@@ -34,8 +34,8 @@ static bool ring_grow(loom__pool *p)
  * context switch, and on a machine with few CPUs a woken worker competes
  * with the submitter for a CPU: when handlers are short, one awake worker
  * keeps up, and waking another one for every job is what made throughput
- * collapse with many calls in flight. So while jobs are quick (the last
- * FAST_STREAK all finished within one coarse clock tick, ~1-4 ms) and the
+ * collapse with many calls in flight. So while jobs are quick (none of the
+ * last FAST_STREAK took two coarse clock ticks, ~2-8 ms) and the
  * queue is short, a job submitted while a worker is running is left to
  * the workers already awake, provided every sleeper is in a timed wait
  * (RECHECK_MS): a job never waits longer than that for a free worker,
@@ -45,13 +45,6 @@ static bool ring_grow(loom__pool *p)
 #define FAST_STREAK 64
 #define SHORT_QUEUE 32
 #define RECHECK_MS 2
-
-static int64_t coarse_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static bool wake_needed(const loom__pool *p)
 {
@@ -111,12 +104,12 @@ static void *worker_main(void *arg)
         p->count--;
         p->busy++;
         pthread_mutex_unlock(&p->mu);
-        int64_t t0 = coarse_ms();
+        int64_t t0 = loom__coarse_ns();
         job.fn(job.a, job.b, job.c);
-        int64_t t1 = coarse_ms();
+        int64_t t1 = loom__coarse_ns();
         pthread_mutex_lock(&p->mu);
         p->busy--;
-        if (t1 == t0) {
+        if (t1 - t0 < loom__coarse_sure_ns()) {
             if (p->fast_streak < FAST_STREAK)
                 p->fast_streak++;
         } else {

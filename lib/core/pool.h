@@ -45,7 +45,7 @@ typedef struct loom__pool {
     unsigned nthreads;
     /* Waking (see wake_needed in pool.c): workers asleep in work_cv, those
      * of them in a short timed wait, and how many jobs in a row finished
-     * within a coarse clock tick. */
+     * within two coarse clock ticks. */
     unsigned sleeping, sleeping_timed;
     unsigned fast_streak;
 

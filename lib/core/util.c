@@ -2,6 +2,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,27 @@ int64_t loom__mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t loom__coarse_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t loom__coarse_sure_ns(void)
+{
+    static _Atomic int64_t sure;
+    int64_t s = atomic_load_explicit(&sure, memory_order_relaxed);
+    if (!s) {
+        struct timespec r;
+        s = clock_getres(CLOCK_MONOTONIC_COARSE, &r) == 0
+                ? 2 * ((int64_t)r.tv_sec * 1000000000 + r.tv_nsec)
+                : 2 * 4000000;
+        atomic_store_explicit(&sure, s, memory_order_relaxed);
+    }
+    return s;
 }
 
 /* xoshiro256** per thread, seeded from getrandom(); ids only need to be

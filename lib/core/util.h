@@ -16,6 +16,11 @@
 int64_t loom__now_ms(void);
 /* Monotonic clock, milliseconds. */
 int64_t loom__mono_ms(void);
+/* The coarse monotonic clock (a few ns to read) in ns, and the shortest
+ * span it tells apart from zero for sure: two of its ticks (a span of one
+ * tick may be a few ns that crossed a tick). */
+int64_t loom__coarse_ns(void);
+int64_t loom__coarse_sure_ns(void);
 /* 32 random lowercase hex characters + NUL (thread-safe, fast, not crypto). */
 void loom__random_id(char out[33]);
 /* True when s is exactly 32 lowercase hex characters. */
