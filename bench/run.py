@@ -971,7 +971,7 @@ def write_report(rows, started, wall):
     if SCALE != 1:
         out.append("- **durations scaled by %.2f** (BENCH_SCALE)" % SCALE)
     out.append("")
-    out.append("## Targets (issue 5)")
+    out.append("## Targets (issues 5 and 10)")
     out.append("")
     out.append(row(["target", "loom", "reference", "ratio", "verdict"]))
     out.append(row(["---"] * 5))
