@@ -7,8 +7,8 @@
  *              (the reference: what the work itself costs)
  *   call     - loom_runtime_call in a loop on one thread (blocking, inline)
  *   call_mt  - the same on `threads` threads at once
- *   invoke   - loom_runtime_invoke (asynchronous, worker pool), --window in
- *              flight (default 256)
+ *   invoke   - loom_runtime_invoke (asynchronous, worker pool), up to
+ *              --window in flight (default 256), topped up in quarters
  * options:
  *   --bytes N       request payload of about N bytes ({"n":41,"pad":"xx.."});
  *                   default {"n":41}
@@ -19,6 +19,9 @@
  *   --target S.C    call command C of service S (version 1) served elsewhere
  *                   instead of the built-in bench.inc; `direct` is skipped
  *   --window W      invocations in flight for `invoke`
+ *   --no-inline     invoke.inline=false: `invoke` always goes through the
+ *                   worker pool (by default quick in-process commands run
+ *                   on the calling thread)
  *   --count N       run exactly N operations of each scenario, untimed, no
  *                   warm-up (for `valgrind --tool=callgrind`: the difference
  *                   between N and 0 calls, divided by N, is the cost of one)
@@ -156,12 +159,16 @@ static void bench_call(loom_runtime *rt, double secs, int threads, const char *n
     free(th);
 }
 
-/* Asynchronous: keep `window` invocations in flight; latency from invoke to
- * callback for every SAMPLE_EVERY-th one. */
+/* Asynchronous: keep up to `window` invocations in flight, topping up when
+ * a quarter of them have been answered (a caller woken for every single
+ * answer would measure its own wake-ups); latency from invoke to callback
+ * for every SAMPLE_EVERY-th one. */
 typedef struct async_state {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long inflight, done;
+    long low;     /* top up when inflight falls to this */
+    bool waiting; /* the issuing thread sleeps in cv */
     bench_samples lat;
 } async_state;
 
@@ -187,19 +194,29 @@ static void async_cb(loom_runtime *rt, const loom_msg *resp, void *user)
         bench_sample_add(&s->lat, us);
     s->inflight--;
     s->done++;
-    pthread_cond_signal(&s->cv);
+    if (s->waiting && s->inflight <= s->low)
+        pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
 
 static void bench_invoke(loom_runtime *rt, double secs)
 {
-    async_state s = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, {0}};
+    async_state s = {PTHREAD_MUTEX_INITIALIZER,
+                     PTHREAD_COND_INITIALIZER,
+                     0,
+                     0,
+                     T.window - (T.window + 3) / 4,
+                     false,
+                     {0}};
     long issued = 0;
     double start = bench_now(), end = start + secs;
     while (T.count >= 0 ? issued < T.count : bench_now() < end) {
         pthread_mutex_lock(&s.mu);
-        while (s.inflight >= T.window)
+        while (s.inflight > s.low) {
+            s.waiting = true;
             pthread_cond_wait(&s.cv, &s.mu);
+            s.waiting = false;
+        }
         long room = T.window - s.inflight;
         if (T.count >= 0 && room > T.count - issued)
             room = T.count - issued;
@@ -221,8 +238,12 @@ static void bench_invoke(loom_runtime *rt, double secs)
         }
     }
     pthread_mutex_lock(&s.mu);
-    while (s.inflight > 0)
+    s.low = 0;
+    while (s.inflight > 0) {
+        s.waiting = true;
         pthread_cond_wait(&s.cv, &s.mu);
+        s.waiting = false;
+    }
     long done = s.done;
     pthread_mutex_unlock(&s.mu);
     char name[32];
@@ -247,7 +268,7 @@ static void usage(void)
     fprintf(stderr, "usage: bench_invoke [seconds] [threads] [direct,call,call_mt,invoke]\n"
                     "       [--bytes N | --body JSON] [--broker URL] [--config FILE]\n"
                     "       [--target SVC.CMD]\n"
-                    "       [--window W] [--count N]\n");
+                    "       [--window W] [--count N] [--no-inline]\n");
     exit(2);
 }
 
@@ -257,9 +278,13 @@ int main(int argc, char **argv)
     int threads = 2, pos = 0;
     const char *only = "", *broker = "memory:", *body = "{\"n\":41}", *config = NULL;
     char *owned_body = NULL;
-    bool remote = false;
+    bool remote = false, no_inline = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--no-inline")) {
+            no_inline = true;
+            continue;
+        }
         if (a[0] != '-' || a[1] != '-') {
             if (pos == 0)
                 secs = atof(a);
@@ -309,10 +334,14 @@ int main(int argc, char **argv)
         return 2;
     }
     loom_config *conf = NULL;
-    if (config && (loom_config_create(&conf) || loom_config_load_file(conf, config))) {
-        fprintf(stderr, "bench_invoke: %s\n", conf ? loom_config_error(conf) : "out of memory");
+    if ((config || no_inline) && loom_config_create(&conf) != LOOM_OK)
+        abort();
+    if (config && loom_config_load_file(conf, config) != LOOM_OK) {
+        fprintf(stderr, "bench_invoke: %s\n", loom_config_error(conf));
         return 2;
     }
+    if (no_inline && loom_config_set(conf, "invoke.inline", "false") != LOOM_OK)
+        abort();
     loom_runtime_config cfg = {.config = conf,
                                .log_level = LOOM_LOG_WARN,
                                .workers = (unsigned)threads,

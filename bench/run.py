@@ -436,7 +436,9 @@ def scenario_invoke():
         ("inv.direct", lambda: run_json([bi, str(s), t, "direct"], s + 30)),
         ("inv.call", lambda: run_json([bi, str(s), t, "call"], s + 30)),
         ("inv.call_mt", lambda: run_json([bi, str(s), t, "call_mt"], s + 30)),
-        ("inv.invoke", lambda: run_json([bi, str(s), t, "invoke"], s + 30)),
+        ("inv.invoke", lambda: run_json([bi, str(s), t, "invoke", "--window", "100"], s + 30)),
+        ("inv.invoke_pool", lambda: run_json([bi, str(s), t, "invoke", "--window", "100",
+                                              "--no-inline"], s + 30)),
     ])
     if not shutil.which("valgrind"):
         EXTRA["callgrind"] = None
@@ -732,10 +734,11 @@ def perf_pids(pids, seconds, load):
     return perf_report(data) if os.path.exists(data) else "(perf recorded nothing)"
 
 
-def profile_invoke():
+def profile_invoke(scenario=("call",), threads=1):
     data = os.path.join(TMP, "perf-invoke.data")
     subprocess.run(["perf", "record", "-F", "1999", "-g", "-o", data, "--",
-                    PROG["bench_invoke"], "2", "1", "call"], capture_output=True, timeout=120)
+                    PROG["bench_invoke"], "2", str(threads)] + list(scenario),
+                   capture_output=True, timeout=120)
     return perf_report(data) if os.path.exists(data) else "(perf recorded nothing)"
 
 
@@ -847,6 +850,18 @@ def target_rows():
         "n/a" if stop_s is None else "%.2f s" % stop_s, "0.5 s",
         "n/a" if stop_s is None else "%.2f" % (stop_s / 0.5),
         None if stop_s is None else stop_s <= 0.5, "stop.mqtt")
+    # issue 10 (speed)
+    inv = R.med("inv.invoke")
+    add("in-process async invoke (100 in flight) ≥ 0.8× the blocking call", fmt_rate(inv),
+        fmt_rate(call), fmt_ratio(inv, call), None if not inv or not call else inv / call >= 0.8,
+        "invoke.async")
+    add("in-process blocking call ≥ 4 M/s", fmt_rate(call), "4 M/s", fmt_ratio(call, 4e6),
+        None if call is None else call >= 4e6, "invoke")
+    for verb, want_ratio in (("get", 0.9), ("post", 0.8)):
+        l, n = R.med("http.loom.%s" % verb), R.med("http.nginx.%s" % verb)
+        add("HTTP monolithic %s ≥ %d%% of nginx req/s" % (verb.upper(), want_ratio * 100),
+            fmt_rate(l), fmt_rate(n), fmt_ratio(l, n),
+            None if not l or not n else l / n >= want_ratio, "http." + verb)
     idle, hwm = EXTRA.get("idle_rss_kb"), EXTRA.get("load_hwm_kb")
     add("idle RSS of the monolithic shop ≤ 8 MiB", fmt_kb(idle), "8 MiB",
         fmt_ratio(idle, 8192), None if idle is None else idle <= 8192, "rss.idle")
@@ -875,7 +890,10 @@ def main_table():
 
     add("in-process call, 1 thread (blocking)", "inv.call", "inv.direct", "direct call")
     add("in-process call, %d threads" % NPROC, "inv.call_mt", "inv.direct", "direct, 1 thread")
-    add("in-process invoke, async, 256 in flight", "inv.invoke", "inv.direct", "direct call")
+    add("in-process invoke, async, up to 100 in flight", "inv.invoke", "inv.call",
+        "blocking call")
+    add("in-process invoke, async, up to 100 in flight, invoke.inline false", "inv.invoke_pool",
+        "inv.call", "blocking call")
     add("HTTP monolithic GET /api/v1/users/:id, wrk -t2 -c64", "http.loom.get", "http.nginx.get",
         "nginx")
     add("HTTP monolithic POST /api/v1/payments, wrk -t2 -c64", "http.loom.post",
@@ -1061,9 +1079,12 @@ def write_report(rows, started, wall):
     out.append("""- **In-process invoke**: `bench/bench_invoke` with the memory broker. The
   reference (`direct`) duplicates the request payload, calls the handler's work
   and frees both; `call` does the same through `loom_runtime_call` (inline on the
-  caller's thread); `call_mt` on every CPU at once; `invoke` keeps 256
-  `loom_runtime_invoke` calls in flight on the worker pool. Every 64th call is
-  timed for p50/p99.
+  caller's thread); `call_mt` on every CPU at once; `invoke` keeps up to 100
+  `loom_runtime_invoke` calls in flight (topped up when a quarter are
+  answered), compared with the blocking call of the same run: by default the
+  quick command runs inline on the caller (docs/concepts.md, "Where handlers
+  run"), and with `--no-inline` (`invoke.inline: false`) on the worker pool.
+  Every 64th call is timed for p50/p99.
 - **HTTP monolithic**: `shop --services all --http --state memory: --log-level warn`
   (request logging off, as nginx's `access_log off`), against nginx
   `return 200 '{"ok":true}'` with `default_type application/json`,
@@ -1141,6 +1162,9 @@ def main():
             try:
                 if "invoke" in missed:
                     profs["in-process call (bench_invoke call, 1 thread)"] = profile_invoke()
+                if "invoke.async" in missed:
+                    profs["in-process invoke (bench_invoke invoke --window 100)"] = \
+                        profile_invoke(("invoke", "--window", "100"), NPROC)
                 h = EXTRA.get("http")
                 for verb in ("get", "post"):
                     if h and "http." + verb in missed:

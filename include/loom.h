@@ -401,8 +401,10 @@ typedef struct loom_call {
      * its handler on the calling thread (no worker hop); the callback then
      * runs before loom_runtime_invoke returns unless the handler defers.
      * For callers that can afford the handler's time on their thread (the
-     * HTTP bridge uses it). Blocking calls always run in-process handlers
-     * inline. */
+     * HTTP bridge uses it). Without it, quick in-process commands still run
+     * inline when called from an application thread (docs/concepts.md,
+     * "Where handlers run"; config invoke.inline). Blocking calls always
+     * run in-process handlers inline. */
     bool run_inline;
     /* loom_runtime_invoke only: when the response comes over the broker,
      * the callback may run on the thread that received it (the broker

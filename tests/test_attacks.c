@@ -782,7 +782,7 @@ static int split_setup_on(bool nats)
     const char *args[] = {L.dir,
                           shop_path,
                           "shop-a:shop-a:users,orders,notifications:payments",
-                          "pay-1:payments:payments:-",
+                          "pay-1:payments:payments:orders",
                           "bridge:bridge:-",
                           "operator::-:payments",
                           "mallory:mallory:reviews:-",

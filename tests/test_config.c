@@ -540,7 +540,7 @@ static void test_unknown_keys(void **state)
                       "shop.yaml:2: log.colour: unknown key (known keys here: level, format)");
     expect_load_error("zzzzzzzzz: 1\n", LOOM_ECONFIG,
                       "shop.yaml:1: zzzzzzzzz: unknown key (known keys here: instance, services, "
-                      "workers, log, timeouts, limits, broker, state, http, security, config)");
+                      "workers, invoke, log, timeouts, limits, broker, state, http, security, config)");
     expect_load_error("broker:\n  tls:\n    verify: true\n    cafile: x\n", LOOM_ECONFIG,
                       "shop.yaml:4: broker.tls.cafile: unknown key (known keys here: ca, cert, "
                       "key, verify)");

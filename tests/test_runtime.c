@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "loom/test.h"
+#include "support/proc.h"
 #include "support/support.h"
 
 static void sleep_ms(int ms)
@@ -954,6 +955,121 @@ static void test_invoke_inline(void **state)
     loom_runtime_destroy(rt);
 }
 
+/* Where callbacks ran: on the invoking thread or elsewhere. */
+typedef struct where {
+    loom_runtime *rt;
+    pthread_t caller;
+    atomic_int here, elsewhere;
+    atomic_int nested_here, nested_elsewhere;
+    bool reinvoke;       /* invoke "empty" again from the next callback */
+    bool reinvoked_here; /* ... and that callback ran on the caller */
+} where;
+
+static void nested_cb(loom_runtime *rt, const loom_msg *resp, void *user)
+{
+    (void)rt;
+    (void)resp;
+    where *w = user;
+    atomic_fetch_add(
+        pthread_equal(pthread_self(), w->caller) ? &w->nested_here : &w->nested_elsewhere, 1);
+}
+
+static void where_cb(loom_runtime *rt, const loom_msg *resp, void *user)
+{
+    (void)rt;
+    assert_true(loom_msg_status(resp) == 200 || loom_msg_status(resp) == 204);
+    where *w = user;
+    if (w->reinvoke) {
+        w->reinvoke = false;
+        w->reinvoked_here = pthread_equal(pthread_self(), w->caller);
+        loom_call c = {.service = "test", .command = "empty"};
+        assert_int_equal(loom_runtime_invoke(w->rt, &c, nested_cb, w), LOOM_OK);
+    }
+    atomic_fetch_add(pthread_equal(pthread_self(), w->caller) ? &w->here : &w->elsewhere, 1);
+}
+
+/* Invokes cmd n times one after the other (each answered before the next). */
+static void invoke_n(where *w, const char *cmd, const char *payload, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int before = atomic_load(&w->here) + atomic_load(&w->elsewhere);
+        loom_call c = {
+            .service = "test", .command = cmd, .payload = payload ? t_json(payload) : NULL};
+        assert_int_equal(loom_runtime_invoke(w->rt, &c, where_cb, w), LOOM_OK);
+        for (int ms = 0; atomic_load(&w->here) + atomic_load(&w->elsewhere) == before; ms++) {
+            if (ms > 5000)
+                fail_msg("invoke %d of %s was not answered within 5 s", i, cmd);
+            sleep_ms(1);
+        }
+    }
+}
+
+static void test_invoke_auto_inline(void **state)
+{
+    (void)state;
+    where w = {.rt = start_rt("memory:auto", &svc_test), .caller = pthread_self()};
+    /* A quick command runs on the workers until its latest 64 runs were all
+     * quick, then on the caller's thread. A run that a loaded machine (or
+     * valgrind) makes look slow sends the next 64 to the workers again, so
+     * the calls go on until 200 ran here (at most 20,000). */
+    for (int i = 0; i < 20000 && atomic_load(&w.here) < 200; i++)
+        invoke_n(&w, "empty", NULL, 1);
+    assert_true(atomic_load(&w.elsewhere) >= 64);
+    assert_true(atomic_load(&w.here) >= 200);
+    /* A callback run inline that invokes again does not recurse: the
+     * nested call goes to the workers. */
+    for (int i = 0; i < 100 && !w.reinvoked_here; i++) {
+        w.reinvoke = true;
+        invoke_n(&w, "empty", NULL, 1);
+        for (int ms = 0; atomic_load(&w.nested_elsewhere) + atomic_load(&w.nested_here) <= i;
+             ms++) {
+            if (ms > 5000)
+                fail_msg("the nested invoke was not answered within 5 s");
+            sleep_ms(1);
+        }
+    }
+    assert_true(w.reinvoked_here);
+    assert_int_equal(atomic_load(&w.nested_here), 0);
+    /* A slow command (1 ms a run) stays on the workers. */
+    atomic_store(&w.here, 0);
+    invoke_n(&w, "slow", "{\"ms\":1}", 100);
+    assert_int_equal(atomic_load(&w.here), 0);
+    loom_runtime_destroy(w.rt);
+
+    /* invoke.inline: false keeps every asynchronous call on the workers. */
+    loom_config *cfg = NULL;
+    assert_int_equal(loom_config_create(&cfg), LOOM_OK);
+    assert_int_equal(loom_config_set(cfg, "invoke.inline", "false"), LOOM_OK);
+    loom_runtime_config rc = {
+        .config = cfg, .broker_url = "memory:noauto", .workers = 2, .log_fn = capture_log};
+    where v = {.caller = pthread_self()};
+    atomic_store(&slow_started, 0);
+    assert_int_equal(loom_runtime_create(&v.rt, &rc), LOOM_OK);
+    loom_config_destroy(cfg);
+    assert_int_equal(loom_runtime_add_service(v.rt, &svc_test, NULL), LOOM_OK);
+    assert_int_equal(loom_runtime_start(v.rt), LOOM_OK);
+    invoke_n(&v, "empty", NULL, 300);
+    assert_int_equal(atomic_load(&v.here), 0);
+    /* After that run of quick jobs the pool wakes fewer workers; a job
+     * queued while a worker is taken by a slow one (300 ms) must still
+     * start on the other worker at once, not after the slow one. */
+    loom_call slow = {.service = "test", .command = "slow", .payload = t_json("{\"ms\":300}")};
+    async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
+    assert_int_equal(loom_runtime_invoke(v.rt, &slow, async_cb, &a), LOOM_OK);
+    for (int ms = 0; atomic_load(&slow_started) == 0 && ms < 5000; ms++)
+        sleep_ms(1);
+    int64_t t0 = t_mono_ms();
+    int done = atomic_load(&v.elsewhere);
+    loom_call quick = {.service = "test", .command = "empty"};
+    assert_int_equal(loom_runtime_invoke(v.rt, &quick, where_cb, &v), LOOM_OK);
+    while (atomic_load(&v.elsewhere) == done && t_mono_ms() - t0 < 5000)
+        sleep_ms(1);
+    assert_true(t_mono_ms() - t0 < 150);
+    async_wait(&a, 1); /* the slow call's 504 (its timeout is 100 ms) */
+    cJSON_Delete(a.body);
+    loom_runtime_destroy(v.rt);
+}
+
 /* --- many threads ------------------------------------------------------------- */
 
 typedef struct worker_arg {
@@ -1075,6 +1191,7 @@ int main(void)
         cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_concurrency_limit),
         cmocka_unit_test(test_invoke_inline),
+        cmocka_unit_test(test_invoke_auto_inline),
         cmocka_unit_test(test_bad_definitions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

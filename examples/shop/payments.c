@@ -9,7 +9,10 @@
  * Charging is idempotent per order: the payment is stored with
  * loom_store_add under payments:order:<orderId>, so a retried charge returns
  * the first payment instead of charging twice, and a second charge of the
- * same order with another amount is refused (409).
+ * same order with another amount is refused (409). A retry is answered from
+ * the stored payment before anything else is done (no payment id is spent
+ * on it); two first charges racing each other are still settled by
+ * loom_store_add.
  *
  * The currency comes from the service configuration, e.g. in YAML:
  *   config:
@@ -72,16 +75,10 @@ static cJSON *new_payment(const char *id, const char *order_id, double amount, c
     return p;
 }
 
-/* An earlier charge of the same order: the same payment again (200) when
- * the amount matches, 409 otherwise. */
-static void answer_repeat(loom_ctx *ctx, const char *key, const char *order_id, double amount)
+/* An earlier charge of the same order (earlier, taken over): the same
+ * payment again (200) when the amount matches, 409 otherwise. */
+static void answer_repeat(loom_ctx *ctx, cJSON *earlier, const char *order_id, double amount)
 {
-    cJSON *earlier = NULL;
-    loom_err err = loom_store_get(loom_ctx_store(ctx), key, &earlier);
-    if (err != LOOM_OK) {
-        shop_fail_store(ctx, "read the earlier payment", err);
-        return;
-    }
     const cJSON *was = cJSON_GetObjectItemCaseSensitive(earlier, "amount");
     if (!cJSON_IsNumber(was) || was->valuedouble != amount) {
         cJSON_Delete(earlier);
@@ -148,9 +145,20 @@ static void charge(loom_ctx *ctx, void *user)
         loom_ctx_fail_take(ctx, 400, "orderId is too long", NULL);
         return;
     }
+    /* A repeat first: its order was checked when it was first charged. */
+    cJSON *earlier = NULL;
+    loom_err err = loom_store_get(store, key, &earlier);
+    if (err == LOOM_OK) {
+        answer_repeat(ctx, earlier, order_id, amount->valuedouble);
+        return;
+    }
+    if (err != LOOM_ENOTFOUND) {
+        shop_fail_store(ctx, "read the earlier payment", err);
+        return;
+    }
     if (!check_order(ctx, order_id))
         return;
-    loom_err err = shop_next_id(store, "payments:seq", "p", id, sizeof id);
+    err = shop_next_id(store, "payments:seq", "p", id, sizeof id);
     if (err != LOOM_OK) {
         shop_fail_store(ctx, "allocate a payment id", err);
         return;
@@ -161,9 +169,12 @@ static void charge(loom_ctx *ctx, void *user)
         return;
     }
     err = loom_store_add(store, key, payment, 0);
-    if (err == LOOM_EEXIST) {
+    if (err == LOOM_EEXIST) { /* charged meanwhile by a concurrent request */
         cJSON_Delete(payment);
-        answer_repeat(ctx, key, order_id, amount->valuedouble);
+        if ((err = loom_store_get(store, key, &earlier)) == LOOM_OK)
+            answer_repeat(ctx, earlier, order_id, amount->valuedouble);
+        else
+            shop_fail_store(ctx, "read the earlier payment", err);
         return;
     }
     if (err != LOOM_OK) {

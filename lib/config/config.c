@@ -88,6 +88,7 @@ static const key_def keys[] = {
     STR("instance", .check = check_instance),
     LIST("services", .check = check_services),
     INT("workers", 1, 1024),
+    BOOL("invoke.inline"),
     ENUM("log.level", "trace|debug|info|warn|error|off"),
     ENUM("log.format", "text|json"),
     INT("timeouts.default_ms", 1, 86400000),

@@ -80,7 +80,9 @@ static loom__pending *pend_take_locked(loom_runtime *rt, const char *id)
 
 static void answer(loom_runtime *rt, loom_reply_fn cb, void *user, loom_msg *resp)
 {
+    loom__callback_depth++;
     cb(rt, resp, user);
+    loom__callback_depth--;
     loom_msg_release(resp);
 }
 
@@ -282,8 +284,10 @@ static loom_msg *build_request(loom_runtime *rt, const loom_ctx *parent, const l
     if (!m)
         return NULL;
     const loom_msg *pm = parent ? parent->msg : NULL;
-    const char *trace = call->trace_id ? call->trace_id : (pm ? loom_msg_trace_id(pm) : NULL);
-    if (trace && loom__is_id(trace))
+    const char *trace = pm ? loom_msg_trace_id(pm) : NULL;
+    if (call->trace_id) /* checked by prepare */
+        memcpy(m->trace_id, call->trace_id, 33);
+    else if (trace && loom__is_id(trace))
         memcpy(m->trace_id, trace, 33);
     else
         loom__random_id(m->trace_id);
@@ -518,10 +522,29 @@ static void send_remote(loom_runtime *rt, const prepared *p, loom_reply_fn cb, v
     fail_pending(rt, id, r503);
 }
 
-static void invoke_inline(loom_runtime *rt, const prepared *p, loom_reply_fn cb, void *user);
+static void invoke_inline(loom_runtime *rt, const prepared *p, loom_reply_fn cb, void *user,
+                          bool timed);
+
+/* LOOM__RUN_AUTO runs an in-process command on the calling thread when a
+ * worker hop would cost more than the handler and nothing depends on the
+ * hop: none of the command's latest LOOM__QUICK_RUNS asynchronous runs
+ * was seen to take LOOM__QUICK_NS or more (dispatch.c times them), and the
+ * caller is application code, not a handler or reply callback that loom is
+ * running (so a handler never runs on a broker, timer or HTTP thread, and
+ * a callback that invokes again cannot recurse). A quick handler that
+ * turns slow resets the count and its next calls go to the workers again.
+ * invoke.inline: false turns this off. */
+static bool run_here(loom_runtime *rt, const loom__command *cmd, loom__run_mode mode)
+{
+    if (mode != LOOM__RUN_AUTO)
+        return mode == LOOM__RUN_INLINE;
+    return rt->invoke_inline && loom__callback_depth == 0 &&
+           atomic_load_explicit(&cmd->quick, memory_order_relaxed) >= LOOM__QUICK_RUNS &&
+           !loom__pool_is_worker(&rt->pool);
+}
 
 loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
-                      loom_reply_fn cb, void *user)
+                      loom_reply_fn cb, void *user, loom__run_mode mode)
 {
     if (!cb)
         return LOOM_EINVAL;
@@ -529,10 +552,12 @@ loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call 
     loom_err err = prepare(rt, parent, call, &p);
     if (err != LOOM_OK)
         return err;
+    if (mode == LOOM__RUN_AUTO && call->run_inline)
+        mode = LOOM__RUN_INLINE;
     if (p.early)
         answer(rt, cb, user, p.early);
-    else if (p.local && call->run_inline)
-        invoke_inline(rt, &p, cb, user);
+    else if (p.local && run_here(rt, p.local, mode))
+        invoke_inline(rt, &p, cb, user, mode == LOOM__RUN_AUTO);
     else if (p.local)
         send_local(rt, &p, cb, user);
     else
@@ -647,12 +672,13 @@ static loom_msg *late_is_504(loom_msg *resp, int64_t deadline, const char *id)
 
 /* An asynchronous invoke run inline: the handler answers here (callback
  * now) or defers (callback later, from the pending table). */
-static void invoke_inline(loom_runtime *rt, const prepared *p, loom_reply_fn cb, void *user)
+static void invoke_inline(loom_runtime *rt, const prepared *p, loom_reply_fn cb, void *user,
+                          bool timed)
 {
     char id[33];
     memcpy(id, p->msg->id, 33);
     int64_t deadline = p->msg->deadline;
-    loom__slot slot = {.cb = cb, .user = user};
+    loom__slot slot = {.cb = cb, .user = user, .timed = timed};
     loom__route to = {.kind = LOOM__TO_SLOT, .slot = &slot};
     loom__run_command(rt, p->local, p->msg, &to);
     if (slot.resp) {
@@ -716,7 +742,7 @@ loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *c
 loom_err loom_runtime_invoke(loom_runtime *rt, const loom_call *call, loom_reply_fn cb,
                              void *user)
 {
-    return loom__invoke(rt, NULL, call, cb, user);
+    return loom__invoke(rt, NULL, call, cb, user, LOOM__RUN_AUTO);
 }
 
 loom_err loom_runtime_call(loom_runtime *rt, const loom_call *call, loom_msg **response)
@@ -726,7 +752,7 @@ loom_err loom_runtime_call(loom_runtime *rt, const loom_call *call, loom_msg **r
 
 loom_err loom_ctx_invoke(loom_ctx *ctx, const loom_call *call, loom_reply_fn cb, void *user)
 {
-    return ctx ? loom__invoke(ctx->rt, ctx, call, cb, user) : LOOM_EINVAL;
+    return ctx ? loom__invoke(ctx->rt, ctx, call, cb, user, LOOM__RUN_AUTO) : LOOM_EINVAL;
 }
 
 loom_err loom_ctx_call(loom_ctx *ctx, const loom_call *call, loom_msg **response)

@@ -403,9 +403,11 @@ void loom__logv(const loom__logger *lg, loom_log_level level, const char *servic
         .trace_id = trace_id && trace_id[0] ? trace_id : NULL,
         .message = masked,
     };
-    if (lg->fn)
+    if (lg->fn) {
+        loom__callback_depth++;
         lg->fn(&rec, lg->user);
-    else
+        loom__callback_depth--;
+    } else
         emit_line(lg, &rec, len);
 }
 

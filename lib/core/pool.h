@@ -1,5 +1,8 @@
 /* Internal: the worker pool (a bounded job queue and N threads) and the
- * timer (one thread, a min-heap of cancellable entries). */
+ * timer (one thread, a min-heap of cancellable entries). Both locks are
+ * adaptive (they spin briefly before sleeping): their critical sections
+ * are a few instructions long, and on a 2-vCPU machine sleeping in the
+ * kernel on a contended lock costs far more than the work it guards. */
 #ifndef LOOM_CORE_POOL_H
 #define LOOM_CORE_POOL_H
 
@@ -40,10 +43,20 @@ typedef struct loom__pool {
     bool stopping;
     pthread_t *threads;
     unsigned nthreads;
+    /* Waking (see wake_needed in pool.c): workers asleep in work_cv, those
+     * of them in a short timed wait, and how many jobs in a row finished
+     * within two coarse clock ticks. */
+    unsigned sleeping, sleeping_timed;
+    unsigned fast_streak;
 
+    /* The timer has its own lock so that arming and cancelling a call's
+     * deadline never contends with the job queue. Never held while taking
+     * mu. */
+    pthread_mutex_t timer_mu;
     pthread_cond_t timer_cv;
     loom__timer **heap;
     size_t heap_n, heap_cap;
+    bool timer_stopping;
     pthread_t timer_thread;
     bool timer_started;
 } loom__pool;

@@ -724,6 +724,7 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
 
     rt->workers = cfg->workers ? cfg->workers
                                : (unsigned)loom__config_int(c, "workers", loom__cpu_count());
+    rt->invoke_inline = loom__config_bool(c, "invoke.inline", true);
     rt->default_timeout_ms =
         cfg->default_timeout_ms
             ? cfg->default_timeout_ms

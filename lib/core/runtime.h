@@ -42,7 +42,14 @@ typedef struct loom__command {
     uint32_t timeout_ms;
     int max_running;     /* limits.concurrency."service.command"; 0 = none */
     atomic_int running;  /* handlers started and not yet answered */
+    /* How many of its latest asynchronous runs in a row were not seen to
+     * take LOOM__QUICK_NS or more (capped at LOOM__QUICK_RUNS): see
+     * loom__invoke. */
+    atomic_uint quick;
 } loom__command;
+
+#define LOOM__QUICK_RUNS 64
+#define LOOM__QUICK_NS 50000
 
 typedef struct loom__subscription {
     loom__token tok;
@@ -100,6 +107,7 @@ struct loom_runtime {
     loom_config *config; /* owned clone, never NULL */
     unsigned workers;
     uint32_t default_timeout_ms;
+    bool invoke_inline; /* invoke.inline: quick in-process commands inline */
     uint32_t drain_timeout_ms;
     size_t max_message;
     int qos_command, qos_reply, qos_event, qos_discovery;
@@ -202,6 +210,7 @@ typedef struct loom__slot {
     /* An inline asynchronous invoke: a deferred answer goes to cb. */
     loom_reply_fn cb;
     void *user;
+    bool timed; /* chosen by LOOM__RUN_AUTO: the run counts for it */
 } loom__slot;
 
 /* Where a command's response goes (see LOOM__TO_*). Borrowed by
@@ -256,8 +265,12 @@ char *loom__event_topic(loom_runtime *rt, const char *event, const char *service
                         const char *version);
 
 /* invoke.c */
+/* Where an asynchronous in-process command runs: on the calling thread
+ * (LOOM__RUN_INLINE), on the worker pool (LOOM__RUN_POOL), or inline when
+ * that is safe and pays (LOOM__RUN_AUTO, see loom__invoke). */
+typedef enum { LOOM__RUN_AUTO, LOOM__RUN_INLINE, LOOM__RUN_POOL } loom__run_mode;
 loom_err loom__invoke(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
-                      loom_reply_fn cb, void *user);
+                      loom_reply_fn cb, void *user, loom__run_mode mode);
 loom_err loom__call(loom_runtime *rt, const loom_ctx *parent, const loom_call *call,
                     loom_msg **response);
 /* Completes the pending call response answers (response released here).

@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <strings.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,27 @@ int64_t loom__mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t loom__coarse_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t loom__coarse_sure_ns(void)
+{
+    static _Atomic int64_t sure;
+    int64_t s = atomic_load_explicit(&sure, memory_order_relaxed);
+    if (!s) {
+        struct timespec r;
+        s = clock_getres(CLOCK_MONOTONIC_COARSE, &r) == 0
+                ? 2 * ((int64_t)r.tv_sec * 1000000000 + r.tv_nsec)
+                : 2 * 4000000;
+        atomic_store_explicit(&sure, s, memory_order_relaxed);
+    }
+    return s;
 }
 
 /* xoshiro256** per thread, seeded from getrandom(); ids only need to be
@@ -80,15 +102,19 @@ void loom__random_id(char out[33])
     out[32] = '\0';
 }
 
+/* 1 for the characters of an id (0-9, a-f). */
+static const unsigned char id_char[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1,
+};
+
 bool loom__is_id(const char *s)
 {
     if (!s)
         return false;
-    for (int i = 0; i < 32; i++) {
-        char c = s[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+    for (int i = 0; i < 32; i++)
+        if (!id_char[(unsigned char)s[i]]) /* also stops at the NUL */
             return false;
-    }
     return s[32] == '\0';
 }
 
@@ -125,6 +151,17 @@ bool loom__parse_int(const char *s, long long min, long long max, long long *out
     return true;
 }
 
+_Thread_local unsigned loom__callback_depth;
+
+void loom__mutex_init_adaptive(pthread_mutex_t *mu)
+{
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
+    pthread_mutex_init(mu, &a);
+    pthread_mutexattr_destroy(&a);
+}
+
 unsigned loom__cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -135,6 +172,12 @@ bool loom__utf8_valid(const void *data, size_t n)
 {
     const unsigned char *s = data;
     for (size_t i = 0; i < n;) {
+        /* ASCII eight bytes at a time: JSON text mostly is. */
+        uint64_t w;
+        if (n - i >= 8 && (memcpy(&w, s + i, 8), (w & 0x8080808080808080ULL) == 0)) {
+            i += 8;
+            continue;
+        }
         if (s[i] < 0x80) {
             i++;
             continue;

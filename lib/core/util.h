@@ -2,6 +2,7 @@
 #ifndef LOOM_CORE_UTIL_H
 #define LOOM_CORE_UTIL_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -15,6 +16,11 @@
 int64_t loom__now_ms(void);
 /* Monotonic clock, milliseconds. */
 int64_t loom__mono_ms(void);
+/* The coarse monotonic clock (a few ns to read) in ns, and the shortest
+ * span it tells apart from zero for sure: two of its ticks (a span of one
+ * tick may be a few ns that crossed a tick). */
+int64_t loom__coarse_ns(void);
+int64_t loom__coarse_sure_ns(void);
 /* 32 random lowercase hex characters + NUL (thread-safe, fast, not crypto). */
 void loom__random_id(char out[33]);
 /* True when s is exactly 32 lowercase hex characters. */
@@ -27,6 +33,13 @@ char *loom__asprintf(const char *fmt, ...) LOOM_PRINTF(1, 2);
 void loom__strlcpy(char *dst, const char *src, size_t n);
 /* Parses a whole decimal integer in [min, max]. */
 bool loom__parse_int(const char *s, long long min, long long max, long long *out);
+/* How deep this thread is in user code that loom called (handlers, reply
+ * callbacks, log and auth callbacks): loom__invoke runs a command inline
+ * only at depth 0, i.e. for the application's own threads. */
+extern _Thread_local unsigned loom__callback_depth;
+/* Initializes a mutex that spins briefly before sleeping (for short,
+ * often contended critical sections). */
+void loom__mutex_init_adaptive(pthread_mutex_t *mu);
 /* Number of online CPUs (>= 1). */
 unsigned loom__cpu_count(void);
 

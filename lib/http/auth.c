@@ -80,7 +80,10 @@ int loom__http_authenticate(breq *b)
                                      .header = hook_header,
                                      .internal = b->hs};
         loom_http_identity id = {0};
-        if (!h->auth_fn(&ar, &id, h->auth_user))
+        loom__callback_depth++;
+        bool ok = h->auth_fn(&ar, &id, h->auth_user);
+        loom__callback_depth--;
+        if (!ok)
             return 401;
         if (!identity_ok(id.principal_id) || !identity_ok(id.tenant_id)) {
             loom__http_log(h, LOOM_LOG_ERROR,

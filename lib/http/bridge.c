@@ -830,7 +830,9 @@ static loom__hs_action invoke(breq *b, cJSON *payload)
                       .reply_inline = true}; /* on_reply only resumes the connection */
     b->invoked = true;
     atomic_fetch_add(&b->refs, 1); /* for on_reply */
-    loom_err err = loom_runtime_invoke(h->rt, &call, on_reply, b);
+    /* Without http.inline the handler must not run on this thread. */
+    loom_err err = loom__invoke(h->rt, NULL, &call, on_reply, b,
+                                h->run_inline ? LOOM__RUN_INLINE : LOOM__RUN_POOL);
     if (err != LOOM_OK) {
         atomic_fetch_sub(&b->refs, 1); /* on_reply will not run */
         cJSON_Delete(payload);

@@ -14,8 +14,8 @@
 #             administrator's tool; no identity)
 #   CALLS     comma-separated services whose commands it may call, - for
 #             none, * (the default) for all
-# e.g. shop-a:shop-a:users,orders,notifications:payments
-#      pay-1:payments:payments:- pay-2:payments:payments:- bridge:bridge:-
+# e.g. shop-a:shop-a:users,orders,notifications:payments (payments checks orders)
+#      pay-1:payments:payments:orders pay-2:payments:payments:orders bridge:bridge:-
 #      operator::-:payments
 #
 # Writes into DIR (created; secrets mode 0600):

@@ -83,7 +83,7 @@ secure=${INSECURE:-0}
 if [ -n "$secure" ]; then
     command -v mosquitto_passwd >/dev/null || die "mosquitto_passwd is missing (mosquitto-clients)"
     "$here/secure.sh" "$secure" "$shop" shop-a:shop-a:users,orders,notifications:payments \
-        pay-1:payments:payments:- pay-2:payments:payments:- pay-3:payments:payments:- \
+        pay-1:payments:payments:orders pay-2:payments:payments:orders pay-3:payments:payments:orders \
         bridge:bridge:- cli:cli:- operator::-:payments
     opass=$(cat "$secure/operator.password")
 fi
