@@ -191,7 +191,9 @@ done
 if [ "$kind" = mqtt ]; then
     plain="
   # a plain MQTT 5 client calls a command: bare JSON in, bare JSON out
-  # (secure: as the user operator, whom the broker lets call payments)
+  # (secure: as the user operator, whom the broker lets call payments;
+  # o-77 is no order yet, so payments answers 422 unknown order: charge an
+  # order id from the curl lines above to see a payment)
   mosquitto_rr -V 5 -h 127.0.0.1 -p $mqtt_port ${creds:+$creds }-t loom/cmd/payments/1/charge \\
       -e loom/reply/operator/\$\$ -m '{\"orderId\":\"o-77\",\"amount\":5}' -F '%p  (%P)'
 "
