@@ -151,6 +151,16 @@ static void test_run_one_command_handler(void **state)
     assert_int_equal(status, 400); /* the handler's check, not the schema's */
     assert_string_equal(str_at(body, "message"), "the amount must be positive");
     cJSON_Delete(body);
+    /* payments checks that the order exists (orders.get, in this runtime) */
+    assert_int_equal(loom_test_run_command(t, &shop_payments, charge, NULL,
+                                           "{\"orderId\":\"o-1\",\"amount\":3}", NULL, &status,
+                                           &body),
+                     LOOM_OK);
+    assert_int_equal(status, 422);
+    cJSON_Delete(body);
+    cJSON *order = cJSON_Parse("{\"id\":\"o-1\",\"userId\":\"u-1\",\"items\":[{\"sku\":\"pen\",\"quantity\":1}],\"amount\":3,\"status\":\"pending\",\"createdAt\":\"2026-01-01T00:00:00Z\"}");
+    assert_int_equal(loom_store_set(loom_test_store(t), "orders:o-1", order, 0), LOOM_OK);
+    cJSON_Delete(order);
     assert_int_equal(loom_test_run_command(t, &shop_payments, charge, NULL,
                                            "{\"orderId\":\"o-1\",\"amount\":3}", NULL, &status,
                                            &body),

@@ -989,14 +989,7 @@ static void wait_until_locked(mqtt_adapter *a, int64_t due)
     int64_t wait = due - loom__mono_ms();
     if (wait <= 0)
         return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += wait / 1000;
-    ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = loom__mono_after(wait);
     pthread_cond_timedwait(&a->cv, &a->mu, &ts);
 }
 

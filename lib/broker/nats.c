@@ -205,14 +205,7 @@ static bool wait_until_locked(nats_adapter *a, int64_t deadline)
     int64_t left = deadline - loom__mono_ms();
     if (left <= 0)
         return false;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += left / 1000;
-    ts.tv_nsec += (long)(left % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    struct timespec ts = loom__mono_after(left);
     pthread_cond_timedwait(&a->cv, &a->mu, &ts);
     return true;
 }

@@ -618,14 +618,7 @@ static loom_msg *waiter_wait(loom__waiter *w, int64_t deadline)
     int64_t left = deadline - loom__now_ms();
     if (left < 0)
         left = 0;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += left / 1000 + 1;
-    ts.tv_nsec += (long)(left % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
+    struct timespec ts = loom__mono_after(left + 1000);
     pthread_mutex_lock(&w->mu);
     while (!w->resp)
         if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0)

@@ -71,13 +71,7 @@ static void wait_for_work(loom__pool *p, bool *idle)
     p->sleeping_timed += timed;
     int rc = 0;
     if (timed) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += RECHECK_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
+        struct timespec ts = loom__mono_after(RECHECK_MS);
         rc = pthread_cond_timedwait(&p->work_cv, &p->mu, &ts);
     } else {
         pthread_cond_wait(&p->work_cv, &p->mu);
@@ -219,14 +213,7 @@ static void *timer_main(void *arg)
             pthread_cond_wait(&p->timer_cv, &p->timer_mu);
         } else {
             int64_t wait_ms = p->heap[0]->when_mono - now;
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += wait_ms / 1000;
-            ts.tv_nsec += (wait_ms % 1000) * 1000000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
+            struct timespec ts = loom__mono_after(wait_ms);
             pthread_cond_timedwait(&p->timer_cv, &p->timer_mu, &ts);
         }
     }
@@ -353,14 +340,8 @@ bool loom__pool_wait_idle(loom__pool *p, int64_t deadline_mono)
     /* A worker waiting for its own pool would wait for itself. */
     size_t self = current_pool == p ? 1 : 0;
     while ((p->count > 0 || p->busy > self) && loom__mono_ms() < deadline_mono) {
-        struct timespec ts;
         int64_t wait_ms = deadline_mono - loom__mono_ms();
-        if (wait_ms > 50)
-            wait_ms = 50;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += wait_ms * 1000000;
-        ts.tv_sec += ts.tv_nsec / 1000000000;
-        ts.tv_nsec %= 1000000000;
+        struct timespec ts = loom__mono_after(wait_ms > 50 ? 50 : wait_ms);
         pthread_cond_timedwait(&p->idle_cv, &p->mu, &ts);
     }
     bool idle = p->count == 0 && p->busy <= self;

@@ -1120,13 +1120,7 @@ loom_err loom_runtime_wait_ready(loom_runtime *rt, uint32_t timeout_ms)
         int64_t left = deadline - loom__mono_ms();
         if (left <= 0)
             return LOOM_ETIMEDOUT;
-        if (left > 50)
-            left = 50;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += left * 1000000;
-        ts.tv_sec += ts.tv_nsec / 1000000000;
-        ts.tv_nsec %= 1000000000;
+        struct timespec ts = loom__mono_after(left > 50 ? 50 : left);
         pthread_mutex_lock(&rt->ready_mu);
         pthread_cond_timedwait(&rt->ready_cv, &rt->ready_mu, &ts);
         pthread_mutex_unlock(&rt->ready_mu);
@@ -1149,14 +1143,7 @@ loom_err loom_runtime_wait_events(loom_runtime *rt, uint32_t timeout_ms)
         return LOOM_EINVAL;
     if (loom__pool_is_worker(&rt->pool))
         return LOOM_ESTATE; /* a handler would wait for itself */
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
+    struct timespec ts = loom__mono_after(timeout_ms);
     loom_err err = LOOM_OK;
     pthread_mutex_lock(&rt->events_mu);
     while (atomic_load(&rt->events_pending) > 0 && err == LOOM_OK)

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include <string.h>
 
 #include "loom.h"
@@ -16,6 +17,9 @@
 int64_t loom__now_ms(void);
 /* Monotonic clock, milliseconds. */
 int64_t loom__mono_ms(void);
+/* CLOCK_MONOTONIC now plus ms (>= 0): the deadline for pthread_cond_timedwait
+ * on the condition variables loom creates (all on the monotonic clock). */
+struct timespec loom__mono_after(int64_t ms);
 /* The coarse monotonic clock (a few ns to read) in ns, and the shortest
  * span it tells apart from zero for sure: two of its ticks (a span of one
  * tick may be a few ns that crossed a tick). */

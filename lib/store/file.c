@@ -772,14 +772,7 @@ static loom_err wait_flock(file_db *db, int op)
         waiter_unref_locked(w);
         return LOOM_EIO;
     }
-    struct timespec due;
-    clock_gettime(CLOCK_MONOTONIC, &due);
-    due.tv_sec += db->timeout_ms / 1000;
-    due.tv_nsec += (long)(db->timeout_ms % 1000) * 1000000L;
-    if (due.tv_nsec >= 1000000000L) {
-        due.tv_sec++;
-        due.tv_nsec -= 1000000000L;
-    }
+    struct timespec due = loom__mono_after(db->timeout_ms);
     while (!w->done && pthread_cond_timedwait(&w->cv, &w->mu, &due) == 0)
         ;
     loom_err err = LOOM_ETIMEDOUT;

@@ -293,14 +293,7 @@ static waitrec *waitrec_new(void)
  * the deadline, so it comes; the extra second only guards against a bug. */
 static loom_msg *wait_deferred(waitrec *w, uint32_t timeout_ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000 + 1;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-    if (ts.tv_nsec >= 1000000000) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000;
-    }
+    struct timespec ts = loom__mono_after((int64_t)timeout_ms + 1000);
     pthread_mutex_lock(&w->mu);
     while (!w->resp)
         if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0)
