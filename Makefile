@@ -213,7 +213,7 @@ deps:
 # tables on stdout and docs/performance.md, in about 8 minutes on 2 CPUs.
 # BENCH_SCALE=0.3 BENCH_REPS=1 make bench is a quick smoke run.
 BENCH_PACKAGES := wrk nginx-light mosquitto nats-server valgrind python3
-BENCH_PROGS    := bench_invoke bench_events bench_routes bench_sign ref_mqtt_rr ref_nats_rr
+BENCH_PROGS    := bench_invoke bench_events bench_routes bench_sign bench_schema ref_mqtt_rr ref_nats_rr
 
 .PHONY: bench-deps bench-build
 

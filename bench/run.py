@@ -537,7 +537,19 @@ def footprint_sizes():
 # Split kinds: (key, label, broker). "mqtt" is mosquitto as installed (the
 # primary rows), "mqtt_tuned" the same with set_tcp_nodelay.
 SPLITS = (("mqtt", "MQTT, stock mosquitto"), ("mqtt_tuned", "MQTT, mosquitto + set_tcp_nodelay"),
-          ("nats", "NATS"))
+          ("mqtt_signed", "MQTT, stock mosquitto, signed messages"), ("nats", "NATS"))
+
+
+def signing_kit():
+    """examples/shop/deploy/secure.sh's keys, keyring and per-process YAML for
+    payments, the bridge and the bench client (signing on; the broker users it
+    also writes are not enforced by the bench's anonymous broker)."""
+    d = os.path.join(TMP, "kit")
+    if not os.path.isdir(d):
+        subprocess.run([os.path.join(ROOT, "examples/shop/deploy/secure.sh"), d, SHOP,
+                        "pay-1:payments:payments:orders", "bridge:bridge:-", "bench:bench:-"],
+                       check=True, stdout=subprocess.DEVNULL, timeout=60)
+    return {who: ["--config", os.path.join(d, who + ".yaml")] for who in ("pay-1", "bridge", "bench")}
 
 
 def scenario_split(kind):
@@ -551,12 +563,15 @@ def scenario_split(kind):
         ref = PROG["ref_nats_rr"]
         ref_opts = []
     common = ["--broker", url, "--state", "memory:", "--log-level", "warn"]
+    kit = signing_kit() if kind == "mqtt_signed" else {}
     pay = start_loom(kind + "-payments", [SHOP, "--services", "payments",
-                                          "--set", "config.payments.verify_orders=false"] + common)
+                                          "--set", "config.payments.verify_orders=false"] +
+                     kit.get("pay-1", []) + common)
     port = free_port()
     bridge = start_loom(kind + "-bridge", [SHOP, "--services", "none", "--http",
                                            "127.0.0.1:%d" % port,
-                                           "--set", "http.auth.required=false"] + common, port)
+                                           "--set", "http.auth.required=false"] +
+                        kit.get("bridge", []) + common, port)
     post_url = "http://127.0.0.1:%d/api/v1/payments" % port
     wait_until("the payments route on the bridge",
                lambda: http("POST", post_url, PAY_BODY)[0] == 200, procs=[pay, bridge])
@@ -565,7 +580,7 @@ def scenario_split(kind):
     s = secs(1.5)
     bi = PROG["bench_invoke"]
     client = [bi, str(s), "1", "", "--broker", url, "--target", "payments.charge",
-              "--body", PAY_BODY, "--window", ""]
+              "--body", PAY_BODY] + kit.get("bench", []) + ["--window", ""]
 
     def cl(scen, window=64):
         argv = list(client)
@@ -845,6 +860,12 @@ def target_rows():
                      "nats.client.%d" % n, "nats.ref.%d" % n, 0.6, "split.nats")
     ratio_target("HTTP split over NATS (wrk -c64) ≥ 0.5× raw nats.c at 64", "nats.http.c64",
                  "nats.ref.64", 0.5, "split.nats")
+    for key, what in (("client.1", "sequential call"), ("client.64", "64 in flight"),
+                      ("http.c64", "HTTP split, wrk -c64")):
+        on, off = R.med("mqtt_signed." + key), R.med("mqtt." + key)
+        add("signing costs ≤ 10%% of the split rate: %s (signed / unsigned)" % what,
+            fmt_rate(on), fmt_rate(off), fmt_ratio(on, off),
+            None if not on or not off else on / off >= 0.9, "split.mqtt")
     stop_s = R.med("evt.mqtt.stop", "stop_s")
     add("graceful stop of idle MQTT instances (3 at once) ≤ 0.5 s",
         "n/a" if stop_s is None else "%.2f s" % stop_s, "0.5 s",
