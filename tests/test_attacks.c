@@ -130,6 +130,32 @@ LOOM_COMMAND(slow_cmd, .name = "slow", .handler = slow_fn);
 LOOM_SERVICE(probe_svc, .name = "probe", .version = "1",
              .commands = LOOM_COMMANDS(&echo_cmd, &slow_cmd));
 
+/* A second service of the probe's process with a command of the same name:
+ * what a re-targeted probe.echo would run. */
+static atomic_int other_calls;
+static void other_fn(loom_ctx *ctx, void *user)
+{
+    (void)user;
+    atomic_fetch_add(&other_calls, 1);
+    loom_ctx_reply(ctx, cJSON_CreateObject());
+}
+LOOM_COMMAND(other_echo_cmd, .name = "echo", .handler = other_fn);
+LOOM_SERVICE(other_svc, .name = "other", .version = "1", .commands = LOOM_COMMANDS(&other_echo_cmd));
+
+/* A subscriber to probe's events only. */
+static atomic_int probe_events;
+static loom_ack on_probe_event(loom_ctx *ctx, void *user)
+{
+    (void)ctx;
+    (void)user;
+    atomic_fetch_add(&probe_events, 1);
+    return LOOM_ACK;
+}
+LOOM_SUBSCRIPTION(probe_event_sub, .name = "fromProbe", .handler = on_probe_event,
+                  .filter = {.event_name = "probeEvent", .sender_service = "probe"});
+LOOM_SERVICE(watch_svc, .name = "watch", .version = "1",
+             .subscriptions = LOOM_SUBSCRIPTIONS(&probe_event_sub));
+
 /* mallory's fake probe: the same service name, a public route of its own. */
 LOOM_COMMAND(fake_cmd, .name = "charge", .handler = echo_fn, .http_method = "POST",
              .http_path = "/charge", .http_public = true);
@@ -185,13 +211,14 @@ static int signing_setup(void **state)
     FILE *ring = fopen(path, "w");
     if (!ring)
         return -1;
-    make_identity("probe", "probe", ring);
+    make_identity("probe", "probe other", ring);
     make_identity("caller", "-", ring);
     make_identity("mallory", "mallory", ring);
     fclose(ring);
     t_broker_start(&S.broker);
     S.probe = rt_new("probe", "probe-1", NULL, NULL);
     assert_int_equal(loom_runtime_add_service(S.probe, &probe_svc, NULL), LOOM_OK);
+    assert_int_equal(loom_runtime_add_service(S.probe, &other_svc, NULL), LOOM_OK);
     rt_go(S.probe);
     S.caller = rt_new("caller", "caller-1", NULL, NULL);
     rt_go(S.caller);
@@ -456,6 +483,52 @@ static loom_msg *sniffed(t_proc *p, const char *path)
     return m;
 }
 
+/* Attack: a captured signed probe.echo published to other.echo, a command
+ * of the same name in the same process (one MAC key for both): refused,
+ * never run as other's. */
+static void test_retargeted_command_is_refused(void **state)
+{
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "%s/sniffed", S.dir);
+    t_proc sniffer;
+    sniff_start(&sniffer, "loom/cmd/probe/1/echo", path);
+    loom_msg *resp = call_echo("erin", NULL);
+    assert_int_equal(loom_msg_status(resp), 200);
+    loom_msg_release(resp);
+    loom_msg_release(sniffed(&sniffer, path));
+    int before = atomic_load(&other_calls);
+    uint64_t r0 = dropped(S.probe, LOOM__DROP_REPLAY);
+    char *bytes = t_read_file(path);
+    publish_bytes("loom/cmd/other/1/echo", bytes, strlen(bytes), false);
+    free(bytes);
+    WAIT_UNTIL(dropped(S.probe, LOOM__DROP_REPLAY) > r0, "the re-targeted command refused");
+    assert_int_equal(atomic_load(&other_calls), before);
+}
+
+/* Attack: mallory's signed event published again under probe's topic
+ * levels, which the subscription filters on: refused as not probe's. */
+static void test_event_under_another_senders_topic_is_refused(void **state)
+{
+    (void)state;
+    loom_runtime *w = rt_new("caller", "watch-1", NULL, NULL);
+    assert_int_equal(loom_runtime_add_service(w, &watch_svc, NULL), LOOM_OK);
+    rt_go(w);
+    char path[256];
+    snprintf(path, sizeof path, "%s/sniffed-event", S.dir);
+    t_proc sniffer;
+    sniff_start(&sniffer, "loom/evt/probeEvent/#", path);
+    assert_int_equal(loom_runtime_emit(S.mallory, "probeEvent", cJSON_CreateObject()), LOOM_OK);
+    loom_msg_release(sniffed(&sniffer, path));
+    uint64_t s0 = dropped(w, LOOM__DROP_SENDER);
+    char *bytes = t_read_file(path);
+    publish_bytes("loom/evt/probeEvent/probe/1", bytes, strlen(bytes), false);
+    free(bytes);
+    WAIT_UNTIL(dropped(w, LOOM__DROP_SENDER) > s0, "the event refused");
+    assert_int_equal(atomic_load(&probe_events), 0);
+    loom_runtime_destroy(w);
+}
+
 /* Attack: a captured signed command published again. */
 static void test_replayed_command_is_dropped(void **state)
 {
@@ -587,6 +660,25 @@ static void test_cleared_or_replaced_announcement_is_restored(void **state)
     assert_true(announcement_is_probes());
     assert_true(loom__runtime_ready(S.probe));
     assert_true(loom__remote_has_command(S.caller, "probe", "1", "echo"));
+}
+
+/* Attack: the probe's signed announcement, read from the broker, published
+ * again (retained) on another instance's topic, where it would outlive the
+ * probe's Last Will and take its routes' place: refused. */
+static void test_republished_announcement_is_refused(void **state)
+{
+    (void)state;
+    char *a = retained_announcement();
+    size_t n = strcspn(a, "\n");
+    assert_true(n > 0);
+    uint64_t a0 = dropped(S.caller, LOOM__DROP_ANNOUNCE);
+    publish_bytes("loom/svc/mallory-9", a, n, true);
+    free(a);
+    WAIT_UNTIL(dropped(S.caller, LOOM__DROP_ANNOUNCE) > a0, "the copy refused");
+    publish_bytes("loom/svc/mallory-9", "", 0, true);
+    loom_msg *resp = call_echo("frank", NULL);
+    assert_int_equal(loom_msg_status(resp), 200);
+    loom_msg_release(resp);
 }
 
 /* Attack: mallory announces (signed as itself) a service named probe with a
@@ -1168,9 +1260,12 @@ int main(void)
         T(test_bare_call_refused_with_403),
         T(test_impersonation_and_tampering_are_dropped),
         T(test_replayed_command_is_dropped),
+        T(test_retargeted_command_is_refused),
+        T(test_event_under_another_senders_topic_is_refused),
         T(test_forged_replies_are_dropped),
         T(test_cleared_or_replaced_announcement_is_restored),
         T(test_forged_announcements_are_refused),
+        T(test_republished_announcement_is_refused),
         T(test_conflicting_announcements_first_wins),
         T(test_announcement_flood_is_capped),
     };

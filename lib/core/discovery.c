@@ -294,9 +294,28 @@ static size_t doc_commands(const cJSON *doc)
 /* May this verified announcement stand? Its signer must speak for every
  * service it lists (so only a service states its own routes and public
  * flags), and it must fit the caps. */
+/* An announcement belongs on its own instance's topic: a signed one
+ * re-published elsewhere (by someone who read it) would otherwise outlive
+ * the instance's Last Will and win over its next announcement. */
+static bool on_own_topic(loom_runtime *rt, const char *topic, const loom_msg *msg)
+{
+    const char *inst = msg->sender.instance;
+    if (!inst || !*inst)
+        return !rt->trust.signing;
+    const char *segs[] = {inst};
+    char *own = loom__topic_build(rt->prefix, "svc", segs, 1);
+    bool ok = own && strcmp(own, topic) == 0;
+    free(own);
+    return ok;
+}
+
 static bool announcement_ok(loom_runtime *rt, const char *topic, const loom_msg *msg)
 {
     const cJSON *s;
+    if (!on_own_topic(rt, topic, msg)) {
+        refuse_announcement(rt, topic, "it names another instance than its topic");
+        return false;
+    }
     if (rt->trust.signing && msg->signer) {
         cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(msg->payload, "services"))
         {

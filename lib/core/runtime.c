@@ -321,8 +321,9 @@ typedef struct raw_delivery {
     char *response_topic;
     void *correlation;
     size_t correlation_len;
+    const char *topic; /* events only (after data), else NULL */
     size_t len;
-    char data[]; /* len bytes + NUL */
+    char data[]; /* len bytes + NUL, then the topic of an event */
 } raw_delivery;
 
 static void raw_free(raw_delivery *r)
@@ -336,14 +337,17 @@ static void raw_free(raw_delivery *r)
 
 static raw_delivery *raw_copy(const loom_delivery *d)
 {
-    raw_delivery *r = malloc(sizeof *r + d->len + 1);
+    loom__token *tok = d->token;
+    size_t tlen = tok->kind == LOOM__TOK_SUBSCRIPTION && d->topic ? strlen(d->topic) + 1 : 0;
+    raw_delivery *r = malloc(sizeof *r + d->len + 1 + tlen);
     if (!r)
         return NULL;
-    r->tok = d->token;
+    r->tok = tok;
     r->len = d->len;
     if (d->len)
         memcpy(r->data, d->data, d->len);
     r->data[d->len] = '\0';
+    r->topic = tlen ? memcpy(r->data + d->len + 1, d->topic, tlen) : NULL;
     r->response_topic = d->response_topic ? strdup(d->response_topic) : NULL;
     r->correlation = NULL;
     r->correlation_len = 0;
@@ -352,6 +356,20 @@ static raw_delivery *raw_copy(const loom_delivery *d)
         r->correlation_len = d->correlation_len;
     }
     return r;
+}
+
+/* An event arrives on {prefix}/evt/{event}/{sender service}/{version}, the
+ * topic its sender publishes it on: subscriptions filter on those levels,
+ * so an event whose envelope names another sender (one signed by service
+ * A re-published under B's levels, or a forgery) must not pass for it. */
+static bool event_on_own_topic(loom_runtime *rt, const char *topic, const loom_msg *m)
+{
+    if (!topic || !m->event_name)
+        return false;
+    char *own = loom__event_topic(rt, m->event_name, m->sender.service, m->sender.version);
+    bool ok = own && strcmp(own, topic) == 0;
+    free(own);
+    return ok;
 }
 
 /* Rate-limited warning about garbage on loom topics: one line per second. */
@@ -378,8 +396,11 @@ static bool wire_decode(loom_runtime *rt, const loom__token *tok, const char *wh
                         const void *data, size_t len, loom_msg **m, bool *bare)
 {
     char why[160];
-    loom_err err =
-        loom__trust_decode(&rt->trust, data, len, (uint64_t)(uintptr_t)tok, m, why, sizeof why);
+    /* Replays are refused per scope: one for every command (so a command
+     * seen on one topic is not new on another), each subscription and the
+     * reply topic their own (a success response is also its event). */
+    uint64_t scope = tok->kind == LOOM__TOK_COMMAND ? 1 : (uint64_t)(uintptr_t)tok;
+    loom_err err = loom__trust_decode(&rt->trust, data, len, scope, m, why, sizeof why);
     if (bare)
         *bare = err != LOOM_OK && err != LOOM_ESTATE;
     if (err == LOOM_ESTATE)
@@ -496,8 +517,13 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
                 run_bare_command(rt, cmd, r);
             return;
         }
-        if (m->type != LOOM_MSG_COMMAND || !m->receiver.target ||
-            strcmp(m->receiver.target, cmd->def->name) != 0) {
+        /* The whole address, not only the command: a signed command for
+         * one service or version must not run as another's that happens
+         * to share the name (the signature binds the receiver it names). */
+        if (m->type != LOOM_MSG_COMMAND || !m->receiver.target || !m->receiver.service ||
+            !m->receiver.version || strcmp(m->receiver.target, cmd->def->name) != 0 ||
+            strcmp(m->receiver.service, cmd->svc->def->name) != 0 ||
+            strcmp(m->receiver.version, cmd->svc->def->version) != 0) {
             warn_garbage(rt, tok->filter, "not a command for this topic");
             loom_msg_release(m);
             return;
@@ -516,6 +542,13 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
     }
     switch (tok->kind) {
     case LOOM__TOK_SUBSCRIPTION:
+        if (!event_on_own_topic(rt, r->topic, m)) {
+            loom__trust_count(&rt->trust, LOOM__DROP_SENDER);
+            loom__warn_refused(rt, r->topic, "an event on another sender's topic");
+            loom_msg_release(m);
+            loom__event_done(rt);
+            return;
+        }
         loom__run_subscription(rt, (loom__subscription *)tok, m, 0);
         return;
     case LOOM__TOK_REPLY:
