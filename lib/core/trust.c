@@ -23,7 +23,8 @@
 #define TRAILER_HEAD ",\"sig\":\""
 #define TRAILER_HEAD_LEN 8
 #define MAC_LEN 32
-#define CACHE_SLOTS (1u << 16) /* per generation; rotates at 3/4 full */
+#define CACHE_SLOTS (1u << 16)     /* a generation's first size; doubles at 3/4 full */
+#define CACHE_MAX_SLOTS (1u << 22) /* and no further (32 MiB): then new ids are refused */
 #define B64 sodium_base64_VARIANT_URLSAFE_NO_PADDING
 
 static bool name_char(int c)
@@ -217,6 +218,7 @@ loom_err loom__trust_init(loom__trust *t, const loom_config *cfg, loom_runtime *
     t->mu_ready = true;
     t->gen[0] = calloc(CACHE_SLOTS, sizeof(uint64_t));
     t->gen[1] = calloc(CACHE_SLOTS, sizeof(uint64_t));
+    t->gen_slots[0] = t->gen_slots[1] = CACHE_SLOTS;
     if (!t->gen[0] || !t->gen[1])
         return LOOM_ENOMEM;
     t->gen_start = loom__mono_ms();
@@ -394,9 +396,9 @@ static uint64_t id_hash(const char *id, uint64_t scope)
     return h ? h : 1;
 }
 
-static bool gen_has(const uint64_t *g, uint64_t h)
+static bool gen_has(const uint64_t *g, size_t slots, uint64_t h)
 {
-    for (size_t i = h & (CACHE_SLOTS - 1);; i = (i + 1) & (CACHE_SLOTS - 1)) {
+    for (size_t i = h & (slots - 1);; i = (i + 1) & (slots - 1)) {
         if (g[i] == h)
             return true;
         if (!g[i])
@@ -404,29 +406,61 @@ static bool gen_has(const uint64_t *g, uint64_t h)
     }
 }
 
+static void gen_put(uint64_t *g, size_t slots, uint64_t h)
+{
+    size_t i = h & (slots - 1);
+    while (g[i])
+        i = (i + 1) & (slots - 1);
+    g[i] = h;
+}
+
+/* Doubles the current generation; false at CACHE_MAX_SLOTS or without
+ * memory. Under t->mu. */
+static bool gen_grow(loom__trust *t)
+{
+    size_t slots = t->gen_slots[0] * 2;
+    uint64_t *g = slots <= CACHE_MAX_SLOTS ? calloc(slots, sizeof *g) : NULL;
+    if (!g)
+        return false;
+    for (size_t i = 0; i < t->gen_slots[0]; i++)
+        if (t->gen[0][i])
+            gen_put(g, slots, t->gen[0][i]);
+    free(t->gen[0]);
+    t->gen[0] = g;
+    t->gen_slots[0] = slots;
+    return true;
+}
+
 /* True when id was seen within the window (and records it otherwise).
- * Two generations: an id stays at least one window, at most two; a
- * generation that fills up early rotates early (docs/security.md). */
-static bool seen_before(loom__trust *t, const char *id, uint64_t scope)
+ * Two generations of one window each: an id stays at least one window, at
+ * most two, and a message is accepted only within half a window of its
+ * timestamp either way, so it is remembered for as long as it could be
+ * accepted. A generation that fills up within its window grows; when it
+ * cannot, new ids are refused (fail closed: a flood of messages must not
+ * push ids out of the cache early) and that is logged by the caller. */
+static bool seen_before(loom__trust *t, const char *id, uint64_t scope, bool *full)
 {
     uint64_t h = id_hash(id, scope);
+    *full = false;
     pthread_mutex_lock(&t->mu);
     int64_t now = loom__mono_ms();
-    if (now - t->gen_start >= t->window_ms || t->gen_count[0] >= CACHE_SLOTS / 4 * 3) {
+    if (now - t->gen_start >= t->window_ms) {
         uint64_t *old = t->gen[1];
+        size_t old_slots = t->gen_slots[1];
         t->gen[1] = t->gen[0];
         t->gen_count[1] = t->gen_count[0];
-        memset(old, 0, CACHE_SLOTS * sizeof *old);
+        t->gen_slots[1] = t->gen_slots[0];
+        memset(old, 0, old_slots * sizeof *old);
         t->gen[0] = old;
+        t->gen_slots[0] = old_slots;
         t->gen_count[0] = 0;
         t->gen_start = now;
     }
-    bool seen = gen_has(t->gen[0], h) || gen_has(t->gen[1], h);
+    bool seen = gen_has(t->gen[0], t->gen_slots[0], h) || gen_has(t->gen[1], t->gen_slots[1], h);
+    if (!seen && t->gen_count[0] >= t->gen_slots[0] / 4 * 3 && !gen_grow(t))
+        seen = *full = true;
     if (!seen) {
-        size_t i = h & (CACHE_SLOTS - 1);
-        while (t->gen[0][i])
-            i = (i + 1) & (CACHE_SLOTS - 1);
-        t->gen[0][i] = h;
+        gen_put(t->gen[0], t->gen_slots[0], h);
         t->gen_count[0]++;
     }
     pthread_mutex_unlock(&t->mu);
@@ -470,12 +504,15 @@ loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, uint64
             return refuse(t, LOOM__DROP_SENDER, why, why_len,
                           "signer may not speak for the sender service");
         }
-        int64_t now = loom__now_ms();
-        if (m->timestamp < now - t->window_ms || m->timestamp > now + t->window_ms ||
-            (m->deadline && m->deadline < now) || seen_before(t, m->id, scope)) {
+        int64_t now = loom__now_ms(), half = t->window_ms / 2;
+        bool full = false;
+        if (m->timestamp < now - half || m->timestamp > now + half ||
+            (m->deadline && m->deadline < now) || seen_before(t, m->id, scope, &full)) {
             loom_msg_release(m);
             return refuse(t, LOOM__DROP_REPLAY, why, why_len,
-                          "replayed, expired or outside the time window");
+                          full ? "the replay cache is full (security.replay_window_ms too long "
+                                 "for this message rate)"
+                               : "replayed, expired or outside the time window");
         }
     }
     if (loom__msg_set(m, &m->signer, key->name) != LOOM_OK) {

@@ -58,7 +58,7 @@ typedef struct loom__trust {
     pthread_mutex_t mu;
     bool mu_ready;
     uint64_t *gen[2];
-    size_t gen_count[2];
+    size_t gen_count[2], gen_slots[2]; /* a power of two each */
     int64_t gen_start;
     _Atomic uint64_t dropped[LOOM__DROP_N];
     _Atomic uint64_t verified;
