@@ -195,7 +195,8 @@ uninstall:
 DEB_PACKAGES := build-essential pkg-config libpaho-mqtt-dev libcjson-dev libyaml-dev \
                 libcmocka-dev libmicrohttpd-dev libcurl4-openssl-dev mosquitto \
                 mosquitto-clients curl clang libclang-rt-14-dev valgrind \
-                libnats-dev nats-server libhiredis-dev redis-server nginx-light libsodium-dev
+                libnats-dev nats-server libhiredis-dev redis-server nginx-light libsodium-dev \
+                locales-all
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' \

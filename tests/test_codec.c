@@ -1,5 +1,6 @@
 /* The envelope codec: loom_msg construction, accessors, encode and decode. */
 #include <float.h>
+#include <locale.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1469,6 +1470,40 @@ static void test_json_numbers(void **state)
     }
 }
 
+/* A host program's LC_NUMERIC (setlocale(LC_ALL, "") in a German locale
+ * writes "0,3") changes neither what loom prints nor its read-back check.
+ * The locale comes from Debian's locales-all (make deps). */
+static void test_json_numbers_locale(void **state)
+{
+    (void)state;
+    locale_t de = newlocale(LC_NUMERIC_MASK, "de_DE.UTF-8", (locale_t)0);
+    if (!de)
+        fail_msg("locale de_DE.UTF-8 is not installed: run `make deps` (locales-all)");
+    locale_t prev = uselocale(de);
+    char probe[16];
+    snprintf(probe, sizeof probe, "%.1f", 0.5);
+    assert_string_equal(probe, "0,5"); /* the locale is in effect */
+    expect_number(0.1 + 0.2, "0.30000000000000004");
+    expect_number(0.1, "0.1");
+    expect_number(-39.9, "-39.9");
+    expect_number(1e300, "1e+300");
+    expect_number(5e-324, "5e-324");
+    expect_number(DBL_MIN, "2.2250738585072014e-308");
+    cJSON *v = cJSON_CreateObject();
+    cJSON_AddNumberToObject(v, "x", 2.5);
+    char *text = loom__json_print(v, NULL);
+    assert_string_equal(text, "{\"x\":2.5}");
+    cJSON *parsed = NULL;
+    assert_int_equal(loom__json_parse(text, strlen(text), 64, &parsed, NULL, 0, NULL), LOOM_OK);
+    assert_true(cJSON_GetObjectItem(parsed, "x")->valuedouble == 2.5);
+    cJSON_Delete(parsed);
+    free(text);
+    cJSON_Delete(v);
+    assert_true(uselocale((locale_t)0) == de); /* the caller's locale is back */
+    uselocale(prev);
+    freelocale(de);
+}
+
 /* The writer, the encoder and the parser agree on numbers: they round-trip
  * through an envelope, and non-finite ones are refused, never sent as null. */
 static void test_json_numbers_roundtrip(void **state)
@@ -1546,6 +1581,7 @@ int main(void)
         cmocka_unit_test(test_reject_id),
         cmocka_unit_test(test_json_numbers),
         cmocka_unit_test(test_json_numbers_roundtrip),
+        cmocka_unit_test(test_json_numbers_locale),
         cmocka_unit_test(test_reject_timestamp),
         cmocka_unit_test(test_reject_deadline),
         cmocka_unit_test(test_reject_trace_and_correlation_ids),

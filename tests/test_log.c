@@ -671,23 +671,72 @@ static void test_mask_secrets(void **state)
     expect_masked("broker.password=hunter2", "broker.password=***");
     expect_masked("{\"password\":\"hunter2\",\"x\":1}", "{\"password\":\"***\",\"x\":1}");
     expect_masked("{\"apiKey\": 1, \"api_key\": \"k-123\"}",
-                  "{\"apiKey\": 1, \"api_key\": \"***\"}");
+                  "{\"apiKey\": ***, \"api_key\": \"***\"}");
     expect_masked("?user=a&token=abc&x=1", "?user=a&token=***&x=1");
     expect_masked("Authorization: Bearer abc.def.ghi", "Authorization: Bearer ***");
     expect_masked("client_secret:xyz", "client_secret:***");
     /* Text about secrets, not secrets, stays readable. */
     expect_masked("http.auth.tokens_file: /run/x holds no token",
                   "http.auth.tokens_file: /run/x holds no token");
+    /* "key: value" is masked, so a message after "password: " loses a word. */
     expect_masked("broker.password: expected a string, got a list",
-                  "broker.password: expected a string, got a list");
+                  "broker.password: *** a string, got a list");
     expect_masked("GET /api/v1/users/email:ada@example.com",
                   "GET /api/v1/users/email:ada@example.com");
     expect_masked("", "");
+    /* Spaces around the separator. */
+    expect_masked("password: hunter2", "password: ***");
+    expect_masked("password = x next", "password = *** next");
+    expect_masked("{\"password\" : \"x\"}", "{\"password\" : \"***\"}");
+    /* Quoted: up to the closing quote; unquoted: ',' and ';' inside stay in. */
+    expect_masked("{\"password\":\"p@ss,word\"}", "{\"password\":\"***\"}");
+    expect_masked("{\"password\":\"a\\\"b,c\",\"x\":1}", "{\"password\":\"***\",\"x\":1}");
+    expect_masked("password='a b;c' x", "password='***' x");
+    expect_masked("password=ab;cd", "password=***");
+    expect_masked("password=p,w, user=bob; token=t;u; x", "password=***, user=bob; token=***; x");
+    /* URL userinfo: RFC 3986 allows ",;&()'" unencoded. */
+    expect_masked("mqtt://user:p&ss,x@host", "mqtt://***@host");
+    expect_masked("redis://u:a;b@db", "redis://***@db");
+    expect_masked("'mqtt://u:(p)'q@h:1/x'", "'mqtt://***@h:1/x'");
+    expect_masked("redis://:a;b@db/0?x=@y", "redis://***@db/0?x=@y");
+    /* More key spellings; the Authorization scheme stays readable. */
+    expect_masked("secret_key=abc", "secret_key=***");
+    expect_masked("X-API-Key: abc", "X-API-Key: ***");
+    expect_masked("api-key=abc api_key: def", "api-key=*** api_key: ***");
+    expect_masked("Authorization: Basic dXNlcjpwYXNz next", "Authorization: Basic *** next");
+    expect_masked("authorization=dXNlcjpwYXNz", "authorization=***");
+    expect_masked("\"Authorization\": \"Digest a=1, b=2\"", "\"Authorization\": \"Digest ***\"");
     /* Idempotent, and bounded by the output buffer. */
     expect_masked("mqtt://***@h", "mqtt://***@h");
     char small[8];
     assert_int_equal(loom__mask_secrets("mqtt://a@h", 10, small, sizeof small), 7);
     assert_string_equal(small, "mqtt://");
+}
+
+/* A line cut at the limit is masked before the cut: the '@' past the cut
+ * still marks the userinfo, and a secret's value past it is still hidden. */
+static void test_truncation_masks(void **state)
+{
+    (void)state;
+    static sink k = {.lock = PTHREAD_MUTEX_INITIALIZER};
+    loom__logger lg = {.level = LOOM_LOG_TRACE, .fn = sink_fn, .user = &k};
+    size_t pad = LOOM__LOG_MAX_MESSAGE - 20;
+    char *fill = malloc(pad + 1);
+    assert_non_null(fill);
+    memset(fill, 'x', pad);
+    fill[pad] = '\0';
+    loom__log(&lg, LOOM_LOG_ERROR, NULL, NULL, NULL, "%s mqtt://admin:hunter2hunter2@broker:1883",
+              fill);
+    loom__log(&lg, LOOM_LOG_ERROR, NULL, NULL, NULL, "%s password=hunter2hunter2 and more", fill);
+    assert_int_equal(k.n, 2);
+    for (size_t i = 0; i < k.n; i++) {
+        assert_int_equal(strlen(k.recs[i].message), LOOM__LOG_MAX_MESSAGE);
+        assert_memory_equal(k.recs[i].message, fill, pad);
+    }
+    assert_string_equal(k.recs[0].message + pad, " mqtt://***@broke...");
+    assert_string_equal(k.recs[1].message + pad, " password=*** and...");
+    sink_clear(&k);
+    free(fill);
 }
 
 /* Every record, whoever logs it, reaches the sink masked. */
@@ -733,16 +782,12 @@ static void test_log_masks_secrets(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_level_parse),
-        cmocka_unit_test(test_sink_record),
-        cmocka_unit_test(test_level_filter),
-        cmocka_unit_test(test_text_lines),
-        cmocka_unit_test(test_json_lines),
-        cmocka_unit_test(test_truncation),
-        cmocka_unit_test(test_concurrent_lines),
-        cmocka_unit_test(test_access_lines),
-        cmocka_unit_test(test_mask_secrets),
-        cmocka_unit_test(test_log_masks_secrets),
+        cmocka_unit_test(test_level_parse),      cmocka_unit_test(test_sink_record),
+        cmocka_unit_test(test_level_filter),     cmocka_unit_test(test_text_lines),
+        cmocka_unit_test(test_json_lines),       cmocka_unit_test(test_truncation),
+        cmocka_unit_test(test_concurrent_lines), cmocka_unit_test(test_access_lines),
+        cmocka_unit_test(test_mask_secrets),     cmocka_unit_test(test_log_masks_secrets),
+        cmocka_unit_test(test_truncation_masks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

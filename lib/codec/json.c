@@ -24,7 +24,9 @@
 #include "json.h"
 
 #include <float.h>
+#include <locale.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,12 +41,19 @@
 /* ------------------------------------------------------------------------ */
 /* Numbers                                                                   */
 
-size_t loom__json_number(char buf[LOOM__JSON_NUMBER_MAX], double d)
+/* "%g" and strtod follow LC_NUMERIC, which a host program may set to a
+ * locale writing "0,3": numbers are printed and read back in the "C" locale,
+ * made once (uselocale only switches this thread, and is cheap). */
+static locale_t c_numeric;
+static pthread_once_t c_numeric_once = PTHREAD_ONCE_INIT;
+
+static void c_numeric_make(void)
 {
-    if (d == 0)
-        return (size_t)snprintf(buf, LOOM__JSON_NUMBER_MAX, "%s", signbit(d) ? "-0" : "0");
-    if (fabs(d) <= MAX_SAFE_INT && d == (double)(int64_t)d)
-        return (size_t)snprintf(buf, LOOM__JSON_NUMBER_MAX, "%lld", (long long)d);
+    c_numeric = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+}
+
+static size_t shortest_g(char buf[LOOM__JSON_NUMBER_MAX], double d)
+{
     /* A normal double is recovered from at most 17 significant digits, and
      * any text of 15 or fewer that reads back as d is what %.15g prints (15
      * digits are always recovered): so the first of 15, 16, 17 that reads
@@ -56,6 +65,20 @@ size_t loom__json_number(char buf[LOOM__JSON_NUMBER_MAX], double d)
             break;
     }
     return (size_t)n;
+}
+
+size_t loom__json_number(char buf[LOOM__JSON_NUMBER_MAX], double d)
+{
+    if (d == 0)
+        return (size_t)snprintf(buf, LOOM__JSON_NUMBER_MAX, "%s", signbit(d) ? "-0" : "0");
+    if (fabs(d) <= MAX_SAFE_INT && d == (double)(int64_t)d)
+        return (size_t)snprintf(buf, LOOM__JSON_NUMBER_MAX, "%lld", (long long)d);
+    pthread_once(&c_numeric_once, c_numeric_make);
+    locale_t prev = c_numeric ? uselocale(c_numeric) : (locale_t)0;
+    size_t n = shortest_g(buf, d);
+    if (prev)
+        uselocale(prev);
+    return n;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -22,6 +22,9 @@
 #define ESCAPE_MAX 6
 /* Timestamp, level, punctuation and JSON keys. */
 #define LINE_OVERHEAD 192
+/* A masked message: one byte more than kept, so a longer one is seen, cut
+ * and marked. */
+#define LOG_MASKED (LOOM__LOG_MAX_MESSAGE + 2)
 
 static const char *const level_names[] = {
     [LOOM_LOG_TRACE] = "trace", [LOOM_LOG_DEBUG] = "debug", [LOOM_LOG_INFO] = "info",
@@ -360,35 +363,51 @@ static void emit_line(const loom__logger *lg, const loom_log_record *r, size_t m
         free(line);
 }
 
+/* The message, masked, in out: masked before it is cut at
+ * LOOM__LOG_MAX_MESSAGE bytes, so that a cut never hides the '@' that
+ * shows a URL's userinfo to the masking. Secrets never reach a sink, whoever
+ * wrote the line (loom, an adapter, a handler). */
+static size_t log_message(char out[LOG_MASKED], const char *fmt, va_list ap)
+{
+    out[0] = '\0';
+    if (!fmt)
+        return 0;
+    char small[LOOM__LOG_MAX_MESSAGE + 1], *full = NULL;
+    const char *text = small;
+    va_list aq;
+    va_copy(aq, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    if (n >= 0 && (size_t)n >= sizeof small && (full = malloc((size_t)n + 1)) != NULL &&
+        vsnprintf(full, (size_t)n + 1, fmt, aq) == n)
+        text = full;
+    va_end(aq);
+    if (n < 0 || ((size_t)n >= sizeof small && text != full)) {
+        free(full);
+        loom__strlcpy(out, "(unformattable log message)", LOG_MASKED);
+        return strlen(out);
+    }
+    size_t len = loom__mask_secrets(text, (size_t)n, out, LOG_MASKED);
+    free(full);
+    if (len > LOOM__LOG_MAX_MESSAGE) {
+        /* Cut before a partial character (at most 3 continuation bytes to
+         * skip in valid UTF-8), then mark the cut. */
+        len = LOOM__LOG_MAX_MESSAGE - 3;
+        for (int back = 0; back < 3 && len > 0 && ((unsigned char)out[len] & 0xC0) == 0x80; back++)
+            len--;
+        memcpy(out + len, "...", 4);
+        len += 3;
+    }
+    return len;
+}
+
 void loom__logv(const loom__logger *lg, loom_log_level level, const char *service,
                 const char *command, const char *trace_id, const char *fmt, va_list ap)
 {
     if (!lg || level < LOOM_LOG_TRACE || level > LOOM_LOG_ERROR || !loom__log_enabled(lg, level))
         return;
 
-    char msg[LOOM__LOG_MAX_MESSAGE + 1];
-    int n = fmt ? vsnprintf(msg, sizeof msg, fmt, ap) : 0;
-    size_t len;
-    if (n < 0) {
-        loom__strlcpy(msg, "(unformattable log message)", sizeof msg);
-        len = strlen(msg);
-    } else if ((size_t)n > LOOM__LOG_MAX_MESSAGE) {
-        /* Cut before a partial character (at most 3 continuation bytes to
-         * skip in valid UTF-8), then mark the cut. */
-        len = LOOM__LOG_MAX_MESSAGE - 3;
-        for (int back = 0; back < 3 && len > 0 && ((unsigned char)msg[len] & 0xC0) == 0x80; back++)
-            len--;
-        memcpy(msg + len, "...", 4);
-        len += 3;
-    } else {
-        len = (size_t)n;
-    }
-    if (!fmt)
-        msg[0] = '\0';
-    /* Secrets never reach a sink, whoever wrote the line (loom, an adapter,
-     * a handler). */
-    char masked[LOOM__LOG_MAX_MESSAGE + 1];
-    len = loom__mask_secrets(msg, fmt ? len : 0, masked, sizeof masked);
+    char masked[LOG_MASKED];
+    size_t len = log_message(masked, fmt, ap);
 
     /* A copy, NUL-terminated even if the owner filled all 64 bytes. */
     _Static_assert(sizeof lg->instance <= FIELD_MAX, "instance fits a field");

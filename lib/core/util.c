@@ -70,7 +70,10 @@ int64_t loom__coarse_sure_ns(void)
 static _Thread_local uint64_t rng[4];
 static _Thread_local bool rng_ready;
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
 
 static uint64_t rng_next(void)
 {
@@ -133,7 +136,10 @@ bool loom__is_id(const char *s)
     return s[32] == '\0';
 }
 
-char *loom__strdup(const char *s) { return s ? strdup(s) : NULL; }
+char *loom__strdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
 char *loom__asprintf(const char *fmt, ...)
 {
@@ -257,13 +263,36 @@ void loom__sbuf_printf(loom__sbuf *b, const char *fmt, ...)
 /* ------------------------------------------------------------------------ */
 /* Masking secrets                                                           */
 
-static const char *const secret_keys[] = {"password", "passwd", "secret",     "token",
-                                          "api_key",  "apikey", "access_key", "private_key"};
+static const char *const secret_keys[] = {
+    "password", "passwd", "secret",     "secret_key",  "token",         "api_key",
+    "api-key",  "apikey", "access_key", "private_key", "authorization",
+};
 
-/* Where a URL's authority or a secret value ends. */
-static bool mask_stop(char c)
+/* The rules (docs/security.md):
+ * - URL userinfo: after "scheme://", everything up to the last '@' before
+ *   the authority ends (at '/', '?', '#', whitespace, '"', '<', '>', '`'
+ *   or the end): RFC 3986 allows ",;&()'" and more unencoded there.
+ * - A key above (on a word boundary, any case), an optional closing '"',
+ *   spaces, '=' or ':', spaces, then the value: quoted ('"' or '\''), up to
+ *   the closing quote (a '\\' escapes the next byte); unquoted, up to
+ *   whitespace, a closing delimiter ("'<>`&{}()[]) or a ',' or ';' that is
+ *   followed by whitespace or the end (so "a;b" and "p,w" are one value).
+ * - After "Authorization", a scheme word ("Basic ", "Digest ") is kept;
+ *   "Bearer " anywhere is kept and the token after it hidden. */
+
+/* Where a URL's authority ends. */
+static bool authority_stop(char c)
 {
-    return c == '\0' || isspace((unsigned char)c) || strchr("\"'<>`,;&{}()[]", c);
+    return isspace((unsigned char)c) || strchr("/?#\"<>`", c);
+}
+
+/* Where an unquoted value ends (at in[i]). */
+static bool value_stop(const char *in, size_t n, size_t i)
+{
+    char c = in[i];
+    if (c == '\0' || isspace((unsigned char)c) || strchr("\"'<>`&{}()[]", c))
+        return true;
+    return (c == ',' || c == ';') && (i + 1 == n || isspace((unsigned char)in[i + 1]));
 }
 
 typedef struct mask_out {
@@ -285,15 +314,22 @@ static void mask_put(mask_out *o, const char *s, size_t n)
 static size_t userinfo_len(const char *in, size_t n, size_t i)
 {
     size_t at = 0, j = i;
-    for (; j < n && !mask_stop(in[j]); j++)
+    for (; j < n && !authority_stop(in[j]); j++)
         if (in[j] == '@')
             at = j;
     return at > i ? at - i : 0;
 }
 
-/* A secret key at in[i] (on a word boundary): the length of the key and
- * separator to keep, or 0. */
-static size_t secret_key_len(const char *in, size_t n, size_t i)
+static size_t skip_spaces(const char *in, size_t n, size_t j)
+{
+    while (j < n && (in[j] == ' ' || in[j] == '\t'))
+        j++;
+    return j;
+}
+
+/* A secret key at in[i] (on a word boundary): the length of the key,
+ * separator and opening quote to keep, or 0; *quote is the quote. */
+static size_t secret_key_len(const char *in, size_t n, size_t i, char *quote)
 {
     if (i > 0 && isalnum((unsigned char)in[i - 1]))
         return 0;
@@ -304,16 +340,39 @@ static size_t secret_key_len(const char *in, size_t n, size_t i)
         size_t j = i + kl;
         if (j < n && in[j] == '"')
             j++;
+        j = skip_spaces(in, n, j);
         if (j >= n || (in[j] != '=' && in[j] != ':'))
             continue;
-        j++;
-        if (j + 1 < n && in[j] == ' ' && in[j + 1] == '"')
+        j = skip_spaces(in, n, j + 1);
+        *quote = j < n && (in[j] == '"' || in[j] == '\'') ? in[j] : 0;
+        if (*quote)
             j++;
-        if (j < n && in[j] == '"')
-            j++;
-        return j < n && !mask_stop(in[j]) ? j - i : 0;
+        if (strcmp(secret_keys[k], "authorization") == 0) { /* keep the scheme */
+            size_t w = j;
+            while (w < n && isalpha((unsigned char)in[w]))
+                w++;
+            if (w > j && w + 1 < n && in[w] == ' ' && !value_stop(in, n, w + 1))
+                j = w + 1;
+        }
+        if (j >= n || (*quote ? in[j] == *quote : value_stop(in, n, j)))
+            return 0;
+        return j - i;
     }
     return 0;
+}
+
+/* The end of the value starting at in[i]. */
+static size_t value_end(const char *in, size_t n, size_t i, char quote)
+{
+    if (!quote) {
+        while (i < n && !value_stop(in, n, i))
+            i++;
+        return i;
+    }
+    for (; i < n && in[i] != quote; i++)
+        if (in[i] == '\\' && i + 1 < n)
+            i++;
+    return i;
 }
 
 size_t loom__mask_secrets(const char *in, size_t n, char *out, size_t cap)
@@ -324,14 +383,16 @@ size_t loom__mask_secrets(const char *in, size_t n, char *out, size_t cap)
     size_t i = 0;
     while (i < n && o.len < cap - 1) {
         size_t keep = 0, hide = 0;
+        char quote = 0;
         if (i >= 1 && n - i >= 3 && memcmp(in + i, "://", 3) == 0 &&
             isalnum((unsigned char)in[i - 1])) {
             keep = 3;
             hide = userinfo_len(in, n, i + 3);
-        } else if (n - i > 7 && strncasecmp(in + i, "bearer ", 7) == 0 && !mask_stop(in[i + 7])) {
+        } else if (n - i > 7 && strncasecmp(in + i, "bearer ", 7) == 0 &&
+                   !value_stop(in, n, i + 7)) {
             keep = 7;
             hide = 1;
-        } else if ((keep = secret_key_len(in, n, i)) > 0) {
+        } else if ((keep = secret_key_len(in, n, i, &quote)) > 0) {
             hide = 1;
         }
         if (!hide) {
@@ -342,8 +403,7 @@ size_t loom__mask_secrets(const char *in, size_t n, char *out, size_t cap)
         mask_put(&o, in + i, keep);
         i += keep;
         if (hide == 1) /* a value: up to where it stops */
-            while (i < n && !mask_stop(in[i]))
-                i++;
+            i = value_end(in, n, i, quote);
         else
             i += hide;
         mask_put(&o, "***", 3);

@@ -51,10 +51,11 @@ unsigned loom__cpu_count(void);
  * log line, configuration errors): copies n bytes of in to out (cap bytes,
  * always NUL-terminated, cut if needed) with credentials replaced by "***":
  * URL userinfo (the "user:pass" of "mqtt://user:pass@host"), the value
- * after password, passwd, secret, token, api_key, apikey, access_key or
- * private_key followed by '=' or ':' (also as JSON "key":"value"), and a
- * bearer token ("Bearer ***"). Returns the length written. Errs on the side
- * of masking (a path with '@' after "://" is masked too). */
+ * after a secret key (password, token, api_key, authorization, ...)
+ * followed by '=' or ':' (spaces allowed, also as JSON "key" : "value"),
+ * and a bearer token ("Bearer ***"); the rules are in util.c and
+ * docs/security.md. Returns the length written. Errs on the side of
+ * masking (a path with '@' after "://" is masked too). */
 size_t loom__mask_secrets(const char *in, size_t n, char *out, size_t cap);
 
 /* UTF-8 (Unicode 15, table 3-7): the length of the well-formed sequence at
