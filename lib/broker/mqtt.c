@@ -51,14 +51,16 @@
  * (a command after a handler's event, a reply after a command), Nagle
  * holds that message until we ACK the PUBACK, and our kernel delays the
  * ACK by ~40 ms because we have nothing to send: every such round trip
- * would take 40 ms. So when a PUBACK arrives we set TCP_QUICKACK on our
- * sockets to the broker, which sends the pending ACK at once. paho hides
+ * would take 40 ms. The same happens to a burst of messages we do not
+ * answer at once (the replies to a batch of calls: the broker holds the
+ * second until we ACK the first). So when a PUBACK or a message arrives we
+ * set TCP_QUICKACK on our sockets to the broker, which sends the pending
+ * ACK at once. paho hides
  * its socket: the descriptors are the ones set_nodelay() finds when a
  * connection comes up (every TCP connection of this process to the
  * broker; a quick ACK on another client's socket is harmless). Commands
- * and replies default to QoS 0 (no PUBACK at all; see docs/mqtt.md), so
- * this costs one system call per QoS >= 1 publish: events and
- * announcements.
+ * and replies default to QoS 0 (no PUBACK at all; see docs/mqtt.md); this
+ * costs one system call per message received and per QoS >= 1 publish.
  *
  * Buffering. Messages published while disconnected are kept here, not by
  * paho's sendWhileDisconnected: paho 1.3.12 leaks every buffered message
@@ -1462,6 +1464,9 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
     bool oom = false;
     int ids_stack[8], *ids = ids_stack;
 
+    /* A burst of messages we answer nothing to (replies to calls made in a
+     * batch) would wait on the broker's Nagle for our delayed ACK. */
+    quick_ack(a);
     /* loom topics never hold NUL; paho reports such names with topic_len. */
     if (!topic || !m || (topic_len > 0 && memchr(topic, '\0', (size_t)topic_len)))
         goto out;
