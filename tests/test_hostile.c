@@ -620,6 +620,8 @@ static char *envelope(loom_msg_type type, const char *info_type, const char *eve
     if (type == LOOM_MSG_COMMAND)
         assert_int_equal(loom__msg_set_address(m, &m->receiver, "faults", "1", "whoami", NULL),
                          LOOM_OK);
+    if (type == LOOM_MSG_CUSTOM) /* an event of service x, version 1: loom/evt/EVENT/x/1 */
+        assert_int_equal(loom__msg_set_address(m, &m->sender, "x", "1", NULL, NULL), LOOM_OK);
     if (type == LOOM_MSG_ERROR) {
         m->status = 500;
         assert_int_equal(loom__msg_set(m, &m->error_message, "x"), LOOM_OK);
@@ -757,6 +759,9 @@ static void test_mqtt_garbage(void **state)
     free(cmd);
     mqtt_pub("loom/evt/tick/x/1", deep, strlen(deep), NULL, false);
     mqtt_pub("loom/evt/tick/x/1", huge, 3 * MAX_MESSAGE, NULL, false);
+    ev = envelope(LOOM_MSG_CUSTOM, NULL, "tick", "{\"seq\":7}", NULL, &len);
+    mqtt_pub("loom/evt/tick/y/1", ev, len, NULL, false); /* x's event under y's levels */
+    free(ev);
     ev = envelope(LOOM_MSG_CUSTOM, NULL, "tick", "{\"seq\":1000}", NULL, &len);
     mqtt_pub("loom/evt/tick/x/1", ev, len, NULL, false);
     free(ev);
