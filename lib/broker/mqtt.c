@@ -93,7 +93,9 @@
  * across kinds: while the queue is not empty every publish joins it.
  *
  * Closing. close() waits (at most CLOSE_FLUSH_MS) until the queue has gone
- * to paho and the broker has acknowledged our QoS >= 1 publishes, then
+ * to paho, publishes already past the closing check have reached paho's
+ * queue (one queued after DISCONNECT would never be sent, and paho leaks
+ * it), and the broker has acknowledged our QoS >= 1 publishes, then
  * sends DISCONNECT with no wait of paho's own: paho checks its in-flight messages only about once a
  * second, which made an idle stop take 3 s. Everything handed to paho
  * before DISCONNECT is written before it, in order, so the broker sees a
@@ -268,6 +270,7 @@ typedef struct mqtt_adapter {
      * connection `gen` hold the pub_inflight window slots. */
     out_msg *flight;
     int pub_inflight;
+    int sending; /* publishes between the closing check and paho's queue */
     unsigned gen;
     out_msg *q_resent; /* the last message put back after a loss, or NULL */
     unsigned long undelivered; /* refused or not kept, since the last warning */
@@ -1946,11 +1949,16 @@ static loom_err mqtt_publish(void *self, const loom_publish *p)
     if (!a->q_head && !a->flushing && may_send_locked(a, p->qos)) {
         if (o)
             flight_add_locked(a, o);
+        a->sending++; /* close() lets it reach paho's queue before DISCONNECT */
         unlock(a);
         int rc = o ? send_one(a, o)
                    : paho_publish(a, p->topic, p->data, p->len, 0, p->retain,
                                   p->response_topic, p->correlation, p->correlation_len,
                                   p->status, NULL);
+        lock(a);
+        if (--a->sending == 0)
+            pthread_cond_broadcast(&a->cv);
+        unlock(a);
         if (rc == MQTTASYNC_SUCCESS) {
             loom_msg_release(p->msg);
             return LOOM_OK;
@@ -2163,7 +2171,7 @@ static void mqtt_close(void *self)
     /* Connected: let the queue drain into paho and the broker acknowledge
      * what it got, briefly (see "Closing" at the top). */
     int64_t due = loom__mono_ms() + CLOSE_FLUSH_MS;
-    while (a->state == CS_CONNECTED && (a->q_head || a->pub_inflight > 0) &&
+    while (a->state == CS_CONNECTED && (a->q_head || a->pub_inflight > 0 || a->sending > 0) &&
            loom__mono_ms() < due)
         wait_until_locked(a, due);
     bool disconnect = false;
