@@ -133,6 +133,7 @@ tests: $(TEST_BINS) $(TEST_HELPERS) $(EXAMPLES)
 # LOOM_TEST_HELPERS where its test helper programs are.
 check: tests
 	@LOOM_TEST_BUILD=$(if $(filter release,$(BUILD)),.,$(O)) LOOM_TEST_HELPERS=$(O)/tests \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
 	  LOOM_SUMMARY=$(O)/summary tests/run-all.sh $(TEST_BINS)
 
 asan:
