@@ -856,21 +856,6 @@ static bool add(vm *M, threads *t, uint32_t pc, size_t pos)
     return false;
 }
 
-static bool in_class(const range *r, uint32_t n, uint32_t cp)
-{
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (cp < r[mid].lo)
-            hi = mid;
-        else if (cp > r[mid].hi)
-            lo = mid + 1;
-        else
-            return true;
-    }
-    return false;
-}
-
 /* The code point at s (avail > 0 bytes) and its length; U+FFFD for one
  * malformed byte. */
 static uint32_t decode(const unsigned char *s, size_t avail, size_t *len)
@@ -899,7 +884,7 @@ static bool run(vm *M, threads *cur, threads *next)
         next->n = 0;
         for (uint32_t i = 0; i < cur->n; i++) {
             const inst *in = &prog[cur->pc[i]];
-            bool ok = in->op == OP_CHAR ? in->x == cp : in_class(M->re->ranges + in->x, in->y, cp);
+            bool ok = in->op == OP_CHAR ? in->x == cp : loom__unicode_in(M->re->ranges + in->x, in->y, cp);
             if (ok && add(M, next, cur->pc[i] + 1, pos + adv))
                 return true;
         }
