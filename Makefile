@@ -1,6 +1,9 @@
 # loom — build, test and install.
 #
-#   make              libloom.a, libloom.so.$(MAJOR), examples
+#   make              libloom.a, libloom.so.$(VERSION) (SONAME libloom.so.$(MAJOR)), examples
+#   make WITH_MQTT=0 WITH_NATS=0 WITH_AMQP=0 WITH_REDIS=0 WITH_HTTP=0
+#                     an edge build without those adapters, stores and their
+#                     libraries, in build/minimal (docs/abi.md, "Build options")
 #   make demo         the shop, monolithic, with the HTTP bridge on 127.0.0.1:8080
 #   make test         everything CI runs: deps, unit + integration tests,
 #                     the same under ASan+UBSan, a 20 s fuzz run per target,
@@ -13,6 +16,9 @@
 #                     under valgrind memcheck
 #   make check-symbols  fails when libloom.so exports a symbol without loom_
 #   make check-api      fails when an exported loom_ function is missing from docs/api.md
+#   make check-abi      fails when libloom.so's ABI breaks against tests/abi/libloom.abi
+#   make abi-baseline   rewrites that baseline (docs/abi.md says when)
+#   make check-minimal  builds the edge build, runs hello on it, checks its dependencies
 #   make install PREFIX=/usr/local DESTDIR=   /  make uninstall
 #   make deps         installs the Debian packages that are missing
 #   make clean
@@ -26,8 +32,28 @@ LIBDIR  ?= $(PREFIX)/lib
 INCDIR  ?= $(PREFIX)/include
 
 CC      ?= cc
-# BUILD selects a variant: release (default) or asan. Each has its own tree.
+# Optional parts (docs/abi.md, "Build options"): 0 leaves the part and its
+# library out. WITH_AMQP is accepted for build scripts' sake and does nothing
+# yet: there is no AMQP adapter in this version.
+WITH_MQTT  ?= 1
+WITH_NATS  ?= 1
+WITH_REDIS ?= 1
+WITH_HTTP  ?= 1
+WITH_AMQP  ?= 0
+FEATURES_OFF := $(if $(filter 0,$(WITH_MQTT)),mqtt) $(if $(filter 0,$(WITH_NATS)),nats) \
+                $(if $(filter 0,$(WITH_REDIS)),redis) $(if $(filter 0,$(WITH_HTTP)),http)
+FEATURES_OFF := $(strip $(FEATURES_OFF))
+FEATURE_DEFS := -DLOOM_WITH_MQTT=$(WITH_MQTT) -DLOOM_WITH_NATS=$(WITH_NATS) \
+                -DLOOM_WITH_REDIS=$(WITH_REDIS) -DLOOM_WITH_HTTP=$(WITH_HTTP)
+
+# BUILD selects a variant: release (default), asan, or minimal (the default
+# when a WITH_* is 0). Each has its own tree.
 BUILD   ?= release
+ifneq ($(FEATURES_OFF),)
+  ifeq ($(origin BUILD),file)
+    BUILD := minimal
+  endif
+endif
 O       := build/$(BUILD)
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-missing-field-initializers
@@ -40,11 +66,20 @@ else
   SAN_LDFLAGS :=
 endif
 CFLAGS  ?=
-ALL_CFLAGS := $(BASE_CFLAGS) $(OPT) $(CFLAGS)
-DEP_LIBS := -lpaho-mqtt3as -lnats -lhiredis -lcjson -lyaml -lmicrohttpd -lsodium -lpthread
+ALL_CFLAGS := $(BASE_CFLAGS) $(FEATURE_DEFS) $(OPT) $(CFLAGS)
+# What the library links: the optional parts' libraries only when built in.
+OPT_LIBS := $(if $(filter 0,$(WITH_MQTT)),,-lpaho-mqtt3as) $(if $(filter 0,$(WITH_NATS)),,-lnats) \
+            $(if $(filter 0,$(WITH_REDIS)),,-lhiredis) $(if $(filter 0,$(WITH_HTTP)),,-lmicrohttpd)
+DEP_LIBS := $(strip $(OPT_LIBS) -lcjson -lyaml -lsodium -lpthread)
 LDFLAGS ?=
 
-LIB_SRCS  := $(sort $(wildcard lib/*/*.c))
+# The optional parts' sources; lib/http/off.c stands in for the bridge
+# (its calls return LOOM_EUNSUPPORTED) when WITH_HTTP=0.
+OFF_SRCS  := $(if $(filter 0,$(WITH_MQTT)),lib/broker/mqtt.c) \
+             $(if $(filter 0,$(WITH_NATS)),lib/broker/nats.c) \
+             $(if $(filter 0,$(WITH_REDIS)),lib/store/redis.c) \
+             $(if $(filter 0,$(WITH_HTTP)),$(filter-out lib/http/off.c,$(wildcard lib/http/*.c)),lib/http/off.c)
+LIB_SRCS  := $(filter-out $(OFF_SRCS),$(sort $(wildcard lib/*/*.c)))
 LIB_OBJS  := $(LIB_SRCS:%.c=$(O)/%.o)
 PIC_OBJS  := $(LIB_SRCS:%.c=$(O)/pic/%.o)
 
@@ -55,7 +90,17 @@ else
   LIBDIR_OUT := $(O)
 endif
 STATIC := $(LIBDIR_OUT)/libloom.a
+# The real file carries the full version; libloom.so.$(MAJOR) (the SONAME) and
+# libloom.so (for -lloom) are links to it.
+SHARED_REAL := $(LIBDIR_OUT)/libloom.so.$(VERSION)
 SHARED := $(LIBDIR_OUT)/libloom.so.$(MAJOR)
+
+# Objects remember the flags and parts they were built with: changing a
+# WITH_* (or CFLAGS) in one tree rebuilds it instead of mixing objects.
+FLAGS_STAMP := $(O)/.flags
+FLAGS_NOW := $(ALL_CFLAGS)
+$(shell mkdir -p $(O) && { [ -f $(FLAGS_STAMP) ] && [ "$$(cat $(FLAGS_STAMP))" = '$(FLAGS_NOW)' ] \
+        || echo '$(FLAGS_NOW)' > $(FLAGS_STAMP); })
 
 EXAMPLES := examples/hello/hello examples/shop/shop
 ifneq ($(BUILD),release)
@@ -71,18 +116,18 @@ TEST_LIBS    := -lcmocka -lcurl
 # Helper programs the tests start as subprocesses (next to the test binaries).
 TEST_HELPERS := $(O)/tests/fault_service
 
-.PHONY: loom.pc all lib examples demo test check asan check-symbols install uninstall deps clean \
-        tests pkgconfig-test format bench fuzz check-api
+.PHONY: all lib examples demo test check asan check-symbols install uninstall deps clean \
+        tests pkgconfig-test format bench fuzz check-api check-abi abi-baseline check-minimal
 
 all: lib examples
 
 lib: $(STATIC) $(SHARED)
 
-$(O)/%.o: %.c
+$(O)/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
-$(O)/pic/%.o: %.c
+$(O)/pic/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -MMD -MP -c $< -o $@
 
@@ -91,10 +136,13 @@ $(STATIC): $(LIB_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
-$(SHARED): $(PIC_OBJS)
+$(SHARED_REAL): $(PIC_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -Wl,-soname,libloom.so.$(MAJOR) -Wl,--no-undefined $(SAN_LDFLAGS) \
 	  -o $@ $^ $(LDFLAGS) $(DEP_LIBS)
+
+$(SHARED): $(SHARED_REAL)
+	ln -sf libloom.so.$(VERSION) $@
 	ln -sf libloom.so.$(MAJOR) $(LIBDIR_OUT)/libloom.so
 
 examples: $(EXAMPLES)
@@ -150,6 +198,26 @@ check-symbols: $(SHARED)
 check-api: $(SHARED)
 	@tests/check-api-doc.sh $(SHARED)
 
+# The ABI of libloom.so against the committed baseline of the last release
+# (docs/abi.md): abidiff on the release build, which has -g.
+ABI_BASELINE := tests/abi/libloom.abi
+check-abi: $(SHARED)
+	@tests/abi/check-abi.sh $(SHARED_REAL) $(ABI_BASELINE)
+
+abi-baseline: $(SHARED)
+	abidw --headers-dir include --drop-private-types --no-corpus-path \
+	  --out-file $(ABI_BASELINE) $(SHARED_REAL)
+	@echo "abi-baseline: wrote $(ABI_BASELINE) for $(VERSION); commit it with the release"
+
+# The edge builds: without the brokers and Redis (build/minimal-http), and
+# without anything optional (build/minimal). hello runs on both, left-out
+# parts are refused clearly, neither ldd nor pkg-config names their libraries.
+MINIMAL := WITH_MQTT=0 WITH_NATS=0 WITH_AMQP=0 WITH_REDIS=0
+check-minimal:
+	$(MAKE) BUILD=minimal-http $(MINIMAL) lib examples loom.pc
+	$(MAKE) BUILD=minimal $(MINIMAL) WITH_HTTP=0 lib examples loom.pc
+	@tests/check-minimal.sh build/minimal-http build/minimal
+
 pkgconfig-test: lib
 	@tests/pkgconfig-test.sh
 
@@ -162,9 +230,11 @@ test: deps
 	$(MAKE) valgrind
 	$(MAKE) check-symbols
 	$(MAKE) check-api
+	$(MAKE) check-abi
+	$(MAKE) check-minimal
 	$(MAKE) pkgconfig-test
 	@cat build/release/summary build/asan/summary | \
-	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, fuzz smoke, valgrind, symbols, pkg-config build"; \
+	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, fuzz smoke, valgrind, symbols, ABI, edge build, pkg-config build"; \
 	       printf "%d passed, %d failed\n", p, f; exit f > 0}'
 
 demo: deps all
@@ -172,24 +242,39 @@ demo: deps all
 
 # --- install ---------------------------------------------------------------
 
-loom.pc: pkgconfig/loom.pc.in include/loom/version.h
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
-	    -e 's|@INCDIR@|$(INCDIR)|g' -e 's|@VERSION@|$(VERSION)|g' $< > $@
+PC := $(if $(filter .,$(LIBDIR_OUT)),loom.pc,$(LIBDIR_OUT)/loom.pc)
+DOCDIR ?= $(PREFIX)/share/doc/loom
 
-install: lib loom.pc
-	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/loom
+# Libs.private lists exactly what this build links (DEP_LIBS). Always
+# regenerated: PREFIX may differ from the last run.
+.PHONY: $(PC)
+$(PC): pkgconfig/loom.pc.in include/loom/version.h
+	@mkdir -p $(dir $@)
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' \
+	    -e 's|@INCDIR@|$(INCDIR)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	    -e 's|@LIBS_PRIVATE@|$(filter-out -lcjson,$(DEP_LIBS))|g' $< > $@
+
+ifneq ($(PC),loom.pc)
+.PHONY: loom.pc
+loom.pc: $(PC)
+endif
+
+install: lib $(PC)
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/loom $(DESTDIR)$(DOCDIR)
 	install -m 644 include/loom.h $(DESTDIR)$(INCDIR)/loom.h
 	install -m 644 include/loom/*.h $(DESTDIR)$(INCDIR)/loom/
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libloom.a
-	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libloom.so.$(MAJOR)
+	install -m 755 $(SHARED_REAL) $(DESTDIR)$(LIBDIR)/libloom.so.$(VERSION)
+	ln -sf libloom.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libloom.so.$(MAJOR)
 	ln -sf libloom.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libloom.so
-	install -m 644 loom.pc $(DESTDIR)$(LIBDIR)/pkgconfig/loom.pc
+	install -m 644 $(PC) $(DESTDIR)$(LIBDIR)/pkgconfig/loom.pc
+	install -m 644 README.md LICENSE docs/*.md $(DESTDIR)$(DOCDIR)/
 
 uninstall:
 	rm -f $(DESTDIR)$(INCDIR)/loom.h $(DESTDIR)$(LIBDIR)/libloom.a \
 	      $(DESTDIR)$(LIBDIR)/libloom.so $(DESTDIR)$(LIBDIR)/libloom.so.$(MAJOR) \
-	      $(DESTDIR)$(LIBDIR)/pkgconfig/loom.pc
-	rm -rf $(DESTDIR)$(INCDIR)/loom
+	      $(DESTDIR)$(LIBDIR)/libloom.so.$(VERSION) $(DESTDIR)$(LIBDIR)/pkgconfig/loom.pc
+	rm -rf $(DESTDIR)$(INCDIR)/loom $(DESTDIR)$(DOCDIR)
 
 # --- dependencies ----------------------------------------------------------
 
@@ -197,7 +282,7 @@ DEB_PACKAGES := build-essential pkg-config libpaho-mqtt-dev libcjson-dev libyaml
                 libcmocka-dev libmicrohttpd-dev libcurl4-openssl-dev mosquitto \
                 mosquitto-clients curl clang libclang-rt-14-dev valgrind \
                 libnats-dev nats-server libhiredis-dev redis-server nginx-light libsodium-dev \
-                locales-all
+                locales-all abigail-tools
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' \
@@ -221,6 +306,7 @@ BENCH_PROGS    := bench_invoke bench_events bench_routes bench_sign bench_schema
 
 bench: bench-deps
 	$(MAKE) BUILD=bench bench-build
+	$(MAKE) BUILD=minimal $(MINIMAL) WITH_HTTP=0 lib examples
 	bench/run.sh
 
 bench-deps: deps

@@ -65,8 +65,9 @@ LOOM_SERVICE(svc, .name = "sink", .version = "1",
 static loom_runtime *open_rt(const char *broker, const loom_service_def *def, unsigned workers)
 {
     /* A short drain: events still arriving at the stop are not measured. */
-    loom_runtime_config cfg = {.log_level = LOOM_LOG_WARN, .broker_url = broker,
-                               .workers = workers, .drain_timeout_ms = 1000};
+    loom_runtime_config cfg =
+        LOOM_RUNTIME_CONFIG_INIT(.log_level = LOOM_LOG_WARN, .broker_url = broker,
+                                 .workers = workers, .drain_timeout_ms = 1000);
     loom_runtime *rt = NULL;
     if (loom_runtime_create(&rt, &cfg) || (def && loom_runtime_add_service(rt, def, NULL)) ||
         loom_runtime_start(rt)) {

@@ -101,8 +101,8 @@ static void bench_direct(double secs)
 
 static void call_once(loom_runtime *rt)
 {
-    loom_call c = {.service = T.service, .command = T.command,
-                   .payload = cJSON_Duplicate(T.payload, 1)};
+    loom_call c = LOOM_CALL_INIT(.service = T.service, .command = T.command,
+                                 .payload = cJSON_Duplicate(T.payload, 1));
     loom_msg *resp = NULL;
     loom_err err = loom_runtime_call(rt, &c, &resp);
     if (err != LOOM_OK || loom_msg_status(resp) != 200) {
@@ -228,8 +228,8 @@ static void bench_invoke(loom_runtime *rt, double secs)
                 abort();
             ac->s = &s;
             ac->t0 = (issued % SAMPLE_EVERY) == 0 ? bench_now() : 0;
-            loom_call c = {.service = T.service, .command = T.command,
-                           .payload = cJSON_Duplicate(T.payload, 1)};
+            loom_call c = LOOM_CALL_INIT(.service = T.service, .command = T.command,
+                                         .payload = cJSON_Duplicate(T.payload, 1));
             loom_err err;
             while ((err = loom_runtime_invoke(rt, &c, async_cb, ac)) == LOOM_EOVERLOAD)
                 ;
@@ -342,10 +342,9 @@ int main(int argc, char **argv)
     }
     if (no_inline && loom_config_set(conf, "invoke.inline", "false") != LOOM_OK)
         abort();
-    loom_runtime_config cfg = {.config = conf,
-                               .log_level = LOOM_LOG_WARN,
-                               .workers = (unsigned)threads,
-                               .broker_url = broker};
+    loom_runtime_config cfg =
+        LOOM_RUNTIME_CONFIG_INIT(.config = conf, .log_level = LOOM_LOG_WARN,
+                                 .workers = (unsigned)threads, .broker_url = broker);
     loom_runtime *rt = NULL;
     loom_err cerr = loom_runtime_create(&rt, &cfg);
     loom_config_destroy(conf);

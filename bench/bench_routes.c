@@ -70,14 +70,15 @@ int main(int argc, char **argv)
         char *name = names + (size_t)i * 16, *path = paths + (size_t)i * 24;
         snprintf(name, 16, "r%d", i % 100000);
         snprintf(path, 24, "/r%d/:id", i % 100000);
-        defs[i] = (loom_command_def){.name = name, .handler = route_handler,
-                                     .http_method = "GET", .http_path = path,
-                                     .http_public = true};
+        defs[i] = (loom_command_def)LOOM_COMMAND_DEF_INIT(.name = name, .handler = route_handler,
+                                                          .http_method = "GET", .http_path = path,
+                                                          .http_public = true);
         cmds[i] = &defs[i];
     }
     cmds[n] = &echo_cmd;
     cmds[n + 1] = NULL;
-    const loom_service_def svc = {.name = "routes", .version = "1", .commands = cmds};
+    const loom_service_def svc =
+        LOOM_SERVICE_DEF_INIT(.name = "routes", .version = "1", .commands = cmds);
     int rc = loom_main(nargs, args, LOOM_SERVICES(&svc));
     free(defs);
     free(cmds);

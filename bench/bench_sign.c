@@ -28,7 +28,8 @@ static loom_runtime *make(const char *dir, const char *identity, bool signing)
         loom_config_set(cfg, "security.keyring", ring) ||
         loom_config_set(cfg, "security.signing", signing ? "true" : "false"))
         exit(1);
-    loom_runtime_config rc = {.config = cfg, .log_level = LOOM_LOG_WARN, .workers = 1};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .log_level = LOOM_LOG_WARN, .workers = 1);
     loom_runtime *rt;
     if (loom_runtime_create(&rt, &rc)) {
         fprintf(stderr, "bench_sign: cannot create a runtime with the keys in %s\n", dir);

@@ -44,6 +44,8 @@ MARKER = "<!-- Everything below this line is kept by bench/run.py; above it is g
 
 SHOP = os.path.join(BUILD, "examples/shop/shop")
 HELLO = os.path.join(BUILD, "examples/hello/hello")
+# The edge build (every WITH_* = 0, docs/abi.md "Build options"); make bench builds it.
+MINIMAL = os.path.join(ROOT, os.environ.get("BENCH_MINIMAL", "build/minimal"))
 PROG = {n: os.path.join(BUILD, "bench", n)
         for n in ("bench_invoke", "bench_events", "bench_routes", "ref_mqtt_rr", "ref_nats_rr")}
 # The payments request every split measurement sends (reference included).
@@ -513,14 +515,15 @@ def scenario_http():
             EXTRA["conn_hwm.%d" % c] = rss_kb(shop.pid)[1]
 
 
+def stripped(path):
+    """The size of a stripped copy of path."""
+    out = os.path.join(TMP, "%d-%s.stripped" % (len(os.listdir(TMP)), os.path.basename(path)))
+    subprocess.run(["strip", "-o", out, path], capture_output=True, timeout=60)
+    return os.path.getsize(out) if os.path.exists(out) else None
+
+
 def footprint_sizes():
     sizes = {}
-
-    def stripped(path):
-        out = os.path.join(TMP, os.path.basename(path) + ".stripped")
-        subprocess.run(["strip", "-o", out, path], capture_output=True, timeout=60)
-        return os.path.getsize(out) if os.path.exists(out) else None
-
     for label, path in (("libloom.so", os.path.join(BUILD, "libloom.so")),
                         ("libloom.a", os.path.join(BUILD, "libloom.a")),
                         ("hello (libloom.a linked in)", HELLO),
@@ -530,6 +533,30 @@ def footprint_sizes():
             sizes[label] = (os.path.getsize(real),
                             stripped(real) if not real.endswith(".a") else None)
     EXTRA["sizes"] = sizes
+
+
+def idle_rss_kb(name, argv):
+    """VmRSS of a serving loom program one second after it started."""
+    p = start(name, argv)
+    time.sleep(1.0)
+    rss = rss_kb(p.pid)[0] if p.poll() is None else None
+    stop(p)
+    return rss
+
+
+def footprint_minimal():
+    """The edge build next to the full one: libloom.so, the statically
+    linked hello, and hello's idle RSS (no HTTP, in-memory broker)."""
+    m = {}
+    for key, build in (("full", BUILD), ("edge", MINIMAL)):
+        lib = os.path.realpath(os.path.join(build, "libloom.so"))
+        hello = os.path.join(build, "examples/hello/hello")
+        if not (os.path.exists(lib) and os.path.exists(hello)):
+            continue
+        m[key] = {"lib": (os.path.getsize(lib), stripped(lib)),
+                  "hello": (os.path.getsize(hello), stripped(hello)),
+                  "rss": idle_rss_kb("hello-" + key, [hello, "--log-level", "warn"])}
+    EXTRA["minimal"] = m
 
 
 # --- scenarios 3 + 4: split over MQTT / NATS -------------------------------------------------
@@ -1005,6 +1032,16 @@ def footprint_lines():
     for label, (size, strip) in EXTRA.get("sizes", {}).items():
         lines.append(row([label, fmt_size(size) + (" (stripped: %s)" % fmt_size(strip)
                                                    if strip else "")]))
+    m = EXTRA.get("minimal", {})
+    if "edge" in m:
+        edge = "edge build (`WITH_MQTT=0 WITH_NATS=0 WITH_REDIS=0 WITH_HTTP=0`)"
+        for what, label in (("lib", "libloom.so"), ("hello", "hello (libloom.a linked in)")):
+            size, strip = m["edge"][what]
+            lines.append(row(["%s: %s" % (edge, label),
+                              fmt_size(size) + (" (stripped: %s)" % fmt_size(strip) if strip else "")]))
+        full = m.get("full", {}).get("rss")
+        lines.append(row(["idle RSS, hello (VmRSS 1 s after start): edge build / full build",
+                          "%s / %s" % (fmt_kb(m["edge"]["rss"]), fmt_kb(full))]))
     return lines
 
 
@@ -1129,7 +1166,9 @@ def write_report(rows, started, wall):
   same with plain clients (a shared subscription / queue group for "one per
   group", plain subscriptions for "every instance").
 - **Footprint**: VmRSS from /proc/PID/status one second after the shop is ready;
-  VmHWM after the HTTP runs; file sizes, and sizes after `strip`.
+  VmHWM after the HTTP runs; file sizes, and sizes after `strip`. The edge build
+  (docs/abi.md, "Build options") is build/minimal, built by `make bench`; its
+  hello and the full build's run idle (in-memory broker, no HTTP) for the RSS row.
 - **Growth**: payload `{"n":41,"pad":"xx.."}` of the given size; routes: a service
   with N generated `GET /r{i}/:id` commands (`bench/bench_routes`), wrk asking for
   the last one; connections: the GET user endpoint and nginx with wrk -c1..-c1000
@@ -1165,6 +1204,7 @@ def main():
         if want("invoke"):
             scenario_invoke()
         footprint_sizes()
+        footprint_minimal()
         if want("http"):
             scenario_http()
         for kind, _ in SPLITS:

@@ -21,6 +21,23 @@
  *     (service and command descriptors themselves must outlive the runtime:
  *     the LOOM_* macros make them static).
  *
+ * EXTENSIBLE STRUCTS. The structs you fill in and pass to loom (loom_call,
+ * loom_runtime_config, loom_main_options, loom_test_options and the
+ * definitions) begin with `size_t size`, so later versions can append fields
+ * without breaking programs built against this one (docs/abi.md). Initialise
+ * them with their macro, which sets size and zeroes every field you do not
+ * name:
+ *
+ *   loom_call call = LOOM_CALL_INIT(.service = "users", .command = "get");
+ *   loom_runtime_config rc = LOOM_RUNTIME_CONFIG_INIT(.workers = 2);
+ *
+ * (LOOM_COMMAND, LOOM_SUBSCRIPTION and LOOM_SERVICE do it for definitions.)
+ * A struct with size 0 is read as this first layout, so plain `= {...}`
+ * initialisers keep working, but fields appended later are only seen
+ * through the macros. A size larger than this library knows is accepted
+ * when the unknown tail is zero and refused with LOOM_EUNSUPPORTED
+ * otherwise (a program built against a newer loom that uses a newer field).
+ *
  * THREADS. Every function here may be called from any thread unless its comment
  * says otherwise. Handlers run on the runtime's worker threads (or, for an
  * in-process command invoked synchronously, on the caller's thread), never on a
@@ -218,6 +235,7 @@ typedef enum loom_ack {
 typedef loom_ack (*loom_subscription_fn)(loom_ctx *ctx, void *user);
 
 typedef struct loom_command_def {
+    size_t size;             /* sizeof, set by the _INIT macro (see EXTENSIBLE STRUCTS) */
     const char *name;        /* required; [A-Za-z0-9_.-]+ */
     const char *description;
     loom_command_fn handler; /* required */
@@ -241,7 +259,9 @@ typedef enum loom_delivery_mode {
     LOOM_DELIVER_ALL,       /* every running instance */
 } loom_delivery_mode;
 
-/* What a subscription reacts to. NULL / 0 fields match anything. */
+/* What a subscription reacts to. NULL / 0 fields match anything. Embedded
+ * in loom_subscription_def, so it never grows within one SONAME (new filter
+ * fields go to loom_subscription_def; docs/abi.md). */
 typedef struct loom_filter {
     const char *event_name;
     const char *sender_service;
@@ -255,6 +275,7 @@ typedef struct loom_filter {
 } loom_filter;
 
 typedef struct loom_subscription_def {
+    size_t size;      /* sizeof, set by the _INIT macro (see EXTENSIBLE STRUCTS) */
     const char *name; /* required; group = service.version.name */
     const char *description;
     loom_subscription_fn handler; /* required */
@@ -266,6 +287,7 @@ typedef struct loom_subscription_def {
 } loom_subscription_def;
 
 typedef struct loom_service_def {
+    size_t size;         /* sizeof, set by the _INIT macro (see EXTENSIBLE STRUCTS) */
     const char *name;    /* required; [A-Za-z0-9_-]+ */
     const char *version; /* required, e.g. "1" */
     const char *description;
@@ -300,13 +322,26 @@ typedef struct loom_service_def {
  *   users.h:  LOOM_SERVICE_DECLARE(users);
  *   users.c:  LOOM_SERVICE_EXTERN(users, .name = "users", .version = "1", ...);
  */
-#define LOOM_COMMAND(ident, ...) static const loom_command_def ident = {__VA_ARGS__}
-#define LOOM_SUBSCRIPTION(ident, ...)                                         \
-    static const loom_subscription_def ident = {__VA_ARGS__}
-#define LOOM_SERVICE(ident, ...) static const loom_service_def ident = {__VA_ARGS__}
-#define LOOM_COMMAND_EXTERN(ident, ...) const loom_command_def ident = {__VA_ARGS__}
-#define LOOM_SUBSCRIPTION_EXTERN(ident, ...) const loom_subscription_def ident = {__VA_ARGS__}
-#define LOOM_SERVICE_EXTERN(ident, ...) const loom_service_def ident = {__VA_ARGS__}
+/* Initialisers for definitions written without the macros below (arrays
+ * filled at run time, compound literals): `defs[i] = (loom_command_def)
+ * LOOM_COMMAND_DEF_INIT(.name = n, .handler = h);`. */
+// clang-format off
+#define LOOM_COMMAND_DEF_INIT(...) {.size = sizeof(loom_command_def), __VA_ARGS__}
+#define LOOM_SUBSCRIPTION_DEF_INIT(...) {.size = sizeof(loom_subscription_def), __VA_ARGS__}
+#define LOOM_SERVICE_DEF_INIT(...) {.size = sizeof(loom_service_def), __VA_ARGS__}
+// clang-format on
+#define LOOM_COMMAND(ident, ...)                                                                   \
+    static const loom_command_def ident = LOOM_COMMAND_DEF_INIT(__VA_ARGS__)
+#define LOOM_SUBSCRIPTION(ident, ...)                                                              \
+    static const loom_subscription_def ident = LOOM_SUBSCRIPTION_DEF_INIT(__VA_ARGS__)
+#define LOOM_SERVICE(ident, ...)                                                                   \
+    static const loom_service_def ident = LOOM_SERVICE_DEF_INIT(__VA_ARGS__)
+#define LOOM_COMMAND_EXTERN(ident, ...)                                                            \
+    const loom_command_def ident = LOOM_COMMAND_DEF_INIT(__VA_ARGS__)
+#define LOOM_SUBSCRIPTION_EXTERN(ident, ...)                                                       \
+    const loom_subscription_def ident = LOOM_SUBSCRIPTION_DEF_INIT(__VA_ARGS__)
+#define LOOM_SERVICE_EXTERN(ident, ...)                                                            \
+    const loom_service_def ident = LOOM_SERVICE_DEF_INIT(__VA_ARGS__)
 #define LOOM_COMMAND_DECLARE(ident) extern const loom_command_def ident
 #define LOOM_SUBSCRIPTION_DECLARE(ident) extern const loom_subscription_def ident
 #define LOOM_SERVICE_DECLARE(ident) extern const loom_service_def ident
@@ -319,6 +354,7 @@ typedef struct loom_service_def {
 /* Runtime                                                                   */
 
 typedef struct loom_runtime_config {
+    size_t size; /* sizeof, set by the _INIT macro (see EXTENSIBLE STRUCTS) */
     /* Deployment configuration (YAML + environment + flags), or NULL. The
      * fields below override it when set (non-NULL / non-zero). Copied. */
     const loom_config *config;
@@ -333,6 +369,11 @@ typedef struct loom_runtime_config {
     loom_log_fn log_fn; /* default: lines on stderr */
     void *log_user;
 } loom_runtime_config;
+
+/* loom_runtime_config rc = LOOM_RUNTIME_CONFIG_INIT(.broker_url = url); */
+// clang-format off
+#define LOOM_RUNTIME_CONFIG_INIT(...) {.size = sizeof(loom_runtime_config), __VA_ARGS__}
+// clang-format on
 
 /* Creates a runtime. Nothing runs until loom_runtime_start(). cfg may be NULL
  * (all defaults). Errors: LOOM_EINVAL, LOOM_ECONFIG (bad value; details in
@@ -387,6 +428,7 @@ LOOM_API void loom_runtime_log(loom_runtime *rt, loom_log_level level, const cha
 /* What to invoke. service and command are required; version NULL means "1".
  * payload and parameter (either may be NULL) are taken over only on LOOM_OK. */
 typedef struct loom_call {
+    size_t size; /* sizeof, set by the _INIT macro (see EXTENSIBLE STRUCTS) */
     const char *service;
     const char *version;
     const char *command;
@@ -414,6 +456,12 @@ typedef struct loom_call {
      * to resume the HTTP connection). */
     bool reply_inline;
 } loom_call;
+
+/* loom_call c = LOOM_CALL_INIT(.service = "users", .command = "get"); as an
+ * argument: &(loom_call)LOOM_CALL_INIT(...). */
+// clang-format off
+#define LOOM_CALL_INIT(...) {.size = sizeof(loom_call), __VA_ARGS__}
+// clang-format on
 
 /* Called once with the response: a success (status 200/204) or an error
  * response (the handler's status, 400 validation, 503 no receiver or
@@ -593,6 +641,7 @@ LOOM_API int loom_main(int argc, char **argv, const loom_service_def *const *ser
 /* What a program tells loom_main_with about itself. Every field is
  * optional (zero = loom's behaviour). Read during the call only. */
 typedef struct loom_main_options {
+    size_t size; /* sizeof, set by the _INIT macro (see EXTENSIBLE STRUCTS) */
     /* The program: --version prints "NAME VERSION (loom X.Y.Z)"; the
      * OpenAPI document's info.title and info.version (keys
      * http.openapi.title / .version, which the file can still override).
@@ -611,6 +660,10 @@ typedef struct loom_main_options {
      * the services array (NULL: NULL for all). */
     void *const *users;
 } loom_main_options;
+
+// clang-format off
+#define LOOM_MAIN_OPTIONS_INIT(...) {.size = sizeof(loom_main_options), __VA_ARGS__}
+// clang-format on
 
 /* loom_main with program options (opts may be NULL: same as loom_main). */
 LOOM_API int loom_main_with(int argc, char **argv, const loom_service_def *const *services,

@@ -2,13 +2,25 @@
 # Installs loom into a scratch prefix and builds a small program out of the
 # tree with `pkg-config --cflags --libs loom`, shared and static, then runs
 # both; then builds and runs `make test` of examples/template (a copy) against
-# the installed copy. Fails on any step.
+# the installed copy. Checks the installed library links and docs. Fails on
+# any step.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 make -s -C "$top" install PREFIX="$tmp/prefix" >/dev/null
 export PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig"
+# The library under its full version with the SONAME and -lloom links, and
+# the documentation.
+version=$(sed -n 's/^#define LOOM_VERSION_STRING "\(.*\)"/\1/p' "$top/include/loom/version.h")
+lib=$tmp/prefix/lib
+[ -f "$lib/libloom.so.$version" ] && [ "$(readlink "$lib/libloom.so.0")" = "libloom.so.$version" ] &&
+    [ "$(readlink "$lib/libloom.so")" = libloom.so.0 ] ||
+    { echo "pkgconfig-test: libloom.so.$version and its links are not installed"; ls -l "$lib"; exit 1; }
+for doc in README.md LICENSE abi.md api.md getting-started.md; do
+    [ -s "$tmp/prefix/share/doc/loom/$doc" ] ||
+        { echo "pkgconfig-test: share/doc/loom/$doc is not installed"; exit 1; }
+done
 cat > "$tmp/app.c" <<'C'
 #include <loom.h>
 #include <stdio.h>
@@ -27,13 +39,13 @@ LOOM_SERVICE(svc, .name = "app", .version = "1", .commands = LOOM_COMMANDS(&cmd_
 
 int main(void)
 {
-    loom_runtime_config cfg = {.log_level = LOOM_LOG_WARN};
+    loom_runtime_config cfg = LOOM_RUNTIME_CONFIG_INIT(.log_level = LOOM_LOG_WARN);
     loom_runtime *rt = NULL;
     if (loom_runtime_create(&rt, &cfg) || loom_runtime_add_service(rt, &svc, NULL) ||
         loom_runtime_start(rt))
         return 1;
-    loom_call call = {.service = "app", .command = "hi",
-                      .payload = cJSON_Parse("{\"name\":\"pkg-config\"}")};
+    loom_call call = LOOM_CALL_INIT(.service = "app", .command = "hi",
+                      .payload = cJSON_Parse("{\"name\":\"pkg-config\"}"));
     loom_msg *resp = NULL;
     if (loom_runtime_call(rt, &call, &resp) || loom_msg_status(resp) != 200)
         return 1;

@@ -186,7 +186,8 @@ static loom_runtime *rt_new(const char *identity, const char *instance, const ch
     assert_int_equal(loom_config_set(cfg, "log.level", "error"), LOOM_OK);
     if (extra_key)
         assert_int_equal(loom_config_set(cfg, extra_key, extra_value), LOOM_OK);
-    loom_runtime_config rc = {.config = cfg, .instance_id = instance, .workers = 2};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .instance_id = instance, .workers = 2);
     loom_runtime *rt;
     assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
     loom_config_destroy(cfg);
@@ -243,11 +244,8 @@ static int signing_teardown(void **state)
 
 static loom_msg *call_echo(const char *principal, const char *tenant)
 {
-    loom_call c = {.service = "probe",
-                   .command = "echo",
-                   .principal_id = principal,
-                   .tenant_id = tenant,
-                   .payload = cJSON_CreateObject()};
+    loom_call c = LOOM_CALL_INIT(.service = "probe", .command = "echo", .principal_id = principal,
+                                 .tenant_id = tenant, .payload = cJSON_CreateObject());
     loom_msg *resp = NULL;
     assert_int_equal(loom_runtime_call(S.caller, &c, &resp), LOOM_OK);
     return resp;
@@ -302,7 +300,7 @@ static loom_err create_with(const char *key_file, const char *ring_file)
     if (ring_file)
         assert_int_equal(loom_config_set(cfg, "security.keyring", ring_file), LOOM_OK);
     logged[0] = '\0';
-    loom_runtime_config rc = {.config = cfg, .log_fn = capture_log};
+    loom_runtime_config rc = LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .log_fn = capture_log);
     loom_runtime *rt = NULL;
     loom_err err = loom_runtime_create(&rt, &rc);
     loom_runtime_destroy(rt);
@@ -353,7 +351,7 @@ static void test_signing_configuration_errors(void **state)
     assert_int_equal(loom_config_set(cfg, "security.signing", "on"), LOOM_OK);
     assert_int_equal(loom_config_set(cfg, "security.key_env", "LOOM_TEST_ATTACKS_KEY"), LOOM_OK);
     assert_int_equal(loom_config_set(cfg, "security.keyring", ring), LOOM_OK);
-    loom_runtime_config rc = {.config = cfg, .log_fn = capture_log};
+    loom_runtime_config rc = LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .log_fn = capture_log);
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
     assert_string_equal(rt->trust.name, "probe");
@@ -602,7 +600,7 @@ static void test_forged_replies_are_dropped(void **state)
              r0 = dropped(S.caller, LOOM__DROP_REPLY);
     static answer a;
     memset(&a, 0, sizeof a);
-    loom_call c = {.service = "probe", .command = "slow", .timeout_ms = 8000};
+    loom_call c = LOOM_CALL_INIT(.service = "probe", .command = "slow", .timeout_ms = 8000);
     assert_int_equal(loom_runtime_invoke(S.caller, &c, on_answer, &a), LOOM_OK);
     loom_msg *req = sniffed(&sniffer, path);
     forge_reply(req, "probe", false);
@@ -762,12 +760,14 @@ static void test_announcement_flood_is_capped(void **state)
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof names[i], "c%d", i);
         snprintf(paths[i], sizeof paths[i], "/flood/%d", i);
-        defs[i] = (loom_command_def){
-            .name = names[i], .handler = echo_fn, .http_method = "GET", .http_path = paths[i]};
+        defs[i] =
+            (loom_command_def)LOOM_COMMAND_DEF_INIT(.name = names[i], .handler = echo_fn,
+                                                    .http_method = "GET", .http_path = paths[i]);
         list[i] = &defs[i];
     }
     list[N] = NULL;
-    static const loom_service_def flood = {.name = "mallory", .version = "1", .commands = list};
+    static const loom_service_def flood =
+        LOOM_SERVICE_DEF_INIT(.name = "mallory", .version = "1", .commands = list);
     uint64_t a0 = dropped(S.caller, LOOM__DROP_ANNOUNCE);
     loom_runtime *m = rt_new("mallory", "mallory-3", NULL, NULL);
     assert_int_equal(loom_runtime_add_service(m, &flood, NULL), LOOM_OK);

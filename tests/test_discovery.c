@@ -43,8 +43,8 @@ static loom_runtime *start(const char *url, const loom_service_def *s)
     loom_config *cfg = NULL;
     assert_int_equal(loom_config_create(&cfg), LOOM_OK);
     assert_int_equal(loom_config_set(cfg, "broker.heartbeat_ms", "100"), LOOM_OK);
-    loom_runtime_config rc = {.config = cfg, .broker_url = url, .workers = 2,
-                              .log_level = LOOM_LOG_WARN};
+    loom_runtime_config rc = LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .broker_url = url,
+                                                      .workers = 2, .log_level = LOOM_LOG_WARN);
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
     loom_config_destroy(cfg);
@@ -57,8 +57,8 @@ static loom_runtime *start(const char *url, const loom_service_def *s)
 
 static int call_status(loom_runtime *rt)
 {
-    loom_call c = {.service = "disc", .version = "2", .command = "echo",
-                   .payload = cJSON_CreateNumber(7)};
+    loom_call c = LOOM_CALL_INIT(.service = "disc", .version = "2", .command = "echo",
+                                 .payload = cJSON_CreateNumber(7));
     loom_msg *r = NULL;
     assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
     int status = loom_msg_status(r);

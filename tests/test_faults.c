@@ -235,11 +235,9 @@ static void pub_start(void)
     loom_config *cfg = NULL;
     assert_int_equal(loom_config_create(&cfg), LOOM_OK);
     assert_int_equal(loom_config_set(cfg, "broker.reconnect_max_ms", "1000"), LOOM_OK);
-    loom_runtime_config rc = {.config = cfg,
-                              .broker_url = t_broker_url(&L.broker),
-                              .instance_id = "pub",
-                              .workers = 2,
-                              .log_fn = quiet_log};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .broker_url = t_broker_url(&L.broker),
+                                 .instance_id = "pub", .workers = 2, .log_fn = quiet_log);
     assert_int_equal(loom_runtime_create(&L.pub, &rc), LOOM_OK);
     loom_config_destroy(cfg);
     assert_int_equal(loom_runtime_start(L.pub), LOOM_OK);

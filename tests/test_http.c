@@ -327,8 +327,9 @@ static void unique_bus(char *out, size_t n)
 static loom_runtime *new_runtime(const char *bus, const loom_service_def *const *svcs,
                                  unsigned workers)
 {
-    loom_runtime_config rc = {
-        .broker_url = bus, .workers = workers, .log_level = LOOM_LOG_WARN, .log_fn = test_log};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.broker_url = bus, .workers = workers, .log_level = LOOM_LOG_WARN,
+                                 .log_fn = test_log);
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
     for (; svcs && *svcs; svcs++)

@@ -754,10 +754,9 @@ static void test_log_masks_secrets(void **state)
     sink_clear(&k);
 
     /* A runtime refusing its broker URL logs it, masked. */
-    loom_runtime_config rc = {.broker_url = "mqtt://admin:hunter2@127.0.0.1:99999",
-                              .log_level = LOOM_LOG_DEBUG,
-                              .log_fn = sink_fn,
-                              .log_user = &k};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.broker_url = "mqtt://admin:hunter2@127.0.0.1:99999",
+                                 .log_level = LOOM_LOG_DEBUG, .log_fn = sink_fn, .log_user = &k);
     loom_runtime *rt = NULL;
     loom_err err = loom_runtime_create(&rt, &rc);
     if (err == LOOM_OK) {

@@ -112,8 +112,8 @@ static void deferred_fn(loom_ctx *ctx, void *user)
 static void chain_fn(loom_ctx *ctx, void *user)
 {
     (void)user;
-    loom_call call = {.service = "test", .command = "echo",
-                      .payload = cJSON_CreateString("inner")};
+    loom_call call = LOOM_CALL_INIT(.service = "test", .command = "echo",
+                                    .payload = cJSON_CreateString("inner"));
     loom_msg *resp = NULL;
     assert_int_equal(loom_ctx_call(ctx, &call, &resp), LOOM_OK);
     cJSON *out = cJSON_CreateObject();
@@ -185,8 +185,9 @@ static bool log_contains(const char *s)
 
 static loom_runtime *start_rt(const char *broker, const loom_service_def *svc)
 {
-    loom_runtime_config cfg = {.broker_url = broker, .workers = 4, .log_fn = capture_log,
-                               .drain_timeout_ms = 2000};
+    loom_runtime_config cfg =
+        LOOM_RUNTIME_CONFIG_INIT(.broker_url = broker, .workers = 4, .log_fn = capture_log,
+                                 .drain_timeout_ms = 2000);
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &cfg), LOOM_OK);
     if (svc)
@@ -198,8 +199,8 @@ static loom_runtime *start_rt(const char *broker, const loom_service_def *svc)
 
 static loom_msg *call(loom_runtime *rt, const char *cmd, const char *payload)
 {
-    loom_call c = {.service = "test", .command = cmd,
-                   .payload = payload ? t_json(payload) : NULL};
+    loom_call c = LOOM_CALL_INIT(.service = "test", .command = cmd,
+                                 .payload = payload ? t_json(payload) : NULL);
     loom_msg *resp = NULL;
     assert_int_equal(loom_runtime_call(rt, &c, &resp), LOOM_OK);
     assert_non_null(resp);
@@ -288,12 +289,12 @@ static void test_unknown_command_404_service_503(void **state)
     assert_true(b.tv_sec - a.tv_sec < 2);
     loom_msg_release(r);
 
-    loom_call c = {.service = "other", .command = "x"};
+    loom_call c = LOOM_CALL_INIT(.service = "other", .command = "x");
     assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
     assert_int_equal(loom_msg_status(r), 503);
     assert_non_null(strstr(loom_msg_error(r), "no receiver"));
     loom_msg_release(r);
-    c = (loom_call){.service = "test", .version = "2", .command = "echo"};
+    c = (loom_call)LOOM_CALL_INIT(.service = "test", .version = "2", .command = "echo");
     assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
     assert_int_equal(loom_msg_status(r), 503);
     loom_msg_release(r);
@@ -312,9 +313,9 @@ static void test_validation_400(void **state)
     free(details);
     loom_msg_release(r);
 
-    loom_call c = {.service = "test", .command = "valid",
-                   .payload = t_json("{\"email\":\"a@b\"}"),
-                   .parameter = t_json("{\"id\":\"abc\"}")};
+    loom_call c = LOOM_CALL_INIT(.service = "test", .command = "valid",
+                                 .payload = t_json("{\"email\":\"a@b\"}"),
+                                 .parameter = t_json("{\"id\":\"abc\"}"));
     assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
     assert_int_equal(loom_msg_status(r), 400);
     assert_string_equal(loom_msg_error(r), "invalid parameter");
@@ -345,7 +346,8 @@ static void test_timeout_and_deadline(void **state)
      * 300 ms against a 100 ms timeout. */
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
-    loom_call c = {.service = "test", .command = "slow", .payload = t_json("{\"ms\":300}")};
+    loom_call c =
+        LOOM_CALL_INIT(.service = "test", .command = "slow", .payload = t_json("{\"ms\":300}"));
     loom_msg *r = NULL;
     assert_int_equal(loom_runtime_invoke(rt, &c, NULL, NULL), LOOM_EINVAL); /* no callback */
     assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
@@ -357,7 +359,7 @@ static void test_timeout_and_deadline(void **state)
 
     /* Work past its deadline is not started. */
     atomic_store(&started_count, 0);
-    loom_call d = {.service = "test", .command = "count", .deadline_ms = 1};
+    loom_call d = LOOM_CALL_INIT(.service = "test", .command = "count", .deadline_ms = 1);
     assert_int_equal(loom_runtime_call(rt, &d, &r), LOOM_OK);
     assert_int_equal(loom_msg_status(r), 504);
     assert_int_equal(atomic_load(&started_count), 0);
@@ -404,7 +406,7 @@ static void test_async_and_deferred(void **state)
     (void)state;
     loom_runtime *rt = start_rt("memory:async", &svc_test);
     async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
-    loom_call c = {.service = "test", .command = "deferred"};
+    loom_call c = LOOM_CALL_INIT(.service = "test", .command = "deferred");
     assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
     async_wait(&a, 1);
     assert_int_equal(a.status, 200);
@@ -425,8 +427,8 @@ static void test_chain_carries_trace(void **state)
     (void)state;
     loom_runtime *rt = start_rt("memory:chain", &svc_test);
     const char *trace = "0123456789abcdef0123456789abcdef";
-    loom_call c = {.service = "test", .command = "chain", .trace_id = trace,
-                   .principal_id = "alice"};
+    loom_call c = LOOM_CALL_INIT(.service = "test", .command = "chain", .trace_id = trace,
+                                 .principal_id = "alice");
     loom_msg *r = NULL;
     assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
     assert_int_equal(loom_msg_status(r), 200);
@@ -448,7 +450,8 @@ static void test_store_and_service_config(void **state)
     assert_int_equal(loom_config_create(&cfg), LOOM_OK);
     const char *yaml = "config:\n  test:\n    greeting: hi\n";
     assert_int_equal(loom_config_load_string(cfg, yaml, strlen(yaml), "t.yaml"), LOOM_OK);
-    loom_runtime_config rc = {.config = cfg, .broker_url = "memory:store", .workers = 2};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .broker_url = "memory:store", .workers = 2);
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
     loom_config_destroy(cfg); /* copied */
@@ -545,8 +548,8 @@ static bool wait_for(atomic_int *v, int want, int ms)
 static void test_subscriptions_groups_and_all(void **state)
 {
     (void)state;
-    loom_runtime_config cfg = {.broker_url = "memory:events", .workers = 2,
-                               .log_fn = capture_log};
+    loom_runtime_config cfg = LOOM_RUNTIME_CONFIG_INIT(.broker_url = "memory:events", .workers = 2,
+                                                       .log_fn = capture_log);
     loom_runtime *a = NULL, *b = NULL;
     assert_int_equal(loom_runtime_create(&a, &cfg), LOOM_OK);
     assert_int_equal(loom_runtime_create(&b, &cfg), LOOM_OK);
@@ -685,7 +688,7 @@ static void test_take_calls_free_what_they_cannot_send(void **state)
 {
     (void)state;
     loom_runtime *rt = start_rt("memory:take", &svc_take);
-    loom_call c = {.service = "take", .command = "take"};
+    loom_call c = LOOM_CALL_INIT(.service = "take", .command = "take");
     loom_msg *r = NULL;
     assert_int_equal(loom_runtime_call(rt, &c, &r), LOOM_OK);
     assert_int_equal(loom_msg_status(r), 200);
@@ -722,13 +725,12 @@ static void test_main_with_options(void **state)
     close(fd);
     static int marker_a, marker_b;
     char *argv[] = {"prog", "--call", "who.who", NULL};
-    loom_main_options opts = {
-        .name = "prog",
-        .version = "9.9",
-        .config_file = path,
-        .defaults = (const char *const[]){"log.level=error", "config.who.greeting=default", NULL},
-        .users = (void *const[]){&marker_a, &marker_b},
-    };
+    loom_main_options opts =
+        LOOM_MAIN_OPTIONS_INIT(.name = "prog", .version = "9.9", .config_file = path,
+                               .defaults =
+                                   (const char *const[]){"log.level=error",
+                                                         "config.who.greeting=default", NULL},
+                               .users = (void *const[]){&marker_a, &marker_b}, );
     seen_user = NULL;
     assert_int_equal(loom_main_with(3, argv, LOOM_SERVICES(&svc_who, &svc_other), &opts), 0);
     assert_ptr_equal(seen_user, &marker_a);
@@ -752,8 +754,9 @@ static void test_kit_options(void **state)
 {
     (void)state;
     static int marker;
-    loom_test_options o = {.users = (void *const[]){&marker},
-                           .config_yaml = "config:\n  who:\n    greeting: kit\n"};
+    loom_test_options o =
+        LOOM_TEST_OPTIONS_INIT(.users = (void *const[]){&marker},
+                               .config_yaml = "config:\n  who:\n    greeting: kit\n");
     loom_test *t = NULL;
     assert_int_equal(loom_test_create(&t, LOOM_SERVICES(&svc_who), &o), LOOM_OK);
     int status = 0;
@@ -780,7 +783,7 @@ static void test_remote_call_across_runtimes(void **state)
      * over the bus. */
     loom_runtime *server = start_rt("memory:remote", &svc_test);
     loom_runtime *client = start_rt("memory:remote", NULL);
-    loom_call c = {.service = "test", .command = "echo", .payload = t_json("[1,2]")};
+    loom_call c = LOOM_CALL_INIT(.service = "test", .command = "echo", .payload = t_json("[1,2]"));
     loom_msg *r = NULL;
     assert_int_equal(loom_runtime_call(client, &c, &r), LOOM_OK);
     assert_int_equal(loom_msg_status(r), 200);
@@ -822,8 +825,8 @@ static void test_stop_drains_in_flight(void **state)
     (void)state;
     loom_runtime *rt = start_rt("memory:drain", &svc_test);
     async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
-    loom_call c = {.service = "test", .command = "slow", .payload = t_json("{\"ms\":80}"),
-                   .timeout_ms = 5000};
+    loom_call c = LOOM_CALL_INIT(.service = "test", .command = "slow",
+                                 .payload = t_json("{\"ms\":80}"), .timeout_ms = 5000);
     assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
     sleep_ms(20); /* the handler is running */
     assert_int_equal(loom_runtime_stop(rt), LOOM_OK);
@@ -843,8 +846,9 @@ static void test_stop_drains_in_flight(void **state)
 static void test_stop_answers_what_is_left(void **state)
 {
     (void)state;
-    loom_runtime_config cfg = {.broker_url = "memory:left", .workers = 1,
-                               .drain_timeout_ms = 50, .log_fn = capture_log};
+    loom_runtime_config cfg =
+        LOOM_RUNTIME_CONFIG_INIT(.broker_url = "memory:left", .workers = 1, .drain_timeout_ms = 50,
+                                 .log_fn = capture_log);
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &cfg), LOOM_OK);
     assert_int_equal(loom_runtime_add_service(rt, &svc_test, NULL), LOOM_OK);
@@ -852,8 +856,8 @@ static void test_stop_answers_what_is_left(void **state)
     async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
     /* one worker: the first runs 300 ms, the others queue behind it */
     for (int i = 0; i < 5; i++) {
-        loom_call c = {.service = "test", .command = "slow", .payload = t_json("{\"ms\":300}"),
-                       .timeout_ms = 10000};
+        loom_call c = LOOM_CALL_INIT(.service = "test", .command = "slow",
+                                     .payload = t_json("{\"ms\":300}"), .timeout_ms = 10000);
         assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
     }
     sleep_ms(20);
@@ -872,8 +876,9 @@ static void test_concurrency_limit(void **state)
     loom_config *cfg = NULL;
     assert_int_equal(loom_config_create(&cfg), LOOM_OK);
     assert_int_equal(loom_config_set(cfg, "limits.concurrency.test.slow", "1"), LOOM_OK);
-    loom_runtime_config rc = {.config = cfg, .broker_url = "memory:bulkhead", .workers = 4,
-                              .log_fn = capture_log};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .broker_url = "memory:bulkhead", .workers = 4,
+                                 .log_fn = capture_log);
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
     loom_config_destroy(cfg);
@@ -881,8 +886,8 @@ static void test_concurrency_limit(void **state)
     assert_int_equal(loom_runtime_start(rt), LOOM_OK);
     async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
     async_result b = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
-    loom_call c = {.service = "test", .command = "slow", .payload = t_json("{\"ms\":300}"),
-                   .timeout_ms = 5000};
+    loom_call c = LOOM_CALL_INIT(.service = "test", .command = "slow",
+                                 .payload = t_json("{\"ms\":300}"), .timeout_ms = 5000);
     atomic_store(&slow_started, 0);
     assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
     assert_true(wait_for(&slow_started, 1, 3000)); /* the first one runs */
@@ -925,8 +930,8 @@ static void test_invoke_inline(void **state)
     loom_runtime *rt = start_rt("memory:inline", &svc_test);
     async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
     /* answered on this thread, before invoke returns */
-    loom_call c = {.service = "test", .command = "echo", .payload = t_json("{\"x\":1}"),
-                   .run_inline = true};
+    loom_call c = LOOM_CALL_INIT(.service = "test", .command = "echo",
+                                 .payload = t_json("{\"x\":1}"), .run_inline = true);
     assert_int_equal(loom_runtime_invoke(rt, &c, async_cb, &a), LOOM_OK);
     assert_int_equal(a.count, 1);
     assert_int_equal(a.status, 200);
@@ -946,7 +951,7 @@ static void test_invoke_inline(void **state)
     assert_int_equal(a.status, 504);
     /* a remote command is not inline: it goes through the bus */
     loom_runtime *client = start_rt("memory:inline", NULL);
-    c = (loom_call){.service = "test", .command = "echo", .run_inline = true};
+    c = (loom_call)LOOM_CALL_INIT(.service = "test", .command = "echo", .run_inline = true);
     assert_int_equal(loom_runtime_invoke(client, &c, async_cb, &a), LOOM_OK);
     async_wait(&a, 4);
     assert_int_equal(a.status, 200);
@@ -982,7 +987,7 @@ static void where_cb(loom_runtime *rt, const loom_msg *resp, void *user)
     if (w->reinvoke) {
         w->reinvoke = false;
         w->reinvoked_here = pthread_equal(pthread_self(), w->caller);
-        loom_call c = {.service = "test", .command = "empty"};
+        loom_call c = LOOM_CALL_INIT(.service = "test", .command = "empty");
         assert_int_equal(loom_runtime_invoke(w->rt, &c, nested_cb, w), LOOM_OK);
     }
     atomic_fetch_add(pthread_equal(pthread_self(), w->caller) ? &w->here : &w->elsewhere, 1);
@@ -993,8 +998,8 @@ static void invoke_n(where *w, const char *cmd, const char *payload, int n)
 {
     for (int i = 0; i < n; i++) {
         int before = atomic_load(&w->here) + atomic_load(&w->elsewhere);
-        loom_call c = {
-            .service = "test", .command = cmd, .payload = payload ? t_json(payload) : NULL};
+        loom_call c = LOOM_CALL_INIT(.service = "test", .command = cmd,
+                                     .payload = payload ? t_json(payload) : NULL);
         assert_int_equal(loom_runtime_invoke(w->rt, &c, where_cb, w), LOOM_OK);
         for (int ms = 0; atomic_load(&w->here) + atomic_load(&w->elsewhere) == before; ms++) {
             if (ms > 5000)
@@ -1040,8 +1045,8 @@ static void test_invoke_auto_inline(void **state)
     loom_config *cfg = NULL;
     assert_int_equal(loom_config_create(&cfg), LOOM_OK);
     assert_int_equal(loom_config_set(cfg, "invoke.inline", "false"), LOOM_OK);
-    loom_runtime_config rc = {
-        .config = cfg, .broker_url = "memory:noauto", .workers = 2, .log_fn = capture_log};
+    loom_runtime_config rc = LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .broker_url = "memory:noauto",
+                                                      .workers = 2, .log_fn = capture_log);
     where v = {.caller = pthread_self()};
     atomic_store(&slow_started, 0);
     assert_int_equal(loom_runtime_create(&v.rt, &rc), LOOM_OK);
@@ -1053,14 +1058,15 @@ static void test_invoke_auto_inline(void **state)
     /* After that run of quick jobs the pool wakes fewer workers; a job
      * queued while a worker is taken by a slow one (300 ms) must still
      * start on the other worker at once, not after the slow one. */
-    loom_call slow = {.service = "test", .command = "slow", .payload = t_json("{\"ms\":300}")};
+    loom_call slow =
+        LOOM_CALL_INIT(.service = "test", .command = "slow", .payload = t_json("{\"ms\":300}"));
     async_result a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, NULL};
     assert_int_equal(loom_runtime_invoke(v.rt, &slow, async_cb, &a), LOOM_OK);
     for (int ms = 0; atomic_load(&slow_started) == 0 && ms < 5000; ms++)
         sleep_ms(1);
     int64_t t0 = t_mono_ms();
     int done = atomic_load(&v.elsewhere);
-    loom_call quick = {.service = "test", .command = "empty"};
+    loom_call quick = LOOM_CALL_INIT(.service = "test", .command = "empty");
     assert_int_equal(loom_runtime_invoke(v.rt, &quick, where_cb, &v), LOOM_OK);
     while (atomic_load(&v.elsewhere) == done && t_mono_ms() - t0 < 5000)
         sleep_ms(1);
@@ -1081,8 +1087,8 @@ static void *hammer(void *p)
 {
     worker_arg *w = p;
     for (int i = 0; i < 2000; i++) {
-        loom_call c = {.service = "test", .command = "echo",
-                       .payload = cJSON_CreateNumber(i)};
+        loom_call c =
+            LOOM_CALL_INIT(.service = "test", .command = "echo", .payload = cJSON_CreateNumber(i));
         loom_msg *r = NULL;
         if (loom_runtime_call(w->rt, &c, &r) == LOOM_OK && loom_msg_status(r) == 200 &&
             cJSON_GetObjectItem(loom_msg_payload(r), "payload")->valueint == i)
@@ -1107,7 +1113,7 @@ static void *hammer_async(void *p)
 {
     worker_arg *w = p;
     for (int i = 0; i < 2000; i++) {
-        loom_call c = {.service = "test", .command = "empty"};
+        loom_call c = LOOM_CALL_INIT(.service = "test", .command = "empty");
         if (loom_runtime_invoke(w->rt, &c, count_cb, NULL) == LOOM_OK)
             w->ok++;
         else
@@ -1149,7 +1155,7 @@ static void test_bad_definitions(void **state)
 {
     (void)state;
     loom_runtime *rt = NULL;
-    loom_runtime_config cfg = {.log_fn = capture_log};
+    loom_runtime_config cfg = LOOM_RUNTIME_CONFIG_INIT(.log_fn = capture_log);
     assert_int_equal(loom_runtime_create(&rt, &cfg), LOOM_OK);
     assert_int_equal(loom_runtime_add_service(rt, &svc_bad, NULL), LOOM_EINVAL);
     assert_true(log_contains("service bad: command x: payload_schema"));
@@ -1158,12 +1164,106 @@ static void test_bad_definitions(void **state)
     assert_int_equal(loom_runtime_add_service(rt, &svc_bad4, NULL), LOOM_EINVAL);
     loom_runtime_destroy(rt);
 
-    loom_runtime_config unknown = {.broker_url = "carrier-pigeon://x", .log_fn = capture_log};
+    loom_runtime_config unknown =
+        LOOM_RUNTIME_CONFIG_INIT(.broker_url = "carrier-pigeon://x", .log_fn = capture_log);
     assert_int_equal(loom_runtime_create(&rt, &unknown), LOOM_EUNSUPPORTED);
     assert_null(rt);
     assert_int_equal(loom_runtime_create(NULL, NULL), LOOM_EINVAL);
     assert_string_equal(loom_strerror(LOOM_ETIMEDOUT), loom_strerror(LOOM_ETIMEDOUT));
     assert_non_null(loom_version());
+}
+
+/* Extensible structs (loom.h, EXTENSIBLE STRUCTS; docs/abi.md): size 0
+ * reads as the first layout; a larger size (a program built against a
+ * newer loom) passes while its unknown tail is zero and is refused with
+ * LOOM_EUNSUPPORTED once a byte of it is set; a size below the first
+ * layout is refused with LOOM_EINVAL. */
+typedef struct newer_call {
+    loom_call c;
+    uint64_t newer;
+} newer_call;
+typedef struct newer_config {
+    loom_runtime_config c;
+    uint64_t newer;
+} newer_config;
+typedef struct newer_cmd {
+    loom_command_def c;
+    uint64_t newer;
+} newer_cmd;
+
+static void never_called(loom_runtime *rt, const loom_msg *response, void *user)
+{
+    (void)rt, (void)response, (void)user;
+    fail_msg("the callback of a refused invoke ran");
+}
+
+static void test_struct_sizes_calls(void **state)
+{
+    (void)state;
+    loom_runtime *rt = start_rt("memory:sizes", &svc_test);
+    loom_msg *r = NULL;
+    loom_call plain = {.service = "test", .command = "empty"}; /* size 0 */
+    assert_int_equal(loom_runtime_call(rt, &plain, &r), LOOM_OK);
+    assert_int_equal(loom_msg_status(r), 204);
+    loom_msg_release(r);
+
+    newer_call n = {.c = LOOM_CALL_INIT(.service = "test", .command = "empty")};
+    assert_int_equal(n.c.size, sizeof(loom_call));
+    n.c.size = sizeof n;
+    r = NULL;
+    assert_int_equal(loom_runtime_call(rt, &n.c, &r), LOOM_OK);
+    assert_int_equal(loom_msg_status(r), 204);
+    loom_msg_release(r);
+    n.newer = 1;
+    r = NULL;
+    assert_int_equal(loom_runtime_call(rt, &n.c, &r), LOOM_EUNSUPPORTED);
+    assert_null(r);
+    assert_int_equal(loom_runtime_invoke(rt, &n.c, never_called, NULL), LOOM_EUNSUPPORTED);
+
+    loom_call small = LOOM_CALL_INIT(.service = "test", .command = "empty");
+    small.size = sizeof(size_t);
+    assert_int_equal(loom_runtime_call(rt, &small, &r), LOOM_EINVAL);
+    assert_int_equal(loom_runtime_invoke(rt, &small, never_called, NULL), LOOM_EINVAL);
+    loom_runtime_destroy(rt);
+}
+
+static void test_struct_sizes_configs(void **state)
+{
+    (void)state;
+    loom_runtime *rt = NULL;
+    newer_config nc = {.c = LOOM_RUNTIME_CONFIG_INIT(.log_fn = capture_log)};
+    nc.c.size = sizeof nc;
+    assert_int_equal(loom_runtime_create(&rt, &nc.c), LOOM_OK);
+
+    newer_cmd cmd = {.c = LOOM_COMMAND_DEF_INIT(.name = "x", .handler = empty_fn)};
+    cmd.c.size = sizeof cmd;
+    cmd.newer = 1;
+    loom_service_def svc =
+        LOOM_SERVICE_DEF_INIT(.name = "sizes", .version = "1",
+                              .commands = (const loom_command_def *const[]){&cmd.c, NULL});
+    assert_int_equal(loom_runtime_add_service(rt, &svc, NULL), LOOM_EUNSUPPORTED);
+    assert_true(log_contains("service sizes: x: sets fields this loom does not know"));
+    cmd.newer = 0;
+    assert_int_equal(loom_runtime_add_service(rt, &svc, NULL), LOOM_OK);
+    loom_runtime_destroy(rt);
+
+    nc.newer = 7;
+    rt = NULL;
+    assert_int_equal(loom_runtime_create(&rt, &nc.c), LOOM_EUNSUPPORTED);
+    assert_null(rt);
+    loom_runtime_config tiny = LOOM_RUNTIME_CONFIG_INIT();
+    tiny.size = 3;
+    assert_int_equal(loom_runtime_create(&rt, &tiny), LOOM_EINVAL);
+
+    loom_test *t = NULL;
+    loom_test_options to = LOOM_TEST_OPTIONS_INIT();
+    to.size = 3;
+    assert_int_equal(loom_test_create(&t, NULL, &to), LOOM_EINVAL);
+    assert_null(t);
+    loom_main_options mo = LOOM_MAIN_OPTIONS_INIT();
+    mo.size = 3;
+    char *argv[] = {"prog", "--version", NULL};
+    assert_int_equal(loom_main_with(2, argv, NULL, &mo), 2);
 }
 
 int main(void)
@@ -1193,6 +1293,8 @@ int main(void)
         cmocka_unit_test(test_invoke_inline),
         cmocka_unit_test(test_invoke_auto_inline),
         cmocka_unit_test(test_bad_definitions),
+        cmocka_unit_test(test_struct_sizes_calls),
+        cmocka_unit_test(test_struct_sizes_configs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -546,13 +546,10 @@ static loom_runtime *probe_start_on(const char *url, const char *instance,
     loom_config *cfg = NULL;
     if (loom_config_create(&cfg) != LOOM_OK || loom_config_load_file(cfg, kit_yaml(instance)))
         fail_msg("%s: %s", kit_yaml(instance), cfg ? loom_config_error(cfg) : "out of memory");
-    loom_runtime_config rc = {.config = cfg,
-                              .broker_url = url,
-                              .instance_id = instance,
-                              .workers = 2,
-                              .default_timeout_ms = CALL_TIMEOUT_MS,
-                              .drain_timeout_ms = 1000,
-                              .log_level = LOOM_LOG_ERROR};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .broker_url = url, .instance_id = instance,
+                                 .workers = 2, .default_timeout_ms = CALL_TIMEOUT_MS,
+                                 .drain_timeout_ms = 1000, .log_level = LOOM_LOG_ERROR);
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
     loom_config_destroy(cfg);
@@ -576,12 +573,10 @@ static loom_runtime *probe_start(const char *instance, const loom_service_def *s
 static loom_msg *call(loom_runtime *rt, const char *service, const char *command,
                       const char *payload, const char *param, loom_err *err)
 {
-    loom_call c = {.service = service,
-                   .version = "1",
-                   .command = command,
-                   .payload = payload ? t_json(payload) : NULL,
-                   .parameter = param ? t_json(param) : NULL,
-                   .timeout_ms = CALL_TIMEOUT_MS};
+    loom_call c =
+        LOOM_CALL_INIT(.service = service, .version = "1", .command = command,
+                       .payload = payload ? t_json(payload) : NULL,
+                       .parameter = param ? t_json(param) : NULL, .timeout_ms = CALL_TIMEOUT_MS);
     loom_msg *resp = NULL;
     settle();
     loom_err e = loom_runtime_call(rt, &c, &resp);
@@ -1449,11 +1444,8 @@ static void test_two_payments_instances_share_the_load(void **state)
     for (int i = 0; i < N; i++) {
         char payload[96];
         snprintf(payload, sizeof payload, "{\"orderId\":\"burst-%d\",\"amount\":2}", i);
-        loom_call c = {.service = "payments",
-                       .version = "1",
-                       .command = "charge",
-                       .payload = t_json(payload),
-                       .timeout_ms = CALL_TIMEOUT_MS};
+        loom_call c = LOOM_CALL_INIT(.service = "payments", .version = "1", .command = "charge",
+                                     .payload = t_json(payload), .timeout_ms = CALL_TIMEOUT_MS);
         atomic_init(&resp[i], NULL);
         assert_int_equal(loom_runtime_invoke(probe, &c, keep_response, &resp[i]), LOOM_OK);
     }
@@ -1776,11 +1768,9 @@ static void test_broker_restart(void **state)
     /* A call made meanwhile fails (503 or 504) at its deadline instead of
      * hanging. (Kept short: the longer the outage, the longer the
      * reconnect backoff has grown.) */
-    loom_call c = {.service = "payments",
-                   .version = "1",
-                   .command = "charge",
-                   .payload = t_json("{\"orderId\":\"while-down\",\"amount\":1}"),
-                   .timeout_ms = 1000};
+    loom_call c = LOOM_CALL_INIT(.service = "payments", .version = "1", .command = "charge",
+                                 .payload = t_json("{\"orderId\":\"while-down\",\"amount\":1}"),
+                                 .timeout_ms = 1000);
     loom_msg *down = NULL;
     int64_t t_call = t_mono_ms();
     assert_int_equal(loom_runtime_call(probe, &c, &down), LOOM_OK);
@@ -2078,11 +2068,9 @@ static void test_nats_cluster_failover(void **state)
     for (int i = 0; i < K; i++) {
         char payload[96];
         snprintf(payload, sizeof payload, "{\"orderId\":\"inflight-%d\",\"amount\":3}", i);
-        loom_call call_def = {.service = "payments",
-                              .version = "1",
-                              .command = "charge",
-                              .payload = t_json(payload),
-                              .timeout_ms = CALL_TIMEOUT_MS};
+        loom_call call_def =
+            LOOM_CALL_INIT(.service = "payments", .version = "1", .command = "charge",
+                           .payload = t_json(payload), .timeout_ms = CALL_TIMEOUT_MS);
         atomic_init(&resp[i], NULL);
         assert_int_equal(loom_runtime_invoke(probe, &call_def, keep_response, &resp[i]), LOOM_OK);
     }

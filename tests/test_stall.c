@@ -105,8 +105,9 @@ static loom_runtime *start(const loom_service_def *s)
     assert_int_equal(loom_config_create(&cfg), LOOM_OK);
     assert_int_equal(loom_config_set(cfg, "broker.qos.command", q), LOOM_OK);
     assert_int_equal(loom_config_set(cfg, "broker.qos.reply", q), LOOM_OK);
-    loom_runtime_config rc = {.config = cfg, .broker_url = t_broker_url(&broker), .workers = 2,
-                              .log_level = LOOM_LOG_WARN, .default_timeout_ms = 5000};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .broker_url = t_broker_url(&broker), .workers = 2,
+                                 .log_level = LOOM_LOG_WARN, .default_timeout_ms = 5000);
     loom_runtime *rt = NULL;
     assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
     loom_config_destroy(cfg);
@@ -142,7 +143,7 @@ static void sequential_calls(const char *command, bool with_subscriber)
     static int64_t took[CALLS];
     int64_t t0 = now_us();
     for (int i = 0; i < CALLS; i++) {
-        loom_call c = {.service = "stall", .version = "1", .command = command};
+        loom_call c = LOOM_CALL_INIT(.service = "stall", .version = "1", .command = command);
         loom_msg *r = NULL;
         int64_t s = now_us();
         assert_int_equal(loom_runtime_call(client, &c, &r), LOOM_OK);
@@ -227,7 +228,7 @@ static void test_batched_calls(void **state)
         int64_t t0 = now_us();
         batch_left = BATCH;
         for (int i = 0; i < BATCH; i++) {
-            loom_call c = {.service = "stall", .version = "1", .command = "ping"};
+            loom_call c = LOOM_CALL_INIT(.service = "stall", .version = "1", .command = "ping");
             assert_int_equal(loom_runtime_invoke(client, &c, on_batch_reply, NULL), LOOM_OK);
         }
         pthread_mutex_lock(&batch_mu);

@@ -56,11 +56,9 @@ int main(int argc, char **argv)
         }
     }
     snprintf(state, sizeof state, "state.url=file:%s/state.json", dir);
-    loom_main_options opts = {
-        .name = "shop",
-        .version = SHOP_VERSION,
-        .description = "The loom shop example: users, orders, payments and notifications",
-        .defaults = (const char *const[]){state, NULL},
-    };
+    loom_main_options opts = LOOM_MAIN_OPTIONS_INIT(
+            .name = "shop", .version = SHOP_VERSION,
+            .description = "The loom shop example: users, orders, payments and notifications",
+            .defaults = (const char *const[]){state, NULL}, );
     return loom_main_with(argc, argv, services, &opts);
 }

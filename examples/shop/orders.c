@@ -77,7 +77,8 @@ static bool check_user(loom_ctx *ctx, const char *user_id)
         loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return false;
     }
-    loom_call call = {.service = "users", .version = "1", .command = "get", .parameter = param};
+    loom_call call =
+        LOOM_CALL_INIT(.service = "users", .version = "1", .command = "get", .parameter = param);
     loom_msg *resp = NULL;
     loom_err err = loom_ctx_call(ctx, &call, &resp);
     if (err != LOOM_OK)
@@ -105,8 +106,8 @@ static cJSON *charge(loom_ctx *ctx, const char *order_id, double amount)
         loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return NULL;
     }
-    loom_call call = {
-        .service = "payments", .version = "1", .command = "charge", .payload = payload};
+    loom_call call = LOOM_CALL_INIT(.service = "payments", .version = "1", .command = "charge",
+                                    .payload = payload);
     loom_msg *resp = NULL;
     loom_err err = loom_ctx_call(ctx, &call, &resp);
     if (err != LOOM_OK)

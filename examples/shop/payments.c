@@ -103,7 +103,8 @@ static bool check_order(loom_ctx *ctx, const char *order_id)
         loom_ctx_fail_take(ctx, 500, "out of memory", NULL);
         return false;
     }
-    loom_call call = {.service = "orders", .version = "1", .command = "get", .parameter = param};
+    loom_call call =
+        LOOM_CALL_INIT(.service = "orders", .version = "1", .command = "get", .parameter = param);
     loom_msg *resp = NULL;
     loom_err err = loom_ctx_call(ctx, &call, &resp);
     if (err != LOOM_OK)

@@ -52,7 +52,8 @@ static void test_record_and_latest(void)
 static void test_alert_over_threshold(void)
 {
     loom_test *t = NULL;
-    loom_test_options opts = {.config_yaml = "config:\n  alerts:\n    threshold: 25\n"};
+    loom_test_options opts =
+        LOOM_TEST_OPTIONS_INIT(.config_yaml = "config:\n  alerts:\n    threshold: 25\n");
     assert(loom_test_create(&t, SERVICES, &opts) == LOOM_OK);
     assert(loom_test_call(t, "sensors.record", "{\"sensor\":\"s1\",\"value\":20}", NULL, NULL,
                           NULL) == LOOM_OK);

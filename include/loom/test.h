@@ -38,8 +38,10 @@ extern "C" {
 
 typedef struct loom_test loom_test;
 
-/* Every field optional. Copied at create. */
+/* Every field optional. Copied at create. Initialise with
+ * LOOM_TEST_OPTIONS_INIT(.config_yaml = ...). */
 typedef struct loom_test_options {
+    size_t size; /* sizeof, set by LOOM_TEST_OPTIONS_INIT (loom.h, EXTENSIBLE STRUCTS) */
     /* YAML applied to the test runtime, e.g. the services' own sections:
      * "config:\n  alerts:\n    threshold: 30\n" (loom_ctx_config). */
     const char *config_yaml;
@@ -49,6 +51,10 @@ typedef struct loom_test_options {
     uint32_t timeout_ms;      /* bound of each call and wait; default 5000 */
     loom_log_level log_level; /* default LOOM_LOG_WARN */
 } loom_test_options;
+
+// clang-format off
+#define LOOM_TEST_OPTIONS_INIT(...) {.size = sizeof(loom_test_options), __VA_ARGS__}
+// clang-format on
 
 /* Creates and starts the test runtime with services (NULL-terminated, e.g.
  * LOOM_SERVICES(&a, &b); may be NULL) and waits until it is ready. opts

@@ -389,6 +389,11 @@ static loom_err prepare(loom_runtime *rt, const loom_ctx *parent, const loom_cal
                         prepared *p)
 {
     memset(p, 0, sizeof *p);
+    if (call) {
+        loom_err size_err = LOOM__STRUCT_CHECK(call, LOOM__V0_CALL);
+        if (size_err != LOOM_OK)
+            return size_err;
+    }
     if (!rt || !call || !valid_name(call->service) || !valid_name(call->command) ||
         (call->version && !valid_name(call->version)) ||
         (call->parameter && !cJSON_IsObject(call->parameter)) ||

@@ -16,6 +16,7 @@
 
 #include "codec/json.h"
 #include "config/config.h"
+#include "core/features.h"
 #include "core/runtime.h"
 #include "core/trust.h"
 #include "core/util.h"
@@ -366,11 +367,8 @@ static int run_call(loom_runtime *rt, const opts *o, uint32_t timeout_ms, const 
             return EXIT_USAGE;
         }
     }
-    loom_call call = {.service = service,
-                      .command = dot + 1,
-                      .payload = payload,
-                      .parameter = param,
-                      .timeout_ms = timeout_ms};
+    loom_call call = LOOM_CALL_INIT(.service = service, .command = dot + 1, .payload = payload,
+                                    .parameter = param, .timeout_ms = timeout_ms);
     loom_msg *resp = NULL;
     loom_err err = loom_runtime_call(rt, &call, &resp);
     if (err != LOOM_OK) {
@@ -478,7 +476,7 @@ static int setup(loom_runtime **rt, loom_http **http, loom_config *cfg, const op
                  const char *prog)
 {
     bool oneshot = o->call || o->emit;
-    loom_runtime_config rc_cfg = {.config = cfg};
+    loom_runtime_config rc_cfg = LOOM_RUNTIME_CONFIG_INIT(.config = cfg);
     loom_err err = loom_runtime_create(rt, &rc_cfg);
     if (err != LOOM_OK) {
         fprintf(stderr, "%s: cannot create the runtime: %s\n", prog, loom_strerror(err));
@@ -492,8 +490,9 @@ static int setup(loom_runtime **rt, loom_http **http, loom_config *cfg, const op
         return rc;
     const char *listen = loom__config_str(cfg, "http.listen", NULL);
     if (listen && !oneshot && (err = loom_http_create(http, *rt, cfg)) != LOOM_OK) {
+        const char *without = loom__built_without_http();
         fprintf(stderr, "%s: cannot create the HTTP bridge on %s: %s\n", prog, listen,
-                loom_strerror(err));
+                without ? without : loom_strerror(err));
         return EXIT_USAGE;
     }
     return 0;
@@ -502,9 +501,14 @@ static int setup(loom_runtime **rt, loom_http **http, loom_config *cfg, const op
 int loom_main_with(int argc, char **argv, const loom_service_def *const *services,
                    const loom_main_options *mo)
 {
-    static const loom_main_options no_options = {0};
+    static const loom_main_options no_options = LOOM_MAIN_OPTIONS_INIT();
     if (!mo)
         mo = &no_options;
+    if (LOOM__STRUCT_CHECK(mo, LOOM__V0_MAIN_OPTIONS) != LOOM_OK) {
+        fprintf(stderr, "loom_main_with: bad loom_main_options.size (initialise it with "
+                        "LOOM_MAIN_OPTIONS_INIT, built against this loom)\n");
+        return EXIT_USAGE;
+    }
     const char *prog = argc > 0 && argv[0] ? argv[0] : "loom";
     const char *slash = strrchr(prog, '/');
     if (slash)

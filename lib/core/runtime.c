@@ -16,6 +16,7 @@
 #include "codec/json.h"
 #include "codec/topic.h"
 #include "config/config.h"
+#include "core/features.h"
 #include "core/runtime.h"
 #include "core/util.h"
 #include "store/store.h"
@@ -34,10 +35,14 @@ static void register_builtins_locked(void)
     if (registry_n)
         return;
     registry[registry_n++] = &loom__memory_adapter;
+#if LOOM_WITH_MQTT
     registry[registry_n++] = &loom__mqtt_adapter;
     registry[registry_n++] = &loom__mqtts_adapter;
+#endif
+#if LOOM_WITH_NATS
     registry[registry_n++] = &loom__nats_adapter;
     registry[registry_n++] = &loom__nats_tls_adapter;
+#endif
 }
 
 loom_err loom_adapter_register(const loom_adapter_ops *ops)
@@ -60,6 +65,19 @@ loom_err loom_adapter_register(const loom_adapter_ops *ops)
     pthread_mutex_unlock(&registry_mu);
     return err;
 }
+
+/* The schemes the built-in adapters serve, for error messages. */
+#define BUILTIN_BROKERS "memory:" IF_MQTT(", mqtt://, mqtts://") IF_NATS(", nats://, tls://")
+#if LOOM_WITH_MQTT
+#define IF_MQTT(s) s
+#else
+#define IF_MQTT(s)
+#endif
+#if LOOM_WITH_NATS
+#define IF_NATS(s) s
+#else
+#define IF_NATS(s)
+#endif
 
 static const loom_adapter_ops *find_adapter(const char *url)
 {
@@ -717,9 +735,12 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     if (!out)
         return LOOM_EINVAL;
     *out = NULL;
-    static const loom_runtime_config defaults = {0};
+    static const loom_runtime_config defaults = LOOM_RUNTIME_CONFIG_INIT();
     if (!cfg)
         cfg = &defaults;
+    loom_err size_err = LOOM__STRUCT_CHECK(cfg, LOOM__V0_RUNTIME_CONFIG);
+    if (size_err != LOOM_OK)
+        return size_err;
     loom_runtime *rt = calloc(1, sizeof *rt);
     if (!rt)
         return LOOM_ENOMEM;
@@ -788,8 +809,12 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     const char *url = cfg->broker_url ? cfg->broker_url : loom__config_str(c, "broker.url", "memory:");
     rt->ops = find_adapter(url);
     if (!rt->ops) {
-        loom_runtime_log(rt, LOOM_LOG_ERROR, "no broker adapter for '%s' (built in: memory:, "
-                                         "mqtt://, mqtts://, nats://, tls://)", url);
+        const char *without = loom__built_without(url);
+        if (without)
+            loom_runtime_log(rt, LOOM_LOG_ERROR, "broker '%s': %s", url, without);
+        else
+            loom_runtime_log(rt, LOOM_LOG_ERROR, "no broker adapter for '%s' (built in: %s)", url,
+                             BUILTIN_BROKERS);
         err = LOOM_EUNSUPPORTED;
         goto fail_early;
     }
@@ -805,8 +830,9 @@ loom_err loom_runtime_create(loom_runtime **out, const loom_runtime_config *cfg)
     const char *surl = cfg->state_url ? cfg->state_url : loom__config_str(c, "state.url", "memory:");
     err = loom__store_open(&rt->store, surl, loom_config_get(c, "state"));
     if (err != LOOM_OK) {
+        const char *without = err == LOOM_EUNSUPPORTED ? loom__built_without(surl) : NULL;
         loom_runtime_log(rt, LOOM_LOG_ERROR, "cannot open the state store '%s': %s", surl,
-                     loom_strerror(err));
+                         without ? without : loom_strerror(err));
         goto fail_early;
     }
     const char *iseg[] = {rt->instance_id};
@@ -1052,6 +1078,16 @@ loom_err loom_runtime_add_service(loom_runtime *rt, const loom_service_def *def,
         return LOOM_EINVAL;
     if (atomic_load(&rt->state) != LOOM__CREATED)
         return LOOM_ESTATE;
+    const char *what;
+    loom_err size_err = loom__service_def_check(def, &what);
+    if (size_err != LOOM_OK) {
+        loom_runtime_log(rt, LOOM_LOG_ERROR, "service %s: %s: %s", def->name ? def->name : "?",
+                         what,
+                         size_err == LOOM_EINVAL
+                             ? "bad size field (initialise with the LOOM_* macros)"
+                             : "sets fields this loom does not know (built for a newer one)");
+        return size_err;
+    }
     if (!valid_segment(def->name, 128) || !valid_segment(def->version, 32)) {
         loom_runtime_log(rt, LOOM_LOG_ERROR,
                      "a service needs a name and a version made of [A-Za-z0-9_.-]");

@@ -411,3 +411,33 @@ size_t loom__mask_secrets(const char *in, size_t n, char *out, size_t cap)
     out[o.len] = '\0';
     return o.len;
 }
+
+loom_err loom__struct_check(const void *p, size_t size, size_t v0, size_t ours)
+{
+    if (size == 0)
+        return LOOM_OK;
+    if (size < v0)
+        return LOOM_EINVAL;
+    for (size_t i = ours; i < size; i++)
+        if (((const unsigned char *)p)[i])
+            return LOOM_EUNSUPPORTED;
+    return LOOM_OK;
+}
+
+loom_err loom__service_def_check(const loom_service_def *def, const char **what)
+{
+    const char *unused;
+    if (!what)
+        what = &unused;
+    *what = "the service definition";
+    loom_err err = LOOM__STRUCT_CHECK(def, LOOM__V0_SERVICE_DEF);
+    for (size_t i = 0; err == LOOM_OK && def->commands && def->commands[i]; i++) {
+        *what = def->commands[i]->name ? def->commands[i]->name : "a command";
+        err = LOOM__STRUCT_CHECK(def->commands[i], LOOM__V0_COMMAND_DEF);
+    }
+    for (size_t i = 0; err == LOOM_OK && def->subscriptions && def->subscriptions[i]; i++) {
+        *what = def->subscriptions[i]->name ? def->subscriptions[i]->name : "a subscription";
+        err = LOOM__STRUCT_CHECK(def->subscriptions[i], LOOM__V0_SUBSCRIPTION_DEF);
+    }
+    return err;
+}

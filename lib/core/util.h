@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "loom.h"
+#include "loom/test.h"
 
 #define LOOM__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -134,5 +135,33 @@ static inline void loom__sbuf_add(loom__sbuf *b, const char *s, size_t n)
 
 void loom__sbuf_puts(loom__sbuf *b, const char *s);
 void loom__sbuf_printf(loom__sbuf *b, const char *fmt, ...) LOOM_PRINTF(2, 3);
+
+/* --- extensible structs (loom.h, EXTENSIBLE STRUCTS; docs/abi.md) ----------
+ * A caller's struct starts with `size_t size`: the sizeof it was compiled
+ * with, or 0 for the first layout. LOOM__V0_* is where each first layout
+ * ends (the end of its last field): it never changes when fields are
+ * appended. Read an appended field only when LOOM__HAS(p, V0, field). */
+#define LOOM__END(type, field) (offsetof(type, field) + sizeof(((type *)0)->field))
+#define LOOM__V0_CALL LOOM__END(loom_call, reply_inline)
+#define LOOM__V0_RUNTIME_CONFIG LOOM__END(loom_runtime_config, log_user)
+#define LOOM__V0_MAIN_OPTIONS LOOM__END(loom_main_options, users)
+#define LOOM__V0_COMMAND_DEF LOOM__END(loom_command_def, timeout_ms)
+#define LOOM__V0_SUBSCRIPTION_DEF LOOM__END(loom_subscription_def, payload_schema)
+#define LOOM__V0_SERVICE_DEF LOOM__END(loom_service_def, assert_formats)
+#define LOOM__V0_TEST_OPTIONS LOOM__END(loom_test_options, log_level)
+#define LOOM__HAS(p, v0, field)                                                                    \
+    (((p)->size ? (p)->size : (v0)) >= offsetof(__typeof__(*(p)), field) + sizeof((p)->field))
+
+/* Checks a caller's struct p of `size` bytes (0 = the first layout, v0
+ * bytes) against this library's sizeof `ours`: LOOM_OK; LOOM_EINVAL when
+ * size is below the first layout (not set by an _INIT macro); LOOM_EUNSUPPORTED
+ * when it is larger and a byte past ours is not zero (a field from a newer
+ * loom is set). */
+loom_err loom__struct_check(const void *p, size_t size, size_t v0, size_t ours);
+#define LOOM__STRUCT_CHECK(p, v0) loom__struct_check((p), (p)->size, (v0), sizeof *(p))
+/* LOOM__STRUCT_CHECK of a service definition, its commands and its
+ * subscriptions; *what (optional) names the one that failed, e.g.
+ * "command 'get'" (static or borrowed from def). */
+loom_err loom__service_def_check(const loom_service_def *def, const char **what);
 
 #endif

@@ -817,17 +817,12 @@ static loom__hs_action invoke(breq *b, cJSON *payload)
         uint32_t own = r->timeout_ms ? r->timeout_ms : h->rt->default_timeout_ms;
         timeout = own < h->request_timeout_ms ? own : h->request_timeout_ms;
     }
-    loom_call call = {.service = r->service,
-                      .version = r->version,
-                      .command = r->command,
-                      .payload = payload,
-                      .parameter = b->params,
-                      .timeout_ms = timeout,
-                      .trace_id = b->trace,
-                      .principal_id = b->principal,
-                      .tenant_id = b->tenant,
-                      .run_inline = h->run_inline,
-                      .reply_inline = true}; /* on_reply only resumes the connection */
+    loom_call call =
+        LOOM_CALL_INIT(.service = r->service, .version = r->version, .command = r->command,
+                       .payload = payload, .parameter = b->params, .timeout_ms = timeout,
+                       .trace_id = b->trace, .principal_id = b->principal, .tenant_id = b->tenant,
+                       .run_inline = h->run_inline,
+                       .reply_inline = true); /* on_reply only resumes the connection */
     b->invoked = true;
     atomic_fetch_add(&b->refs, 1); /* for on_reply */
     /* Without http.inline the handler must not run on this thread. */

@@ -9,6 +9,7 @@
 #include <strings.h>
 
 #include "codec/json.h"
+#include "core/features.h"
 #include "core/util.h"
 
 /* The scheme registry: process-wide by design (loom_store_register is).
@@ -28,7 +29,9 @@ static void add_builtins_locked(void)
         return;
     registry[registry_len++] = &loom__store_memory_ops;
     registry[registry_len++] = &loom__store_file_ops;
+#if LOOM_WITH_REDIS
     registry[registry_len++] = &loom__store_redis_ops;
+#endif
     builtins_added = true;
 }
 

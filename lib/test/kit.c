@@ -98,11 +98,14 @@ static loom_err make_config(loom_config **out, const loom_test_options *o)
 loom_err loom_test_create(loom_test **out, const loom_service_def *const *services,
                           const loom_test_options *opts)
 {
-    static const loom_test_options none = {0};
+    static const loom_test_options none = LOOM_TEST_OPTIONS_INIT();
     if (!out)
         return LOOM_EINVAL;
     *out = NULL;
     const loom_test_options *o = opts ? opts : &none;
+    loom_err size_err = LOOM__STRUCT_CHECK(o, LOOM__V0_TEST_OPTIONS);
+    if (size_err != LOOM_OK)
+        return size_err;
     loom_test *t = calloc(1, sizeof *t);
     if (!t)
         return LOOM_ENOMEM;
@@ -116,15 +119,14 @@ loom_err loom_test_create(loom_test **out, const loom_service_def *const *servic
     char bus[64], id[33];
     loom__random_id(id);
     snprintf(bus, sizeof bus, "memory:loom-test-%s", id);
-    loom_runtime_config rc = {
-        .config = cfg,
-        .broker_url = bus,
-        .state_url = "memory:", /* private to this runtime: fresh per test */
-        .workers = o->workers ? o->workers : DEFAULT_WORKERS,
-        .default_timeout_ms = t->timeout_ms,
-        .drain_timeout_ms = t->timeout_ms,
-        .log_level = o->log_level ? o->log_level : LOOM_LOG_WARN,
-    };
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .broker_url = bus,
+                                 .state_url =
+                                     "memory:", /* private to this runtime: fresh per test */
+                                 .workers = o->workers ? o->workers : DEFAULT_WORKERS,
+                                 .default_timeout_ms = t->timeout_ms,
+                                 .drain_timeout_ms = t->timeout_ms,
+                                 .log_level = o->log_level ? o->log_level : LOOM_LOG_WARN);
     err = loom_runtime_create(&t->rt, &rc);
     loom_config_destroy(cfg);
     for (size_t i = 0; err == LOOM_OK && services && services[i]; i++)
@@ -220,12 +222,9 @@ loom_err loom_test_call(loom_test *t, const char *target, const char *payload_js
     loom_err err = parse_args(payload_json, param_json, &payload, &param);
     if (err != LOOM_OK)
         return err;
-    loom_call call = {.service = service,
-                      .version = version,
-                      .command = command,
-                      .payload = payload,
-                      .parameter = param,
-                      .timeout_ms = t->timeout_ms};
+    loom_call call =
+        LOOM_CALL_INIT(.service = service, .version = version, .command = command,
+                       .payload = payload, .parameter = param, .timeout_ms = t->timeout_ms);
     loom_msg *resp = NULL;
     err = loom_runtime_call(t->rt, &call, &resp);
     if (err != LOOM_OK) {
@@ -331,6 +330,11 @@ loom_err loom_test_run_command(loom_test *t, const loom_service_def *svc,
         *body = NULL;
     if (!t || !svc || !svc->name || !svc->version || !cmd || !cmd->name || !cmd->handler)
         return LOOM_EINVAL;
+    loom_err size_err = LOOM__STRUCT_CHECK(svc, LOOM__V0_SERVICE_DEF);
+    if (size_err == LOOM_OK)
+        size_err = LOOM__STRUCT_CHECK(cmd, LOOM__V0_COMMAND_DEF);
+    if (size_err != LOOM_OK)
+        return size_err;
     fake_cmd *f = calloc(1, sizeof *f);
     waitrec *w = waitrec_new();
     if (!f || !w || !keep(t, f, free)) {
@@ -376,6 +380,11 @@ loom_err loom_test_run_subscription(loom_test *t, const loom_service_def *svc,
     if (!t || !svc || !svc->name || !svc->version || !sub || !sub->name || !sub->handler ||
         !event_name)
         return LOOM_EINVAL;
+    loom_err size_err = LOOM__STRUCT_CHECK(svc, LOOM__V0_SERVICE_DEF);
+    if (size_err == LOOM_OK)
+        size_err = LOOM__STRUCT_CHECK(sub, LOOM__V0_SUBSCRIPTION_DEF);
+    if (size_err != LOOM_OK)
+        return size_err;
     cJSON *payload = NULL;
     if (payload_json && !(payload = cJSON_Parse(payload_json)))
         return LOOM_EPARSE;

@@ -34,7 +34,8 @@ static loom_runtime *runtime_for(const char *dir, const char *name)
         loom_config_set(cfg, "security.key_file", key) ||
         loom_config_set(cfg, "security.keyring", ring))
         abort();
-    loom_runtime_config rc = {.config = cfg, .log_level = LOOM_LOG_OFF, .workers = 1};
+    loom_runtime_config rc =
+        LOOM_RUNTIME_CONFIG_INIT(.config = cfg, .log_level = LOOM_LOG_OFF, .workers = 1);
     if (loom_runtime_create(&rt, &rc) != LOOM_OK)
         abort();
     loom_config_destroy(cfg);
