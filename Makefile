@@ -120,6 +120,9 @@ TEST_HELPERS := $(O)/tests/fault_service
         tests pkgconfig-test format bench fuzz check-api check-abi abi-baseline check-minimal
 
 all: lib examples
+ifneq ($(FEATURES_OFF),)
+	@echo "edge build (without $(FEATURES_OFF)) in $(O): libloom.a, libloom.so.$(VERSION), examples/hello/hello"
+endif
 
 lib: $(STATIC) $(SHARED)
 
