@@ -600,8 +600,7 @@ static void raw_open_as(raw_client *r, int port, const char *client_id)
     assert_int_equal(
         MQTTClient_createWithOptions(&r->c, uri, id, MQTTCLIENT_PERSISTENCE_NONE, NULL, &co),
         MQTTCLIENT_SUCCESS);
-    assert_int_equal(MQTTClient_setCallbacks(r->c, r, NULL, raw_on_msg, NULL),
-                     MQTTCLIENT_SUCCESS);
+    assert_int_equal(MQTTClient_setCallbacks(r->c, r, NULL, raw_on_msg, NULL), MQTTCLIENT_SUCCESS);
     MQTTClient_connectOptions o = MQTTClient_connectOptions_initializer5;
     o.connectTimeout = 5;
     MQTTResponse resp = MQTTClient_connect5(r->c, &o, NULL, NULL);

@@ -139,13 +139,13 @@
 #define MQTT_MAX_SUB_ID 268435455            /* largest subscription identifier */
 #define MQTT_MAX_PAYLOAD (256 * 1024 * 1024) /* MQTT's packet limit, rounded down */
 #define MQTT_MAX_STRING 65535                /* any MQTT UTF-8 string */
-#define CLOSE_FLUSH_MS 300 /* close(): at most this long for the broker's PUBACKs */
-#define MAX_PACKET_LIMIT 268435455u          /* MQTT's largest packet */
-#define PACKET_OVERHEAD (128u * 1024)        /* header, topic, properties */
-#define FAIL_WARN_INTERVAL_MS 30000          /* repeated connect failures: one warning */
-#define DROP_WARN_INTERVAL_MS 1000           /* dropped messages: one warning */
-#define PAHO_MEMORY_ERROR_CODE (-99)         /* paho's PAHO_MEMORY_ERROR (not public) */
-#define HOLD_MS 2000                         /* unknown subscription identifiers: grace */
+#define CLOSE_FLUSH_MS 300            /* close(): at most this long for the broker's PUBACKs */
+#define MAX_PACKET_LIMIT 268435455u   /* MQTT's largest packet */
+#define PACKET_OVERHEAD (128u * 1024) /* header, topic, properties */
+#define FAIL_WARN_INTERVAL_MS 30000   /* repeated connect failures: one warning */
+#define DROP_WARN_INTERVAL_MS 1000    /* dropped messages: one warning */
+#define PAHO_MEMORY_ERROR_CODE (-99)  /* paho's PAHO_MEMORY_ERROR (not public) */
+#define HOLD_MS 2000                  /* unknown subscription identifiers: grace */
 #define HOLD_MAX_MSGS 10000
 #define HOLD_MAX_BYTES (64 * 1024 * 1024)
 #define QUICKACK_MAX_FDS 8 /* sockets to the broker quick_ack() touches */
@@ -176,10 +176,9 @@ typedef struct mqtt_sub {
  * (one allocation: the strings and bytes follow the struct). */
 typedef struct out_msg {
     struct out_msg *next;
-    struct out_msg *prev;   /* in `flight` only */
-    struct mqtt_adapter *a; /* in `flight` only: paho's callback context */
-    unsigned gen;           /* in `flight` only: the connection it was sent on */
-    int msgid;              /* in `flight` only: paho's packet id, 0 until known */
+    struct out_msg *prev; /* in `flight` only */
+    unsigned gen;         /* in `flight` only: the connection it was sent on */
+    int msgid;            /* in `flight` only: paho's packet id, 0 until known */
     const char *topic;
     const void *data;
     size_t len;
@@ -213,7 +212,7 @@ typedef struct held_msg {
  * waits for the broker's answer; queued in order (`reqs`). */
 typedef struct sub_req {
     struct sub_req *next;
-    void *token;       /* SUBSCRIBE: reported to the core with the outcome */
+    void *token; /* SUBSCRIBE: reported to the core with the outcome */
     char *mqtt_filter;
     bool unsubscribe;
     int qos;
@@ -291,7 +290,7 @@ typedef struct mqtt_adapter {
     int n_early;
     int sending; /* publishes between the closing check and paho's queue */
     unsigned gen;
-    out_msg *q_resent; /* the last message put back after a loss, or NULL */
+    out_msg *q_resent;         /* the last message put back after a loss, or NULL */
     unsigned long undelivered; /* refused or not kept, since the last warning */
     int64_t undelivered_warn_ms;
     /* The sockets to the broker found at the last connect (quick_ack()). */
@@ -784,8 +783,8 @@ static bool may_send_locked(const mqtt_adapter *a, int qos)
 
 static void flight_add_locked(mqtt_adapter *a, out_msg *o)
 {
-    o->a = a;
     o->gen = a->gen;
+    o->msgid = 0;
     o->prev = NULL;
     o->next = a->flight;
     if (a->flight)
@@ -858,18 +857,17 @@ static void want_flush_locked(mqtt_adapter *a)
 static void acked_locked(mqtt_adapter *a, out_msg *o, int reason, unsigned long *report)
 {
     flight_remove_locked(a, o);
-    if (reason >= MQTTREASONCODE_UNSPECIFIED_ERROR && !a->closing &&
-        count_undelivered_locked(a, report) && !enter_locked(a))
-        *report = 0;
+    bool refused = reason >= MQTTREASONCODE_UNSPECIFIED_ERROR;
+    if (refused && !a->closing && count_undelivered_locked(a, report) && !enter_locked(a))
+        *report = 0; /* stopping: no log line */
     want_flush_locked(a);
 }
 
-static void report_undelivered(mqtt_adapter *a, unsigned long n, const char *topic,
-                               const char *why)
+static void report_undelivered(mqtt_adapter *a, unsigned long n, const char *topic, const char *why)
 {
     A_LOG(a, LOOM_LOG_WARN,
-          "mqtt: %lu QoS >= 1 message(s) not delivered since the last report (last on %s: %s)",
-          n, topic, why);
+          "mqtt: %lu QoS >= 1 message(s) not delivered since the last report (last on %s: %s)", n,
+          topic, why);
     leave(a);
 }
 
@@ -889,8 +887,10 @@ static void on_published(void *ctx, int msgid, int packet_type, MQTTProperties *
     if (o)
         acked_locked(a, o, (int)reason, &report);
     else if (reason < MQTTREASONCODE_UNSPECIFIED_ERROR) {
-        if (a->n_early == EARLY_ACKS) /* cannot happen: one per publishing thread */
-            memmove(a->early, a->early + 1, sizeof a->early - sizeof a->early[0]), a->n_early--;
+        if (a->n_early == EARLY_ACKS) { /* at most one per publishing thread: never */
+            memmove(a->early, a->early + 1, sizeof a->early - sizeof a->early[0]);
+            a->n_early--;
+        }
         a->early[a->n_early].gen = a->gen;
         a->early[a->n_early++].msgid = msgid;
     }
@@ -900,38 +900,50 @@ static void on_published(void *ctx, int msgid, int packet_type, MQTTProperties *
     free(o);
 }
 
-/* A QoS >= 1 publish returned with its packet id: record it, or complete
- * the message if its PUBACK came first. */
+/* A QoS >= 1 publish returned with its packet id: record it, complete
+ * the message if its PUBACK came first, or, if the connection went while
+ * it was being written (requeue_flight_locked() leaves such messages to
+ * their writer), put it back into the buffer. */
 static void note_msgid(mqtt_adapter *a, out_msg *o, int msgid)
 {
-    bool done = false;
+    bool acked = false, drop = false;
     unsigned long report = 0;
     lock(a);
-    for (int i = 0; i < a->n_early; i++) {
+    for (int i = 0; i < a->n_early && !acked; i++) {
         if (a->early[i].msgid == msgid && a->early[i].gen == o->gen) {
             a->early[i] = a->early[--a->n_early];
-            done = true;
-            break;
+            acked = true;
         }
     }
-    if (done)
+    if (acked) {
         acked_locked(a, o, 0, &report);
-    else
+    } else if (o->gen == a->gen && a->state == CS_CONNECTED) {
         o->msgid = msgid;
+    } else {
+        flight_remove_locked(a, o);
+        drop = a->closing || a->stopped || a->q_len >= (size_t)a->buffer;
+        if (!drop) {
+            requeue_locked(a, o);
+            want_flush_locked(a);
+        }
+    }
     unlock(a);
-    if (done)
+    if (acked || drop)
         free(o);
 }
 
 /* The connection is gone: paho forgot the clean session's unacknowledged
  * QoS >= 1 messages, so each goes back into the buffer (unless closing or
- * the buffer is full) to be sent again on the next connection. mu held;
+ * the buffer is full) to be sent again on the next connection; one still
+ * being written (no packet id yet) is its writer's to handle. mu held;
  * returns how many could not be kept. */
 static unsigned long requeue_flight_locked(mqtt_adapter *a)
 {
     unsigned long lost = 0;
-    while (a->flight) {
-        out_msg *o = a->flight;
+    for (out_msg *o = a->flight, *next; o; o = next) {
+        next = o->next;
+        if (o->msgid == 0)
+            continue;
         flight_remove_locked(a, o);
         if (!a->closing && !a->stopped && a->q_len < (size_t)a->buffer) {
             o->msgid = 0;
@@ -1212,8 +1224,8 @@ static void sub_finished(mqtt_adapter *a, sub_req *r, int code)
                   (unsigned)code);
         } else if (code < 0) {
             err = LOOM_EIO;
-            A_LOG(a, LOOM_LOG_DEBUG, "mqtt: subscription to %s not completed: %s",
-                  r->mqtt_filter, paho_str(code));
+            A_LOG(a, LOOM_LOG_DEBUG, "mqtt: subscription to %s not completed: %s", r->mqtt_filter,
+                  paho_str(code));
         }
         if (a->host.subscribed)
             a->host.subscribed(a->host.core, r->token, err);
@@ -1915,8 +1927,8 @@ static int paho_publish(mqtt_adapter *a, const char *topic, const void *data, si
     int rc = PAHO_MEMORY_ERROR_CODE;
     if (prc == 0) {
         MQTTClient_deliveryToken msgid = 0;
-        MQTTResponse r = MQTTClient_publish5(a->client, topic, (int)len, data, qos, retain,
-                                             &props, &msgid);
+        MQTTResponse r =
+            MQTTClient_publish5(a->client, topic, (int)len, data, qos, retain, &props, &msgid);
         rc = (int)r.reasonCode;
         MQTTResponse_free(r);
         if (rc == MQTTCLIENT_SUCCESS && track)
@@ -2071,9 +2083,8 @@ static loom_err mqtt_publish(void *self, const loom_publish *p)
         a->sending++; /* close() lets it reach the broker before DISCONNECT */
         unlock(a);
         int rc = o ? send_one(a, o)
-                   : paho_publish(a, p->topic, p->data, p->len, 0, p->retain,
-                                  p->response_topic, p->correlation, p->correlation_len,
-                                  p->status, NULL);
+                   : paho_publish(a, p->topic, p->data, p->len, 0, p->retain, p->response_topic,
+                                  p->correlation, p->correlation_len, p->status, NULL);
         lock(a);
         if (--a->sending == 0 && a->closing)
             pthread_cond_broadcast(&a->cv); /* close() waits for it */
@@ -2325,8 +2336,7 @@ static void mqtt_stop(void *self)
 
     lock(a);
     /* Let an attempt under way and the DISCONNECT finish, bounded. */
-    int64_t deadline =
-        loom__mono_ms() + ((a->connect_timeout_ms + 999) / 1000) * 1000 + 1000;
+    int64_t deadline = loom__mono_ms() + ((a->connect_timeout_ms + 999) / 1000) * 1000 + 1000;
     bool timed_out = false;
     while (a->state == CS_CONNECTING || a->state == CS_DISCONNECTING) {
         if (loom__mono_ms() >= deadline) {
