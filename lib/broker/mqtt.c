@@ -2024,15 +2024,16 @@ static void flush_queue(mqtt_adapter *a)
         if (a->q_resent == o)
             a->q_resent = NULL;
         a->q_len--;
-        if (o->qos > 0)
+        bool tracked = o->qos > 0;
+        if (tracked)
             flight_add_locked(a, o);
         unlock(a);
         int rc = send_one(a, o);
         lock(a);
         if (rc == MQTTCLIENT_SUCCESS) {
-            if (o->qos == 0)
+            if (!tracked)
                 free(o);
-            continue; /* a QoS >= 1 one waits in `flight` for its PUBACK */
+            continue; /* a tracked one is its PUBACK's (it may be gone already) */
         }
         if (rc == MQTTCLIENT_DISCONNECTED || paho_full(rc)) {
             /* lost again, or paho is full: keep it for the next round */
