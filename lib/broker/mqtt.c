@@ -1,27 +1,37 @@
 /*
- * The MQTT 5 broker adapter, on paho.mqtt.c's asynchronous client.
+ * The MQTT 5 broker adapter, on paho.mqtt.c's synchronous client
+ * (MQTTClient) with callbacks.
  *
- * Threads. paho runs two threads of its own (shared by every client of the
- * process) and calls our callbacks on them; some of those callbacks run
- * with paho's global mutex held. So this file never holds its own mutex
- * while calling into paho (that would invert the lock order), and never
- * while calling a host upcall (the adapter contract). Each adapter also has
- * one small thread of its own, the "retry thread": it starts every connection
- * attempt, so backoff delays never sleep on a paho thread.
+ * Threads. paho runs one thread of its own (shared by every MQTTClient of
+ * the process): it reads the sockets and calls on_message() and
+ * on_published(), the latter with paho's global mutex held; a lost
+ * connection and a server DISCONNECT are reported on short-lived threads
+ * paho starts while its own thread holds that mutex. A publish writes to
+ * the socket on the calling thread: a worker's reply goes out without
+ * waking any other thread (paho's asynchronous client hands every publish
+ * to a sending thread, two wake-ups more per round trip). So this file
+ * never holds its own mutex while calling into paho (that would invert the
+ * lock order), never calls paho from paho's callbacks, and never holds its
+ * mutex while calling a host upcall (the adapter contract). Each adapter
+ * also has one small thread of its own, the "control thread": it makes
+ * every connection attempt (paho's connect blocks), sends SUBSCRIBE and
+ * UNSUBSCRIBE (they wait for the broker's answer), and hands queued
+ * messages to paho when PUBACKs open the window, so none of that blocks or
+ * sleeps on paho's thread or a caller's. A publish made on paho's thread
+ * (from an upcall of on_message()) is queued for it too: paho's publish
+ * may wait there for its own thread to finish a partial write.
  *
  * Connection life cycle (a->state, guarded by a->mu):
  *
- *   IDLE --connect()--> WAITING --retry thread--> CONNECTING
+ *   IDLE --connect()--> WAITING --control thread--> CONNECTING
  *   CONNECTING --CONNACK--> CONNECTED --lost--> WAITING (after backoff)
  *   CONNECTING --failed--> WAITING (exponential backoff, forever)
  *   any --close()--> DISCONNECTING (when connected) --> DOWN
  *
- * paho's own automaticReconnect is not used: it counts its delays in whole
- * seconds, while ours runs in milliseconds and treats a failed first
- * connect and a lost connection alike. Note that paho's I/O thread polls
- * its sockets with a one-second select(), so each attempt against a dead
- * broker takes up to a second to fail and a new connection up to about
- * two seconds to complete when other paho clients are already running.
+ * paho's own reconnect is not used: ours runs in milliseconds with jitter
+ * and treats a failed first connect and a lost connection alike. paho
+ * waits for the broker's CONNACK and SUBACK in 10 ms steps, so a connection
+ * takes at least that long and SUBSCRIBEs are batched (take_batch_locked()).
  *
  * Durable sessions (session_expiry > 0). Identifiers are deterministic:
  * a hash of the MQTT filter (which names the subscription and its group)
@@ -39,11 +49,14 @@
  * miss its old session's messages after a restart.
  *
  * Subscriptions. Each distinct MQTT filter ("$share/{group}/{filter}" or
- * "{filter}") is one broker subscription with one MQTT 5 subscription
+ * "{filter}") is one broker subscription with an MQTT 5 subscription
  * identifier; the core's tokens hang off it. The broker tags every message
- * with the identifiers of the subscriptions it matched, which map straight
- * back to tokens. (Two tokens on the same filter share one identifier: the
- * broker keeps only one subscription per filter and session.)
+ * with the identifiers of the subscriptions it matched, which map back to
+ * tokens. (Two tokens on the same filter share one identifier: the broker
+ * keeps only one subscription per filter and session.) A clean session
+ * subscribes filters without wildcards in batches, one SUBSCRIBE and one
+ * fresh identifier for up to SUB_BATCH filters that differ apart from the
+ * group: the identifier names the batch and the topic the member.
  *
  * Delayed ACKs. Brokers as users install them (Debian's mosquitto) leave
  * Nagle's algorithm on. When the broker answers one of our QoS >= 1
@@ -62,46 +75,39 @@
  * and replies default to QoS 0 (no PUBACK at all; see docs/mqtt.md); this
  * costs one system call per message received and per QoS >= 1 publish.
  *
- * Buffering. Messages published while disconnected are kept here, not by
- * paho's sendWhileDisconnected: paho 1.3.12 leaks every buffered message
- * still unsent when the client is destroyed, and its limit also counts
- * messages queued while connected. They are handed to paho, in order, as
- * soon as a connection is up, before CONNECTED is reported.
+ * Buffering. Messages published while disconnected are kept here (paho's
+ * synchronous client keeps none) and written, in order, as soon as a
+ * connection is up, before CONNECTED is reported.
  *
  * In flight. Our sessions are clean, and on a lost connection paho
- * discards a clean session's QoS >= 1 messages already sent but not yet
- * acknowledged, failing them with MQTTASYNC_OPERATION_INCOMPLETE. So each
- * QoS >= 1 message handed to paho keeps its copy (an out_msg, linked in
- * `flight`) until its PUBACK; one failed that way goes back into the
- * buffer, ahead of what was published while disconnected, and is sent
- * again on the next connection. A publisher that stays up thus delivers
- * its QoS >= 1 messages at least once across a broker crash (a message
- * whose PUBACK was lost with the connection arrives twice).
+ * forgets a clean session's QoS >= 1 messages already sent but not yet
+ * acknowledged. So each QoS >= 1 message keeps its copy (an out_msg,
+ * linked in `flight`, found again by paho's packet id) until its PUBACK;
+ * when the connection goes, each goes back into the buffer, ahead of what
+ * was published while disconnected, and is sent again on the next
+ * connection. A publisher that stays up thus delivers its QoS >= 1
+ * messages at least once across a broker crash (a message whose PUBACK was
+ * lost with the connection arrives twice; with a durable session paho may
+ * also send it again itself).
  *
  * Flow control. The broker's Receive Maximum (mosquitto: 20) bounds our
- * QoS >= 1 publishes awaiting a PUBACK. paho queues the ones beyond it,
- * and with them everything after them for this client (a DISCONNECT
- * too), but does not wake its sending thread when a PUBACK frees a slot:
- * they move on only when that thread's one-second wait runs out, 20
- * messages a second. So the adapter keeps the window itself: a QoS >= 1
- * publish goes to paho only while fewer than Receive Maximum are
- * unacknowledged (pub_inflight: the `flight` entries of the current
- * connection, counted by generation so that a callback paho never makes
- * for an old connection cannot leak a slot); otherwise it waits in the same ordered
- * queue as offline messages (bounded by `buffer`), and each PUBACK hands
- * the next ones to paho from paho's thread, which wakes it. Order is kept
- * across kinds: while the queue is not empty every publish joins it.
+ * QoS >= 1 publishes awaiting a PUBACK; paho's publish would block its
+ * caller beyond it, sleeping in 100 ms steps. So the adapter keeps the
+ * window itself: a QoS >= 1 publish goes to paho only while fewer than
+ * Receive Maximum are unacknowledged (pub_inflight: the `flight` entries
+ * of the current connection, counted by generation so that an old
+ * connection's entry cannot leak a slot); otherwise it waits in the same
+ * ordered queue as offline messages (bounded by `buffer`), and a PUBACK
+ * asks the control thread to send the next ones. Order is kept across
+ * kinds: while the queue is not empty every publish joins it.
  *
- * Closing. close() waits (at most CLOSE_FLUSH_MS) until the queue has gone
- * to paho, publishes already past the closing check have reached paho's
- * queue (one queued after DISCONNECT would never be sent, and paho leaks
- * it), and the broker has acknowledged our QoS >= 1 publishes, then
- * sends DISCONNECT with no wait of paho's own: paho checks its in-flight messages only about once a
- * second, which made an idle stop take 3 s. Everything handed to paho
- * before DISCONNECT is written before it, in order, so the broker sees a
- * last announcement-clearing message and QoS 0 replies before the
- * disconnect either way; the wait is for messages the broker might ask us
- * to send again.
+ * Closing. close() waits (at most CLOSE_FLUSH_MS) until the queue has been
+ * written, publishes already past the closing check have returned, and the
+ * broker has acknowledged our QoS >= 1 publishes, then sends DISCONNECT
+ * with no wait of paho's own. Everything written before DISCONNECT reaches
+ * the broker before it, in order, so the broker sees a last
+ * announcement-clearing message and QoS 0 replies either way; the wait is
+ * for messages the broker might ask us to send again.
  *
  * Shutdown. Callbacks bracket their upcalls with enter()/leave(); stop()
  * sets `stopped` and waits until none is inside, so after stop() returns no
@@ -109,7 +115,7 @@
  * destroys the paho client first.
  */
 #define _GNU_SOURCE
-#include <MQTTAsync.h>
+#include <MQTTClient.h>
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -133,21 +139,23 @@
 #define MQTT_MAX_SUB_ID 268435455            /* largest subscription identifier */
 #define MQTT_MAX_PAYLOAD (256 * 1024 * 1024) /* MQTT's packet limit, rounded down */
 #define MQTT_MAX_STRING 65535                /* any MQTT UTF-8 string */
-#define CLOSE_FLUSH_MS 300 /* close(): at most this long for the broker's PUBACKs */
-#define MAX_PACKET_LIMIT 268435455u          /* MQTT's largest packet */
-#define PACKET_OVERHEAD (128u * 1024)        /* header, topic, properties */
-#define FAIL_WARN_INTERVAL_MS 30000          /* repeated connect failures: one warning */
-#define DROP_WARN_INTERVAL_MS 1000           /* dropped messages: one warning */
-#define PAHO_MEMORY_ERROR_CODE (-99)         /* paho's PAHO_MEMORY_ERROR (not public) */
-#define HOLD_MS 2000                         /* unknown subscription identifiers: grace */
+#define CLOSE_FLUSH_MS 300            /* close(): at most this long for the broker's PUBACKs */
+#define MAX_PACKET_LIMIT 268435455u   /* MQTT's largest packet */
+#define PACKET_OVERHEAD (128u * 1024) /* header, topic, properties */
+#define FAIL_WARN_INTERVAL_MS 30000   /* repeated connect failures: one warning */
+#define DROP_WARN_INTERVAL_MS 1000    /* dropped messages: one warning */
+#define PAHO_MEMORY_ERROR_CODE (-99)  /* paho's PAHO_MEMORY_ERROR (not public) */
+#define HOLD_MS 2000                  /* unknown subscription identifiers: grace */
 #define HOLD_MAX_MSGS 10000
 #define HOLD_MAX_BYTES (64 * 1024 * 1024)
 #define QUICKACK_MAX_FDS 8 /* sockets to the broker quick_ack() touches */
+#define EARLY_ACKS 256     /* PUBACKs ahead of their publish's return, at most */
+#define SUB_BATCH 128      /* filters in one SUBSCRIBE */
 
 typedef enum conn_state {
     CS_IDLE = 0,   /* connect() not called yet */
-    CS_WAITING,    /* the retry thread starts the next attempt at retry_at */
-    CS_CONNECTING, /* MQTTAsync_connect issued, outcome pending */
+    CS_WAITING,    /* the control thread starts the next attempt at retry_at */
+    CS_CONNECTING, /* the control thread is connecting, outcome pending */
     CS_CONNECTED,
     CS_DISCONNECTING, /* orderly DISCONNECT issued by close() */
     CS_DOWN,          /* closed: no more attempts */
@@ -168,9 +176,9 @@ typedef struct mqtt_sub {
  * (one allocation: the strings and bytes follow the struct). */
 typedef struct out_msg {
     struct out_msg *next;
-    struct out_msg *prev;   /* in `flight` only */
-    struct mqtt_adapter *a; /* in `flight` only: paho's callback context */
-    unsigned gen;           /* in `flight` only: the connection it was sent on */
+    struct out_msg *prev; /* in `flight` only */
+    unsigned gen;         /* in `flight` only: the connection it was sent on */
+    int msgid;            /* in `flight` only: paho's packet id, 0 until known */
     const char *topic;
     const void *data;
     size_t len;
@@ -200,18 +208,20 @@ typedef struct held_msg {
     int ids[];
 } held_msg;
 
-/* One SUBSCRIBE awaiting its SUBACK; paho's callback context. Linked in
- * the adapter so fini() frees those paho never completed. */
+/* A SUBSCRIBE or UNSUBSCRIBE for the control thread, which sends it and
+ * waits for the broker's answer; queued in order (`reqs`). */
 typedef struct sub_req {
-    struct sub_req *next, *prev;
-    struct mqtt_adapter *a;
-    void *token;
-    char *mqtt_filter; /* for log lines */
+    struct sub_req *next;
+    void *token; /* SUBSCRIBE: reported to the core with the outcome */
+    char *mqtt_filter;
+    bool unsubscribe;
+    int qos;
+    int id; /* subscription identifier, 0 = none */
 } sub_req;
 
 typedef struct mqtt_adapter {
     loom_adapter_host host;
-    MQTTAsync client;
+    MQTTClient client;
 
     /* Configuration: set by init, read-only afterwards. */
     bool tls;
@@ -233,14 +243,15 @@ typedef struct mqtt_adapter {
     int buffer;
 
     pthread_mutex_t mu;
-    pthread_cond_t cv; /* state changes, `active` reaching 0, retry thread wake-ups */
+    pthread_cond_t cv;         /* state changes, `active` reaching 0, for close() and stop() */
+    pthread_cond_t control_cv; /* work for the control thread */
     /* Everything below is guarded by mu. */
     conn_state state;
     bool connect_called;
-    bool report_connecting; /* the retry thread reports CONNECTING first */
+    bool report_connecting; /* the control thread reports CONNECTING first */
     bool closing;           /* close() was called: no more attempts, no state reports */
     bool stopped;           /* stop() began: callbacks make no upcalls */
-    bool quit;              /* the retry thread must exit */
+    bool quit;              /* the control thread must exit */
     bool thread_started;
     pthread_t thread;
     int active;       /* callbacks between enter() and leave() */
@@ -252,7 +263,7 @@ typedef struct mqtt_adapter {
     char lost_reason[160]; /* from a server DISCONNECT, for the next loss report */
     bool sub_ids;          /* the broker supports subscription identifiers */
     mqtt_sub *subs;
-    sub_req *reqs;
+    sub_req *reqs, *reqs_tail; /* for the control thread, oldest first */
     /* Held messages (see the top of this file), oldest first. */
     held_msg *held_head, *held_tail;
     size_t held_n, held_bytes;
@@ -270,9 +281,16 @@ typedef struct mqtt_adapter {
      * connection `gen` hold the pub_inflight window slots. */
     out_msg *flight;
     int pub_inflight;
+    bool flush_wanted; /* the control thread is to flush the queue */
+    /* PUBACKs that came before their publish learnt its packet id. */
+    struct {
+        unsigned gen;
+        int msgid;
+    } early[EARLY_ACKS];
+    int n_early;
     int sending; /* publishes between the closing check and paho's queue */
     unsigned gen;
-    out_msg *q_resent; /* the last message put back after a loss, or NULL */
+    out_msg *q_resent;         /* the last message put back after a loss, or NULL */
     unsigned long undelivered; /* refused or not kept, since the last warning */
     int64_t undelivered_warn_ms;
     /* The sockets to the broker found at the last connect (quick_ack()). */
@@ -310,29 +328,27 @@ static bool enter_locked(mqtt_adapter *a)
 static void leave(mqtt_adapter *a)
 {
     lock(a);
-    if (--a->active == 0)
-        pthread_cond_broadcast(&a->cv);
+    if (--a->active == 0 && a->stopped)
+        pthread_cond_broadcast(&a->cv); /* stop() waits for it */
     unlock(a);
 }
 
 static loom_err map_paho(int rc)
 {
     switch (rc) {
-    case MQTTASYNC_SUCCESS:
+    case MQTTCLIENT_SUCCESS:
         return LOOM_OK;
-    case MQTTASYNC_DISCONNECTED:
+    case MQTTCLIENT_DISCONNECTED:
         return LOOM_EUNAVAILABLE;
-    case MQTTASYNC_MAX_MESSAGES_INFLIGHT:
-    case MQTTASYNC_MAX_BUFFERED_MESSAGES:
-    case MQTTASYNC_NO_MORE_MSGIDS:
+    case MQTTCLIENT_MAX_MESSAGES_INFLIGHT:
         return LOOM_EOVERLOAD;
-    case MQTTASYNC_BAD_UTF8_STRING:
-    case MQTTASYNC_NULL_PARAMETER:
-    case MQTTASYNC_TOPICNAME_TRUNCATED:
-    case MQTTASYNC_BAD_STRUCTURE:
-    case MQTTASYNC_BAD_QOS:
-    case MQTTASYNC_BAD_MQTT_OPTION:
-    case MQTTASYNC_WRONG_MQTT_VERSION:
+    case MQTTCLIENT_BAD_UTF8_STRING:
+    case MQTTCLIENT_NULL_PARAMETER:
+    case MQTTCLIENT_TOPICNAME_TRUNCATED:
+    case MQTTCLIENT_BAD_STRUCTURE:
+    case MQTTCLIENT_BAD_QOS:
+    case MQTTCLIENT_BAD_MQTT_OPTION:
+    case MQTTCLIENT_WRONG_MQTT_VERSION:
         return LOOM_EINVAL;
     case PAHO_MEMORY_ERROR_CODE:
         return LOOM_ENOMEM;
@@ -343,7 +359,9 @@ static loom_err map_paho(int rc)
 
 static const char *paho_str(int rc)
 {
-    const char *s = MQTTAsync_strerror(rc);
+    if (rc >= MQTTREASONCODE_UNSPECIFIED_ERROR && rc <= 0xff)
+        return MQTTReasonCode_toString((enum MQTTReasonCodes)rc);
+    const char *s = MQTTClient_strerror(rc);
     return s ? s : "unknown error";
 }
 
@@ -667,15 +685,24 @@ static void sub_remove_token(mqtt_sub *s, const void *token)
     }
 }
 
-static void unlink_req(mqtt_adapter *a, sub_req *r)
+/* Queues r for the control thread (mu held). */
+static void push_req_locked(mqtt_adapter *a, sub_req *r)
 {
-    if (r->prev)
-        r->prev->next = r->next;
+    r->next = NULL;
+    if (a->reqs_tail)
+        a->reqs_tail->next = r;
     else
-        a->reqs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    r->next = r->prev = NULL;
+        a->reqs = r;
+    a->reqs_tail = r;
+    pthread_cond_signal(&a->control_cv);
+}
+
+static sub_req *pop_req_locked(mqtt_adapter *a)
+{
+    sub_req *r = a->reqs;
+    if (r && !(a->reqs = r->next))
+        a->reqs_tail = NULL;
+    return r;
 }
 
 static void free_req(sub_req *r)
@@ -756,8 +783,8 @@ static bool may_send_locked(const mqtt_adapter *a, int qos)
 
 static void flight_add_locked(mqtt_adapter *a, out_msg *o)
 {
-    o->a = a;
     o->gen = a->gen;
+    o->msgid = 0;
     o->prev = NULL;
     o->next = a->flight;
     if (a->flight)
@@ -776,18 +803,8 @@ static void flight_remove_locked(mqtt_adapter *a, out_msg *o)
     if (o->next)
         o->next->prev = o->prev;
     o->next = o->prev = NULL;
-    if (o->gen == a->gen && --a->pub_inflight <= 0)
-        pthread_cond_broadcast(&a->cv);
-}
-
-/* After a PUBACK or a failure freed a slot: true when the caller is to
- * flush the queue into it (and `flushing` is now set for it). */
-static bool claim_flush_locked(mqtt_adapter *a)
-{
-    bool flush = !a->flushing && a->q_head && may_send_locked(a, a->q_head->qos);
-    if (flush)
-        a->flushing = true;
-    return flush;
+    if (o->gen == a->gen && --a->pub_inflight <= 0 && a->closing)
+        pthread_cond_broadcast(&a->cv); /* close() waits for it */
 }
 
 /* Puts a message lost in flight back into the buffer: after those put back
@@ -803,63 +820,141 @@ static void requeue_locked(mqtt_adapter *a, out_msg *o)
     a->q_len++;
 }
 
-/* PUBACK (paho's threads): the broker has the message. */
-static void on_pub_ok(void *ctx, MQTTAsync_successData5 *r)
+/* Counts a QoS >= 1 message that will not be delivered; true when the
+ * count is due to be logged (into *n). mu held. */
+static bool count_undelivered_locked(mqtt_adapter *a, unsigned long *n)
 {
-    (void)r;
-    out_msg *o = ctx;
-    mqtt_adapter *a = o->a;
-    quick_ack(a);
-    lock(a);
-    flight_remove_locked(a, o);
-    bool flush = claim_flush_locked(a);
-    unlock(a);
-    free(o);
-    if (flush)
-        flush_queue(a);
+    a->undelivered++;
+    int64_t now = loom__mono_ms();
+    if (now - a->undelivered_warn_ms < DROP_WARN_INTERVAL_MS)
+        return false;
+    *n = a->undelivered;
+    a->undelivered = 0;
+    a->undelivered_warn_ms = now;
+    return true;
 }
 
-/* Not acknowledged (paho's threads): lost with the connection — kept for
- * the next one unless closing or the buffer is full — or refused by the
- * broker (a PUBACK reason code >= 0x80). */
-static void on_pub_fail(void *ctx, MQTTAsync_failureData5 *r)
+/* The entry of `flight` sent on the current connection as packet msgid. */
+static out_msg *find_flight_locked(mqtt_adapter *a, int msgid)
 {
-    out_msg *o = ctx;
-    mqtt_adapter *a = o->a;
-    int code = r ? r->code : MQTTASYNC_FAILURE;
-    lock(a);
+    for (out_msg *o = a->flight; o; o = o->next)
+        if (o->msgid == msgid && o->gen == a->gen)
+            return o;
+    return NULL;
+}
+
+/* After a PUBACK or a failure freed a slot: the control thread hands the
+ * next queued messages to paho (never paho's own thread: see the top). */
+static void want_flush_locked(mqtt_adapter *a)
+{
+    if (a->q_head && may_send_locked(a, a->q_head->qos) && !a->flush_wanted) {
+        a->flush_wanted = true;
+        pthread_cond_signal(&a->control_cv);
+    }
+}
+
+/* Takes an acknowledged (or refused) message out of `flight` (mu held). */
+static void acked_locked(mqtt_adapter *a, out_msg *o, int reason, unsigned long *report)
+{
     flight_remove_locked(a, o);
-    bool keep = code == MQTTASYNC_OPERATION_INCOMPLETE && !a->closing && !a->stopped &&
-                a->q_len < (size_t)a->buffer;
-    if (keep)
-        requeue_locked(a, o);
-    unsigned long n = 0;
-    if (!keep && !a->closing) {
-        a->undelivered++;
-        int64_t now = loom__mono_ms();
-        if (now - a->undelivered_warn_ms >= DROP_WARN_INTERVAL_MS) {
-            n = a->undelivered;
-            a->undelivered = 0;
-            a->undelivered_warn_ms = now;
+    bool refused = reason >= MQTTREASONCODE_UNSPECIFIED_ERROR;
+    if (refused && !a->closing && count_undelivered_locked(a, report) && !enter_locked(a))
+        *report = 0; /* stopping: no log line */
+    want_flush_locked(a);
+}
+
+static void report_undelivered(mqtt_adapter *a, unsigned long n, const char *topic, const char *why)
+{
+    A_LOG(a, LOOM_LOG_WARN,
+          "mqtt: %lu QoS >= 1 message(s) not delivered since the last report (last on %s: %s)", n,
+          topic, why);
+    leave(a);
+}
+
+/* PUBACK (paho's thread, with paho's mutex held: no paho call here). The
+ * publish that sent it may not have recorded its packet id yet: then the
+ * ack waits in `early` for it (note_msgid()). */
+static void on_published(void *ctx, int msgid, int packet_type, MQTTProperties *props,
+                         enum MQTTReasonCodes reason)
+{
+    (void)packet_type;
+    (void)props;
+    mqtt_adapter *a = ctx;
+    quick_ack(a);
+    unsigned long report = 0;
+    lock(a);
+    out_msg *o = find_flight_locked(a, msgid);
+    if (o)
+        acked_locked(a, o, (int)reason, &report);
+    else if (reason < MQTTREASONCODE_UNSPECIFIED_ERROR) {
+        if (a->n_early == EARLY_ACKS) { /* at most one per publishing thread: never */
+            memmove(a->early, a->early + 1, sizeof a->early - sizeof a->early[0]);
+            a->n_early--;
+        }
+        a->early[a->n_early].gen = a->gen;
+        a->early[a->n_early++].msgid = msgid;
+    }
+    unlock(a);
+    if (report)
+        report_undelivered(a, report, o->topic, MQTTReasonCode_toString(reason));
+    free(o);
+}
+
+/* A QoS >= 1 publish returned with its packet id: record it, complete
+ * the message if its PUBACK came first, or, if the connection went while
+ * it was being written (requeue_flight_locked() leaves such messages to
+ * their writer), put it back into the buffer. */
+static void note_msgid(mqtt_adapter *a, out_msg *o, int msgid)
+{
+    bool acked = false, drop = false;
+    unsigned long report = 0;
+    lock(a);
+    for (int i = 0; i < a->n_early && !acked; i++) {
+        if (a->early[i].msgid == msgid && a->early[i].gen == o->gen) {
+            a->early[i] = a->early[--a->n_early];
+            acked = true;
         }
     }
-    bool flush = claim_flush_locked(a);
-    bool report = n && enter_locked(a);
-    unlock(a);
-    if (report) {
-        A_LOG(a, LOOM_LOG_WARN,
-              "mqtt: %lu QoS >= 1 message(s) not delivered since the last report (last on %s: "
-              "%s)",
-              n, o->topic,
-              code == MQTTASYNC_OPERATION_INCOMPLETE ? "connection lost, buffer full"
-              : r && r->reasonCode                   ? MQTTReasonCode_toString(r->reasonCode)
-                                                     : paho_str(code));
-        leave(a);
+    if (acked) {
+        acked_locked(a, o, 0, &report);
+    } else if (o->gen == a->gen && a->state == CS_CONNECTED) {
+        o->msgid = msgid;
+    } else {
+        flight_remove_locked(a, o);
+        drop = a->closing || a->stopped || a->q_len >= (size_t)a->buffer;
+        if (!drop) {
+            requeue_locked(a, o);
+            want_flush_locked(a);
+        }
     }
-    if (!keep)
+    unlock(a);
+    if (acked || drop)
         free(o);
-    if (flush)
-        flush_queue(a);
+}
+
+/* The connection is gone: paho forgot the clean session's unacknowledged
+ * QoS >= 1 messages, so each goes back into the buffer (unless closing or
+ * the buffer is full) to be sent again on the next connection; one still
+ * being written (no packet id yet) is its writer's to handle. mu held;
+ * returns how many could not be kept. */
+static unsigned long requeue_flight_locked(mqtt_adapter *a)
+{
+    unsigned long lost = 0;
+    for (out_msg *o = a->flight, *next; o; o = next) {
+        next = o->next;
+        if (o->msgid == 0)
+            continue;
+        flight_remove_locked(a, o);
+        if (!a->closing && !a->stopped && a->q_len < (size_t)a->buffer) {
+            o->msgid = 0;
+            requeue_locked(a, o);
+        } else {
+            lost++;
+            free(o);
+        }
+    }
+    a->n_early = 0;
+    return lost;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -879,25 +974,19 @@ static int schedule_retry_locked(mqtt_adapter *a)
     a->next_delay_ms =
         a->next_delay_ms > a->reconnect_max_ms / 2 ? a->reconnect_max_ms : a->next_delay_ms * 2;
     a->state = CS_WAITING;
-    pthread_cond_broadcast(&a->cv);
+    pthread_cond_broadcast(&a->cv); /* stop() waits for CONNECTING to end */
+    pthread_cond_signal(&a->control_cv);
     return delay;
 }
 
-static void failure_text(const MQTTAsync_failureData5 *r, char *buf, size_t n)
+/* Why a connection attempt failed: paho's code, or the broker's reason. */
+static void connect_failure_text(int rc, char *buf, size_t n)
 {
-    if (!r)
-        snprintf(buf, n, "unknown error");
-    else if (r->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR)
-        snprintf(buf, n, "%s (reason code 0x%02x)", MQTTReasonCode_toString(r->reasonCode),
-                 (unsigned)r->reasonCode);
-    else if (r->code >= MQTTREASONCODE_UNSPECIFIED_ERROR && r->code <= 0xff)
-        /* a refused CONNACK: paho passes its reason code in `code` */
+    if (rc >= MQTTREASONCODE_UNSPECIFIED_ERROR && rc <= 0xff)
         snprintf(buf, n, "broker refused: %s (reason code 0x%02x)",
-                 MQTTReasonCode_toString((enum MQTTReasonCodes)r->code), (unsigned)r->code);
-    else if (r->message)
-        snprintf(buf, n, "%s", r->message);
+                 MQTTReasonCode_toString((enum MQTTReasonCodes)rc), (unsigned)rc);
     else
-        snprintf(buf, n, "%s", paho_str(r->code));
+        snprintf(buf, n, "%s", paho_str(rc));
 }
 
 /* Logs a failed attempt: a warning for the first after a success and then
@@ -919,27 +1008,24 @@ static void log_failure(mqtt_adapter *a, const char *why, int delay_ms)
 static held_msg *take_held_locked(mqtt_adapter *a, int64_t now);
 static void deliver_held(mqtt_adapter *a, held_msg *list);
 static void report_held_drops(mqtt_adapter *a);
-static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r);
-static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *r);
-static void on_disconnect_done(void *ctx, MQTTAsync_successData5 *r);
-static void on_disconnect_fail(void *ctx, MQTTAsync_failureData5 *r);
+static void release_held(mqtt_adapter *a);
 
-/* Starts one connection attempt (the retry thread, without mu). */
-static int start_connect(mqtt_adapter *a)
+/* One connection attempt, synchronous (the control thread, without mu):
+ * paho's code or the broker's refusal (>= 0x80); *r holds the CONNACK's
+ * properties on success (MQTTResponse_free). */
+static int connect_once(mqtt_adapter *a, MQTTResponse *r, bool *session)
 {
-    MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
-    MQTTAsync_willOptions will = MQTTAsync_willOptions_initializer;
-    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+    MQTTClient_connectOptions co = MQTTClient_connectOptions_initializer5;
+    MQTTClient_willOptions will = MQTTClient_willOptions_initializer;
+    MQTTClient_SSLOptions ssl = MQTTClient_SSLOptions_initializer;
     MQTTProperties props = MQTTProperties_initializer;
 
     co.keepAliveInterval = a->keepalive;
     co.connectTimeout = (a->connect_timeout_ms + 999) / 1000;
-    co.automaticReconnect = 0;
+    co.reliable = 0;
+    co.maxInflightMessages = 65535; /* the window is ours (top of file) */
     co.username = a->username;
     co.password = a->password;
-    co.onSuccess5 = on_connect_ok;
-    co.onFailure5 = on_connect_fail;
-    co.context = a;
     /* Clean start unless the session is meant to outlive the connection. */
     co.cleanstart = a->session_expiry == 0;
     if (a->session_expiry > 0) {
@@ -947,7 +1033,6 @@ static int start_connect(mqtt_adapter *a)
         p.value.integer4 = a->session_expiry;
         if (MQTTProperties_add(&props, &p) != 0)
             return PAHO_MEMORY_ERROR_CODE;
-        co.connectProperties = &props;
     }
     if (a->max_packet) {
         /* The broker does not send us larger packets (it drops them), so an
@@ -958,7 +1043,6 @@ static int start_connect(mqtt_adapter *a)
             MQTTProperties_free(&props);
             return PAHO_MEMORY_ERROR_CODE;
         }
-        co.connectProperties = &props;
     }
     if (a->will_topic) {
         /* Retained and empty: clears this instance's retained announcement. */
@@ -978,127 +1062,66 @@ static int start_connect(mqtt_adapter *a)
         ssl.verify = a->tls_verify;
         co.ssl = &ssl;
     }
-    int rc = MQTTAsync_connect(a->client, &co);
+    *r = MQTTClient_connect5(a->client, &co, &props, NULL);
     MQTTProperties_free(&props);
-    return rc;
+    *session = co.returned.sessionPresent != 0;
+    return (int)r->reasonCode;
 }
 
 /* Waits on cv until due (monotonic ms), a signal or a spurious wake-up;
  * due 0: no time limit. mu held. */
-static void wait_until_locked(mqtt_adapter *a, int64_t due)
+static void wait_until_locked(mqtt_adapter *a, pthread_cond_t *cv, int64_t due)
 {
     if (!due) {
-        pthread_cond_wait(&a->cv, &a->mu);
+        pthread_cond_wait(cv, &a->mu);
         return;
     }
     int64_t wait = due - loom__mono_ms();
     if (wait <= 0)
         return;
     struct timespec ts = loom__mono_after(wait);
-    pthread_cond_timedwait(&a->cv, &a->mu, &ts);
+    pthread_cond_timedwait(cv, &a->mu, &ts);
 }
 
-/* The retry thread: starts each attempt when its backoff delay is over,
- * and drops held messages nobody claimed in time. */
-static void *retry_main(void *arg)
+static void disconnect_finished(mqtt_adapter *a, const char *how)
 {
-    mqtt_adapter *a = arg;
     lock(a);
-    while (!a->quit) {
-        int64_t now = loom__mono_ms();
-        int64_t hold_due = a->held_head ? a->held_head->since_mono + HOLD_MS : 0;
-        if (hold_due && now >= hold_due) {
-            held_msg *claimed = take_held_locked(a, now);
-            unlock(a);
-            deliver_held(a, claimed);
-            report_held_drops(a);
-            lock(a);
-            continue;
-        }
-        if (a->state != CS_WAITING || a->closing) {
-            wait_until_locked(a, hold_due);
-            continue;
-        }
-        if (now < a->retry_at) {
-            wait_until_locked(a, hold_due && hold_due < a->retry_at ? hold_due : a->retry_at);
-            continue;
-        }
-        a->state = CS_CONNECTING;
-        bool report = a->report_connecting;
-        a->report_connecting = false;
-        unlock(a);
-        if (report) {
-            /* From this thread, before its first attempt: CONNECTING always
-             * comes before CONNECTED, and connect() makes no upcall. */
-            A_LOG(a, LOOM_LOG_INFO, "mqtt: connecting to %s:%d%s", a->host_name, a->port,
-                  a->tls ? " (TLS)" : "");
-            a->host.state_changed(a->host.core, LOOM_BROKER_CONNECTING, NULL);
-            lock(a);
-            bool closed = a->closing;
-            if (closed) {
-                a->state = CS_DOWN;
-                pthread_cond_broadcast(&a->cv);
-                continue; /* with mu held, as the loop expects */
-            }
-            unlock(a);
-        }
-        int rc = start_connect(a);
-        lock(a);
-        if (rc != MQTTASYNC_SUCCESS && a->state == CS_CONNECTING) {
-            if (a->closing) {
-                a->state = CS_DOWN;
-                pthread_cond_broadcast(&a->cv);
-                continue;
-            }
-            int delay = schedule_retry_locked(a);
-            unlock(a);
-            log_failure(a, paho_str(rc), delay);
-            lock(a);
-        }
-    }
+    a->state = CS_DOWN;
+    pthread_cond_broadcast(&a->cv);
+    bool up = enter_locked(a);
     unlock(a);
-    return NULL;
+    if (!up)
+        return;
+    A_LOG(a, LOOM_LOG_INFO, "mqtt: disconnected from %s:%d%s", a->host_name, a->port, how);
+    leave(a);
 }
 
-/* Sends DISCONNECT (normal disconnection: the broker drops the will). */
+/* Sends DISCONNECT (normal disconnection: the broker drops the will). Not
+ * on paho's thread. */
 static void issue_disconnect(mqtt_adapter *a)
 {
-    MQTTAsync_disconnectOptions d = MQTTAsync_disconnectOptions_initializer5;
-    d.timeout = 0; /* close() waited for the PUBACKs already */
-    d.reasonCode = MQTTREASONCODE_NORMAL_DISCONNECTION;
-    d.onSuccess5 = on_disconnect_done;
-    d.onFailure5 = on_disconnect_fail;
-    d.context = a;
-    int rc = MQTTAsync_disconnect(a->client, &d);
-    if (rc != MQTTASYNC_SUCCESS) {
-        lock(a);
-        a->state = CS_DOWN;
-        pthread_cond_broadcast(&a->cv);
-        unlock(a);
-    }
+    /* timeout 0: close() waited for the PUBACKs already */
+    int rc = MQTTClient_disconnect5(a->client, 0, MQTTREASONCODE_NORMAL_DISCONNECTION, NULL);
+    disconnect_finished(a, rc == MQTTCLIENT_SUCCESS ? "" : " (not cleanly)");
 }
 
 /* The CONNACK's Receive Maximum: 65535 when absent (MQTT 5, 3.2.2.3.3). */
-static int receive_maximum(const MQTTAsync_successData5 *r)
+static int receive_maximum(MQTTProperties *props)
 {
-    if (!r || !MQTTProperties_hasProperty((MQTTProperties *)&r->properties,
-                                          MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
+    if (!props || !MQTTProperties_hasProperty(props, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
         return 65535;
-    int v = MQTTProperties_getNumericValue((MQTTProperties *)&r->properties,
-                                           MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+    int v = MQTTProperties_getNumericValue(props, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
     return v > 0 ? v : 65535;
 }
 
-static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
+/* CONNACK accepted (the control thread). */
+static void connected(mqtt_adapter *a, MQTTProperties *props, bool session)
 {
-    mqtt_adapter *a = ctx;
     bool ids = true;
-    if (r && MQTTProperties_hasProperty(&r->properties,
-                                        MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIERS_AVAILABLE))
+    if (props &&
+        MQTTProperties_hasProperty(props, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIERS_AVAILABLE))
         ids = MQTTProperties_getNumericValue(
-                  &r->properties, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIERS_AVAILABLE) != 0;
-    bool session = r && r->alt.connect.sessionPresent;
-
+                  props, MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIERS_AVAILABLE) != 0;
     lock(a);
     a->sub_ids = ids;
     if (a->closing || a->stopped) {
@@ -1111,7 +1134,8 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
     a->state = CS_CONNECTED;
     a->gen++; /* what is still in flight from the last connection holds no slot */
     a->pub_inflight = 0;
-    a->recv_max = receive_maximum(r);
+    a->n_early = 0;
+    a->recv_max = receive_maximum(props);
     a->flushing = a->q_head != NULL;
     a->next_delay_ms = a->reconnect_min_ms;
     a->fail_count = 0;
@@ -1129,16 +1153,12 @@ static void on_connect_ok(void *ctx, MQTTAsync_successData5 *r)
     leave(a);
 }
 
-static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *r)
+/* A failed attempt (the control thread): back off and try again. */
+static void connect_failed(mqtt_adapter *a, int rc)
 {
-    mqtt_adapter *a = ctx;
     char why[256];
-    failure_text(r, why, sizeof why);
+    connect_failure_text(rc, why, sizeof why);
     lock(a);
-    if (a->state != CS_CONNECTING) { /* not ours to handle (paho reports twice?) */
-        unlock(a);
-        return;
-    }
     if (a->closing || a->stopped) {
         a->state = CS_DOWN;
         pthread_cond_broadcast(&a->cv);
@@ -1154,7 +1174,227 @@ static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *r)
     leave(a);
 }
 
-/* The broker sent DISCONNECT: keep its reason for the loss report. */
+/* One attempt, with CONNECTING reported before the first (control thread,
+ * without mu). */
+static void attempt(mqtt_adapter *a, bool report)
+{
+    if (report) {
+        /* From this thread, before its first attempt: CONNECTING always
+         * comes before CONNECTED, and connect() makes no upcall. */
+        A_LOG(a, LOOM_LOG_INFO, "mqtt: connecting to %s:%d%s", a->host_name, a->port,
+              a->tls ? " (TLS)" : "");
+        a->host.state_changed(a->host.core, LOOM_BROKER_CONNECTING, NULL);
+        lock(a);
+        bool closed = a->closing;
+        if (closed) {
+            a->state = CS_DOWN;
+            pthread_cond_broadcast(&a->cv);
+        }
+        unlock(a);
+        if (closed)
+            return;
+    }
+    MQTTResponse r = MQTTResponse_initializer;
+    bool session = false;
+    int rc = connect_once(a, &r, &session);
+    if (rc == MQTTCLIENT_SUCCESS)
+        connected(a, r.properties, session);
+    else
+        connect_failed(a, rc);
+    MQTTResponse_free(r);
+}
+
+/* Reports a SUBSCRIBE's outcome to the core: code is the broker's reason
+ * (>= 0x80: refused), paho's error (< 0: not answered) or a granted QoS. */
+static void sub_finished(mqtt_adapter *a, sub_req *r, int code)
+{
+    lock(a);
+    bool up = enter_locked(a);
+    unlock(a);
+    if (up) {
+        /* Refused by the broker: LOOM_EUNAVAILABLE. Not answered (the
+         * connection went first): LOOM_EIO; the core subscribes again on the
+         * next CONNECTED anyway. */
+        loom_err err = LOOM_OK;
+        if (code >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
+            err = LOOM_EUNAVAILABLE;
+            A_LOG(a, LOOM_LOG_WARN,
+                  "mqtt: broker refused the subscription to %s: %s (reason code 0x%02x)",
+                  r->mqtt_filter, MQTTReasonCode_toString((enum MQTTReasonCodes)code),
+                  (unsigned)code);
+        } else if (code < 0) {
+            err = LOOM_EIO;
+            A_LOG(a, LOOM_LOG_DEBUG, "mqtt: subscription to %s not completed: %s", r->mqtt_filter,
+                  paho_str(code));
+        }
+        if (a->host.subscribed)
+            a->host.subscribed(a->host.core, r->token, err);
+        leave(a);
+    }
+    free_req(r);
+}
+
+static void run_unsubscribe(mqtt_adapter *a, sub_req *r, bool up)
+{
+    /* Best effort: if it is lost with the connection, a clean-start
+     * session forgets the subscription anyway; a durable one delivers
+     * messages with an identifier nobody maps, which are dropped. */
+    int code = MQTTCLIENT_DISCONNECTED;
+    if (up) {
+        MQTTResponse resp = MQTTClient_unsubscribe5(a->client, r->mqtt_filter, NULL);
+        code = (int)resp.reasonCode;
+        MQTTResponse_free(resp);
+    }
+    if (code != MQTTCLIENT_SUCCESS)
+        A_LOG(a, LOOM_LOG_DEBUG, "mqtt: cannot unsubscribe from %s: %s", r->mqtt_filter,
+              paho_str(code));
+    free_req(r);
+}
+
+/* The filter under a "$share/{group}/" prefix. */
+static const char *core_filter(const char *mqtt_filter)
+{
+    const char *slash;
+    if (strncmp(mqtt_filter, "$share/", 7) == 0 && (slash = strchr(mqtt_filter + 7, '/')))
+        return slash + 1;
+    return mqtt_filter;
+}
+
+/* Whether r may join the batch: a SUBSCRIBE of a clean session, with the
+ * batch's QoS, to a filter without wildcards that no other member has
+ * (whatever the group), so that the topic alone tells which member a
+ * message tagged with the batch's identifier is for. */
+static bool joins_batch(const mqtt_adapter *a, sub_req *const *batch, int n, const sub_req *r)
+{
+    if (r->unsubscribe || a->session_expiry > 0 || r->qos != batch[0]->qos ||
+        strpbrk(r->mqtt_filter, "+#"))
+        return false;
+    for (int i = 0; i < n; i++)
+        if (strcmp(core_filter(batch[i]->mqtt_filter), core_filter(r->mqtt_filter)) == 0)
+            return false;
+    return true;
+}
+
+/* Takes first and the queued SUBSCRIBEs that may go in the same packet
+ * (mu held): paho waits for each SUBACK in 10 ms steps, so a service with
+ * many commands would otherwise take seconds to subscribe. A batch of
+ * several shares one fresh subscription identifier (a packet carries one). */
+static int take_batch_locked(mqtt_adapter *a, sub_req *first, sub_req **batch)
+{
+    batch[0] = first;
+    int n = 1;
+    if (!joins_batch(a, batch, 0, first))
+        return 1;
+    while (n < SUB_BATCH && a->reqs && joins_batch(a, batch, n, a->reqs))
+        batch[n++] = pop_req_locked(a);
+    if (n > 1 && a->sub_ids) {
+        int id = alloc_id(a, first->mqtt_filter);
+        for (mqtt_sub *s = a->subs; s; s = s->next)
+            for (int i = 0; i < n; i++)
+                if (strcmp(s->mqtt_filter, batch[i]->mqtt_filter) == 0)
+                    s->id = id;
+        for (int i = 0; i < n; i++)
+            batch[i]->id = id;
+    }
+    return n;
+}
+
+/* Sends one SUBSCRIBE for the batch, waits for the broker's answer and
+ * reports each filter's outcome (the control thread, without mu). */
+static void run_subscribe(mqtt_adapter *a, sub_req **batch, int n, bool up)
+{
+    char *filters[SUB_BATCH];
+    int qos[SUB_BATCH];
+    MQTTSubscribe_options so[SUB_BATCH];
+    for (int i = 0; i < n; i++) {
+        filters[i] = batch[i]->mqtt_filter;
+        qos[i] = batch[i]->qos;
+        /* noLocal must stay 0 (shared subscriptions forbid it, and an
+         * instance may call its own commands); retainAsPublished 0 makes
+         * the retain flag mean "replayed on subscribe". */
+        so[i] = (MQTTSubscribe_options)MQTTSubscribe_options_initializer;
+    }
+    MQTTResponse resp = MQTTResponse_initializer;
+    resp.reasonCode = up ? PAHO_MEMORY_ERROR_CODE : MQTTCLIENT_DISCONNECTED;
+    MQTTProperties props = MQTTProperties_initializer;
+    MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER};
+    p.value.integer4 = (unsigned)batch[0]->id;
+    if (up && (!batch[0]->id || MQTTProperties_add(&props, &p) == 0))
+        resp = MQTTClient_subscribeMany5(a->client, n, filters, qos, so, &props);
+    MQTTProperties_free(&props);
+    for (int i = 0; i < n; i++) {
+        int code = (int)resp.reasonCode;
+        if (code >= 0 && n > 1)
+            code = resp.reasonCodes && i < resp.reasonCodeCount ? (int)resp.reasonCodes[i]
+                                                                : MQTTCLIENT_FAILURE;
+        sub_finished(a, batch[i], code);
+    }
+    MQTTResponse_free(resp);
+}
+
+/* The control thread: starts each attempt when its backoff delay is over,
+ * sends SUBSCRIBE and UNSUBSCRIBE, hands queued messages to paho when a
+ * PUBACK freed window slots, and drops held messages nobody claimed in
+ * time. */
+static void *control_main(void *arg)
+{
+    mqtt_adapter *a = arg;
+    lock(a);
+    while (!a->quit) {
+        int64_t now = loom__mono_ms();
+        int64_t hold_due = a->held_head ? a->held_head->since_mono + HOLD_MS : 0;
+        if (hold_due && now >= hold_due) {
+            held_msg *claimed = take_held_locked(a, now);
+            unlock(a);
+            deliver_held(a, claimed);
+            report_held_drops(a);
+            lock(a);
+            continue;
+        }
+        if (a->reqs) {
+            sub_req *r = pop_req_locked(a), *batch[SUB_BATCH] = {r};
+            bool up = a->state == CS_CONNECTED && !a->closing;
+            int n = r->unsubscribe ? 1 : take_batch_locked(a, r, batch);
+            unlock(a);
+            if (r->unsubscribe)
+                run_unsubscribe(a, r, up);
+            else
+                run_subscribe(a, batch, n, up);
+            lock(a);
+            continue;
+        }
+        if (a->flush_wanted) {
+            a->flush_wanted = false;
+            if (!a->flushing && a->q_head && may_send_locked(a, a->q_head->qos)) {
+                a->flushing = true;
+                unlock(a);
+                flush_queue(a);
+                lock(a);
+            }
+            continue;
+        }
+        if (a->state != CS_WAITING || a->closing) {
+            wait_until_locked(a, &a->control_cv, hold_due);
+            continue;
+        }
+        if (now < a->retry_at) {
+            wait_until_locked(a, &a->control_cv,
+                              hold_due && hold_due < a->retry_at ? hold_due : a->retry_at);
+            continue;
+        }
+        a->state = CS_CONNECTING;
+        bool report = a->report_connecting;
+        a->report_connecting = false;
+        unlock(a);
+        attempt(a, report);
+        lock(a);
+    }
+    unlock(a);
+    return NULL;
+}
+
+/* The broker sent DISCONNECT (a thread paho starts for it): keep its
+ * reason for the loss report. */
 static void on_server_disconnect(void *ctx, MQTTProperties *props, enum MQTTReasonCodes rc)
 {
     mqtt_adapter *a = ctx;
@@ -1170,6 +1410,8 @@ static void on_server_disconnect(void *ctx, MQTTProperties *props, enum MQTTReas
     unlock(a);
 }
 
+/* The connection broke (a thread paho starts for it while its own thread
+ * holds paho's mutex: no paho call here). */
 static void on_connection_lost(void *ctx, char *cause)
 {
     mqtt_adapter *a = ctx;
@@ -1179,6 +1421,7 @@ static void on_connection_lost(void *ctx, char *cause)
         unlock(a);
         return;
     }
+    unsigned long lost = requeue_flight_locked(a);
     if (a->closing || a->stopped) {
         a->state = CS_DOWN;
         pthread_cond_broadcast(&a->cv);
@@ -1198,33 +1441,13 @@ static void on_connection_lost(void *ctx, char *cause)
         return;
     A_LOG(a, LOOM_LOG_WARN, "mqtt: %s:%d: %s; reconnecting in %d ms", a->host_name, a->port, why,
           delay);
+    if (lost)
+        A_LOG(a, LOOM_LOG_WARN,
+              "mqtt: %lu unacknowledged QoS >= 1 message(s) lost with the connection (buffer "
+              "full)",
+              lost);
     a->host.state_changed(a->host.core, LOOM_BROKER_DISCONNECTED, why);
     leave(a);
-}
-
-static void disconnect_finished(mqtt_adapter *a, const char *how)
-{
-    lock(a);
-    a->state = CS_DOWN;
-    pthread_cond_broadcast(&a->cv);
-    bool up = enter_locked(a);
-    unlock(a);
-    if (!up)
-        return;
-    A_LOG(a, LOOM_LOG_INFO, "mqtt: disconnected from %s:%d%s", a->host_name, a->port, how);
-    leave(a);
-}
-
-static void on_disconnect_done(void *ctx, MQTTAsync_successData5 *r)
-{
-    (void)r;
-    disconnect_finished(ctx, "");
-}
-
-static void on_disconnect_fail(void *ctx, MQTTAsync_failureData5 *r)
-{
-    (void)r;
-    disconnect_finished(ctx, " (not cleanly)");
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1269,6 +1492,18 @@ static bool collect(void ***tokens, size_t *n, size_t *cap, void **stack, const 
     return true;
 }
 
+/* Appends the tokens of the subscriptions with identifier id that topic
+ * matches (one identifier names a whole batch: see run_reqs()). */
+static bool collect_id(mqtt_adapter *a, int id, const char *topic, void ***tokens, size_t *n,
+                       size_t *cap, void **stack)
+{
+    for (const mqtt_sub *s = a->subs; s; s = s->next)
+        if (s->id == id && loom_topic_matches(s->filter, topic) &&
+            !collect(tokens, n, cap, stack, s))
+            return false;
+    return true;
+}
+
 /* --- held messages (unknown subscription identifiers) --- */
 
 static bool held_claimed_locked(mqtt_adapter *a, const held_msg *h)
@@ -1281,7 +1516,7 @@ static bool held_claimed_locked(mqtt_adapter *a, const held_msg *h)
 
 /* Keeps a copy of a message none of whose identifiers is known (mu held).
  * false when it cannot be held: over the limits, or out of memory. */
-static bool hold_locked(mqtt_adapter *a, const char *topic, const MQTTAsync_message *m,
+static bool hold_locked(mqtt_adapter *a, const char *topic, const MQTTClient_message *m,
                         const int *ids, int n_ids)
 {
     const MQTTProperties *props = &m->properties;
@@ -1329,7 +1564,7 @@ static bool hold_locked(mqtt_adapter *a, const char *topic, const MQTTAsync_mess
     h->bytes = bytes;
     h->since_mono = loom__mono_ms();
     if (!a->held_head)
-        pthread_cond_broadcast(&a->cv); /* the retry thread expires them */
+        pthread_cond_signal(&a->control_cv); /* the control thread expires them */
     if (a->held_tail)
         a->held_tail->next = h;
     else
@@ -1398,11 +1633,8 @@ static void deliver_held(mqtt_adapter *a, held_msg *list)
         size_t n = 0, cap = LOOM__ARRAY_LEN(stack);
         bool oom = false;
         lock(a);
-        for (int i = 0; i < h->n_ids && !oom; i++) {
-            const mqtt_sub *sub = find_sub_id(a, h->ids[i]);
-            if (sub)
-                oom = !collect(&tokens, &n, &cap, stack, sub);
-        }
+        for (int i = 0; i < h->n_ids && !oom; i++)
+            oom = !collect_id(a, h->ids[i], h->topic, &tokens, &n, &cap, stack);
         bool up = enter_locked(a);
         unlock(a);
         if (up) {
@@ -1453,11 +1685,16 @@ static void free_held(mqtt_adapter *a)
     a->held_bytes = 0;
 }
 
-/* paho's receive thread. Never blocks: deliver() only enqueues. Always
- * takes the message (returns 1): a message the core cannot take is
- * dropped, not redelivered in a loop. */
-static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *m)
+/* Set on paho's thread while it runs on_message(): a publish made from an
+ * upcall there goes through the control thread (see the top). */
+static _Thread_local bool on_paho_thread;
+
+/* paho's thread. Never blocks: deliver() only enqueues. Always takes the
+ * message (returns 1): a message the core cannot take is dropped, not
+ * redelivered in a loop. */
+static int on_message(void *ctx, char *topic, int topic_len, MQTTClient_message *m)
 {
+    on_paho_thread = true;
     mqtt_adapter *a = ctx;
     void *stack[16];
     void **tokens = stack;
@@ -1489,11 +1726,8 @@ static int on_message(void *ctx, char *topic, int topic_len, MQTTAsync_message *
     /* Older held messages a subscription claims by now go first. */
     held_msg *claimed = a->held_head ? take_held_locked(a, loom__mono_ms()) : NULL;
     if (n_ids > 0) {
-        for (int i = 0; i < n_ids && !oom; i++) {
-            const mqtt_sub *s = find_sub_id(a, ids[i]);
-            if (s)
-                oom = !collect(&tokens, &n, &cap, stack, s);
-        }
+        for (int i = 0; i < n_ids && !oom; i++)
+            oom = !collect_id(a, ids[i], topic, &tokens, &n, &cap, stack);
         if (n == 0 && !oom)
             held = hold_locked(a, topic, m, ids, n_ids);
     } else {
@@ -1566,58 +1800,14 @@ out:
     if (tokens != stack)
         free(tokens);
     if (m)
-        MQTTAsync_freeMessage(&m);
-    MQTTAsync_free(topic);
+        MQTTClient_freeMessage(&m);
+    MQTTClient_free(topic);
+    on_paho_thread = false;
     return 1;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Subscribing                                                               */
-
-static void sub_finished(sub_req *r, const MQTTAsync_failureData5 *fail, int reason)
-{
-    mqtt_adapter *a = r->a;
-    lock(a);
-    unlink_req(a, r);
-    bool up = enter_locked(a);
-    unlock(a);
-    if (up) {
-        /* Refused by the broker: LOOM_EUNAVAILABLE. Not answered (the
-         * connection went first): LOOM_EIO; the core subscribes again on the
-         * next CONNECTED anyway. */
-        loom_err err = LOOM_OK;
-        if (reason >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
-            err = LOOM_EUNAVAILABLE;
-            A_LOG(a, LOOM_LOG_WARN,
-                  "mqtt: broker refused the subscription to %s: %s (reason code 0x%02x)",
-                  r->mqtt_filter, MQTTReasonCode_toString((enum MQTTReasonCodes)reason),
-                  (unsigned)reason);
-        } else if (fail) {
-            err = LOOM_EIO;
-            char why[256];
-            failure_text(fail, why, sizeof why);
-            A_LOG(a, LOOM_LOG_DEBUG, "mqtt: subscription to %s not completed: %s", r->mqtt_filter,
-                  why);
-        }
-        if (a->host.subscribed)
-            a->host.subscribed(a->host.core, r->token, err);
-        leave(a);
-    }
-    free_req(r);
-}
-
-static void on_sub_ok(void *ctx, MQTTAsync_successData5 *r)
-{
-    /* One filter per SUBSCRIBE: paho puts its reason code in reasonCode
-     * (alt.sub is only filled for several filters). */
-    sub_finished(ctx, NULL, r ? (int)r->reasonCode : 0);
-}
-
-static void on_sub_fail(void *ctx, MQTTAsync_failureData5 *r)
-{
-    static const MQTTAsync_failureData5 none = MQTTAsync_failureData5_initializer;
-    sub_finished(ctx, r ? r : &none, r ? (int)r->reasonCode : 0);
-}
 
 static loom_err mqtt_subscribe(void *self, const char *filter, const char *group, void *token,
                                int qos)
@@ -1630,7 +1820,6 @@ static loom_err mqtt_subscribe(void *self, const char *filter, const char *group
     sub_req *r = calloc(1, sizeof *r);
     if (!r)
         return LOOM_ENOMEM;
-    r->a = a;
     r->token = token;
 
     lock(a);
@@ -1653,55 +1842,13 @@ static loom_err mqtt_subscribe(void *self, const char *filter, const char *group
     }
     if (!(r->mqtt_filter = strdup(s->mqtt_filter)))
         goto nomem;
-    int id = s->id;
-    bool use_ids = a->sub_ids;
-    r->next = a->reqs;
-    if (a->reqs)
-        a->reqs->prev = r;
-    a->reqs = r;
+    r->qos = qos;
+    r->id = a->sub_ids ? s->id : 0;
+    push_req_locked(a, r);
     unlock(a);
-
-    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-    ro.onSuccess5 = on_sub_ok;
-    ro.onFailure5 = on_sub_fail;
-    ro.context = r;
-    /* noLocal must stay 0 (shared subscriptions forbid it, and an instance
-     * may call its own commands); retainAsPublished 0 makes the retain flag
-     * mean "replayed on subscribe". */
-    ro.subscribeOptions.noLocal = 0;
-    ro.subscribeOptions.retainAsPublished = 0;
-    ro.subscribeOptions.retainHandling = 0;
-    int rc = MQTTASYNC_SUCCESS;
-    if (use_ids) {
-        MQTTProperty p = {.identifier = MQTTPROPERTY_CODE_SUBSCRIPTION_IDENTIFIER};
-        p.value.integer4 = (unsigned)id;
-        if (MQTTProperties_add(&ro.properties, &p) != 0)
-            rc = PAHO_MEMORY_ERROR_CODE;
-    }
-    if (rc == MQTTASYNC_SUCCESS)
-        rc = MQTTAsync_subscribe(a->client, r->mqtt_filter, qos, &ro);
-    MQTTProperties_free(&ro.properties);
-    if (rc == MQTTASYNC_SUCCESS) {
-        /* A durable session's messages held for this identifier. */
-        release_held(a);
-        return LOOM_OK;
-    }
-
-    /* Not sent, so paho never calls back: undo what this call added. */
-    lock(a);
-    unlink_req(a, r);
-    if ((s = find_sub(a, filter, group))) {
-        if (added)
-            sub_remove_token(s, token);
-        if (created && s->n_tokens == 0) {
-            unlink_sub(a, s);
-            free_sub(s);
-        }
-    }
-    unlock(a);
-    A_LOG(a, LOOM_LOG_DEBUG, "mqtt: cannot subscribe to %s: %s", r->mqtt_filter, paho_str(rc));
-    free_req(r);
-    return map_paho(rc);
+    /* A durable session's messages held for this identifier. */
+    release_held(a);
+    return LOOM_OK;
 
 nomem:
     if (s && added)
@@ -1727,25 +1874,18 @@ static loom_err mqtt_unsubscribe(void *self, const char *filter, const char *gro
         return LOOM_ENOTFOUND;
     }
     sub_remove_token(s, token);
-    char *send = NULL;
     if (s->n_tokens == 0) {
         unlink_sub(a, s);
-        if (a->state == CS_CONNECTED && !a->closing) {
-            send = s->mqtt_filter; /* taken over */
+        sub_req *r = NULL;
+        if (a->state == CS_CONNECTED && !a->closing && (r = calloc(1, sizeof *r))) {
+            r->unsubscribe = true;
+            r->mqtt_filter = s->mqtt_filter; /* taken over */
             s->mqtt_filter = NULL;
+            push_req_locked(a, r);
         }
         free_sub(s);
     }
     unlock(a);
-    if (send) {
-        /* Best effort: if it is lost with the connection, a clean-start
-         * session forgets the subscription anyway; a durable one delivers
-         * messages with an identifier nobody maps, which are dropped. */
-        int rc = MQTTAsync_unsubscribe(a->client, send, NULL);
-        if (rc != MQTTASYNC_SUCCESS)
-            A_LOG(a, LOOM_LOG_DEBUG, "mqtt: cannot unsubscribe from %s: %s", send, paho_str(rc));
-        free(send);
-    }
     return LOOM_OK;
 }
 
@@ -1761,56 +1901,47 @@ static int add_string_prop(MQTTProperties *props, enum MQTTPropertyCodes id, con
     return MQTTProperties_add(props, &p);
 }
 
-/* Hands one message to paho (any thread, without mu). paho copies the
- * payload and the properties. `track` (QoS >= 1: the message's copy,
- * already in `flight`; else NULL) becomes the context of paho's outcome
- * callbacks. Returns paho's code; on failure no callback runs. */
+/* Writes one message (any thread but paho's, without mu): paho sends it
+ * on this thread. `track` (QoS >= 1: the message's copy, already in
+ * `flight`; else NULL) learns its packet id. Returns paho's code. */
 static int paho_publish(mqtt_adapter *a, const char *topic, const void *data, size_t len, int qos,
                         bool retain, const char *rt, const void *corr, size_t corr_len,
                         const char *status, out_msg *track)
 {
-    MQTTAsync_message msg = MQTTAsync_message_initializer;
-    msg.payload = (void *)data;
-    msg.payloadlen = (int)len;
-    msg.qos = qos;
-    msg.retained = retain;
-
+    MQTTProperties props = MQTTProperties_initializer;
     static const char content_type[] = "application/json";
-    int prc = add_string_prop(&msg.properties, MQTTPROPERTY_CODE_CONTENT_TYPE, content_type,
+    int prc = add_string_prop(&props, MQTTPROPERTY_CODE_CONTENT_TYPE, content_type,
                               sizeof content_type - 1);
     if (prc == 0 && rt)
-        prc = add_string_prop(&msg.properties, MQTTPROPERTY_CODE_RESPONSE_TOPIC, rt, strlen(rt));
+        prc = add_string_prop(&props, MQTTPROPERTY_CODE_RESPONSE_TOPIC, rt, strlen(rt));
     if (prc == 0 && corr_len > 0)
-        prc = add_string_prop(&msg.properties, MQTTPROPERTY_CODE_CORRELATION_DATA, corr, corr_len);
+        prc = add_string_prop(&props, MQTTPROPERTY_CODE_CORRELATION_DATA, corr, corr_len);
     if (prc == 0 && status) {
         MQTTProperty up = {.identifier = MQTTPROPERTY_CODE_USER_PROPERTY};
         up.value.data.data = (char *)"status";
         up.value.data.len = 6;
         up.value.value.data = (char *)status;
         up.value.value.len = (int)strlen(status);
-        prc = MQTTProperties_add(&msg.properties, &up);
+        prc = MQTTProperties_add(&props, &up);
     }
     int rc = PAHO_MEMORY_ERROR_CODE;
     if (prc == 0) {
-        /* paho takes the properties from the response options; without
-         * them it would send none. */
-        MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
-        if (track) {
-            ro.onSuccess5 = on_pub_ok;
-            ro.onFailure5 = on_pub_fail;
-            ro.context = track;
-        }
-        rc = MQTTAsync_sendMessage(a->client, topic, &msg, &ro);
+        MQTTClient_deliveryToken msgid = 0;
+        MQTTResponse r =
+            MQTTClient_publish5(a->client, topic, (int)len, data, qos, retain, &props, &msgid);
+        rc = (int)r.reasonCode;
+        MQTTResponse_free(r);
+        if (rc == MQTTCLIENT_SUCCESS && track)
+            note_msgid(a, track, msgid);
     }
-    MQTTProperties_free(&msg.properties);
+    MQTTProperties_free(&props);
     return rc;
 }
 
-/* paho's queue is full (connected, but the broker does not keep up). */
+/* paho cannot take more now (connected, but the broker does not keep up). */
 static bool paho_full(int rc)
 {
-    return rc == MQTTASYNC_MAX_BUFFERED_MESSAGES || rc == MQTTASYNC_NO_MORE_MSGIDS ||
-           rc == MQTTASYNC_MAX_MESSAGES_INFLIGHT;
+    return rc == MQTTCLIENT_MAX_MESSAGES_INFLIGHT;
 }
 
 static out_msg *out_new(const loom_publish *p)
@@ -1859,14 +1990,14 @@ static void free_queue(mqtt_adapter *a)
 
 /* Hands one message to paho (without mu). A QoS >= 1 one was put into
  * `flight` by the caller, under mu, in the same critical section that saw
- * a free window slot (may_send_locked()); on success it belongs to paho's
- * callbacks, on failure the caller keeps it (taken out of `flight`). */
+ * a free window slot (may_send_locked()); on success it stays there until
+ * its PUBACK, on failure the caller keeps it (taken out of `flight`). */
 static int send_one(mqtt_adapter *a, out_msg *o)
 {
     bool track = o->qos > 0;
     int rc = paho_publish(a, o->topic, o->data, o->len, o->qos, o->retain, o->rt, o->corr,
                           o->corr_len, o->status, track ? o : NULL);
-    if (rc != MQTTASYNC_SUCCESS && track) {
+    if (rc != MQTTCLIENT_SUCCESS && track) {
         lock(a);
         flight_remove_locked(a, o);
         unlock(a);
@@ -1875,15 +2006,15 @@ static int send_one(mqtt_adapter *a, out_msg *o)
 }
 
 /* Hands queued messages to paho, oldest first, while connected and the
- * window allows (paho's thread: right after the connection came up, or
- * after a PUBACK). The caller set `flushing`; it is cleared under mu once
- * the queue is empty or blocked, so a PUBACK arriving meanwhile either
- * sees `flushing` and leaves the job to us, or finds it clear and flushes
- * itself: no slot is ever left unused. */
+ * window allows (the control thread: right after the connection came up,
+ * or after PUBACKs). The caller set `flushing`; it is cleared under mu
+ * once the queue is empty or blocked, so a PUBACK arriving meanwhile
+ * either finds `flushing` set and we take the slot, or finds it clear and
+ * asks the control thread for another round: no slot is left unused. */
 static void flush_queue(mqtt_adapter *a)
 {
     unsigned long failed = 0;
-    int last_rc = MQTTASYNC_SUCCESS;
+    int last_rc = MQTTCLIENT_SUCCESS;
     lock(a);
     while (a->q_head && may_send_locked(a, a->q_head->qos)) {
         out_msg *o = a->q_head;
@@ -1893,17 +2024,18 @@ static void flush_queue(mqtt_adapter *a)
         if (a->q_resent == o)
             a->q_resent = NULL;
         a->q_len--;
-        if (o->qos > 0)
+        bool tracked = o->qos > 0;
+        if (tracked)
             flight_add_locked(a, o);
         unlock(a);
         int rc = send_one(a, o);
         lock(a);
-        if (rc == MQTTASYNC_SUCCESS) {
-            if (o->qos == 0)
+        if (rc == MQTTCLIENT_SUCCESS) {
+            if (!tracked)
                 free(o);
-            continue; /* a QoS >= 1 one is paho's callbacks' now */
+            continue; /* a tracked one is its PUBACK's (it may be gone already) */
         }
-        if (rc == MQTTASYNC_DISCONNECTED || paho_full(rc)) {
+        if (rc == MQTTCLIENT_DISCONNECTED || paho_full(rc)) {
             /* lost again, or paho is full: keep it for the next round */
             o->next = a->q_head;
             a->q_head = o;
@@ -1946,24 +2078,23 @@ static loom_err mqtt_publish(void *self, const loom_publish *p)
         free(o);
         return LOOM_EUNAVAILABLE;
     }
-    if (!a->q_head && !a->flushing && may_send_locked(a, p->qos)) {
+    if (!a->q_head && !a->flushing && !on_paho_thread && may_send_locked(a, p->qos)) {
         if (o)
             flight_add_locked(a, o);
-        a->sending++; /* close() lets it reach paho's queue before DISCONNECT */
+        a->sending++; /* close() lets it reach the broker before DISCONNECT */
         unlock(a);
         int rc = o ? send_one(a, o)
-                   : paho_publish(a, p->topic, p->data, p->len, 0, p->retain,
-                                  p->response_topic, p->correlation, p->correlation_len,
-                                  p->status, NULL);
+                   : paho_publish(a, p->topic, p->data, p->len, 0, p->retain, p->response_topic,
+                                  p->correlation, p->correlation_len, p->status, NULL);
         lock(a);
-        if (--a->sending == 0)
-            pthread_cond_broadcast(&a->cv);
+        if (--a->sending == 0 && a->closing)
+            pthread_cond_broadcast(&a->cv); /* close() waits for it */
         unlock(a);
-        if (rc == MQTTASYNC_SUCCESS) {
+        if (rc == MQTTCLIENT_SUCCESS) {
             loom_msg_release(p->msg);
             return LOOM_OK;
         }
-        if (rc != MQTTASYNC_DISCONNECTED) {
+        if (rc != MQTTCLIENT_DISCONNECTED) {
             free(o);
             return paho_full(rc) ? LOOM_EOVERLOAD : map_paho(rc);
         }
@@ -1985,6 +2116,8 @@ static loom_err mqtt_publish(void *self, const loom_publish *p)
         a->q_head = o;
     a->q_tail = o;
     a->q_len++;
+    if (!a->flushing)
+        want_flush_locked(a); /* published on paho's thread, or the window opened */
     unlock(a);
     loom_msg_release(p->msg);
     return LOOM_OK;
@@ -2008,7 +2141,7 @@ static void free_adapter(mqtt_adapter *a)
         free_req(r);
     }
     free_queue(a);
-    while (a->flight) { /* paho fails them all when destroyed; this is in case */
+    while (a->flight) { /* never acknowledged */
         out_msg *o = a->flight;
         a->flight = o->next;
         free(o);
@@ -2025,6 +2158,7 @@ static void free_adapter(mqtt_adapter *a)
     free(a->tls_cert);
     free(a->tls_key);
     pthread_cond_destroy(&a->cv);
+    pthread_cond_destroy(&a->control_cv);
     pthread_mutex_destroy(&a->mu);
     free(a);
 }
@@ -2044,6 +2178,7 @@ static loom_err mqtt_init(void **self, const loom_adapter_host *host,
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&a->cv, &ca);
+    pthread_cond_init(&a->control_cv, &ca);
     pthread_condattr_destroy(&ca);
     a->keepalive = 30;
     a->connect_timeout_ms = 5000;
@@ -2096,20 +2231,12 @@ static loom_err mqtt_init(void **self, const loom_adapter_host *host,
         return LOOM_ENOMEM;
     }
 
-    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
-    /* We buffer while disconnected ourselves (see the top of this file).
-     * paho's limit then only bounds its queue while connected; it must
-     * take a whole flush of our buffer. */
-    co.sendWhileDisconnected = 0;
-    co.maxBufferedMessages = a->buffer > INT_MAX - 65536 ? INT_MAX : a->buffer + 65536;
-    co.allowDisconnectedSendAtAnyTime = 0;
-    co.deleteOldestMessages = 0;
-    co.restoreMessages = 0;
-    co.persistQoS0 = 0;
-    int rc = MQTTAsync_createWithOptions(&a->client, uri, a->client_id, MQTTCLIENT_PERSISTENCE_NONE,
-                                         NULL, &co);
+    MQTTClient_createOptions co = MQTTClient_createOptions_initializer;
+    co.MQTTVersion = MQTTVERSION_5;
+    int rc = MQTTClient_createWithOptions(&a->client, uri, a->client_id,
+                                          MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
     free(uri);
-    if (rc != MQTTASYNC_SUCCESS) {
+    if (rc != MQTTCLIENT_SUCCESS) {
         A_LOG(a, LOOM_LOG_ERROR,
               "mqtt: cannot create the client for '%.200s' (client id "
               "'%.100s'): %s",
@@ -2118,10 +2245,11 @@ static loom_err mqtt_init(void **self, const loom_adapter_host *host,
         free_adapter(a);
         return rc == PAHO_MEMORY_ERROR_CODE ? LOOM_ENOMEM : LOOM_ECONFIG;
     }
-    if (MQTTAsync_setCallbacks(a->client, a, on_connection_lost, on_message, NULL) !=
-            MQTTASYNC_SUCCESS ||
-        MQTTAsync_setDisconnected(a->client, a, on_server_disconnect) != MQTTASYNC_SUCCESS) {
-        MQTTAsync_destroy(&a->client);
+    if (MQTTClient_setCallbacks(a->client, a, on_connection_lost, on_message, NULL) !=
+            MQTTCLIENT_SUCCESS ||
+        MQTTClient_setPublished(a->client, a, on_published) != MQTTCLIENT_SUCCESS ||
+        MQTTClient_setDisconnected(a->client, a, on_server_disconnect) != MQTTCLIENT_SUCCESS) {
+        MQTTClient_destroy(&a->client);
         free_adapter(a);
         return LOOM_EIO;
     }
@@ -2140,7 +2268,7 @@ static loom_err mqtt_connect(void *self)
         return LOOM_ESTATE;
     }
     if (!a->thread_started) {
-        int rc = pthread_create(&a->thread, NULL, retry_main, a);
+        int rc = pthread_create(&a->thread, NULL, control_main, a);
         if (rc != 0) {
             unlock(a);
             A_LOG(a, LOOM_LOG_ERROR, "mqtt: cannot start a thread: %s", strerror(rc));
@@ -2152,7 +2280,7 @@ static loom_err mqtt_connect(void *self)
     a->report_connecting = true;
     a->state = CS_WAITING;
     a->retry_at = loom__mono_ms(); /* now */
-    pthread_cond_broadcast(&a->cv);
+    pthread_cond_signal(&a->control_cv);
     unlock(a);
     return LOOM_OK;
 }
@@ -2173,14 +2301,14 @@ static void mqtt_close(void *self)
     int64_t due = loom__mono_ms() + CLOSE_FLUSH_MS;
     while (a->state == CS_CONNECTED && (a->q_head || a->pub_inflight > 0 || a->sending > 0) &&
            loom__mono_ms() < due)
-        wait_until_locked(a, due);
+        wait_until_locked(a, &a->cv, due);
     bool disconnect = false;
     switch (a->state) {
     case CS_CONNECTED:
         a->state = CS_DISCONNECTING;
         disconnect = true;
         break;
-    case CS_CONNECTING: /* its callback sees `closing` and finishes the job */
+    case CS_CONNECTING: /* the control thread sees `closing` and finishes the job */
     case CS_DISCONNECTING:
     case CS_DOWN:
         break;
@@ -2192,6 +2320,7 @@ static void mqtt_close(void *self)
     size_t dropped = a->q_len;
     free_queue(a);
     pthread_cond_broadcast(&a->cv);
+    pthread_cond_signal(&a->control_cv);
     unlock(a);
     if (dropped)
         A_LOG(a, LOOM_LOG_WARN, "mqtt: closing with %zu message(s) never sent", dropped);
@@ -2208,19 +2337,19 @@ static void mqtt_stop(void *self)
 
     lock(a);
     /* Let an attempt under way and the DISCONNECT finish, bounded. */
-    int64_t deadline =
-        loom__mono_ms() + ((a->connect_timeout_ms + 999) / 1000) * 1000 + 1000;
+    int64_t deadline = loom__mono_ms() + ((a->connect_timeout_ms + 999) / 1000) * 1000 + 1000;
     bool timed_out = false;
     while (a->state == CS_CONNECTING || a->state == CS_DISCONNECTING) {
         if (loom__mono_ms() >= deadline) {
             timed_out = true;
             break;
         }
-        wait_until_locked(a, deadline);
+        wait_until_locked(a, &a->cv, deadline);
     }
     a->stopped = true;
     a->quit = true;
     pthread_cond_broadcast(&a->cv);
+    pthread_cond_signal(&a->control_cv);
     while (a->active > 0)
         pthread_cond_wait(&a->cv, &a->mu);
     bool join = a->thread_started;
@@ -2245,7 +2374,7 @@ static void mqtt_fini(void *self)
         mqtt_stop(a);
     /* Callbacks paho makes while destroying see `stopped`: no upcalls. */
     if (a->client)
-        MQTTAsync_destroy(&a->client);
+        MQTTClient_destroy(&a->client);
     free_adapter(a);
 }
 
