@@ -102,8 +102,10 @@
  * kinds: while the queue is not empty every publish joins it.
  *
  * Closing. close() waits (at most CLOSE_FLUSH_MS) until the queue has been
- * written, publishes already past the closing check have returned, and the
- * broker has acknowledged our QoS >= 1 publishes, then sends DISCONNECT
+ * written, publishes already past the closing check have returned, the
+ * broker has answered a SUBSCRIBE under way (paho would wait 10 s for a
+ * SUBACK the disconnect cut off) and acknowledged our QoS >= 1 publishes,
+ * then sends DISCONNECT
  * with no wait of paho's own. Everything written before DISCONNECT reaches
  * the broker before it, in order, so the broker sees a last
  * announcement-clearing message and QoS 0 replies either way; the wait is
@@ -282,6 +284,8 @@ typedef struct mqtt_adapter {
     out_msg *flight;
     int pub_inflight;
     bool flush_wanted; /* the control thread is to flush the queue */
+    bool in_req;       /* the control thread awaits a SUBACK or UNSUBACK: paho would
+                        * wait 10 s for one a DISCONNECT cut off */
     /* PUBACKs that came before their publish learnt its packet id. */
     struct {
         unsigned gen;
@@ -1355,12 +1359,16 @@ static void *control_main(void *arg)
             sub_req *r = pop_req_locked(a), *batch[SUB_BATCH] = {r};
             bool up = a->state == CS_CONNECTED && !a->closing;
             int n = r->unsubscribe ? 1 : take_batch_locked(a, r, batch);
+            a->in_req = up;
             unlock(a);
             if (r->unsubscribe)
                 run_unsubscribe(a, r, up);
             else
                 run_subscribe(a, batch, n, up);
             lock(a);
+            a->in_req = false;
+            if (a->closing)
+                pthread_cond_broadcast(&a->cv); /* close() waits for it */
             continue;
         }
         if (a->flush_wanted) {
@@ -2299,7 +2307,8 @@ static void mqtt_close(void *self)
     /* Connected: let the queue drain into paho and the broker acknowledge
      * what it got, briefly (see "Closing" at the top). */
     int64_t due = loom__mono_ms() + CLOSE_FLUSH_MS;
-    while (a->state == CS_CONNECTED && (a->q_head || a->pub_inflight > 0 || a->sending > 0) &&
+    while (a->state == CS_CONNECTED &&
+           (a->q_head || a->pub_inflight > 0 || a->sending > 0 || a->in_req) &&
            loom__mono_ms() < due)
         wait_until_locked(a, &a->cv, due);
     bool disconnect = false;
