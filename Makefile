@@ -13,6 +13,9 @@
 #                     under valgrind memcheck
 #   make check-symbols  fails when libloom.so exports a symbol without loom_
 #   make check-api      fails when an exported loom_ function is missing from docs/api.md
+#   make check-contracts  the shop's OpenAPI document through @redocly/cli lint
+#                     (recommended rules, 0 errors) and @seriousme/openapi-schema-validator
+#                     (npm ci in tests/contracts; node and npm from Debian)
 #   make install PREFIX=/usr/local DESTDIR=   /  make uninstall
 #   make deps         installs the Debian packages that are missing
 #   make clean
@@ -72,7 +75,7 @@ TEST_LIBS    := -lcmocka -lcurl
 TEST_HELPERS := $(O)/tests/fault_service
 
 .PHONY: loom.pc all lib examples demo test check asan check-symbols install uninstall deps clean \
-        tests pkgconfig-test format bench fuzz check-api
+        tests pkgconfig-test format bench fuzz check-api check-contracts
 
 all: lib examples
 
@@ -153,6 +156,9 @@ check-api: $(SHARED)
 pkgconfig-test: lib
 	@tests/pkgconfig-test.sh
 
+check-contracts: $(filter %shop/shop,$(EXAMPLES))
+	@tests/contracts/check.sh $(filter %shop/shop,$(EXAMPLES))
+
 test: deps
 	@rm -f build/release/summary build/asan/summary
 	$(MAKE) all
@@ -163,8 +169,9 @@ test: deps
 	$(MAKE) check-symbols
 	$(MAKE) check-api
 	$(MAKE) pkgconfig-test
+	$(MAKE) check-contracts
 	@cat build/release/summary build/asan/summary | \
-	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, fuzz smoke, valgrind, symbols, pkg-config build"; \
+	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, fuzz smoke, valgrind, symbols, pkg-config build, contracts"; \
 	       printf "%d passed, %d failed\n", p, f; exit f > 0}'
 
 demo: deps all
@@ -208,6 +215,13 @@ deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
+	@# node and npm for check-contracts; any node >= 20.19 already installed will do.
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "deps: installing nodejs npm"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm; \
+	fi
 
 # --- benchmarks (`make bench`; never part of `make test`) ---------------------
 # Installs the load tools, builds the library, the examples and bench/*.c with

@@ -25,6 +25,28 @@ static bool add_schema(cJSON *obj, const char *key, const char *text)
     return s && cJSON_AddItemToObject(obj, key, s);
 }
 
+/* "errors": [{status, description, dataSchema?}] (docs/http.md, OpenAPI). */
+static bool add_errors(cJSON *o, const loom_error_def *errors)
+{
+    if (!errors || !errors[0].status)
+        return true;
+    cJSON *list = cJSON_AddArrayToObject(o, "errors");
+    if (!list)
+        return false;
+    for (size_t i = 0; errors[i].status; i++) {
+        cJSON *e = cJSON_CreateObject();
+        if (!e || !cJSON_AddItemToArray(list, e)) {
+            cJSON_Delete(e);
+            return false;
+        }
+        if (!cJSON_AddNumberToObject(e, "status", errors[i].status) ||
+            !cJSON_AddStringToObject(e, "description", errors[i].description) ||
+            !add_schema(e, "dataSchema", errors[i].data_schema))
+            return false;
+    }
+    return true;
+}
+
 static cJSON *command_doc(const loom__command *c)
 {
     const loom_command_def *d = c->def;
@@ -35,7 +57,8 @@ static cJSON *command_doc(const loom__command *c)
         !add_schema(o, "parameterSchema", d->parameter_schema) ||
         !add_schema(o, "outputSchema", d->output_schema) ||
         (d->success_event && !cJSON_AddStringToObject(o, "successEvent", d->success_event)) ||
-        (d->timeout_ms && !cJSON_AddNumberToObject(o, "timeoutMs", d->timeout_ms)))
+        (d->timeout_ms && !cJSON_AddNumberToObject(o, "timeoutMs", d->timeout_ms)) ||
+        !add_errors(o, d->errors))
         goto fail;
     if (d->http_method) {
         cJSON *h = cJSON_AddObjectToObject(o, "http");

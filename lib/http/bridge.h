@@ -140,6 +140,14 @@ bool loom__http_add_query(cJSON *params, const char *q, bool *bad);
 
 typedef struct breq breq;
 
+/* The optional http.openapi.* keys, in loom_http.oa_info. */
+enum {
+    OA_LICENSE_NAME,     /* then .identifier, .url */
+    OA_CONTACT_NAME = 3, /* then .url, .email */
+    OA_SERVER = 6,
+    OA_INFO_N
+};
+
 struct loom_http {
     loom_runtime *rt;
     /* Settings, fixed at create. */
@@ -185,6 +193,7 @@ struct loom_http {
 
     /* openapi.c: the document's info (http.openapi.*), fixed at create. */
     char *oa_title, *oa_version, *oa_description;
+    char *oa_info[OA_INFO_N]; /* optional keys (OA_*), NULL when unset */
     /* access_log.c: one line per request (http.access_log), fixed at create. */
     bool access_log;
 };
@@ -270,6 +279,11 @@ cJSON *loom__http_openapi_doc(loom_http *h);
 /* Reads http.openapi.* (the document's info); LOOM_ENOMEM. */
 loom_err loom__http_openapi_load(loom_http *h, const loom_config *cfg);
 void loom__http_openapi_fini(loom_http *h);
+/* Fills an OpenAPI/AsyncAPI info object (title, version, description,
+ * license, contact); false on ENOMEM. */
+bool loom__http_openapi_info(loom_http *h, cJSON *info);
+/* The bridge's URL for documents' servers (malloc'd), or NULL on ENOMEM. */
+char *loom__http_server_url(loom_http *h);
 
 /* access_log.c */
 /* Logs the access line of b answered with status, when http.access_log is
