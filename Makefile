@@ -14,7 +14,8 @@
 #   make check-symbols  fails when libloom.so exports a symbol without loom_
 #   make check-api      fails when an exported loom_ function is missing from docs/api.md
 #   make check-contracts  the shop's OpenAPI document through @redocly/cli lint
-#                     (recommended rules, 0 errors) and @seriousme/openapi-schema-validator
+#                     (recommended rules, 0 errors) and @seriousme/openapi-schema-validator,
+#                     its AsyncAPI document through @asyncapi/parser (0 errors)
 #                     (npm ci in tests/contracts; node and npm from Debian)
 #   make install PREFIX=/usr/local DESTDIR=   /  make uninstall
 #   make deps         installs the Debian packages that are missing

@@ -1296,8 +1296,8 @@ static void test_auth_protect_builtins(void **state)
                        NULL};
     fx *f = fx_new(s, NULL, NULL);
     const char *tok[] = {"Authorization: Bearer s3cret", NULL};
-    const char *paths[] = {"/metrics", "/api/openapi.json"};
-    for (int i = 0; i < 2; i++) {
+    const char *paths[] = {"/metrics", "/api/openapi.json", "/api/asyncapi.json"};
+    for (int i = 0; i < 3; i++) {
         resp r = get(f, paths[i]);
         expect_status(&r, 401);
         resp_free(&r);
@@ -1851,6 +1851,58 @@ static void test_openapi_info(void **state)
         loom_runtime_destroy(rt);
         loom_config_destroy(cfg);
     }
+}
+
+/* The AsyncAPI document: request/reply channels and operations per command,
+ * the success event sent, messages with the envelope as headers, bindings. */
+static void test_asyncapi(void **state)
+{
+    (void)state;
+    fx *f = fx_new(NULL, NULL, NULL);
+    resp r = get(f, "/api/asyncapi.json");
+    expect_status(&r, 200);
+    assert_string_equal(jstr(r.json, "asyncapi", NULL), "3.0.0");
+    assert_non_null(jstr(r.json, "info", "title"));
+    assert_null(cJSON_GetObjectItem(r.json, "servers")); /* memory: has none */
+    const cJSON *ch = cJSON_GetObjectItem(r.json, "channels");
+    assert_string_equal(jstr(ch, "t.v1.echo.request", "address"), "loom/cmd/t/1/echo");
+    const cJSON *reply = cJSON_GetObjectItem(ch, "t.v1.echo.reply");
+    assert_string_equal(jstr(reply, "address", NULL), "loom/reply/{instanceId}");
+    assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(reply, "parameters"), "instanceId"));
+    assert_string_equal(jstr(ch, "event.echoed.t.v1", "address"), "loom/evt/echoed/t/1");
+    assert_non_null(cJSON_GetObjectItem(ch, "t.v1.nohttp.request")); /* HTTP or not */
+
+    const cJSON *ops = cJSON_GetObjectItem(r.json, "operations");
+    const cJSON *op = cJSON_GetObjectItem(ops, "t.v1.echo");
+    assert_string_equal(jstr(op, "action", NULL), "receive");
+    assert_string_equal(jstr(op, "channel", "$ref"), "#/channels/t.v1.echo.request");
+    const cJSON *rep = cJSON_GetObjectItem(op, "reply");
+    assert_string_equal(jstr(rep, "channel", "$ref"), "#/channels/t.v1.echo.reply");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(rep, "messages")), 2);
+    const cJSON *b = cJSON_GetObjectItem(op, "bindings");
+    assert_int_equal(jnum(b, "mqtt", "qos") >= 0, 1);
+    assert_string_equal(jstr(b, "nats", "queue"), "t%2E1");
+    assert_string_equal(jstr(cJSON_GetObjectItem(ops, "event.echoed.t.v1"), "action", NULL),
+                        "send");
+
+    const cJSON *comp = cJSON_GetObjectItem(r.json, "components");
+    const cJSON *msg =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(comp, "messages"), "t.v1.echo.request");
+    assert_string_equal(jstr(msg, "headers", "$ref"), "#/components/schemas/Envelope");
+    const cJSON *env = cJSON_GetObjectItem(cJSON_GetObjectItem(comp, "schemas"), "Envelope");
+    const char *fields[] = {"messageType", "id",       "traceId", "correlationId",
+                            "replyTo",     "deadline", "sender",  "principalId"};
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
+        assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(env, "properties"), fields[i]));
+    const cJSON *pl = cJSON_GetObjectItem(cJSON_GetObjectItem(msg, "payload"), "properties");
+    assert_string_equal(jstr(pl, "payload", "$ref"), "#/components/schemas/t.v1.echo.payload");
+    assert_true(t_json_eq(component(r.json, jstr(pl, "payload", "$ref")), ECHO_PAYLOAD_SCHEMA));
+    /* The declared errors are in the error message's description. */
+    const cJSON *err =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(comp, "messages"), "t.v1.missing.error");
+    assert_non_null(strstr(jstr(err, "title", NULL), "404: No such thing."));
+    resp_free(&r);
+    fx_free(f);
 }
 
 static void test_base_path(void **state)
@@ -2591,6 +2643,7 @@ int main(void)
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_openapi),
         cmocka_unit_test(test_openapi_info),
+        cmocka_unit_test(test_asyncapi),
         cmocka_unit_test(test_base_path),
         cmocka_unit_test(test_api_misuse),
         cmocka_unit_test(test_split_mode),

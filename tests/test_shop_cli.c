@@ -604,9 +604,9 @@ static void test_openapi_flag(void **state)
         cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "paths"), "/api/v1/orders/{id}"), "get");
     const cJSON *r404 = cJSON_GetObjectItem(cJSON_GetObjectItem(get, "responses"), "404");
     assert_string_equal(str_at(r404, "description"), "No order has this id");
-    assert_non_null(cJSON_GetObjectItem(
-        cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "components"), "schemas"),
-        "orders.v1.get.error404"));
+    assert_non_null(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "components"), "schemas"),
+                            "orders.v1.get.error404"));
     cJSON_Delete(doc);
     t_run_free(&r);
 
@@ -621,6 +621,25 @@ static void test_openapi_flag(void **state)
     assert_non_null(fgets(head, sizeof head, f));
     fclose(f);
     assert_non_null(strchr(head, '{'));
+
+    /* --asyncapi: channels on the configured broker's layout, no credentials. */
+    RUN_SHOP(&r, "--asyncapi", "-", "--broker", "nats://me:s3cret@127.0.0.1:1");
+    expect_status(&r, 0);
+    assert_null(strstr(t_run_out(&r), "s3cret"));
+    doc = parse_json(t_run_out(&r), "--asyncapi -");
+    assert_string_equal(str_at(doc, "asyncapi"), "3.0.0");
+    const cJSON *broker = cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "servers"), "broker");
+    assert_string_equal(str_at(broker, "host"), "127.0.0.1:1");
+    assert_string_equal(str_at(broker, "protocol"), "nats");
+    assert_string_equal(str_at(cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "channels"),
+                                                   "orders.v1.create.request"),
+                               "address"),
+                        "loom.cmd.orders.1.create");
+    /* AsyncAPI 3.0 has no license identifier. */
+    assert_null(cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "info"), "license"), "identifier"));
+    cJSON_Delete(doc);
+    t_run_free(&r);
 
     RUN_SHOP(&r, "--openapi", "/nonexistent-dir/x.json");
     expect_status(&r, 1);

@@ -9,6 +9,7 @@
  *   auth.c     tokens, the authentication hook, CORS settings
  *   metrics.c  counters and the Prometheus text
  *   openapi.c  the OpenAPI 3.1 document
+ *   asyncapi.c the AsyncAPI 3.0 document
  *
  * Locks, in order: life_mu -> wait_mu -> breq.mu. build_mu -> routes_lock.
  * None is held while calling into the runtime or resuming a request. */
@@ -154,6 +155,7 @@ struct loom_http {
     char *listen;
     char *base;
     char *openapi_path;
+    char *asyncapi_path;
     unsigned threads;
     size_t max_body, max_header;
     unsigned max_connections, idle_timeout_s;
@@ -164,9 +166,9 @@ struct loom_http {
     size_t *token_lens;
     size_t n_tokens;
     char *api_key_header;
-    bool auth_required;   /* http.auth.required (default true) */
-    bool protect_metrics; /* http.auth.protect_metrics */
-    bool protect_docs;    /* http.auth.protect_docs: the OpenAPI document */
+    bool auth_required;        /* http.auth.required (default true) */
+    bool protect_metrics;      /* http.auth.protect_metrics */
+    bool protect_docs;         /* http.auth.protect_docs: the OpenAPI and AsyncAPI documents */
     loom_http_auth_fn auth_fn; /* set before start only */
     void *auth_user;
     char **origins;
@@ -279,11 +281,16 @@ cJSON *loom__http_openapi_doc(loom_http *h);
 /* Reads http.openapi.* (the document's info); LOOM_ENOMEM. */
 loom_err loom__http_openapi_load(loom_http *h, const loom_config *cfg);
 void loom__http_openapi_fini(loom_http *h);
-/* Fills an OpenAPI/AsyncAPI info object (title, version, description,
- * license, contact); false on ENOMEM. */
-bool loom__http_openapi_info(loom_http *h, cJSON *info);
+/* Fills an OpenAPI (or, asyncapi, AsyncAPI) info object (title, version,
+ * description, license, contact); false on ENOMEM. */
+bool loom__http_openapi_info(loom_http *h, cJSON *info, bool asyncapi);
 /* The bridge's URL for documents' servers (malloc'd), or NULL on ENOMEM. */
 char *loom__http_server_url(loom_http *h);
+
+/* asyncapi.c */
+/* The AsyncAPI 3.0 document of this runtime's services (their definitions:
+ * channels, operations, messages), or NULL on ENOMEM. */
+cJSON *loom__http_asyncapi_doc(loom_http *h);
 
 /* access_log.c */
 /* Logs the access line of b answered with status, when http.access_log is

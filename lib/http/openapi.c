@@ -391,14 +391,15 @@ void loom__http_openapi_fini(loom_http *h)
 }
 
 /* Adds the set members of h->oa_info[from .. from + n) to a new obj[key]
- * under the given field names; nothing when none is set. */
+ * under the given field names (a NULL name is left out); nothing when none
+ * is set. */
 static bool oa_info_object(loom_http *h, cJSON *info, const char *key, size_t from,
                            const char *const *fields, size_t n)
 {
     cJSON *o = NULL;
     for (size_t i = 0; i < n; i++) {
         const char *v = h->oa_info[from + i];
-        if (!v)
+        if (!v || !fields[i])
             continue;
         if (!o && !(o = cJSON_AddObjectToObject(info, key)))
             return false;
@@ -408,9 +409,10 @@ static bool oa_info_object(loom_http *h, cJSON *info, const char *key, size_t fr
     return true;
 }
 
-bool loom__http_openapi_info(loom_http *h, cJSON *info)
+bool loom__http_openapi_info(loom_http *h, cJSON *info, bool asyncapi)
 {
-    static const char *const license[] = {"name", "identifier", "url"};
+    /* AsyncAPI 3.0's license has no SPDX identifier. */
+    const char *const license[] = {"name", asyncapi ? NULL : "identifier", "url"};
     static const char *const contact[] = {"name", "url", "email"};
     return cJSON_AddStringToObject(info, "title", h->oa_title) &&
            cJSON_AddStringToObject(info, "version", h->oa_version) &&
@@ -496,7 +498,7 @@ cJSON *loom__http_openapi_doc(loom_http *h)
                       ? cJSON_AddObjectToObject(doc, "info")
                       : NULL;
     cJSON *components = oa_components_new();
-    if (!info || !components || !loom__http_openapi_info(h, info) || !oa_servers(h, doc))
+    if (!info || !components || !loom__http_openapi_info(h, info, false) || !oa_servers(h, doc))
         goto fail;
     oa_ctx c = {.h = h,
                 .tags = cJSON_AddArrayToObject(doc, "tags"),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make check-contracts: the shop's OpenAPI document (shop --openapi) must lint
 # with 0 errors under @redocly/cli's recommended rules and be valid for
-# @seriousme/openapi-schema-validator. Each validator is first shown a
+# @seriousme/openapi-schema-validator; its AsyncAPI document (shop
+# --asyncapi, over MQTT and over NATS) must parse with @asyncapi/parser
+# without an error-severity diagnostic. Each validator is first shown a
 # deliberately broken document and must refuse it, so a validator that
 # cannot fail (not installed, wrong flags, output not checked) fails here.
 #
@@ -11,12 +13,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 shop=$1
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-export REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true NO_UPDATE_NOTIFIER=1
+# No telemetry, update checks or install scripts: the validators only read files.
+export REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true NO_UPDATE_NOTIFIER=1 SCARF_ANALYTICS=false
 
-(cd "$here" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+(cd "$here" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
 bin=$here/node_modules/.bin
 
 "$shop" --openapi "$out/openapi.json" --state memory:
+"$shop" --asyncapi "$out/asyncapi-mqtt.json" --state memory: --broker mqtt://127.0.0.1:1883
+"$shop" --asyncapi "$out/asyncapi-nats.json" --state memory: --broker nats://127.0.0.1:4222
 
 # A document with a dangling $ref and no info.version.
 node -e '
@@ -27,6 +32,15 @@ const op = Object.values(Object.values(d.paths)[0])[0];
 op.responses["418"] = {$ref: "#/components/responses/NoSuchResponse"};
 fs.writeFileSync(process.argv[2], JSON.stringify(d));
 ' "$out/openapi.json" "$out/broken-openapi.json"
+
+# An operation on a channel that does not exist, and no info.
+node -e '
+const fs = require("fs");
+const d = JSON.parse(fs.readFileSync(process.argv[1]));
+delete d.info;
+Object.values(d.operations)[0].channel = {$ref: "#/channels/noSuchChannel"};
+fs.writeFileSync(process.argv[2], JSON.stringify(d));
+' "$out/asyncapi-mqtt.json" "$out/broken-asyncapi.json"
 
 fails=0
 # what, the complaint its output must contain, command...
@@ -57,9 +71,15 @@ validate() { # the CLI exits 1 on an invalid document; its JSON must also say va
 expect_refused "redocly lint" "Validation failed with 2 errors" lint "$out/broken-openapi.json"
 expect_refused "openapi-schema-validator" "must have required property 'version'" \
     validate "$out/broken-openapi.json"
+expect_refused "@asyncapi/parser" "error invalid-ref" node "$here/asyncapi-parse.js" "$out/broken-asyncapi.json"
 expect_ok "redocly lint (recommended): shop openapi.json" lint "$out/openapi.json"
 expect_ok "openapi-schema-validator: shop openapi.json" validate "$out/openapi.json"
 
-passed=$((4 - fails))
+expect_ok "@asyncapi/parser: shop asyncapi.json (MQTT)" node "$here/asyncapi-parse.js" \
+    "$out/asyncapi-mqtt.json"
+expect_ok "@asyncapi/parser: shop asyncapi.json (NATS)" node "$here/asyncapi-parse.js" \
+    "$out/asyncapi-nats.json"
+
+passed=$((8 - fails))
 echo "check-contracts: $passed passed, $fails failed"
 [ "$fails" -eq 0 ]
