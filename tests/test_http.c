@@ -859,6 +859,26 @@ static void test_shared_schemas(void **state)
     fx_services = shop_services;
     fx *f = fx_new(NULL, NULL, NULL);
     fx_services = all_services;
+    /* The documents resolve the $refs: the shared schema is a component of
+     * its own (without its $id), references point into the document. */
+    const char *docs[] = {"/api/openapi.json", "/api/asyncapi.json"};
+    for (int i = 0; i < 2; i++) {
+        resp d = get(f, docs[i]);
+        expect_status(&d, 200);
+        const cJSON *schemas =
+            cJSON_GetObjectItem(cJSON_GetObjectItem(d.json, "components"), "schemas");
+        const cJSON *addr = cJSON_GetObjectItem(schemas, "shop.v1.address");
+        assert_non_null(addr);
+        assert_null(cJSON_GetObjectItem(addr, "$id"));
+        assert_string_equal(jstr(cJSON_GetObjectItem(addr, "properties"), "zip", "$ref"),
+                            "#/components/schemas/shop.v1.address/$defs/zip");
+        const cJSON *props = cJSON_GetObjectItem(
+            cJSON_GetObjectItem(schemas, "shop.v1.order.payload"), "properties");
+        assert_string_equal(jstr(props, "to", "$ref"), "#/components/schemas/shop.v1.address");
+        assert_string_equal(jstr(cJSON_GetObjectItem(props, "zips"), "items", "$ref"),
+                            "#/components/schemas/shop.v1.address/$defs/zip"); /* the anchor */
+        resp_free(&d);
+    }
     resp r = post_json(f, "/api/v1/orders",
                        "{\"to\":{\"zip\":\"12345\"},\"when\":\"2026-12-07\",\"zips\":[\"11111\","
                        "\"22222\"]}");

@@ -92,6 +92,18 @@ static cJSON *build_local_doc(loom_runtime *rt)
             (s->def->description &&
              !cJSON_AddStringToObject(so, "description", s->def->description)))
             goto fail;
+        /* The shared schemas the command schemas may $ref (for documents). */
+        cJSON *shared =
+            s->def->schemas && s->def->schemas[0] ? cJSON_AddArrayToObject(so, "schemas") : NULL;
+        for (size_t j = 0; shared && s->def->schemas[j]; j++) {
+            cJSON *one = schema_json(s->def->schemas[j]);
+            if (!one || !cJSON_AddItemToArray(shared, one)) {
+                cJSON_Delete(one);
+                goto fail;
+            }
+        }
+        if (s->def->schemas && s->def->schemas[0] && !shared)
+            goto fail;
         for (size_t j = 0; j < s->n_cmds; j++) {
             cJSON *c = command_doc(&s->cmds[j]);
             if (!c || !cJSON_AddItemToArray(cmds, c)) {
@@ -577,8 +589,8 @@ static bool listed_before(loom_runtime *rt, const loom__remote *stop, const char
 }
 
 static void each_in_doc(loom_runtime *rt, const cJSON *doc, const loom__remote *self,
-                        void (*fn)(void *, const char *, const char *, const char *,
-                                   const cJSON *, bool),
+                        void (*fn)(void *, const char *, const char *, const cJSON *, const cJSON *,
+                                   bool),
                         void *user)
 {
     const cJSON *s;
@@ -593,15 +605,14 @@ static void each_in_doc(loom_runtime *rt, const cJSON *doc, const loom__remote *
             const char *cn = jstr(c, "name");
             if (!cn || (self && listed_before(rt, self, n, v, cn)))
                 continue;
-            fn(user, n, v, jstr(s, "description"), c, self == NULL);
+            fn(user, n, v, s, c, self == NULL);
         }
     }
 }
 
 void loom__commands_each(loom_runtime *rt,
                          void (*fn)(void *user, const char *service, const char *version,
-                                    const char *service_description, const cJSON *cmd,
-                                    bool local),
+                                    const cJSON *service_obj, const cJSON *cmd, bool local),
                          void *user)
 {
     pthread_mutex_lock(&rt->disc_mu);

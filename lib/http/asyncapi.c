@@ -29,6 +29,9 @@ typedef struct aa_ctx {
     loom_runtime *rt;
     bool nats;
     cJSON *channels, *operations, *messages, *schemas;
+    /* The service at hand. */
+    cJSON *shared;    /* its shared schemas, parsed (array) or NULL */
+    char prefix[300]; /* "{service}.v{version}" */
 } aa_ctx;
 
 static const char aa_envelope[] =
@@ -92,7 +95,9 @@ static cJSON *schema_ref(aa_ctx *c, const char *name, const char *text)
         return cJSON_CreateObject();
     if (cJSON_GetObjectItemCaseSensitive(c->schemas, name)) /* a command's output, again */
         return ref_to("#/components/schemas/", name);
-    cJSON *s = cJSON_Parse(text);
+    cJSON *parsed = cJSON_Parse(text);
+    cJSON *s = parsed ? loom__http_doc_schema(parsed, name, c->shared, c->prefix) : NULL;
+    cJSON_Delete(parsed);
     if (!add_taken(c->schemas, name, s))
         return NULL;
     return ref_to("#/components/schemas/", name);
@@ -349,10 +354,26 @@ static bool aa_servers(aa_ctx *c, cJSON *doc)
     return ok;
 }
 
+/* c->shared and c->prefix for service s; false on ENOMEM. */
+static bool aa_enter(aa_ctx *c, const loom__service *s)
+{
+    cJSON_Delete(c->shared);
+    c->shared = NULL;
+    snprintf(c->prefix, sizeof c->prefix, "%s.v%s", s->def->name, s->def->version);
+    for (size_t j = 0; s->def->schemas && s->def->schemas[j]; j++) {
+        cJSON *one = cJSON_Parse(s->def->schemas[j]);
+        if ((!c->shared && !(c->shared = cJSON_CreateArray())) || !push_taken(c->shared, one))
+            return false;
+    }
+    return loom__http_doc_shared(c->schemas, c->shared, c->prefix);
+}
+
 static bool aa_services(aa_ctx *c)
 {
     for (size_t i = 0; i < c->rt->n_services; i++) {
         const loom__service *s = &c->rt->services[i];
+        if (!aa_enter(c, s))
+            return false;
         for (size_t j = 0; j < s->n_cmds; j++) {
             const loom_command_def *d = s->cmds[j].def;
             char out[600];
@@ -390,8 +411,10 @@ cJSON *loom__http_asyncapi_doc(loom_http *h)
         !(c.messages = cJSON_AddObjectToObject(comp, "messages")) ||
         !add_taken(c.schemas, "Envelope", cJSON_Parse(aa_envelope)) || !aa_services(&c))
         goto fail;
+    cJSON_Delete(c.shared);
     return doc;
 fail:
+    cJSON_Delete(c.shared);
     cJSON_Delete(doc);
     return NULL;
 }

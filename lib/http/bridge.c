@@ -133,9 +133,9 @@ typedef struct raw_list {
 
 /* Runs under the discovery lock: copies only. */
 static void collect_route(void *user, const char *service, const char *version,
-                          const char *service_description, const cJSON *cmd, bool local)
+                          const cJSON *service_obj, const cJSON *cmd, bool local)
 {
-    (void)service_description;
+    (void)service_obj;
     (void)local;
     raw_list *l = user;
     const cJSON *http = cJSON_GetObjectItemCaseSensitive(cmd, "http");

@@ -287,6 +287,17 @@ bool loom__http_openapi_info(loom_http *h, cJSON *info, bool asyncapi);
 /* The bridge's URL for documents' servers (malloc'd), or NULL on ENOMEM. */
 char *loom__http_server_url(loom_http *h);
 
+/* docschema.c */
+/* A copy of a definition's schema for components.schemas[name]: its local
+ * references and those to the service's shared schemas (array, may be
+ * NULL) made document-wide; NULL on ENOMEM. */
+cJSON *loom__http_doc_schema(const cJSON *schema, const char *name, const cJSON *shared,
+                             const char *prefix);
+/* Adds each shared schema as components.schemas["{prefix}.{$id}"] (once). */
+bool loom__http_doc_shared(cJSON *schemas, const cJSON *shared, const char *prefix);
+/* Appends "/" and key as a JSON pointer token of a URI fragment. */
+void loom__http_pointer_token(loom__sbuf *b, const char *key);
+
 /* asyncapi.c */
 /* The AsyncAPI 3.0 document of this runtime's services (their definitions:
  * channels, operations, messages), or NULL on ENOMEM. */

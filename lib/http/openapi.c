@@ -15,12 +15,25 @@ typedef struct oa_ctx {
     cJSON *paths;
     cJSON *schemas; /* components.schemas */
     cJSON *tags;    /* one per service */
+    /* The service of the command at hand. */
+    const cJSON *shared;           /* its shared schemas (array) or NULL */
+    char prefix[2 * MAX_NAME + 8]; /* "{service}.v{version}" */
     bool oom;
 } oa_ctx;
 
-static cJSON *dup_or(const cJSON *v, const char *fallback_json)
+/* {"$ref": "#/components/schemas/NAME/properties/KEY"} (KEY escaped). */
+static cJSON *property_ref(const char *name, const char *key)
 {
-    return v ? cJSON_Duplicate(v, true) : cJSON_Parse(fallback_json);
+    loom__sbuf b = {0};
+    loom__sbuf_printf(&b, "#/components/schemas/%s/properties", name);
+    loom__http_pointer_token(&b, key);
+    cJSON *r = b.oom ? NULL : cJSON_CreateObject();
+    if (r && !cJSON_AddStringToObject(r, "$ref", b.p)) {
+        cJSON_Delete(r);
+        r = NULL;
+    }
+    free(b.p);
+    return r;
 }
 
 static bool add_ref(cJSON *responses, const char *code, const char *name)
@@ -31,7 +44,29 @@ static bool add_ref(cJSON *responses, const char *code, const char *name)
     return r && cJSON_AddStringToObject(r, "$ref", ref);
 }
 
-static bool oa_parameters(cJSON *op, const seg *segs, size_t nseg, const cJSON *pschema)
+static bool has_ref(const cJSON *node, int depth)
+{
+    const cJSON *child;
+    cJSON_ArrayForEach(child, node)
+    {
+        if ((child->string && strcmp(child->string, "$ref") == 0) ||
+            (depth < 64 && has_ref(child, depth + 1)))
+            return true;
+    }
+    return false;
+}
+
+/* A parameter's schema: a copy of the parameter schema's property, or,
+ * when the parameter schema has $refs (pname set), a reference to the
+ * property in components.schemas[pname], so that they resolve. */
+static cJSON *param_schema(const char *pname, const cJSON *prop)
+{
+    return pname ? property_ref(pname, prop->string) : cJSON_Duplicate(prop, true);
+}
+
+/* Path and query parameters. */
+static bool oa_parameters(cJSON *op, const char *pname, const seg *segs, size_t nseg,
+                          const cJSON *pschema)
 {
     const cJSON *props = cJSON_GetObjectItemCaseSensitive(pschema, "properties");
     const cJSON *req = cJSON_GetObjectItemCaseSensitive(pschema, "required");
@@ -48,8 +83,8 @@ static bool oa_parameters(cJSON *op, const seg *segs, size_t nseg, const cJSON *
             !cJSON_AddStringToObject(p, "name", segs[i].text) ||
             !cJSON_AddStringToObject(p, "in", "path") || !cJSON_AddTrueToObject(p, "required"))
             return false;
-        cJSON *s =
-            dup_or(cJSON_GetObjectItemCaseSensitive(props, segs[i].text), "{\"type\":\"string\"}");
+        const cJSON *prop = cJSON_GetObjectItemCaseSensitive(props, segs[i].text);
+        cJSON *s = prop ? param_schema(pname, prop) : cJSON_Parse("{\"type\":\"string\"}");
         if (!s || !cJSON_AddItemToObject(p, "schema", s)) {
             cJSON_Delete(s);
             return false;
@@ -75,7 +110,7 @@ static bool oa_parameters(cJSON *op, const seg *segs, size_t nseg, const cJSON *
                 required = true;
         }
         cJSON *p = cJSON_CreateObject();
-        cJSON *s = cJSON_Duplicate(prop, true);
+        cJSON *s = param_schema(pname, prop);
         if (!p || !s || !cJSON_AddItemToArray(params, p)) {
             cJSON_Delete(p);
             cJSON_Delete(s);
@@ -97,7 +132,7 @@ static cJSON *oa_component(oa_ctx *c, const char *name, const cJSON *schema)
 {
     char ref[4 * MAX_NAME + 64];
     snprintf(ref, sizeof ref, "#/components/schemas/%s", name);
-    cJSON *copy = cJSON_Duplicate(schema, true);
+    cJSON *copy = loom__http_doc_schema(schema, name, c->shared, c->prefix);
     cJSON *r = cJSON_CreateObject();
     if (!copy || !r || !cJSON_AddStringToObject(r, "$ref", ref)) {
         cJSON_Delete(copy);
@@ -244,7 +279,14 @@ static bool oa_operation(oa_ctx *c, cJSON *op, const char *service, const char *
         !cJSON_AddStringToObject(x, "command", name) ||
         (event && !cJSON_AddStringToObject(x, "successEvent", event)))
         return false;
-    if (!oa_parameters(op, segs, nseg, cJSON_GetObjectItemCaseSensitive(cmd, "parameterSchema")))
+    const cJSON *pschema = cJSON_GetObjectItemCaseSensitive(cmd, "parameterSchema");
+    char qname[4 * MAX_NAME + 32];
+    snprintf(qname, sizeof qname, "%s.parameter", id);
+    bool by_ref = pschema && has_ref(pschema, 0);
+    cJSON *qref = by_ref ? oa_component(c, qname, pschema) : NULL;
+    bool has_q = qref != NULL;
+    cJSON_Delete(qref);
+    if ((by_ref && !has_q) || !oa_parameters(op, by_ref ? qname : NULL, segs, nseg, pschema))
         return false;
     const cJSON *payload = cJSON_GetObjectItemCaseSensitive(cmd, "payloadSchema");
     if (payload) {
@@ -265,7 +307,7 @@ static bool oa_operation(oa_ctx *c, cJSON *op, const char *service, const char *
 
 /* Runs under the discovery lock: builds JSON only. */
 static void oa_command(void *user, const char *service, const char *version,
-                       const char *service_description, const cJSON *cmd, bool local)
+                       const cJSON *service_obj, const cJSON *cmd, bool local)
 {
     (void)local;
     oa_ctx *c = user;
@@ -281,6 +323,10 @@ static void oa_command(void *user, const char *service, const char *version,
     const char *why;
     if (!loom__http_route_path(c->h->base, version, path, &segs, &nseg, &label, &why))
         return;
+    c->shared = cJSON_GetObjectItemCaseSensitive(service_obj, "schemas");
+    snprintf(c->prefix, sizeof c->prefix, "%s.v%s", service, version);
+    if (!loom__http_doc_shared(c->schemas, c->shared, c->prefix))
+        c->oom = true;
     char lm[8];
     size_t mn = strlen(method) < 7 ? strlen(method) : 7;
     for (size_t i = 0; i < mn; i++)
@@ -295,7 +341,7 @@ static void oa_command(void *user, const char *service, const char *version,
         cJSON *op = cJSON_AddObjectToObject(item, lm);
         bool public = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(http, "public"));
         bool body = strcmp(lm, "post") == 0 || strcmp(lm, "put") == 0 || strcmp(lm, "patch") == 0;
-        if (!op || !oa_tag(c, service, service_description) ||
+        if (!op || !oa_tag(c, service, loom__http_jstr(service_obj, "description")) ||
             !oa_operation(c, op, service, version, cmd, name, segs, nseg, public, body))
             c->oom = true;
     }
