@@ -19,6 +19,10 @@
 #   make check-abi      fails when libloom.so's ABI breaks against tests/abi/libloom.abi
 #   make abi-baseline   rewrites that baseline (docs/abi.md says when)
 #   make check-minimal  builds the edge build, runs hello on it, checks its dependencies
+#   make check-contracts  the shop's OpenAPI document through @redocly/cli lint
+#                     (recommended rules, 0 errors) and @seriousme/openapi-schema-validator,
+#                     its AsyncAPI document through @asyncapi/parser (0 errors)
+#                     (npm ci in tests/contracts; node and npm from Debian)
 #   make install PREFIX=/usr/local DESTDIR=   /  make uninstall
 #   make deps         installs the Debian packages that are missing
 #   make clean
@@ -117,7 +121,7 @@ TEST_LIBS    := -lcmocka -lcurl
 TEST_HELPERS := $(O)/tests/fault_service
 
 .PHONY: all lib examples demo test check asan check-symbols install uninstall deps clean \
-        tests pkgconfig-test format bench fuzz check-api check-abi abi-baseline check-minimal
+        tests pkgconfig-test format bench fuzz check-api check-abi abi-baseline check-minimal check-contracts
 
 all: lib examples
 ifneq ($(FEATURES_OFF),)
@@ -223,6 +227,9 @@ check-minimal:
 pkgconfig-test: lib
 	@tests/pkgconfig-test.sh
 
+check-contracts: $(filter %shop/shop,$(EXAMPLES))
+	@tests/contracts/check.sh $(filter %shop/shop,$(EXAMPLES))
+
 test: deps
 	@rm -f build/release/summary build/asan/summary
 	$(MAKE) all
@@ -235,8 +242,9 @@ test: deps
 	$(MAKE) check-abi
 	$(MAKE) check-minimal
 	$(MAKE) pkgconfig-test
+	$(MAKE) check-contracts
 	@cat build/release/summary build/asan/summary | \
-	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, fuzz smoke, valgrind, symbols, ABI, edge build, pkg-config build"; \
+	  awk '{p += $$1; f += $$2} END {print "make test: release and ASan+UBSan runs, fuzz smoke, valgrind, symbols, ABI, edge build, pkg-config build, contracts"; \
 	       printf "%d passed, %d failed\n", p, f; exit f > 0}'
 
 demo: deps all
@@ -295,6 +303,13 @@ deps:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "deps: all Debian packages present"; fi
+	@# node and npm for check-contracts; any node >= 20.19 already installed will do.
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  echo "deps: installing nodejs npm"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm; \
+	fi
 
 # --- benchmarks (`make bench`; never part of `make test`) ---------------------
 # Installs the load tools, builds the library, the examples and bench/*.c with

@@ -234,6 +234,16 @@ typedef enum loom_ack {
  * order matters. Command handlers likewise. */
 typedef loom_ack (*loom_subscription_fn)(loom_ctx *ctx, void *user);
 
+/* An error response a command declares (loom_command_def.errors): the
+ * status it may fail with (400..599, through loom_ctx_fail), what it means,
+ * and optionally the JSON Schema of the error's `data`. The OpenAPI
+ * document lists each one under the operation's responses. */
+typedef struct loom_error_def {
+    int status;              /* 400..599; 0 ends the list */
+    const char *description; /* required */
+    const char *data_schema; /* optional JSON Schema (text) of `data` */
+} loom_error_def;
+
 typedef struct loom_command_def {
     size_t size;             /* sizeof, set by the _INIT macro (see EXTENSIBLE STRUCTS) */
     const char *name;        /* required; [A-Za-z0-9_.-]+ */
@@ -252,6 +262,9 @@ typedef struct loom_command_def {
     /* When set, a success response is also delivered as this event. */
     const char *success_event;
     uint32_t timeout_ms; /* 0 = the runtime's default */
+    /* Optional: the errors it declares, ended by {0} (LOOM_ERRORS). Each
+     * status at most once; checked at loom_runtime_add_service (LOOM_EINVAL). */
+    const loom_error_def *errors;
 } loom_command_def;
 
 typedef enum loom_delivery_mode {
@@ -349,6 +362,8 @@ typedef struct loom_service_def {
 #define LOOM_SUBSCRIPTIONS(...)                                               \
     ((const loom_subscription_def *const[]){__VA_ARGS__, NULL})
 #define LOOM_SERVICES(...) ((const loom_service_def *const[]){__VA_ARGS__, NULL})
+/* .errors = LOOM_ERRORS({404, "No such order"}, {409, "Already paid", DATA_SCHEMA}) */
+#define LOOM_ERRORS(...) ((const loom_error_def[]){__VA_ARGS__, {0}})
 
 /* ------------------------------------------------------------------------ */
 /* Runtime                                                                   */

@@ -714,11 +714,11 @@ LOOM_SERVICE(own_svc, .name = "mallory", .version = "1", .commands = LOOM_COMMAN
 LOOM_SERVICE(own_public_svc, .name = "mallory", .version = "1",
              .commands = LOOM_COMMANDS(&own_public_cmd));
 
-static void find_x(void *user, const char *service, const char *version, const char *desc,
+static void find_x(void *user, const char *service, const char *version, const cJSON *svc,
                    const cJSON *cmd, bool local)
 {
     (void)version;
-    (void)desc;
+    (void)svc;
     (void)local;
     const cJSON *name = cJSON_GetObjectItem(cmd, "name");
     if (strcmp(service, "mallory") == 0 && cJSON_IsString(name) &&

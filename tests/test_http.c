@@ -238,8 +238,11 @@ LOOM_COMMAND(c_inspect, .name = "inspect", .handler = h_echo, .http_method = "GE
              .http_path = "/items/:id");
 LOOM_COMMAND(c_stats, .name = "stats", .handler = h_stats, .http_method = "GET",
              .http_path = "/items/stats");
+#define MISSING_DATA_SCHEMA "{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"string\"}}}"
 LOOM_COMMAND(c_missing, .name = "missing", .handler = h_missing, .http_method = "GET",
-             .http_path = "/missing/:id");
+             .http_path = "/missing/:id",
+             .errors = LOOM_ERRORS({404, "No such thing", MISSING_DATA_SCHEMA},
+                                   {503, "The things are being counted"}));
 LOOM_COMMAND(c_conflict, .name = "conflict", .handler = h_conflict, .http_method = "PUT",
              .http_path = "/items/:id");
 LOOM_COMMAND(c_remove, .name = "remove", .handler = h_remove, .http_method = "DELETE",
@@ -295,6 +298,18 @@ LOOM_SERVICE(svc_noid, .name = "n", .version = "1",
              .schemas = (const char *const[]){"{\"type\":\"object\"}", NULL});
 LOOM_SERVICE(svc_badshared, .name = "b", .version = "1",
              .schemas = (const char *const[]){"{\"$id\":\"b\",\"minimum\":\"x\"}", NULL});
+
+/* Refused at registration: bad error declarations. */
+LOOM_COMMAND(c_err_status, .name = "e", .handler = h_echo, .errors = LOOM_ERRORS({399, "low"}));
+LOOM_COMMAND(c_err_desc, .name = "e", .handler = h_echo, .errors = LOOM_ERRORS({404, ""}));
+LOOM_COMMAND(c_err_dup, .name = "e", .handler = h_echo,
+             .errors = LOOM_ERRORS({404, "a"}, {404, "b"}));
+LOOM_COMMAND(c_err_schema, .name = "e", .handler = h_echo,
+             .errors = LOOM_ERRORS({404, "a", "{\"minimum\":\"x\"}"}));
+LOOM_SERVICE(svc_err_status, .name = "e", .version = "1", .commands = LOOM_COMMANDS(&c_err_status));
+LOOM_SERVICE(svc_err_desc, .name = "e", .version = "1", .commands = LOOM_COMMANDS(&c_err_desc));
+LOOM_SERVICE(svc_err_dup, .name = "e", .version = "1", .commands = LOOM_COMMANDS(&c_err_dup));
+LOOM_SERVICE(svc_err_schema, .name = "e", .version = "1", .commands = LOOM_COMMANDS(&c_err_schema));
 
 /* The services fx_new registers. */
 static const loom_service_def *const *fx_services = all_services;
@@ -845,6 +860,26 @@ static void test_shared_schemas(void **state)
     fx_services = shop_services;
     fx *f = fx_new(NULL, NULL, NULL);
     fx_services = all_services;
+    /* The documents resolve the $refs: the shared schema is a component of
+     * its own (without its $id), references point into the document. */
+    const char *docs[] = {"/api/openapi.json", "/api/asyncapi.json"};
+    for (int i = 0; i < 2; i++) {
+        resp d = get(f, docs[i]);
+        expect_status(&d, 200);
+        const cJSON *schemas =
+            cJSON_GetObjectItem(cJSON_GetObjectItem(d.json, "components"), "schemas");
+        const cJSON *addr = cJSON_GetObjectItem(schemas, "shop.v1.address");
+        assert_non_null(addr);
+        assert_null(cJSON_GetObjectItem(addr, "$id"));
+        assert_string_equal(jstr(cJSON_GetObjectItem(addr, "properties"), "zip", "$ref"),
+                            "#/components/schemas/shop.v1.address/$defs/zip");
+        const cJSON *props = cJSON_GetObjectItem(
+            cJSON_GetObjectItem(schemas, "shop.v1.order.payload"), "properties");
+        assert_string_equal(jstr(props, "to", "$ref"), "#/components/schemas/shop.v1.address");
+        assert_string_equal(jstr(cJSON_GetObjectItem(props, "zips"), "items", "$ref"),
+                            "#/components/schemas/shop.v1.address/$defs/zip"); /* the anchor */
+        resp_free(&d);
+    }
     resp r = post_json(f, "/api/v1/orders",
                        "{\"to\":{\"zip\":\"12345\"},\"when\":\"2026-12-07\",\"zips\":[\"11111\","
                        "\"22222\"]}");
@@ -870,6 +905,10 @@ static void test_shared_schemas(void **state)
     assert_int_equal(loom_runtime_add_service(rt, &svc_dangling, NULL), LOOM_EINVAL);
     assert_int_equal(loom_runtime_add_service(rt, &svc_noid, NULL), LOOM_EINVAL);
     assert_int_equal(loom_runtime_add_service(rt, &svc_badshared, NULL), LOOM_EINVAL);
+    assert_int_equal(loom_runtime_add_service(rt, &svc_err_status, NULL), LOOM_EINVAL);
+    assert_int_equal(loom_runtime_add_service(rt, &svc_err_desc, NULL), LOOM_EINVAL);
+    assert_int_equal(loom_runtime_add_service(rt, &svc_err_dup, NULL), LOOM_EINVAL);
+    assert_int_equal(loom_runtime_add_service(rt, &svc_err_schema, NULL), LOOM_EINVAL);
     assert_int_equal(loom_runtime_add_service(rt, &svc_shop, NULL), LOOM_OK);
     loom_runtime_destroy(rt);
 }
@@ -1269,12 +1308,17 @@ static void test_auth_default_secure(void **state)
 static void test_auth_protect_builtins(void **state)
 {
     (void)state;
-    const char *s[] = {"http.auth.tokens",       "s3cret", "http.auth.protect_metrics", "true",
-                       "http.auth.protect_docs", "true",   NULL};
+    const char *s[] = {"http.auth.tokens",
+                       "s3cret",
+                       "http.auth.protect_metrics",
+                       "true",
+                       "http.auth.protect_docs",
+                       "true",
+                       NULL};
     fx *f = fx_new(s, NULL, NULL);
     const char *tok[] = {"Authorization: Bearer s3cret", NULL};
-    const char *paths[] = {"/metrics", "/api/openapi.json"};
-    for (int i = 0; i < 2; i++) {
+    const char *paths[] = {"/metrics", "/api/openapi.json", "/api/asyncapi.json"};
+    for (int i = 0; i < 3; i++) {
         resp r = get(f, paths[i]);
         expect_status(&r, 401);
         resp_free(&r);
@@ -1608,6 +1652,49 @@ static void openapi_label(const char *version, const char *path, char *out, size
     }
 }
 
+/* The components.schemas entry a "#/components/schemas/NAME" points at. */
+static const cJSON *component(const cJSON *doc, const char *ref)
+{
+    const char *prefix = "#/components/schemas/";
+    assert_non_null(ref);
+    assert_memory_equal(ref, prefix, strlen(prefix));
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "components"), "schemas"),
+        ref + strlen(prefix));
+    if (!c)
+        fail_msg("no component %s", ref);
+    return c;
+}
+
+/* The response codes of an operation, in order, are exactly want ("200 204"). */
+static void expect_codes(const cJSON *responses, const char *want)
+{
+    char got[128] = "";
+    const cJSON *it;
+    cJSON_ArrayForEach(it, responses)
+    {
+        snprintf(got + strlen(got), sizeof got - strlen(got), "%s%s", *got ? " " : "", it->string);
+    }
+    char sorted[128];
+    /* Compare as sets: sort the space-separated codes of both. */
+    const char *lists[2] = {got, want};
+    char norm[2][128];
+    for (int k = 0; k < 2; k++) {
+        char codes[32][8];
+        int n = 0;
+        snprintf(sorted, sizeof sorted, "%s", lists[k]);
+        for (char *t = strtok(sorted, " "); t && n < 32; t = strtok(NULL, " "))
+            snprintf(codes[n++], sizeof codes[0], "%s", t);
+        qsort(codes, (size_t)n, sizeof codes[0], (int (*)(const void *, const void *))strcmp);
+        norm[k][0] = '\0';
+        for (int i = 0; i < n; i++)
+            snprintf(norm[k] + strlen(norm[k]), sizeof norm[k] - strlen(norm[k]), "%s%s",
+                     i ? " " : "", codes[i]);
+    }
+    if (strcmp(norm[0], norm[1]) != 0)
+        fail_msg("responses: got %s, want %s", norm[0], norm[1]);
+}
+
 static void test_openapi(void **state)
 {
     (void)state;
@@ -1653,7 +1740,7 @@ static void test_openapi(void **state)
             cJSON_GetObjectItem(cJSON_GetObjectItem(echo, "requestBody"), "content"),
             "application/json"),
         "schema");
-    assert_true(t_json_eq(schema, ECHO_PAYLOAD_SCHEMA));
+    assert_true(t_json_eq(component(r.json, jstr(schema, "$ref", NULL)), ECHO_PAYLOAD_SCHEMA));
     const cJSON *params = cJSON_GetObjectItem(echo, "parameters");
     assert_int_equal(cJSON_GetArraySize(params), 2);
     assert_true(t_json_eq(cJSON_GetArrayItem(params, 0),
@@ -1663,23 +1750,178 @@ static void test_openapi(void **state)
                           "{\"name\":\"q\",\"in\":\"query\",\"required\":false,"
                           "\"schema\":{\"type\":\"string\"}}"));
     const cJSON *responses = cJSON_GetObjectItem(echo, "responses");
-    const char *codes[] = {"200", "400", "404", "413", "503", "504"};
-    for (int i = 0; i < 6; i++)
-        assert_non_null(cJSON_GetObjectItem(responses, codes[i]));
-    assert_null(cJSON_GetObjectItem(responses, "401")); /* auth is off */
-    assert_true(
-        t_json_eq(cJSON_GetObjectItem(
-                      cJSON_GetObjectItem(
-                          cJSON_GetObjectItem(cJSON_GetObjectItem(responses, "200"), "content"),
-                          "application/json"),
-                      "schema"),
-                  "{\"type\":\"object\"}"));
+    expect_codes(responses, "200 400 413 415 500 503 504"); /* no 401: auth is off */
+    const cJSON *out = cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(responses, "200"), "content"),
+                            "application/json"),
+        "schema");
+    assert_true(t_json_eq(component(r.json, jstr(out, "$ref", NULL)), "{\"type\":\"object\"}"));
     assert_string_equal(jstr(responses, "400", "$ref"), "#/components/responses/BadRequest");
+    assert_string_equal(jstr(responses, "413", "$ref"), "#/components/responses/TooLarge");
     const cJSON *err = cJSON_GetObjectItem(
         cJSON_GetObjectItem(cJSON_GetObjectItem(r.json, "components"), "schemas"), "Error");
     assert_non_null(err);
     assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(err, "properties"), "traceId"));
+    /* The shared responses, each once. */
+    const char *shared[] = {"BadRequest",           "Unauthorized", "MethodNotAllowed", "TooLarge",
+                            "UnsupportedMediaType", "Internal",     "Unavailable",      "Timeout"};
+    const cJSON *cresp =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(r.json, "components"), "responses");
+    for (size_t i = 0; i < sizeof shared / sizeof *shared; i++)
+        assert_non_null(jstr(cJSON_GetObjectItem(cresp, shared[i]), "description", NULL));
+
+    /* No schemas: a result or none, nothing to validate, no body. */
+    const cJSON *inspect =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(paths, "/api/v1/items/{id}"), "get");
+    expect_codes(cJSON_GetObjectItem(inspect, "responses"), "200 204 500 503 504");
+    assert_string_equal(jstr(inspect, "summary", NULL), "inspect"); /* no description */
+    /* A PUT takes a body even without a payload schema. */
+    const cJSON *conflict =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(paths, "/api/v1/items/{id}"), "put");
+    expect_codes(cJSON_GetObjectItem(conflict, "responses"), "200 204 413 415 500 503 504");
+
+    /* Declared errors: 404 with its data schema, 503 replacing the shared one. */
+    const cJSON *missing =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(paths, "/api/v1/missing/{id}"), "get");
+    const cJSON *mresp = cJSON_GetObjectItem(missing, "responses");
+    expect_codes(mresp, "200 204 404 500 503 504");
+    const cJSON *r404 = cJSON_GetObjectItem(mresp, "404");
+    assert_string_equal(jstr(r404, "description", NULL), "No such thing");
+    const cJSON *all = cJSON_GetObjectItem(
+        cJSON_GetObjectItem(
+            cJSON_GetObjectItem(cJSON_GetObjectItem(r404, "content"), "application/json"),
+            "schema"),
+        "allOf");
+    assert_string_equal(jstr(cJSON_GetArrayItem(all, 0), "$ref", NULL),
+                        "#/components/schemas/Error");
+    const char *data_ref =
+        jstr(cJSON_GetObjectItem(cJSON_GetArrayItem(all, 1), "properties"), "data", "$ref");
+    assert_non_null(data_ref);
+    assert_string_equal(data_ref, "#/components/schemas/t.v1.missing.error404");
+    assert_true(t_json_eq(component(r.json, data_ref), MISSING_DATA_SCHEMA));
+    const cJSON *r503 = cJSON_GetObjectItem(mresp, "503");
+    assert_null(cJSON_GetObjectItem(r503, "$ref"));
+    assert_string_equal(jstr(r503, "description", NULL), "The things are being counted");
+    assert_string_equal(
+        jstr(cJSON_GetObjectItem(cJSON_GetObjectItem(r503, "content"), "application/json"),
+             "schema", "$ref"),
+        "#/components/schemas/Error");
+
+    /* servers: the bound address; one tag per service, described. */
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", f->port);
+    assert_string_equal(
+        jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r.json, "servers"), 0), "url", NULL), url);
+    const cJSON *tag0 = cJSON_GetArrayItem(cJSON_GetObjectItem(r.json, "tags"), 0);
+    assert_string_equal(jstr(tag0, "name", NULL), "t");
+    assert_string_equal(jstr(tag0, "description", NULL), "Test service");
+    assert_null(cJSON_GetObjectItem(cJSON_GetObjectItem(r.json, "info"), "license"));
     assert_string_equal(jstr(cJSON_GetObjectItem(echo, "x-loom"), "successEvent", NULL), "echoed");
+    resp_free(&r);
+    fx_free(f);
+}
+
+/* info.license, info.contact and servers from http.openapi.*. */
+static void test_openapi_info(void **state)
+{
+    (void)state;
+    const char *set[] = {"http.openapi.license.name",
+                         "MIT",
+                         "http.openapi.license.identifier",
+                         "MIT",
+                         "http.openapi.contact.name",
+                         "Ops",
+                         "http.openapi.contact.email",
+                         "ops@example.org",
+                         "http.openapi.server",
+                         "https://api.example.org",
+                         NULL};
+    fx *f = fx_new(set, NULL, NULL);
+    resp r = get(f, "/api/openapi.json");
+    expect_status(&r, 200);
+    const cJSON *info = cJSON_GetObjectItem(r.json, "info");
+    assert_true(t_json_eq(cJSON_GetObjectItem(info, "license"),
+                          "{\"name\":\"MIT\",\"identifier\":\"MIT\"}"));
+    assert_true(t_json_eq(cJSON_GetObjectItem(info, "contact"),
+                          "{\"name\":\"Ops\",\"email\":\"ops@example.org\"}"));
+    assert_string_equal(
+        jstr(cJSON_GetArrayItem(cJSON_GetObjectItem(r.json, "servers"), 0), "url", NULL),
+        "https://api.example.org");
+    resp_free(&r);
+    fx_free(f);
+
+    /* A license needs a name, and an identifier or a url, not both. */
+    const char *bad[][4] = {
+        {"http.openapi.license.identifier", "MIT", NULL, NULL},
+        {"http.openapi.license.name", "MIT", "http.openapi.license.url", "https://x.org/l"},
+    };
+    for (size_t i = 0; i < 2; i++) {
+        loom_config *cfg = NULL;
+        assert_int_equal(loom_config_create(&cfg), LOOM_OK);
+        for (size_t k = 0; k < 4 && bad[i][k]; k += 2)
+            assert_int_equal(loom_config_set(cfg, bad[i][k], bad[i][k + 1]), LOOM_OK);
+        if (i == 1)
+            assert_int_equal(loom_config_set(cfg, "http.openapi.license.identifier", "MIT"),
+                             LOOM_OK);
+        char bus[64];
+        unique_bus(bus, sizeof bus);
+        loom_runtime *rt = new_runtime(bus, NULL, 1);
+        loom_http *h = NULL;
+        assert_int_equal(loom_http_create(&h, rt, cfg), LOOM_ECONFIG);
+        assert_null(h);
+        loom_runtime_destroy(rt);
+        loom_config_destroy(cfg);
+    }
+}
+
+/* The AsyncAPI document: request/reply channels and operations per command,
+ * the success event sent, messages with the envelope as headers, bindings. */
+static void test_asyncapi(void **state)
+{
+    (void)state;
+    fx *f = fx_new(NULL, NULL, NULL);
+    resp r = get(f, "/api/asyncapi.json");
+    expect_status(&r, 200);
+    assert_string_equal(jstr(r.json, "asyncapi", NULL), "3.0.0");
+    assert_non_null(jstr(r.json, "info", "title"));
+    assert_null(cJSON_GetObjectItem(r.json, "servers")); /* memory: has none */
+    const cJSON *ch = cJSON_GetObjectItem(r.json, "channels");
+    assert_string_equal(jstr(ch, "t.v1.echo.request", "address"), "loom/cmd/t/1/echo");
+    const cJSON *reply = cJSON_GetObjectItem(ch, "t.v1.echo.reply");
+    assert_string_equal(jstr(reply, "address", NULL), "loom/reply/{instanceId}");
+    assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(reply, "parameters"), "instanceId"));
+    assert_string_equal(jstr(ch, "event.echoed.t.v1", "address"), "loom/evt/echoed/t/1");
+    assert_non_null(cJSON_GetObjectItem(ch, "t.v1.nohttp.request")); /* HTTP or not */
+
+    const cJSON *ops = cJSON_GetObjectItem(r.json, "operations");
+    const cJSON *op = cJSON_GetObjectItem(ops, "t.v1.echo");
+    assert_string_equal(jstr(op, "action", NULL), "receive");
+    assert_string_equal(jstr(op, "channel", "$ref"), "#/channels/t.v1.echo.request");
+    const cJSON *rep = cJSON_GetObjectItem(op, "reply");
+    assert_string_equal(jstr(rep, "channel", "$ref"), "#/channels/t.v1.echo.reply");
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(rep, "messages")), 2);
+    const cJSON *b = cJSON_GetObjectItem(op, "bindings");
+    assert_int_equal(jnum(b, "mqtt", "qos") >= 0, 1);
+    assert_string_equal(jstr(b, "nats", "queue"), "t%2E1");
+    assert_string_equal(jstr(cJSON_GetObjectItem(ops, "event.echoed.t.v1"), "action", NULL),
+                        "send");
+
+    const cJSON *comp = cJSON_GetObjectItem(r.json, "components");
+    const cJSON *msg =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(comp, "messages"), "t.v1.echo.request");
+    assert_string_equal(jstr(msg, "headers", "$ref"), "#/components/schemas/Envelope");
+    const cJSON *env = cJSON_GetObjectItem(cJSON_GetObjectItem(comp, "schemas"), "Envelope");
+    const char *fields[] = {"messageType", "id",       "traceId", "correlationId",
+                            "replyTo",     "deadline", "sender",  "principalId"};
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++)
+        assert_non_null(cJSON_GetObjectItem(cJSON_GetObjectItem(env, "properties"), fields[i]));
+    const cJSON *pl = cJSON_GetObjectItem(cJSON_GetObjectItem(msg, "payload"), "properties");
+    assert_string_equal(jstr(pl, "payload", "$ref"), "#/components/schemas/t.v1.echo.payload");
+    assert_true(t_json_eq(component(r.json, jstr(pl, "payload", "$ref")), ECHO_PAYLOAD_SCHEMA));
+    /* The declared errors are in the error message's description. */
+    const cJSON *err =
+        cJSON_GetObjectItem(cJSON_GetObjectItem(comp, "messages"), "t.v1.missing.error");
+    assert_non_null(strstr(jstr(err, "title", NULL), "404: No such thing."));
     resp_free(&r);
     fx_free(f);
 }
@@ -2421,6 +2663,8 @@ int main(void)
         cmocka_unit_test(test_tracing),
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_openapi),
+        cmocka_unit_test(test_openapi_info),
+        cmocka_unit_test(test_asyncapi),
         cmocka_unit_test(test_base_path),
         cmocka_unit_test(test_api_misuse),
         cmocka_unit_test(test_split_mode),

@@ -585,6 +585,71 @@ static void test_version_and_help(void **state)
     t_run_free(&r);
 }
 
+/* --openapi: the document from the definitions, without a broker or a
+ * listener; the shop's declared errors, license and relative server. */
+static void test_openapi_flag(void **state)
+{
+    (void)state;
+    t_run r;
+    RUN_SHOP(&r, "--openapi", "-", "--broker", "mqtt://127.0.0.1:1");
+    expect_status(&r, 0);
+    cJSON *doc = parse_json(t_run_out(&r), "--openapi -");
+    assert_string_equal(str_at(doc, "openapi"), "3.1.0");
+    const cJSON *info = cJSON_GetObjectItem(doc, "info");
+    assert_string_equal(str_at(info, "title"), "shop");
+    assert_string_equal(str_at(cJSON_GetObjectItem(info, "license"), "identifier"), "MIT");
+    assert_string_equal(str_at(cJSON_GetArrayItem(cJSON_GetObjectItem(doc, "servers"), 0), "url"),
+                        "/");
+    const cJSON *get = cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "paths"), "/api/v1/orders/{id}"), "get");
+    const cJSON *r404 = cJSON_GetObjectItem(cJSON_GetObjectItem(get, "responses"), "404");
+    assert_string_equal(str_at(r404, "description"), "No order has this id");
+    assert_non_null(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "components"), "schemas"),
+                            "orders.v1.get.error404"));
+    cJSON_Delete(doc);
+    t_run_free(&r);
+
+    char path[4200];
+    snprintf(path, sizeof path, "%s/openapi.json", tmp_dir);
+    RUN_SHOP(&r, "--openapi", path);
+    expect_status(&r, 0);
+    t_run_free(&r);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char head[32] = "";
+    assert_non_null(fgets(head, sizeof head, f));
+    fclose(f);
+    assert_non_null(strchr(head, '{'));
+
+    /* --asyncapi: channels on the configured broker's layout, no credentials. */
+    RUN_SHOP(&r, "--asyncapi", "-", "--broker", "nats://me:s3cret@127.0.0.1:1");
+    expect_status(&r, 0);
+    assert_null(strstr(t_run_out(&r), "s3cret"));
+    doc = parse_json(t_run_out(&r), "--asyncapi -");
+    assert_string_equal(str_at(doc, "asyncapi"), "3.0.0");
+    const cJSON *broker = cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "servers"), "broker");
+    assert_string_equal(str_at(broker, "host"), "127.0.0.1:1");
+    assert_string_equal(str_at(broker, "protocol"), "nats");
+    assert_string_equal(str_at(cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "channels"),
+                                                   "orders.v1.create.request"),
+                               "address"),
+                        "loom.cmd.orders.1.create");
+    /* AsyncAPI 3.0 has no license identifier. */
+    assert_null(cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(doc, "info"), "license"), "identifier"));
+    cJSON_Delete(doc);
+    t_run_free(&r);
+
+    RUN_SHOP(&r, "--openapi", "/nonexistent-dir/x.json");
+    expect_status(&r, 1);
+    assert_non_null(strstr(t_run_err(&r), "cannot write the OpenAPI document"));
+    t_run_free(&r);
+    RUN_SHOP(&r, "--openapi", "-", "--call", "users.get");
+    expect_status(&r, 2);
+    t_run_free(&r);
+}
+
 static void test_unknown_flag_exits_2(void **state)
 {
     (void)state;
@@ -988,6 +1053,7 @@ int main(void)
         cmocka_unit_test(test_oneshot_timeout_bounds_broker_wait),
         cmocka_unit_test(test_oneshot_network_runs_no_local_services),
         cmocka_unit_test(test_version_and_help),
+        cmocka_unit_test(test_openapi_flag),
         cmocka_unit_test(test_unknown_flag_exits_2),
         cmocka_unit_test(test_broken_config_rejected_with_line),
         cmocka_unit_test(test_sample_config_and_service_config),

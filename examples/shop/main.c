@@ -59,6 +59,8 @@ int main(int argc, char **argv)
     loom_main_options opts = LOOM_MAIN_OPTIONS_INIT(
             .name = "shop", .version = SHOP_VERSION,
             .description = "The loom shop example: users, orders, payments and notifications",
-            .defaults = (const char *const[]){state, NULL}, );
+            .defaults = (const char *const[]){state, "http.openapi.license.name=MIT",
+                                              "http.openapi.license.identifier=MIT",
+                                              "http.openapi.contact.name=The loom authors", NULL}, );
     return loom_main_with(argc, argv, services, &opts);
 }

@@ -248,11 +248,20 @@ LOOM_COMMAND(create_cmd, .name = "create",
              .description = "Places an order: checks the user, charges the amount, stores it",
              .handler = create_order, .payload_schema = create_schema,
              .output_schema = order_schema, .http_method = "POST", .http_path = "/orders",
-             .http_public = true, .success_event = "orderCreated");
+             .http_public = true, .success_event = "orderCreated",
+             .errors = LOOM_ERRORS({402, "The payment was declined",
+                                    "{\"type\":\"object\",\"required\":[\"reason\"],\"properties\":"
+                                    "{\"reason\":{\"type\":\"string\"}}}"},
+                                   {422, "The user does not exist",
+                                    "{\"type\":\"object\",\"required\":[\"userId\"],\"properties\":"
+                                    "{\"userId\":{\"type\":\"string\"}}}"}));
 
 LOOM_COMMAND(get_cmd, .name = "get", .description = "Returns an order by id", .handler = get_order,
              .parameter_schema = id_parameter_schema, .output_schema = order_schema,
-             .http_method = "GET", .http_path = "/orders/:id", .http_public = true);
+             .http_method = "GET", .http_path = "/orders/:id", .http_public = true,
+             .errors = LOOM_ERRORS({404, "No order has this id",
+                                    "{\"type\":\"object\",\"required\":[\"id\"],\"properties\":{"
+                                    "\"id\":{\"type\":\"string\"}}}"}));
 
 LOOM_SERVICE_EXTERN(shop_orders, .name = "orders", .version = "1", .description = "Shop orders",
                     .commands = LOOM_COMMANDS(&create_cmd, &get_cmd));

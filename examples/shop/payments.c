@@ -192,7 +192,13 @@ static void charge(loom_ctx *ctx, void *user)
  * calls it through the broker, which HTTP auth does not cover). */
 LOOM_COMMAND(charge_cmd, .name = "charge", .description = "Charges an amount for an order",
              .handler = charge, .payload_schema = charge_schema, .output_schema = payment_schema,
-             .http_method = "POST", .http_path = "/payments");
+             .http_method = "POST", .http_path = "/payments",
+             .errors = LOOM_ERRORS({409, "The order was already charged with another amount",
+                                    "{\"type\":\"object\",\"required\":[\"orderId\"],"
+                                    "\"properties\":{\"orderId\":{\"type\":\"string\"}}}"},
+                                   {422, "The order does not exist",
+                                    "{\"type\":\"object\",\"required\":[\"orderId\"],"
+                                    "\"properties\":{\"orderId\":{\"type\":\"string\"}}}"}));
 
 LOOM_SERVICE_EXTERN(shop_payments, .name = "payments", .version = "1",
                     .description = "Shop payments", .commands = LOOM_COMMANDS(&charge_cmd));

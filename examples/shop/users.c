@@ -153,11 +153,17 @@ static void get_user(loom_ctx *ctx, void *user)
 
 LOOM_COMMAND(create_cmd, .name = "create", .description = "Registers a user",
              .handler = create_user, .payload_schema = create_schema, .output_schema = user_schema,
-             .http_method = "POST", .http_path = "/users", .http_public = true);
+             .http_method = "POST", .http_path = "/users", .http_public = true,
+             .errors = LOOM_ERRORS({409, "The email is already registered",
+                                    "{\"type\":\"object\",\"required\":[\"email\"],\"properties\":{"
+                                    "\"email\":{\"type\":\"string\"}}}"}));
 
 LOOM_COMMAND(get_cmd, .name = "get", .description = "Returns a user by id", .handler = get_user,
              .parameter_schema = id_parameter_schema, .output_schema = user_schema,
-             .http_method = "GET", .http_path = "/users/:id", .http_public = true);
+             .http_method = "GET", .http_path = "/users/:id", .http_public = true,
+             .errors = LOOM_ERRORS({404, "No user has this id",
+                                    "{\"type\":\"object\",\"required\":[\"id\"],\"properties\":{"
+                                    "\"id\":{\"type\":\"string\"}}}"}));
 
 LOOM_SERVICE_EXTERN(shop_users, .name = "users", .version = "1", .description = "Shop users",
                     .commands = LOOM_COMMANDS(&create_cmd, &get_cmd));

@@ -71,4 +71,11 @@ extern const loom_adapter_ops loom__mqtts_adapter; /* scheme "mqtts" (TLS) */
 extern const loom_adapter_ops loom__nats_adapter;     /* scheme "nats" */
 extern const loom_adapter_ops loom__nats_tls_adapter; /* scheme "tls" */
 
+/* The NATS subject of a loom topic or filter ('+' as '*', a trailing '#' as
+ * '>'), and the queue group of a loom group, exactly as nats.c maps them
+ * (for documents: the AsyncAPI channels). malloc'd; NULL when invalid or
+ * on ENOMEM. */
+char *loom__nats_subject(const char *filter);
+char *loom__nats_queue(const char *group);
+
 #endif

@@ -332,6 +332,20 @@ bad:
 
 /* A loom group as a NATS queue group name: escaped like a token, and '%'
  * too, so that the mapping is one-to-one. */
+static char *to_queue(const char *group, bool *oom);
+
+char *loom__nats_subject(const char *filter)
+{
+    bool oom;
+    return to_subject(filter, MAP_FILTER, &oom);
+}
+
+char *loom__nats_queue(const char *group)
+{
+    bool oom;
+    return to_queue(group, &oom);
+}
+
 static char *to_queue(const char *group, bool *oom)
 {
     *oom = false;

@@ -25,6 +25,28 @@ static bool add_schema(cJSON *obj, const char *key, const char *text)
     return s && cJSON_AddItemToObject(obj, key, s);
 }
 
+/* "errors": [{status, description, dataSchema?}] (docs/http.md, OpenAPI). */
+static bool add_errors(cJSON *o, const loom_error_def *errors)
+{
+    if (!errors || !errors[0].status)
+        return true;
+    cJSON *list = cJSON_AddArrayToObject(o, "errors");
+    if (!list)
+        return false;
+    for (size_t i = 0; errors[i].status; i++) {
+        cJSON *e = cJSON_CreateObject();
+        if (!e || !cJSON_AddItemToArray(list, e)) {
+            cJSON_Delete(e);
+            return false;
+        }
+        if (!cJSON_AddNumberToObject(e, "status", errors[i].status) ||
+            !cJSON_AddStringToObject(e, "description", errors[i].description) ||
+            !add_schema(e, "dataSchema", errors[i].data_schema))
+            return false;
+    }
+    return true;
+}
+
 static cJSON *command_doc(const loom__command *c)
 {
     const loom_command_def *d = c->def;
@@ -35,7 +57,8 @@ static cJSON *command_doc(const loom__command *c)
         !add_schema(o, "parameterSchema", d->parameter_schema) ||
         !add_schema(o, "outputSchema", d->output_schema) ||
         (d->success_event && !cJSON_AddStringToObject(o, "successEvent", d->success_event)) ||
-        (d->timeout_ms && !cJSON_AddNumberToObject(o, "timeoutMs", d->timeout_ms)))
+        (d->timeout_ms && !cJSON_AddNumberToObject(o, "timeoutMs", d->timeout_ms)) ||
+        !add_errors(o, d->errors))
         goto fail;
     if (d->http_method) {
         cJSON *h = cJSON_AddObjectToObject(o, "http");
@@ -68,6 +91,18 @@ static cJSON *build_local_doc(loom_runtime *rt)
             !cJSON_AddStringToObject(so, "version", s->def->version) ||
             (s->def->description &&
              !cJSON_AddStringToObject(so, "description", s->def->description)))
+            goto fail;
+        /* The shared schemas the command schemas may $ref (for documents). */
+        cJSON *shared =
+            s->def->schemas && s->def->schemas[0] ? cJSON_AddArrayToObject(so, "schemas") : NULL;
+        for (size_t j = 0; shared && s->def->schemas[j]; j++) {
+            cJSON *one = schema_json(s->def->schemas[j]);
+            if (!one || !cJSON_AddItemToArray(shared, one)) {
+                cJSON_Delete(one);
+                goto fail;
+            }
+        }
+        if (s->def->schemas && s->def->schemas[0] && !shared)
             goto fail;
         for (size_t j = 0; j < s->n_cmds; j++) {
             cJSON *c = command_doc(&s->cmds[j]);
@@ -554,8 +589,8 @@ static bool listed_before(loom_runtime *rt, const loom__remote *stop, const char
 }
 
 static void each_in_doc(loom_runtime *rt, const cJSON *doc, const loom__remote *self,
-                        void (*fn)(void *, const char *, const char *, const char *,
-                                   const cJSON *, bool),
+                        void (*fn)(void *, const char *, const char *, const cJSON *, const cJSON *,
+                                   bool),
                         void *user)
 {
     const cJSON *s;
@@ -570,15 +605,14 @@ static void each_in_doc(loom_runtime *rt, const cJSON *doc, const loom__remote *
             const char *cn = jstr(c, "name");
             if (!cn || (self && listed_before(rt, self, n, v, cn)))
                 continue;
-            fn(user, n, v, jstr(s, "description"), c, self == NULL);
+            fn(user, n, v, s, c, self == NULL);
         }
     }
 }
 
 void loom__commands_each(loom_runtime *rt,
                          void (*fn)(void *user, const char *service, const char *version,
-                                    const char *service_description, const cJSON *cmd,
-                                    bool local),
+                                    const cJSON *service_obj, const cJSON *cmd, bool local),
                          void *user)
 {
     pthread_mutex_lock(&rt->disc_mu);

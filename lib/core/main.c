@@ -20,6 +20,7 @@
 #include "core/runtime.h"
 #include "core/trust.h"
 #include "core/util.h"
+#include "http/bridge.h"
 #include "loom/http.h"
 #include "loom.h"
 
@@ -52,6 +53,10 @@ static const char usage_text[] =
     "  With a network broker a one-shot runs no local service unless --services is given;\n"
     "  --timeout bounds the whole run, waiting for the broker included.\n"
     "\n"
+    "Documents (written without connecting to the broker; FILE - is stdout):\n"
+    "  --openapi FILE       the HTTP bridge's OpenAPI 3.1 document (docs/http.md)\n"
+    "  --asyncapi FILE      the services' AsyncAPI 3.0 document (channels on the broker)\n"
+    "\n"
     "Keys (docs/security.md):\n"
     "  --keygen NAME FILE   writes a new identity's secret key to FILE (mode 0600) and\n"
     "                       prints its keyring line \"NAME PUBLIC-KEY\" on stdout\n";
@@ -63,6 +68,8 @@ typedef struct opts {
     const char *emit;
     const char *emit_payload;
     long long timeout_ms;
+    const char *openapi;  /* --openapi FILE */
+    const char *asyncapi; /* --asyncapi FILE */
     bool log_level_set;
     bool services_set; /* --services or --set services=... on the command line */
 } opts;
@@ -249,6 +256,14 @@ static int parse_args(int argc, char **argv, const char *prog, const loom_main_o
             i++;
             continue;
         }
+        if (strcmp(a, "--openapi") == 0 || strcmp(a, "--asyncapi") == 0) {
+            if (!next) {
+                fprintf(stderr, "%s: %s needs a file (- for stdout)\n", prog, a);
+                return EXIT_USAGE;
+            }
+            *(a[2] == 'o' ? &o->openapi : &o->asyncapi) = argv[++i];
+            continue;
+        }
         if (strcmp(a, "--emit") == 0) {
             if (!next || is_flag(next)) {
                 fprintf(stderr, "%s: --emit needs an event name\n", prog);
@@ -260,6 +275,11 @@ static int parse_args(int argc, char **argv, const char *prog, const loom_main_o
             continue;
         }
         fprintf(stderr, "%s: unknown argument '%s' (see --help)\n", prog, a);
+        return EXIT_USAGE;
+    }
+    if ((o->openapi || o->asyncapi) && (o->call || o->emit)) {
+        fprintf(stderr, "%s: --openapi and --asyncapi cannot be combined with --call or --emit\n",
+                prog);
         return EXIT_USAGE;
     }
     if (o->call && o->emit) {
@@ -470,6 +490,47 @@ static bool is_memory_broker(const loom_config *cfg)
     return strncasecmp(loom__config_str(cfg, "broker.url", "memory:"), "memory:", 7) == 0;
 }
 
+/* Writes doc to path ("-": stdout); 0 or EXIT_CALL_FAILED. Takes doc. */
+static int write_document(cJSON *doc, const char *path, const char *what, const char *prog)
+{
+    char *text = doc ? cJSON_PrintUnformatted(doc) : NULL;
+    cJSON_Delete(doc);
+    if (!text) {
+        fprintf(stderr, "%s: cannot build the %s document: out of memory\n", prog, what);
+        return EXIT_CALL_FAILED;
+    }
+    bool to_stdout = strcmp(path, "-") == 0;
+    FILE *f = to_stdout ? stdout : fopen(path, "w");
+    bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    ok = (to_stdout ? fflush(f) == 0 : f && fclose(f) == 0) && ok;
+    free(text);
+    if (!ok) {
+        fprintf(stderr, "%s: cannot write the %s document to %s\n", prog, what, path);
+        return EXIT_CALL_FAILED;
+    }
+    return 0;
+}
+
+/* --openapi, --asyncapi: the documents of the selected services, as the
+ * bridge would serve them, from the definitions alone (the runtime is not
+ * started). */
+static int run_documents(loom_runtime *rt, loom_config *cfg, const opts *o, const char *prog)
+{
+    loom_http *http = NULL;
+    loom_err err = loom_http_create(&http, rt, cfg);
+    if (err != LOOM_OK) {
+        fprintf(stderr, "%s: cannot set up the HTTP bridge: %s\n", prog, loom_strerror(err));
+        return EXIT_USAGE;
+    }
+    int rc = 0;
+    if (o->openapi)
+        rc = write_document(loom__http_openapi_doc(http), o->openapi, "OpenAPI", prog);
+    if (o->asyncapi && rc == 0)
+        rc = write_document(loom__http_asyncapi_doc(http), o->asyncapi, "AsyncAPI", prog);
+    loom_http_destroy(http);
+    return rc;
+}
+
 /* Creates the runtime and the bridge, adds the selected services. */
 static int setup(loom_runtime **rt, loom_http **http, loom_config *cfg, const opts *o,
                  const loom_service_def *const *services, const loom_main_options *mo,
@@ -489,6 +550,8 @@ static int setup(loom_runtime **rt, loom_http **http, loom_config *cfg, const op
     if (rc != 0)
         return rc;
     const char *listen = loom__config_str(cfg, "http.listen", NULL);
+    if (o->openapi || o->asyncapi)
+        return run_documents(*rt, cfg, o, prog);
     if (listen && !oneshot && (err = loom_http_create(http, *rt, cfg)) != LOOM_OK) {
         const char *without = loom__built_without_http();
         fprintf(stderr, "%s: cannot create the HTTP bridge on %s: %s\n", prog, listen,
@@ -542,7 +605,7 @@ int loom_main_with(int argc, char **argv, const loom_service_def *const *service
     loom_runtime *rt = NULL;
     loom_http *http = NULL;
     loom_err err;
-    if ((rc = setup(&rt, &http, cfg, &o, services, mo, prog)) != 0)
+    if ((rc = setup(&rt, &http, cfg, &o, services, mo, prog)) != 0 || o.openapi || o.asyncapi)
         goto out;
     if ((err = loom_runtime_start(rt)) != LOOM_OK) {
         fprintf(stderr, "%s: cannot start: %s\n", prog, loom_strerror(err));

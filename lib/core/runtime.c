@@ -946,6 +946,33 @@ static size_t list_len(const void *const *list)
     return n;
 }
 
+/* cd->errors: statuses 400..599, each once, with a description and a data
+ * schema that compiles (it is documentation only: not kept). */
+static loom_err check_errors(loom_runtime *rt, loom__service *s, const char *what,
+                             const loom_command_def *cd)
+{
+    for (size_t i = 0; cd->errors && cd->errors[i].status; i++) {
+        const loom_error_def *e = &cd->errors[i];
+        bool dup = false;
+        for (size_t k = 0; k < i && !dup; k++)
+            dup = cd->errors[k].status == e->status;
+        if (e->status < 400 || e->status > 599 || !e->description || !*e->description || dup) {
+            loom_runtime_log(rt, LOOM_LOG_ERROR,
+                             "%s: errors[%zu]: status %d needs 400..599, once, and a description",
+                             what, i, e->status);
+            return LOOM_EINVAL;
+        }
+        char field[48];
+        snprintf(field, sizeof field, "errors[%zu].data_schema", i);
+        loom__schema *tmp = NULL;
+        loom_err err = compile(rt, s, what, field, e->data_schema, &tmp);
+        loom__schema_free(tmp);
+        if (err)
+            return err;
+    }
+    return LOOM_OK;
+}
+
 /* Adds cd as the next command of s (s->cmds has room). */
 static loom_err add_command(loom_runtime *rt, loom__service *s, const loom_command_def *cd)
 {
@@ -970,6 +997,9 @@ static loom_err add_command(loom_runtime *rt, loom__service *s, const loom_comma
             loom_runtime_log(rt, LOOM_LOG_ERROR, "%s: defined twice", what);
             return LOOM_EEXIST;
         }
+    loom_err err = check_errors(rt, s, what, cd);
+    if (err)
+        return err;
     loom__command *c = &s->cmds[s->n_cmds++];
     c->svc = s;
     c->def = cd;
@@ -978,7 +1008,6 @@ static loom_err add_command(loom_runtime *rt, loom__service *s, const loom_comma
     snprintf(limit_key, sizeof limit_key, "limits.concurrency.%s.%s", def->name, cd->name);
     c->max_running = (int)loom__config_int(rt->config, limit_key, 0);
     atomic_init(&c->running, 0);
-    loom_err err;
     if ((err = compile(rt, s, what, "payload_schema", cd->payload_schema, &c->payload_schema)) ||
         (err = compile(rt, s, what, "parameter_schema", cd->parameter_schema,
                        &c->parameter_schema)) ||

@@ -316,12 +316,12 @@ bool loom__accepting(loom_runtime *rt, bool from_handler);
 /* Calls fn for each command known to this runtime: local ones first, then
  * those announced by live remote instances (each service/version/command
  * once). cmd is the command's announcement object ({"name","description",
- * "http":{"method","path","public"},"payloadSchema",...}), borrowed. Runs
+ * "http":{"method","path","public"},"payloadSchema",...}) and service_obj its
+ * service's ({"name","version","description","schemas":[shared]}), borrowed. Runs
  * under the discovery lock: fn must not call into the runtime. */
 void loom__commands_each(loom_runtime *rt,
                          void (*fn)(void *user, const char *service, const char *version,
-                                    const char *service_description, const cJSON *cmd,
-                                    bool local),
+                                    const cJSON *service_obj, const cJSON *cmd, bool local),
                          void *user);
 /* Changes whenever the set of known remote commands changes. */
 unsigned loom__routes_version(loom_runtime *rt);

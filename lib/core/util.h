@@ -145,7 +145,7 @@ void loom__sbuf_printf(loom__sbuf *b, const char *fmt, ...) LOOM_PRINTF(2, 3);
 #define LOOM__V0_CALL LOOM__END(loom_call, reply_inline)
 #define LOOM__V0_RUNTIME_CONFIG LOOM__END(loom_runtime_config, log_user)
 #define LOOM__V0_MAIN_OPTIONS LOOM__END(loom_main_options, users)
-#define LOOM__V0_COMMAND_DEF LOOM__END(loom_command_def, timeout_ms)
+#define LOOM__V0_COMMAND_DEF LOOM__END(loom_command_def, errors)
 #define LOOM__V0_SUBSCRIPTION_DEF LOOM__END(loom_subscription_def, payload_schema)
 #define LOOM__V0_SERVICE_DEF LOOM__END(loom_service_def, assert_formats)
 #define LOOM__V0_TEST_OPTIONS LOOM__END(loom_test_options, log_level)

@@ -133,9 +133,9 @@ typedef struct raw_list {
 
 /* Runs under the discovery lock: copies only. */
 static void collect_route(void *user, const char *service, const char *version,
-                          const char *service_description, const cJSON *cmd, bool local)
+                          const cJSON *service_obj, const cJSON *cmd, bool local)
 {
-    (void)service_description;
+    (void)service_obj;
     (void)local;
     raw_list *l = user;
     const cJSON *http = cJSON_GetObjectItemCaseSensitive(cmd, "http");
@@ -653,7 +653,7 @@ bool loom__http_json_content_type(const char *ct)
 /* Built-in endpoints                                                        */
 
 static loom__hs_action serve_metrics(breq *b);
-static loom__hs_action serve_openapi(breq *b);
+static loom__hs_action serve_document(breq *b, cJSON *doc);
 
 static loom__hs_action send_static_json(breq *b, int status, const char *json)
 {
@@ -717,7 +717,7 @@ static loom__hs_action serve_builtin(breq *b, const char *which)
     if (b->method != M_GET && b->method != M_HEAD)
         return send_error(b, 405, "method not allowed", NULL, "Allow", "GET, HEAD");
     bool is_metrics = strcmp(which, "/metrics") == 0;
-    bool is_docs = strcmp(which, h->openapi_path) == 0;
+    bool is_docs = strcmp(which, h->openapi_path) == 0 || strcmp(which, h->asyncapi_path) == 0;
     if ((is_metrics && h->protect_metrics) || (is_docs && h->protect_docs)) {
         int st = loom__http_authenticate(b);
         if (st)
@@ -729,7 +729,8 @@ static loom__hs_action serve_builtin(breq *b, const char *which)
         return serve_readyz(b);
     if (strcmp(which, "/metrics") == 0)
         return serve_metrics(b);
-    return serve_openapi(b);
+    return serve_document(b, strcmp(which, h->openapi_path) == 0 ? loom__http_openapi_doc(h)
+                                                                 : loom__http_asyncapi_doc(h));
 }
 
 static loom__hs_action serve_metrics(breq *b)
@@ -740,9 +741,9 @@ static loom__hs_action serve_metrics(breq *b)
     return send_body(b, 200, "text/plain; version=0.0.4; charset=utf-8", text, strlen(text), NULL);
 }
 
-static loom__hs_action serve_openapi(breq *b)
+/* Takes doc (NULL: ENOMEM). */
+static loom__hs_action serve_document(breq *b, cJSON *doc)
 {
-    cJSON *doc = loom__http_openapi_doc(b->h);
     loom_err err = LOOM_ENOMEM;
     char *text = doc ? loom__json_print(doc, &err) : NULL;
     cJSON_Delete(doc);
@@ -891,7 +892,8 @@ static loom__hs_action on_headers(void *user, loom__hs_req *hs)
         return send_error(b, 503, "the HTTP bridge is stopping", NULL, NULL, NULL);
 
     if (strcmp(b->path, "/healthz") == 0 || strcmp(b->path, "/readyz") == 0 ||
-        strcmp(b->path, "/metrics") == 0 || strcmp(b->path, h->openapi_path) == 0)
+        strcmp(b->path, "/metrics") == 0 || strcmp(b->path, h->openapi_path) == 0 ||
+        strcmp(b->path, h->asyncapi_path) == 0)
         return serve_builtin(b, b->path);
 
     b->table = routes_acquire(h);
@@ -1091,7 +1093,8 @@ loom_err loom_http_create(loom_http **out, loom_runtime *rt, const loom_config *
     h->slots = calloc(SERIES_SLOTS, sizeof *h->slots);
     if (!h->listen || !h->base || !h->slots)
         goto fail;
-    if (!(h->openapi_path = loom__asprintf("%s/openapi.json", h->base)))
+    if (!(h->openapi_path = loom__asprintf("%s/openapi.json", h->base)) ||
+        !(h->asyncapi_path = loom__asprintf("%s/asyncapi.json", h->base)))
         goto fail;
     seg tmp[MAX_SEGMENTS];
     size_t n = 0;
@@ -1223,6 +1226,7 @@ void loom_http_destroy(loom_http *h)
     loom__http_auth_fini(h);
     loom__http_openapi_fini(h);
     free(h->openapi_path);
+    free(h->asyncapi_path);
     free(h->base);
     free(h->listen);
     pthread_mutex_destroy(&h->life_mu);

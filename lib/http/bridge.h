@@ -9,6 +9,7 @@
  *   auth.c     tokens, the authentication hook, CORS settings
  *   metrics.c  counters and the Prometheus text
  *   openapi.c  the OpenAPI 3.1 document
+ *   asyncapi.c the AsyncAPI 3.0 document
  *
  * Locks, in order: life_mu -> wait_mu -> breq.mu. build_mu -> routes_lock.
  * None is held while calling into the runtime or resuming a request. */
@@ -140,12 +141,21 @@ bool loom__http_add_query(cJSON *params, const char *q, bool *bad);
 
 typedef struct breq breq;
 
+/* The optional http.openapi.* keys, in loom_http.oa_info. */
+enum {
+    OA_LICENSE_NAME,     /* then .identifier, .url */
+    OA_CONTACT_NAME = 3, /* then .url, .email */
+    OA_SERVER = 6,
+    OA_INFO_N
+};
+
 struct loom_http {
     loom_runtime *rt;
     /* Settings, fixed at create. */
     char *listen;
     char *base;
     char *openapi_path;
+    char *asyncapi_path;
     unsigned threads;
     size_t max_body, max_header;
     unsigned max_connections, idle_timeout_s;
@@ -156,9 +166,9 @@ struct loom_http {
     size_t *token_lens;
     size_t n_tokens;
     char *api_key_header;
-    bool auth_required;   /* http.auth.required (default true) */
-    bool protect_metrics; /* http.auth.protect_metrics */
-    bool protect_docs;    /* http.auth.protect_docs: the OpenAPI document */
+    bool auth_required;        /* http.auth.required (default true) */
+    bool protect_metrics;      /* http.auth.protect_metrics */
+    bool protect_docs;         /* http.auth.protect_docs: the OpenAPI and AsyncAPI documents */
     loom_http_auth_fn auth_fn; /* set before start only */
     void *auth_user;
     char **origins;
@@ -185,6 +195,7 @@ struct loom_http {
 
     /* openapi.c: the document's info (http.openapi.*), fixed at create. */
     char *oa_title, *oa_version, *oa_description;
+    char *oa_info[OA_INFO_N]; /* optional keys (OA_*), NULL when unset */
     /* access_log.c: one line per request (http.access_log), fixed at create. */
     bool access_log;
 };
@@ -270,6 +281,27 @@ cJSON *loom__http_openapi_doc(loom_http *h);
 /* Reads http.openapi.* (the document's info); LOOM_ENOMEM. */
 loom_err loom__http_openapi_load(loom_http *h, const loom_config *cfg);
 void loom__http_openapi_fini(loom_http *h);
+/* Fills an OpenAPI (or, asyncapi, AsyncAPI) info object (title, version,
+ * description, license, contact); false on ENOMEM. */
+bool loom__http_openapi_info(loom_http *h, cJSON *info, bool asyncapi);
+/* The bridge's URL for documents' servers (malloc'd), or NULL on ENOMEM. */
+char *loom__http_server_url(loom_http *h);
+
+/* docschema.c */
+/* A copy of a definition's schema for components.schemas[name]: its local
+ * references and those to the service's shared schemas (array, may be
+ * NULL) made document-wide; NULL on ENOMEM. */
+cJSON *loom__http_doc_schema(const cJSON *schema, const char *name, const cJSON *shared,
+                             const char *prefix);
+/* Adds each shared schema as components.schemas["{prefix}.{$id}"] (once). */
+bool loom__http_doc_shared(cJSON *schemas, const cJSON *shared, const char *prefix);
+/* Appends "/" and key as a JSON pointer token of a URI fragment. */
+void loom__http_pointer_token(loom__sbuf *b, const char *key);
+
+/* asyncapi.c */
+/* The AsyncAPI 3.0 document of this runtime's services (their definitions:
+ * channels, operations, messages), or NULL on ENOMEM. */
+cJSON *loom__http_asyncapi_doc(loom_http *h);
 
 /* access_log.c */
 /* Logs the access line of b answered with status, when http.access_log is
