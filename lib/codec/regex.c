@@ -29,18 +29,21 @@ enum assertion { A_BEGIN, A_END, A_WORD, A_NOT_WORD };
 
 typedef loom__urange range;
 
-/* CHAR: x = code point. CLASS: x = first range, y = count. SPLIT: x, y =
- * targets. JMP: x = target. ASSERT: x = enum assertion. */
+/* CHAR: x = code point. CLASS: x = first range, y = count, z = its ASCII
+ * bitmap. SPLIT: x, y = targets. JMP: x = target. ASSERT: x = enum
+ * assertion. */
 typedef struct {
     uint8_t op;
-    uint32_t x, y;
+    uint32_t x, y, z;
 } inst;
 
 struct loom__regex {
     inst *prog;
     uint32_t n;
-    bool anchored; /* starts with ^: only position 0 can start a match */
-    range *ranges; /* every class's sorted, disjoint ranges */
+    bool anchored;        /* starts with ^: only position 0 can start a match */
+    range *ranges;        /* every class's sorted, disjoint ranges */
+    uint64_t (*ascii)[2]; /* per class: code points 0-127 in it, so that ASCII
+                             text needs no search of the ranges */
 };
 
 /* ------------------------------------------------------------------------ */
@@ -641,7 +644,7 @@ typedef struct {
 
 static uint32_t put(emitter *E, enum op op, uint32_t x, uint32_t y)
 {
-    E->prog[E->pc] = (inst){(uint8_t)op, x, y};
+    E->prog[E->pc] = (inst){(uint8_t)op, x, y, 0};
     return E->pc++;
 }
 
@@ -724,6 +727,30 @@ static void parser_free(parser *P)
     free(P->set);
 }
 
+/* The ASCII bitmap of every class instruction. */
+static bool ascii_maps(loom__regex *re)
+{
+    uint32_t classes = 0;
+    for (uint32_t i = 0; i < re->n; i++)
+        classes += re->prog[i].op == OP_CLASS;
+    if (!classes)
+        return true;
+    if (!(re->ascii = calloc(classes, sizeof *re->ascii)))
+        return false;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < re->n; i++) {
+        inst *in = &re->prog[i];
+        if (in->op != OP_CLASS)
+            continue;
+        in->z = k;
+        for (uint32_t cp = 0; cp < 128; cp++)
+            if (loom__unicode_in(re->ranges + in->x, in->y, cp))
+                re->ascii[k][cp / 64] |= UINT64_C(1) << (cp % 64);
+        k++;
+    }
+    return true;
+}
+
 loom_err loom__regex_compile(loom__regex **out, const char *pattern, char *err, size_t errlen)
 {
     if (err && errlen)
@@ -766,6 +793,12 @@ loom_err loom__regex_compile(loom__regex **out, const char *pattern, char *err, 
     re->ranges = P.ranges; /* moved */
     P.ranges = NULL;
     parser_free(&P);
+    if (!ascii_maps(re)) {
+        loom__regex_free(re);
+        if (err && errlen)
+            loom__strlcpy(err, "out of memory", errlen);
+        return LOOM_ENOMEM;
+    }
     *out = re;
     return LOOM_OK;
 }
@@ -776,6 +809,7 @@ void loom__regex_free(loom__regex *re)
         return;
     free(re->prog);
     free(re->ranges);
+    free(re->ascii);
     free(re);
 }
 
@@ -875,8 +909,8 @@ static bool run(vm *M, threads *cur, threads *next)
             return true;
         if (pos == M->len || (cur->n == 0 && M->re->anchored))
             return false;
-        size_t adv;
-        uint32_t cp = decode(M->s + pos, M->len - pos, &adv);
+        size_t adv = 1;
+        uint32_t cp = M->s[pos] < 0x80 ? M->s[pos] : decode(M->s + pos, M->len - pos, &adv);
         if (++M->gen == UINT32_MAX) { /* 4 G positions: start the marks over */
             memset(M->mark, 0, M->re->n * sizeof *M->mark);
             M->gen = 1;
@@ -884,7 +918,13 @@ static bool run(vm *M, threads *cur, threads *next)
         next->n = 0;
         for (uint32_t i = 0; i < cur->n; i++) {
             const inst *in = &prog[cur->pc[i]];
-            bool ok = in->op == OP_CHAR ? in->x == cp : loom__unicode_in(M->re->ranges + in->x, in->y, cp);
+            bool ok;
+            if (in->op == OP_CHAR)
+                ok = in->x == cp;
+            else if (cp < 128)
+                ok = (M->re->ascii[in->z][cp / 64] >> (cp % 64)) & 1;
+            else
+                ok = loom__unicode_in(M->re->ranges + in->x, in->y, cp);
             if (ok && add(M, next, cur->pc[i] + 1, pos + adv))
                 return true;
         }

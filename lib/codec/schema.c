@@ -938,16 +938,31 @@ static bool has_member(const cJSON *obj, const char *name)
     return false;
 }
 
+/* Equality of two NUL-terminated strings, inline (names are short). */
+static inline bool same_name(const char *a, const char *b)
+{
+    for (; *a == *b; a++, b++)
+        if (!*a)
+            return true;
+    return false;
+}
+
+static long prop_search(const snode *n, const char *name);
+
 /* The index of name in n->props, or -1: a scan of the first bytes for a
  * few properties, else a binary search. */
-static long prop_index(const snode *n, const char *name)
+static inline long prop_index(const snode *n, const char *name)
 {
-    if (n->nprops <= 8) {
-        for (size_t k = 0; k < n->nprops; k++)
-            if (n->props[k].name[0] == name[0] && strcmp(n->props[k].name, name) == 0)
-                return (long)k;
-        return -1;
-    }
+    if (n->nprops > 8)
+        return prop_search(n, name);
+    for (size_t k = 0; k < n->nprops; k++)
+        if (n->props[k].name[0] == name[0] && same_name(n->props[k].name, name))
+            return (long)k;
+    return -1;
+}
+
+static long prop_search(const snode *n, const char *name)
+{
     size_t lo = 0, hi = n->nprops;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
