@@ -44,6 +44,9 @@ struct loom__regex {
     range *ranges;        /* every class's sorted, disjoint ranges */
     uint64_t (*ascii)[2]; /* per class: code points 0-127 in it, so that ASCII
                              text needs no search of the ranges */
+    /* ^, then only characters and classes, then $ or not, then the match
+     * (`^[A-Z]{3}$`): matched by one walk along the text, no threads. */
+    bool linear;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -727,6 +730,19 @@ static void parser_free(parser *P)
     free(P->set);
 }
 
+/* Whether re is ^ (CHAR | CLASS)* $? MATCH. */
+static bool is_linear(const loom__regex *re)
+{
+    if (!re->anchored)
+        return false;
+    uint32_t pc = 1;
+    while (pc < re->n && (re->prog[pc].op == OP_CHAR || re->prog[pc].op == OP_CLASS))
+        pc++;
+    if (pc < re->n && re->prog[pc].op == OP_ASSERT && re->prog[pc].x == A_END)
+        pc++;
+    return pc + 1 == re->n && re->prog[pc].op == OP_MATCH;
+}
+
 /* The ASCII bitmap of every class instruction. */
 static bool ascii_maps(loom__regex *re)
 {
@@ -793,6 +809,7 @@ loom_err loom__regex_compile(loom__regex **out, const char *pattern, char *err, 
     re->ranges = P.ranges; /* moved */
     P.ranges = NULL;
     parser_free(&P);
+    re->linear = is_linear(re);
     if (!ascii_maps(re)) {
         loom__regex_free(re);
         if (err && errlen)
@@ -899,6 +916,22 @@ static uint32_t decode(const unsigned char *s, size_t avail, size_t *len)
     return n ? utf8_decode(s, n) : 0xFFFD;
 }
 
+/* A code point of the text at *pos (< len), moving *pos past it. */
+static uint32_t next_at(const unsigned char *s, size_t len, size_t *pos)
+{
+    size_t adv = 1;
+    uint32_t cp = s[*pos] < 0x80 ? s[*pos] : decode(s + *pos, len - *pos, &adv);
+    *pos += adv;
+    return cp;
+}
+
+static bool in_class(const loom__regex *re, const inst *in, uint32_t cp)
+{
+    if (cp < 128)
+        return (re->ascii[in->z][cp / 64] >> (cp % 64)) & 1;
+    return loom__unicode_in(re->ranges + in->x, in->y, cp);
+}
+
 static bool run(vm *M, threads *cur, threads *next)
 {
     const inst *prog = M->re->prog;
@@ -909,8 +942,9 @@ static bool run(vm *M, threads *cur, threads *next)
             return true;
         if (pos == M->len || (cur->n == 0 && M->re->anchored))
             return false;
-        size_t adv = 1;
-        uint32_t cp = M->s[pos] < 0x80 ? M->s[pos] : decode(M->s + pos, M->len - pos, &adv);
+        size_t adv = pos;
+        uint32_t cp = next_at(M->s, M->len, &adv);
+        adv -= pos;
         if (++M->gen == UINT32_MAX) { /* 4 G positions: start the marks over */
             memset(M->mark, 0, M->re->n * sizeof *M->mark);
             M->gen = 1;
@@ -918,13 +952,7 @@ static bool run(vm *M, threads *cur, threads *next)
         next->n = 0;
         for (uint32_t i = 0; i < cur->n; i++) {
             const inst *in = &prog[cur->pc[i]];
-            bool ok;
-            if (in->op == OP_CHAR)
-                ok = in->x == cp;
-            else if (cp < 128)
-                ok = (M->re->ascii[in->z][cp / 64] >> (cp % 64)) & 1;
-            else
-                ok = loom__unicode_in(M->re->ranges + in->x, in->y, cp);
+            bool ok = in->op == OP_CHAR ? in->x == cp : in_class(M->re, in, cp);
             if (ok && add(M, next, cur->pc[i] + 1, pos + adv))
                 return true;
         }
@@ -935,10 +963,31 @@ static bool run(vm *M, threads *cur, threads *next)
     }
 }
 
+/* re->linear: at most one instruction per code point, from position 0. */
+static bool linear_search(const loom__regex *re, const unsigned char *s, size_t len)
+{
+    size_t pos = 0;
+    for (uint32_t pc = 1; pc < re->n; pc++) {
+        const inst *in = &re->prog[pc];
+        if (in->op == OP_MATCH)
+            return true;
+        if (in->op == OP_ASSERT) /* $, just before the match */
+            return pos == len;
+        if (pos == len)
+            return false;
+        uint32_t cp = next_at(s, len, &pos);
+        if (in->op == OP_CHAR ? in->x != cp : !in_class(re, in, cp))
+            return false;
+    }
+    return false;
+}
+
 bool loom__regex_search(const loom__regex *re, const char *s, size_t len)
 {
     if (!re || (!s && len))
         return false;
+    if (re->linear)
+        return linear_search(re, (const unsigned char *)s, len);
     uint32_t small[4 * 128];
     uint32_t *mem = small;
     if (re->n > 128) {

@@ -191,6 +191,8 @@ struct snode {
     bool leaf;     /* evaluates no subschema on a scalar: validate_leaf */
     bool num_kw;   /* has a number keyword */
     bool eq_kw;    /* has enum or const */
+    bool arr_kw;   /* has a keyword for arrays' items (or their count) */
+    bool obj_kw;   /* has a keyword for objects' members (or their count) */
     bool str_kw;   /* has a string keyword */
     bool deps;     /* has dependentRequired or dependentSchemas */
     /* Compile time only. */
@@ -1216,10 +1218,17 @@ static void check_keywords(vctx *c, const snode *n, const cJSON *v, unsigned vt,
     }
     if (!check_value(c, n, v, vt, at))
         return;
-    if (vt & T_ARRAY)
-        check_array(c, n, v, at, depth, ev);
-    else if (vt & T_OBJECT)
-        check_object(c, n, v, at, depth, ev);
+    if (vt & T_ARRAY) {
+        if (n->arr_kw)
+            check_array(c, n, v, at, depth, ev);
+        else
+            check_depth(c, v, at, depth); /* nothing about its items: only their depth */
+    } else if (vt & T_OBJECT) {
+        if (n->obj_kw)
+            check_object(c, n, v, at, depth, ev);
+        else
+            check_depth(c, v, at, depth);
+    }
     if (n->in_place && !halted(c))
         check_in_place(c, n, v, at, depth, ev);
 }
@@ -2472,6 +2481,10 @@ static bool compile_body(cctx *c, snode *n, const cJSON *j, const step *at, int 
     n->num_kw = n->msg[C_MINIMUM] || n->msg[C_MAXIMUM] || n->msg[C_XMINIMUM] ||
                 n->msg[C_XMAXIMUM] || n->msg[C_MULTIPLE];
     n->eq_kw = n->msg[C_ENUM] || n->msg[C_CONST];
+    n->arr_kw = n->prefix.n || n->items || n->contains || n->unique || n->msg[C_MIN_ITEMS] ||
+                n->msg[C_MAX_ITEMS];
+    n->obj_kw = n->nprops || n->npatterns || n->additional || n->names || n->nrequired ||
+                n->msg[C_MIN_PROPS] || n->msg[C_MAX_PROPS] || n->deps;
     n->str_kw = n->msg[C_MIN_LENGTH] || n->msg[C_MAX_LENGTH] || n->regex || n->format;
     if (n->nrequired && n->nprops && n->nprops <= 64) {
         if (!(n->required_prop = malloc(n->nrequired))) {
