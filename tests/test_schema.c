@@ -696,6 +696,19 @@ static void test_deep_values(void **state)
     /* Far deeper than any stack would allow recursing into. */
     expect_depth("{\"type\":\"array\"}", 5000, false, p64);
     expect_depth("{\"items\":true}", 5000, false, p64);
+    /* Through a $ref (its target walks the value) and next to one. */
+    expect_depth("{\"$ref\":\"#/$defs/a\",\"$defs\":{\"a\":{\"type\":\"array\"}}}", 64, true, NULL);
+    /* Next to a $ref, under anyOf, through a $ref: invalid (the details may
+     * say so twice). */
+    char deep[2 * 65 + 1];
+    memset(deep, '[', 65);
+    memset(deep + 65, ']', 65);
+    deep[130] = '\0';
+    assert_false(check("{\"$ref\":\"#/$defs/a\",\"$defs\":{\"a\":{\"minItems\":1}},\"maxItems\":1}",
+                       deep, NULL));
+    assert_false(check("{\"anyOf\":[{\"type\":\"array\"}]}", deep, NULL));
+    assert_false(
+        check("{\"$ref\":\"#/$defs/a\",\"$defs\":{\"a\":{\"type\":\"array\"}}}", deep, NULL));
     free(p64);
 
     /* A schema as deep as the value itself. */

@@ -958,7 +958,8 @@ static inline long prop_index(const snode *n, const char *name)
     if (n->nprops > 8)
         return prop_search(n, name);
     for (size_t k = 0; k < n->nprops; k++)
-        if (n->props[k].name[0] == name[0] && same_name(n->props[k].name, name))
+        if (n->props[k].name[0] == name[0] &&
+            (!name[0] || same_name(n->props[k].name + 1, name + 1)))
             return (long)k;
     return -1;
 }
@@ -1206,6 +1207,7 @@ static inline void validate_leaf(vctx *c, const snode *n, const cJSON *v, unsign
 static void check_keywords(vctx *c, const snode *n, const cJSON *v, unsigned vt, const step *at,
                            int depth, evalset *ev)
 {
+    unsigned errors = c->count;
     if (n->ref) {
         validate_node(c, n->ref, v, at, depth, ev);
         if (halted(c))
@@ -1216,17 +1218,19 @@ static void check_keywords(vctx *c, const snode *n, const cJSON *v, unsigned vt,
         if (halted(c))
             return;
     }
+    /* A reference that passed on v walked all of it, depth included. */
+    bool walked = (n->ref || n->dynref) && c->count == errors;
     if (!check_value(c, n, v, vt, at))
         return;
     if (vt & T_ARRAY) {
         if (n->arr_kw)
             check_array(c, n, v, at, depth, ev);
-        else
+        else if (!walked)
             check_depth(c, v, at, depth); /* nothing about its items: only their depth */
     } else if (vt & T_OBJECT) {
         if (n->obj_kw)
             check_object(c, n, v, at, depth, ev);
-        else
+        else if (!walked)
             check_depth(c, v, at, depth);
     }
     if (n->in_place && !halted(c))
