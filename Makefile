@@ -211,7 +211,9 @@ deps:
 
 # --- benchmarks (`make bench`; never part of `make test`) ---------------------
 # Installs the load tools, builds the library, the examples and bench/*.c with
-# release flags (-O2, no sanitizers) in build/bench, then runs bench/run.sh:
+# release flags (-O2, no sanitizers) in build/bench (bench_schema with the old
+# validator from git, see SCHEMA_REF_REV), installs ajv with npm ci
+# (bench/schema/ajv; node and npm must be present), then runs bench/run.sh:
 # tables on stdout and docs/performance.md, in about 8 minutes on 2 CPUs.
 # BENCH_SCALE=0.3 BENCH_REPS=1 make bench is a quick smoke run.
 BENCH_PACKAGES := wrk nginx-light mosquitto nats-server valgrind python3
