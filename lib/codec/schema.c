@@ -741,8 +741,8 @@ static void check_depth(vctx *c, const cJSON *v, const step *at, int depth)
     }
 }
 
-static void validate_node(vctx *c, const snode *n, const cJSON *v, const step *at, int depth,
-                          evalset *ev);
+static inline __attribute__((always_inline)) void
+validate_node(vctx *c, const snode *n, const cJSON *v, const step *at, int depth, evalset *ev);
 
 /* Validates silently: true when v passes n. With ev, n's annotations are
  * added to ev only when it passes. */
@@ -1000,8 +1000,9 @@ static void check_dependencies(vctx *c, const snode *n, const cJSON *v, const st
 
 /* A member's subschema: `false` reports "property 'x' is not allowed" on
  * the object, anything else is validated on the member. */
-static void check_member_with(vctx *c, const snode *sub, const cJSON *m, const step *at,
-                              const step *st, int depth)
+static inline __attribute__((always_inline)) void check_member_with(vctx *c, const snode *sub,
+                                                                    const cJSON *m, const step *at,
+                                                                    const step *st, int depth)
 {
     if (sub->reject_all)
         report_fmt(c, at, sub, NULL, "property '%s' is not allowed", st->key);
@@ -1188,8 +1189,8 @@ static inline bool check_value(vctx *c, const snode *n, const cJSON *v, unsigned
 
 /* validate_node for a scalar against a leaf node (n->leaf): no subschema
  * is evaluated, so no scope, evaluated set or nesting bookkeeping. */
-static inline void validate_leaf(vctx *c, const snode *n, const cJSON *v, unsigned vt,
-                                 const step *at)
+static inline __attribute__((always_inline)) void
+validate_leaf(vctx *c, const snode *n, const cJSON *v, unsigned vt, const step *at)
 {
     if (!spend(c->sh, 1)) {
         c->count++;
@@ -1292,8 +1293,8 @@ __attribute__((noinline)) static void validate_full(vctx *c, const snode *n, con
 
 /* depth = containers enclosing v. ev (optional) collects the members of v
  * that n evaluates, for an enclosing unevaluated* keyword. */
-static void validate_node(vctx *c, const snode *n, const cJSON *v, const step *at, int depth,
-                          evalset *ev)
+static inline __attribute__((always_inline)) void
+validate_node(vctx *c, const snode *n, const cJSON *v, const step *at, int depth, evalset *ev)
 {
     unsigned vt = value_type(v);
     if (n->leaf && !(vt & (T_OBJECT | T_ARRAY)) && c->sh->calls < LOOM__SCHEMA_MAX_CALLS)
