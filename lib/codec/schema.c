@@ -38,6 +38,12 @@
  * mark what properties, patternProperties, additionalProperties,
  * prefixItems, items and contains evaluated. Without such a keyword no
  * bitmap exists and nothing is tracked.
+ *
+ * Speed (docs/schema.md): compiling records which keyword families a node
+ * has (leaf, *_kw flags), so validation skips what is absent; a scalar
+ * against a leaf (no $ref, no in-place applicator) takes validate_leaf, not
+ * the full walk; required and properties share one pass over the members.
+ * The work and call bounds count the same steps on every path.
  */
 #define _GNU_SOURCE
 #include "codec/schema.h"
