@@ -313,7 +313,9 @@ deps:
 
 # --- benchmarks (`make bench`; never part of `make test`) ---------------------
 # Installs the load tools, builds the library, the examples and bench/*.c with
-# release flags (-O2, no sanitizers) in build/bench, then runs bench/run.sh:
+# release flags (-O2, no sanitizers) in build/bench (bench_schema with the old
+# validator from git, see SCHEMA_REF_REV), installs ajv with npm ci
+# (bench/schema/ajv; node and npm must be present), then runs bench/run.sh:
 # tables on stdout and docs/performance.md, in about 8 minutes on 2 CPUs.
 # BENCH_SCALE=0.3 BENCH_REPS=1 make bench is a quick smoke run.
 BENCH_PACKAGES := wrk nginx-light mosquitto nats-server valgrind python3
@@ -343,7 +345,38 @@ bench-deps: deps
 	    || echo "bench-deps: no perf; profiles are skipped"; \
 	fi
 
-bench-build: lib examples $(BENCH_PROGS:%=$(O)/bench/%)
+bench-build: lib examples $(BENCH_PROGS:%=$(O)/bench/%) bench-ajv
+
+# bench_schema's reference: the validator before the draft 2020-12 rewrite
+# (the first parent of its merge, a19b9a8), its schema.c and regex.c taken
+# from git into $(O)/bench/schema_ref and built with this tree's flags, their
+# symbols renamed loom__* -> ref_loom__* so both validators link into one
+# program. No copy of the old source is kept in the tree.
+SCHEMA_REF_REV := c5fdf00b51728f78d6be04954f1322a2579f8f0d
+SREF := $(O)/bench/schema_ref
+
+$(SREF)/schema_ref.o: Makefile
+	@mkdir -p $(SREF)/codec
+	@for f in schema.c schema.h regex.c regex.h; do \
+	  git show $(SCHEMA_REF_REV):lib/codec/$$f > $(SREF)/codec/$$f || { \
+	    echo "bench: cannot read lib/codec/$$f at $(SCHEMA_REF_REV) (the old validator," \
+	         "bench_schema's reference): make bench needs the git history" >&2; exit 1; }; \
+	done
+	$(CC) -I$(SREF) $(ALL_CFLAGS) -c $(SREF)/codec/schema.c -o $(SREF)/schema.o
+	$(CC) -I$(SREF) $(ALL_CFLAGS) -c $(SREF)/codec/regex.c -o $(SREF)/regex.o
+	ld -r $(SREF)/schema.o $(SREF)/regex.o -o $(SREF)/both.o
+	nm -g --defined-only $(SREF)/both.o | awk '{print $$3, "ref_" $$3}' > $(SREF)/rename
+	objcopy --redefine-syms=$(SREF)/rename $(SREF)/both.o $@
+
+$(O)/bench/bench_schema: bench/bench_schema.c bench/bench.h $(SREF)/schema_ref.o $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(SREF)/schema_ref.o $(STATIC) $(LDFLAGS) $(DEP_LIBS)
+
+# ajv (npm, exact versions in package-lock.json), bench_schema's other reference.
+.PHONY: bench-ajv
+bench-ajv:
+	@command -v npm >/dev/null || { echo "bench: npm is missing (ajv is a reference)" >&2; exit 1; }
+	cd bench/schema/ajv && npm ci --no-audit --no-fund --loglevel=error
 
 $(O)/bench/%: bench/%.c bench/bench.h $(STATIC)
 	@mkdir -p $(dir $@)

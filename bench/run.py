@@ -13,7 +13,7 @@ Environment:
   BENCH_REPS=N     repetitions per measurement (default 3, at least 1)
   BENCH_PROFILE=0  skip the perf profiles of missed targets
   BENCH_ONLY=a,b   run only these scenarios (invoke, http, mqtt, nats,
-                   events, growth); the document then says so
+                   events, growth, schema); the document then says so
   BENCH_OUT=PATH   where to write the report (default docs/performance.md)
 """
 import datetime
@@ -47,7 +47,8 @@ HELLO = os.path.join(BUILD, "examples/hello/hello")
 # The edge build (every WITH_* = 0, docs/abi.md "Build options"); make bench builds it.
 MINIMAL = os.path.join(ROOT, os.environ.get("BENCH_MINIMAL", "build/minimal"))
 PROG = {n: os.path.join(BUILD, "bench", n)
-        for n in ("bench_invoke", "bench_events", "bench_routes", "ref_mqtt_rr", "ref_nats_rr")}
+        for n in ("bench_invoke", "bench_events", "bench_routes", "bench_schema", "ref_mqtt_rr",
+                  "ref_nats_rr")}
 # The payments request every split measurement sends (reference included).
 PAY_BODY = '{"orderId":"o-bench","amount":1}'
 
@@ -741,6 +742,124 @@ def scenario_growth():
             stop(p)
 
 
+# --- scenario 8: JSON Schema validation (issue 14 item 3) --------------------------------------
+
+SCHEMA_DIR = os.path.join(ROOT, "bench/schema")
+AJV = os.path.join(SCHEMA_DIR, "ajv")
+# bench/schema's copies of the shop's schemas: (file, shop source, C array).
+SHOP_SCHEMAS = (("shop-users-create.json", "users.c", "create_schema"),
+                ("shop-orders-create.json", "orders.c", "create_schema"),
+                ("shop-notifications-list.json", "notifications.c", "list_schema"))
+
+
+def schema_cases():
+    with open(os.path.join(SCHEMA_DIR, "cases.json")) as f:
+        return json.load(f)["cases"]
+
+
+def c_schema(path, name):
+    """The JSON of `static const char name[] = "..." "...";` in a C file."""
+    with open(path) as f:
+        src = f.read()
+    m = re.search(r'static const char %s\[\] =\s*((?:"(?:[^"\\]|\\.)*"\s*)+);' % name, src)
+    if not m:
+        raise RuntimeError("no %s in %s" % (name, path))
+    lits = re.findall(r'"((?:[^"\\]|\\.)*)"', m.group(1))
+    return json.loads("".join(l.encode().decode("unicode_escape") for l in lits))
+
+
+def check_shop_schemas():
+    for file, src, name in SHOP_SCHEMAS:
+        with open(os.path.join(SCHEMA_DIR, file)) as f:
+            copy = json.load(f)
+        if copy != c_schema(os.path.join(ROOT, "examples/shop", src), name):
+            raise RuntimeError("bench/schema/%s differs from %s in examples/shop/%s: "
+                               "copy the shop's schema again" % (file, name, src))
+
+
+def schema_callgrind(impl, key, n):
+    """Instructions per validation: callgrind totals of n validations minus 0."""
+    tot = {}
+    for count in (0, n):
+        out = os.path.join(TMP, "cg-schema-%s-%s-%d.out" % (impl, key, count))
+        subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out,
+                        PROG["bench_schema"], "--impl", impl, "--dir", SCHEMA_DIR, "--only", key,
+                        "--count", str(count)],
+                       capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
+        with open(out) as f:
+            m = re.search(r"^(?:summary|totals):\s+(\d+)", f.read(), re.M)
+        tot[count] = int(m.group(1)) if m else None
+    return None if None in tot.values() else (tot[n] - tot[0]) / float(n)
+
+
+def scenario_schema():
+    log("scenario: JSON Schema validation (loom, the old validator, ajv)")
+    check_shop_schemas()
+    if not os.path.isdir(os.path.join(AJV, "node_modules", "ajv")):
+        raise RuntimeError("bench: ajv is not installed in %s (make bench runs npm ci)" % AJV)
+    cases = schema_cases()
+    s = secs(1.5)
+    bs = PROG["bench_schema"]
+
+    def keys(impl):
+        return {"schema.%s.%s" % (impl, c["key"]): "schema.%s.%s" % (impl, c["key"])
+                for c in cases if impl != "ref" or c["ref"]}
+
+    R.interleave([
+        ("schema.ref", lambda: run_multi([bs, "--impl", "ref", "--dir", SCHEMA_DIR,
+                                          "--seconds", str(s)], s * 20 + 60, keys("ref"))),
+        ("schema.loom", lambda: run_multi([bs, "--impl", "loom", "--dir", SCHEMA_DIR,
+                                           "--seconds", str(s)], s * 20 + 60, keys("loom"))),
+        ("schema.ajv", lambda: run_multi(["node", os.path.join(AJV, "bench.js"), "--dir",
+                                          SCHEMA_DIR, "--seconds", str(s)], s * 20 + 60,
+                                         keys("ajv"))),
+    ])
+    if shutil.which("valgrind"):
+        log("  callgrind: instructions per validation")
+        cg = {}
+        for c in cases:
+            for impl in ("loom", "ref") if c["ref"] else ("loom",):
+                cg["%s.%s" % (impl, c["key"])] = schema_callgrind(impl, c["key"], 200)
+        EXTRA["schema_cg"] = cg
+
+
+def schema_target_rows(add):
+    for c in schema_cases():
+        l = R.med("schema.loom." + c["key"])
+        if c["ref"]:
+            ref = R.med("schema.ref." + c["key"])
+            add("schema validation, %s: ≥ 1.0× the old validator" % c["name"], fmt_rate(l),
+                fmt_rate(ref), fmt_ratio(l, ref), None if not l or not ref else l / ref >= 1.0,
+                "schema")
+        ajv = R.med("schema.ajv." + c["key"])
+        add("schema validation, %s: ≥ 1.0× ajv (aim)" % c["name"], fmt_rate(l), fmt_rate(ajv),
+            fmt_ratio(l, ajv), None if not l or not ajv else l / ajv >= 1.0, "schema")
+
+
+def schema_table():
+    cg = EXTRA.get("schema_cg", {})
+    lines = [row(["schema, payload", "loom", "old validator", "loom / old", "ajv", "loom / ajv",
+                  "instructions loom / old"]),
+             row(["---"] * 7)]
+
+    def ns(key):
+        v = R.med(key, "ns_per_op")
+        return "n/a" if v is None else "%.2f µs" % (v / 1e3)
+
+    for c in schema_cases():
+        k = c["key"]
+        l, ref, ajv = (R.med("schema.%s.%s" % (i, k)) for i in ("loom", "ref", "ajv"))
+        if l is None:
+            continue
+        il, ir = cg.get("loom." + k), cg.get("ref." + k)
+        lines.append(row([c["name"], ns("schema.loom." + k),
+                          ns("schema.ref." + k) if c["ref"] else "(no $ref / oneOf)",
+                          fmt_ratio(l, ref) if c["ref"] else "", ns("schema.ajv." + k),
+                          fmt_ratio(l, ajv),
+                          ("%.0f / %s" % (il, "%.0f" % ir if ir else "–")) if il else "n/a"]))
+    return lines
+
+
 # --- profiles of missed targets -----------------------------------------------------------------------
 
 def perf_ok():
@@ -915,6 +1034,7 @@ def target_rows():
         fmt_ratio(idle, 8192), None if idle is None else idle <= 8192, "rss.idle")
     add("RSS under the HTTP load ≤ 32 MiB", fmt_kb(hwm), "32 MiB", fmt_ratio(hwm, 32768),
         None if hwm is None else hwm <= 32768, "rss.load")
+    schema_target_rows(add)  # issue 14 item 3
     return rows
 
 
@@ -1071,7 +1191,7 @@ def write_report(rows, started, wall):
     if SCALE != 1:
         out.append("- **durations scaled by %.2f** (BENCH_SCALE)" % SCALE)
     out.append("")
-    out.append("## Targets (issues 5 and 10)")
+    out.append("## Targets (issues 5, 10 and 14)")
     out.append("")
     out.append(row(["target", "loom", "reference", "ratio", "verdict"]))
     out.append(row(["---"] * 5))
@@ -1097,6 +1217,14 @@ def write_report(rows, started, wall):
                    "%.0f (%.2f×)." % (EXTRA["callgrind_n"], cg.get("call", 0),
                                        cg.get("direct", 0),
                                        cg.get("call", 0) / cg["direct"] if cg.get("direct") else 0))
+        out.append("")
+    if R.n("schema.loom." + schema_cases()[0]["key"]):
+        out.append("## JSON Schema validation (issue 14 item 3)")
+        out.append("")
+        out.append("Time per `validate` of a parsed payload (median); instructions per "
+                   "validation from callgrind (200 minus 0 validations, deterministic).")
+        out.append("")
+        out.extend(schema_table())
         out.append("")
     out.append("## Footprint")
     out.append("")
@@ -1172,7 +1300,13 @@ def write_report(rows, started, wall):
 - **Growth**: payload `{"n":41,"pad":"xx.."}` of the given size; routes: a service
   with N generated `GET /r{i}/:id` commands (`bench/bench_routes`), wrk asking for
   the last one; connections: the GET user endpoint and nginx with wrk -c1..-c1000
-  (`ulimit -n` raised, `http.max_connections=4096`).""")
+  (`ulimit -n` raised, `http.max_connections=4096`).
+- **JSON Schema validation**: `bench/bench_schema` (loom, and with `--impl ref`
+  the validator before the draft 2020-12 rewrite, built from git at the
+  Makefile's SCHEMA_REF_REV) and `bench/schema/ajv/bench.js` (ajv 8 compiled,
+  `new Ajv2020({strict: false})` + ajv-formats, installed by `npm ci`) on the
+  cases of bench/schema/cases.json: the payload parsed once, a warm-up, three
+  timed rounds, the median; validation stops at the first error in all three.""")
     out.append("")
     generated = "\n".join(out) + "\n"
     kept = ""
@@ -1248,6 +1382,12 @@ def main():
             scenario_events()
         if want("growth"):
             scenario_growth()
+        if want("schema"):
+            try:
+                scenario_schema()
+            except Exception as e:
+                R.failures["schema"] = str(e)[:600]
+                log("schema FAILED: %s" % e)
         rows = target_rows()  # again: the stop target comes from the events scenario
         wall = time.monotonic() - T0
         generated = write_report(rows, started, wall)

@@ -172,6 +172,21 @@ static const struct {
     {"^\\p{ASCII}$", "é", 2, false},
     {"^\\p{Assigned}$", "a", 1, true},
     {"^\\p{Assigned}$", "󠂀", 4, false},
+    /* ^, characters and classes, $ or not: the one-walk path. */
+    {"^[A-Z]{3}$", "EUR", 3, true},
+    {"^[A-Z]{3}$", "EU", 2, false},
+    {"^[A-Z]{3}$", "EURO", 4, false},
+    {"^[A-Z]{3}$", "eur", 3, false},
+    {"^[A-Z]{3}$", "", 0, false},
+    {"^ab", "abc", 3, true},
+    {"^ab", "xab", 3, false},
+    {"^$", "", 0, true},
+    {"^$", "a", 1, false},
+    {"^é[à-ö]$", "éö", 4, true},
+    {"^é[à-ö]$", "éa", 3, false},
+    {"^[^a]x$", "😀x", 5, true},
+    {"^a\\b", "a b", 3, true},
+    {"^a\\b", "ab", 2, false},
 };
 /* clang-format on */
 

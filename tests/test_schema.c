@@ -305,6 +305,44 @@ static void test_required(void **state)
                  "required property 'id' is missing");
 }
 
+/* required with properties: answered from the same pass over the members
+ * as the properties (up to 8 properties scanned, more searched, members past
+ * the 64th looked up again); a required name that is no property, and the
+ * order of the details (required first, then the members), as before. */
+static void test_required_with_properties(void **state)
+{
+    (void)state;
+    const char *few = "{\"properties\":{\"b\":{\"type\":\"string\"},\"a\":{\"type\":\"integer\"}},"
+                      "\"required\":[\"a\",\"x\",\"b\"]}";
+    expect_valid(few, "{\"x\":null,\"b\":\"s\",\"a\":1}");
+    expect_invalid(few, "{\"b\":2,\"ab\":1}",
+                   "[{\"path\":\"\",\"message\":\"required property 'a' is missing\"},"
+                   "{\"path\":\"\",\"message\":\"required property 'x' is missing\"},"
+                   "{\"path\":\"/b\",\"message\":\"expected string, got number\"}]");
+    char many[1024] = "{\"properties\":{";
+    for (int i = 0; i < 12; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%s\"p%d\":{\"type\":\"string\"}",
+                 i ? "," : "", i);
+    strcat(many,
+           "},\"required\":[\"p11\",\"p0\",\"q\"],\"additionalProperties\":{\"type\":\"null\"}}");
+    expect_valid(many, "{\"q\":null,\"p0\":\"\",\"p11\":\"\"}");
+    expect_error(many, "{\"q\":null,\"p0\":\"\"}", "", "required property 'p11' is missing");
+    expect_error(many, "{\"p11\":\"\",\"p0\":\"\",\"q\":1}", "/q", "expected null, got number");
+    /* 70 members: p11 and q come after the 64th. */
+    char value[2048] = "{";
+    for (int i = 0; i < 68; i++)
+        snprintf(value + strlen(value), sizeof value - strlen(value), "\"m%d\":null,", i);
+    strcat(value, "\"p0\":\"\",\"p11\":\"\"}");
+    expect_error(many, value, "", "required property 'q' is missing");
+    value[strlen(value) - 3] = '\0';
+    strcat(value, "1,\"q\":null}");
+    expect_error(many, value, "/p11", "expected string, got number");
+    /* Code points are counted when the byte length cannot decide. */
+    expect_error("{\"minLength\":2}", "\"\xf0\x9f\x98\x80\"", "",
+                 "must have at least 2 characters");
+    expect_valid("{\"minLength\":2,\"maxLength\":2}", "\"\xf0\x9f\x98\x80\xf0\x9f\x98\x80\"");
+}
+
 static void test_additional_properties(void **state)
 {
     (void)state;
@@ -658,6 +696,19 @@ static void test_deep_values(void **state)
     /* Far deeper than any stack would allow recursing into. */
     expect_depth("{\"type\":\"array\"}", 5000, false, p64);
     expect_depth("{\"items\":true}", 5000, false, p64);
+    /* Through a $ref (its target walks the value) and next to one. */
+    expect_depth("{\"$ref\":\"#/$defs/a\",\"$defs\":{\"a\":{\"type\":\"array\"}}}", 64, true, NULL);
+    /* Next to a $ref, under anyOf, through a $ref: invalid (the details may
+     * say so twice). */
+    char deep[2 * 65 + 1];
+    memset(deep, '[', 65);
+    memset(deep + 65, ']', 65);
+    deep[130] = '\0';
+    assert_false(check("{\"$ref\":\"#/$defs/a\",\"$defs\":{\"a\":{\"minItems\":1}},\"maxItems\":1}",
+                       deep, NULL));
+    assert_false(check("{\"anyOf\":[{\"type\":\"array\"}]}", deep, NULL));
+    assert_false(
+        check("{\"$ref\":\"#/$defs/a\",\"$defs\":{\"a\":{\"type\":\"array\"}}}", deep, NULL));
     free(p64);
 
     /* A schema as deep as the value itself. */
@@ -1409,6 +1460,7 @@ int main(void)
         cmocka_unit_test(test_unusual_values),
         cmocka_unit_test(test_properties),
         cmocka_unit_test(test_required),
+        cmocka_unit_test(test_required_with_properties),
         cmocka_unit_test(test_additional_properties),
         cmocka_unit_test(test_pointer_escaping),
         cmocka_unit_test(test_shop_user),

@@ -6,7 +6,9 @@
  * code point, SPLIT and JMP branch, ASSERT tests a position, MATCH ends.
  * Searching runs every thread of the program in lock step over the subject
  * (a Pike VM without captures), so each position costs at most one visit
- * per instruction.
+ * per instruction. Each class also gets a bitmap of its ASCII members, and
+ * an anchored program of only CHAR and CLASS (`^[A-Z]{3}$`) is matched by
+ * one walk along the subject, without threads (docs/schema.md, Speed).
  */
 #include "codec/regex.h"
 
@@ -29,18 +31,24 @@ enum assertion { A_BEGIN, A_END, A_WORD, A_NOT_WORD };
 
 typedef loom__urange range;
 
-/* CHAR: x = code point. CLASS: x = first range, y = count. SPLIT: x, y =
- * targets. JMP: x = target. ASSERT: x = enum assertion. */
+/* CHAR: x = code point. CLASS: x = first range, y = count, z = its ASCII
+ * bitmap. SPLIT: x, y = targets. JMP: x = target. ASSERT: x = enum
+ * assertion. */
 typedef struct {
     uint8_t op;
-    uint32_t x, y;
+    uint32_t x, y, z;
 } inst;
 
 struct loom__regex {
     inst *prog;
     uint32_t n;
-    bool anchored; /* starts with ^: only position 0 can start a match */
-    range *ranges; /* every class's sorted, disjoint ranges */
+    bool anchored;        /* starts with ^: only position 0 can start a match */
+    range *ranges;        /* every class's sorted, disjoint ranges */
+    uint64_t (*ascii)[2]; /* per class: code points 0-127 in it, so that ASCII
+                             text needs no search of the ranges */
+    /* ^, then only characters and classes, then $ or not, then the match
+     * (`^[A-Z]{3}$`): matched by one walk along the text, no threads. */
+    bool linear;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -641,7 +649,7 @@ typedef struct {
 
 static uint32_t put(emitter *E, enum op op, uint32_t x, uint32_t y)
 {
-    E->prog[E->pc] = (inst){(uint8_t)op, x, y};
+    E->prog[E->pc] = (inst){(uint8_t)op, x, y, 0};
     return E->pc++;
 }
 
@@ -724,6 +732,43 @@ static void parser_free(parser *P)
     free(P->set);
 }
 
+/* Whether re is ^ (CHAR | CLASS)* $? MATCH. */
+static bool is_linear(const loom__regex *re)
+{
+    if (!re->anchored)
+        return false;
+    uint32_t pc = 1;
+    while (pc < re->n && (re->prog[pc].op == OP_CHAR || re->prog[pc].op == OP_CLASS))
+        pc++;
+    if (pc < re->n && re->prog[pc].op == OP_ASSERT && re->prog[pc].x == A_END)
+        pc++;
+    return pc + 1 == re->n && re->prog[pc].op == OP_MATCH;
+}
+
+/* The ASCII bitmap of every class instruction. */
+static bool ascii_maps(loom__regex *re)
+{
+    uint32_t classes = 0;
+    for (uint32_t i = 0; i < re->n; i++)
+        classes += re->prog[i].op == OP_CLASS;
+    if (!classes)
+        return true;
+    if (!(re->ascii = calloc(classes, sizeof *re->ascii)))
+        return false;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < re->n; i++) {
+        inst *in = &re->prog[i];
+        if (in->op != OP_CLASS)
+            continue;
+        in->z = k;
+        for (uint32_t cp = 0; cp < 128; cp++)
+            if (loom__unicode_in(re->ranges + in->x, in->y, cp))
+                re->ascii[k][cp / 64] |= UINT64_C(1) << (cp % 64);
+        k++;
+    }
+    return true;
+}
+
 loom_err loom__regex_compile(loom__regex **out, const char *pattern, char *err, size_t errlen)
 {
     if (err && errlen)
@@ -766,6 +811,13 @@ loom_err loom__regex_compile(loom__regex **out, const char *pattern, char *err, 
     re->ranges = P.ranges; /* moved */
     P.ranges = NULL;
     parser_free(&P);
+    re->linear = is_linear(re);
+    if (!ascii_maps(re)) {
+        loom__regex_free(re);
+        if (err && errlen)
+            loom__strlcpy(err, "out of memory", errlen);
+        return LOOM_ENOMEM;
+    }
     *out = re;
     return LOOM_OK;
 }
@@ -776,6 +828,7 @@ void loom__regex_free(loom__regex *re)
         return;
     free(re->prog);
     free(re->ranges);
+    free(re->ascii);
     free(re);
 }
 
@@ -865,6 +918,22 @@ static uint32_t decode(const unsigned char *s, size_t avail, size_t *len)
     return n ? utf8_decode(s, n) : 0xFFFD;
 }
 
+/* A code point of the text at *pos (< len), moving *pos past it. */
+static uint32_t next_at(const unsigned char *s, size_t len, size_t *pos)
+{
+    size_t adv = 1;
+    uint32_t cp = s[*pos] < 0x80 ? s[*pos] : decode(s + *pos, len - *pos, &adv);
+    *pos += adv;
+    return cp;
+}
+
+static bool in_class(const loom__regex *re, const inst *in, uint32_t cp)
+{
+    if (cp < 128)
+        return (re->ascii[in->z][cp / 64] >> (cp % 64)) & 1;
+    return loom__unicode_in(re->ranges + in->x, in->y, cp);
+}
+
 static bool run(vm *M, threads *cur, threads *next)
 {
     const inst *prog = M->re->prog;
@@ -875,8 +944,9 @@ static bool run(vm *M, threads *cur, threads *next)
             return true;
         if (pos == M->len || (cur->n == 0 && M->re->anchored))
             return false;
-        size_t adv;
-        uint32_t cp = decode(M->s + pos, M->len - pos, &adv);
+        size_t adv = pos;
+        uint32_t cp = next_at(M->s, M->len, &adv);
+        adv -= pos;
         if (++M->gen == UINT32_MAX) { /* 4 G positions: start the marks over */
             memset(M->mark, 0, M->re->n * sizeof *M->mark);
             M->gen = 1;
@@ -884,7 +954,7 @@ static bool run(vm *M, threads *cur, threads *next)
         next->n = 0;
         for (uint32_t i = 0; i < cur->n; i++) {
             const inst *in = &prog[cur->pc[i]];
-            bool ok = in->op == OP_CHAR ? in->x == cp : loom__unicode_in(M->re->ranges + in->x, in->y, cp);
+            bool ok = in->op == OP_CHAR ? in->x == cp : in_class(M->re, in, cp);
             if (ok && add(M, next, cur->pc[i] + 1, pos + adv))
                 return true;
         }
@@ -895,10 +965,31 @@ static bool run(vm *M, threads *cur, threads *next)
     }
 }
 
+/* re->linear: at most one instruction per code point, from position 0. */
+static bool linear_search(const loom__regex *re, const unsigned char *s, size_t len)
+{
+    size_t pos = 0;
+    for (uint32_t pc = 1; pc < re->n; pc++) {
+        const inst *in = &re->prog[pc];
+        if (in->op == OP_MATCH)
+            return true;
+        if (in->op == OP_ASSERT) /* $, just before the match */
+            return pos == len;
+        if (pos == len)
+            return false;
+        uint32_t cp = next_at(s, len, &pos);
+        if (in->op == OP_CHAR ? in->x != cp : !in_class(re, in, cp))
+            return false;
+    }
+    return false;
+}
+
 bool loom__regex_search(const loom__regex *re, const char *s, size_t len)
 {
     if (!re || (!s && len))
         return false;
+    if (re->linear)
+        return linear_search(re, (const unsigned char *)s, len);
     uint32_t small[4 * 128];
     uint32_t *mem = small;
     if (re->n > 128) {

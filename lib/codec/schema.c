@@ -38,6 +38,12 @@
  * mark what properties, patternProperties, additionalProperties,
  * prefixItems, items and contains evaluated. Without such a keyword no
  * bitmap exists and nothing is tracked.
+ *
+ * Speed (docs/schema.md): compiling records which keyword families a node
+ * has (leaf, *_kw flags), so validation skips what is absent; a scalar
+ * against a leaf (no $ref, no in-place applicator) takes validate_leaf, not
+ * the full walk; required and properties share one pass over the members.
+ * The work and call bounds count the same steps on every path.
  */
 #define _GNU_SOURCE
 #include "codec/schema.h"
@@ -160,6 +166,9 @@ struct snode {
     const char **required; /* schema order, unique, borrowed */
     char **required_msg;
     size_t nrequired;
+    /* With at most 64 properties: each required name's index in props, or
+     * -1, so one pass over the members answers both (check_object). */
+    int8_t *required_prop;
     sdepreq *dep_required;
     size_t ndep_required;
     sprop *dep_schemas;
@@ -185,6 +194,12 @@ struct snode {
     loom__format_fn format;   /* asserted format, or NULL */
     char *msg[C_COUNT];
     bool in_place; /* has allOf, anyOf, oneOf, not or if */
+    bool leaf;     /* evaluates no subschema on a scalar: validate_leaf */
+    bool num_kw;   /* has a number keyword */
+    bool eq_kw;    /* has enum or const */
+    bool arr_kw;   /* has a keyword for arrays' items (or their count) */
+    bool obj_kw;   /* has a keyword for objects' members (or their count) */
+    bool str_kw;   /* has a string keyword */
     bool deps;     /* has dependentRequired or dependentSchemas */
     /* Compile time only. */
     const cJSON *src;
@@ -397,25 +412,21 @@ static uint64_t utf8_length(const char *s)
     return n;
 }
 
-static unsigned value_type(const cJSON *v)
+/* The T_* bit of v, without T_INTEGER (type_ok asks is_integral only
+ * when a schema's types need it). cJSON's types are one bit each. */
+static inline unsigned value_type(const cJSON *v)
 {
-    switch (v->type & 0xFF) {
-    case cJSON_NULL:
-        return T_NULL;
-    case cJSON_False:
-    case cJSON_True:
-        return T_BOOLEAN;
-    case cJSON_Object:
-        return T_OBJECT;
-    case cJSON_Array:
-        return T_ARRAY;
-    case cJSON_String:
-        return T_STRING;
-    case cJSON_Number:
-        return T_NUMBER | (is_integral(v->valuedouble) ? T_INTEGER : 0);
-    default:
-        return 0; /* cJSON_Raw / cJSON_Invalid: matches no type */
-    }
+    static const unsigned char of_bit[8] = {T_BOOLEAN, T_BOOLEAN, T_NULL,   T_NUMBER,
+                                            T_STRING,  T_ARRAY,   T_OBJECT, 0 /* Raw */};
+    unsigned t = (unsigned)v->type & 0xFF;
+    return t ? of_bit[__builtin_ctz(t)] : 0; /* cJSON_Invalid matches no type */
+}
+
+/* Whether v (of type vt) is one of n's types. */
+static inline bool type_ok(const snode *n, const cJSON *v, unsigned vt)
+{
+    return !n->types || (n->types & vt) ||
+           ((n->types & T_INTEGER) && vt == T_NUMBER && is_integral(v->valuedouble));
 }
 
 static const char *value_type_name(const cJSON *v)
@@ -441,7 +452,7 @@ static const char *value_type_name(const cJSON *v)
 
 static bool is_container(const cJSON *v)
 {
-    return cJSON_IsArray(v) || cJSON_IsObject(v);
+    return (v->type & (cJSON_Array | cJSON_Object)) != 0;
 }
 
 /* True when v has at most `left` levels of containers. */
@@ -736,8 +747,8 @@ static void check_depth(vctx *c, const cJSON *v, const step *at, int depth)
     }
 }
 
-static void validate_node(vctx *c, const snode *n, const cJSON *v, const step *at, int depth,
-                          evalset *ev);
+static inline __attribute__((always_inline)) void
+validate_node(vctx *c, const snode *n, const cJSON *v, const step *at, int depth, evalset *ev);
 
 /* Validates silently: true when v passes n. With ev, n's annotations are
  * added to ev only when it passes. */
@@ -774,7 +785,8 @@ static bool is_multiple(double d, double m)
     return diff <= 1e-9 * (mag > 1 ? mag : 1);
 }
 
-static void check_number(vctx *c, const snode *n, const cJSON *v, const step *at)
+__attribute__((noinline)) static void check_number(vctx *c, const snode *n, const cJSON *v,
+                                                   const step *at)
 {
     double d = v->valuedouble;
     /* Negated comparisons, so that NaN fails every bound. */
@@ -790,19 +802,24 @@ static void check_number(vctx *c, const snode *n, const cJSON *v, const step *at
         check(c, at, n, C_MULTIPLE);
 }
 
-static void check_string(vctx *c, const snode *n, const cJSON *v, const step *at)
+__attribute__((noinline)) static void check_string(vctx *c, const snode *n, const cJSON *v,
+                                                   const step *at)
 {
     const char *s = str_or_empty(v->valuestring);
-    if (n->msg[C_MIN_LENGTH] || n->msg[C_MAX_LENGTH]) {
+    size_t bytes = strlen(s);
+    /* A string of b bytes has between ceil(b / 4) and b code points: count
+     * them only when that range straddles a bound. */
+    if ((n->msg[C_MIN_LENGTH] && (bytes + 3) / 4 < n->min_length) ||
+        (n->msg[C_MAX_LENGTH] && bytes > n->max_length)) {
         uint64_t len = utf8_length(s);
         if (n->msg[C_MIN_LENGTH] && len < n->min_length && check(c, at, n, C_MIN_LENGTH))
             return;
         if (n->msg[C_MAX_LENGTH] && len > n->max_length && check(c, at, n, C_MAX_LENGTH))
             return;
     }
-    if (n->regex && !loom__regex_search(n->regex, s, strlen(s)) && check(c, at, n, C_PATTERN))
+    if (n->regex && !loom__regex_search(n->regex, s, bytes) && check(c, at, n, C_PATTERN))
         return;
-    if (n->format && !n->format(s, strlen(s)))
+    if (n->format && !n->format(s, bytes))
         check(c, at, n, C_FORMAT);
 }
 
@@ -913,28 +930,60 @@ static void check_array(vctx *c, const snode *n, const cJSON *v, const step *at,
         check_contains(c, n, v, at, depth, ev);
 }
 
+/* strcmp, deciding on the first byte without a call when they differ
+ * (member names mostly differ there). */
+static inline int name_cmp(const char *a, const char *b)
+{
+    int d = (unsigned char)a[0] - (unsigned char)b[0];
+    return d || !a[0] ? d : strcmp(a + 1, b + 1);
+}
+
 static bool has_member(const cJSON *obj, const char *name)
 {
     for (const cJSON *m = obj->child; m; m = m->next)
-        if (strcmp(str_or_empty(m->string), name) == 0)
+        if (name_cmp(str_or_empty(m->string), name) == 0)
             return true;
     return false;
 }
 
-static const snode *find_property(const snode *n, const char *name)
+/* Equality of two NUL-terminated strings, inline (names are short). */
+static inline bool same_name(const char *a, const char *b)
+{
+    for (; *a == *b; a++, b++)
+        if (!*a)
+            return true;
+    return false;
+}
+
+static long prop_search(const snode *n, const char *name);
+
+/* The index of name in n->props, or -1: a scan of the first bytes for a
+ * few properties, else a binary search. */
+static inline long prop_index(const snode *n, const char *name)
+{
+    if (n->nprops > 8)
+        return prop_search(n, name);
+    for (size_t k = 0; k < n->nprops; k++)
+        if (n->props[k].name[0] == name[0] &&
+            (!name[0] || same_name(n->props[k].name + 1, name + 1)))
+            return (long)k;
+    return -1;
+}
+
+static long prop_search(const snode *n, const char *name)
 {
     size_t lo = 0, hi = n->nprops;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int cmp = strcmp(name, n->props[mid].name);
+        int cmp = name_cmp(name, n->props[mid].name);
         if (cmp == 0)
-            return n->props[mid].schema;
+            return (long)mid;
         if (cmp < 0)
             hi = mid;
         else
             lo = mid + 1;
     }
-    return NULL;
+    return -1;
 }
 
 static void check_dependencies(vctx *c, const snode *n, const cJSON *v, const step *at, int depth,
@@ -957,8 +1006,9 @@ static void check_dependencies(vctx *c, const snode *n, const cJSON *v, const st
 
 /* A member's subschema: `false` reports "property 'x' is not allowed" on
  * the object, anything else is validated on the member. */
-static void check_member_with(vctx *c, const snode *sub, const cJSON *m, const step *at,
-                              const step *st, int depth)
+static inline __attribute__((always_inline)) void check_member_with(vctx *c, const snode *sub,
+                                                                    const cJSON *m, const step *at,
+                                                                    const step *st, int depth)
 {
     if (sub->reject_all)
         report_fmt(c, at, sub, NULL, "property '%s' is not allowed", st->key);
@@ -966,17 +1016,17 @@ static void check_member_with(vctx *c, const snode *sub, const cJSON *m, const s
         validate_node(c, sub, m, st, depth + 1, NULL);
 }
 
-/* One member: properties, then patternProperties, else additionalProperties. */
-static void check_member(vctx *c, const snode *n, const cJSON *m, size_t i, const step *at,
-                         int depth, evalset *ev)
+/* One member: properties (prop: its index in n->props, or -1), then
+ * patternProperties, else additionalProperties. */
+static void check_member(vctx *c, const snode *n, const cJSON *m, long prop, size_t i,
+                         const step *at, int depth, evalset *ev)
 {
     const char *name = str_or_empty(m->string);
     step st = {at, name, 0};
     bool covered = false;
-    const snode *sub = find_property(n, name);
-    if (sub) {
+    if (prop >= 0) {
         covered = true;
-        check_member_with(c, sub, m, at, &st, depth);
+        check_member_with(c, n->props[prop].schema, m, at, &st, depth);
     }
     for (size_t k = 0; k < n->npatterns && !halted(c); k++) {
         if (!loom__regex_search(n->patterns[k].re, name, strlen(name)))
@@ -994,12 +1044,40 @@ static void check_member(vctx *c, const snode *n, const cJSON *m, size_t i, cons
         check_depth(c, m, &st, depth + 1);
 }
 
+/* required. With required_prop, one pass over the members finds the
+ * properties present and caches the first 64 members' indices in props
+ * (*cached of them) for the member loop. */
+static bool check_required(vctx *c, const snode *n, const cJSON *v, const step *at,
+                           int8_t cache[64], size_t *cached)
+{
+    uint64_t present = 0;
+    if (n->required_prop) {
+        size_t i = 0;
+        for (const cJSON *m = v->child; m; m = m->next, i++) {
+            long k = prop_index(n, str_or_empty(m->string));
+            if (k >= 0)
+                present |= UINT64_C(1) << k;
+            if (i < 64)
+                cache[i] = (int8_t)k;
+        }
+        *cached = i < 64 ? i : 64;
+    }
+    for (size_t i = 0; i < n->nrequired; i++) {
+        int k = n->required_prop ? n->required_prop[i] : -1;
+        bool there = k >= 0 ? (present >> k) & 1 : has_member(v, n->required[i]);
+        if (!there && report(c, at, n, "required", n->required_msg[i]))
+            return false;
+    }
+    return true;
+}
+
 static void check_object(vctx *c, const snode *n, const cJSON *v, const step *at, int depth,
                          evalset *ev)
 {
-    for (size_t i = 0; i < n->nrequired; i++)
-        if (!has_member(v, n->required[i]) && report(c, at, n, "required", n->required_msg[i]))
-            return;
+    int8_t cache[64];
+    size_t cached = 0;
+    if (n->nrequired && !check_required(c, n, v, at, cache, &cached))
+        return;
     if (n->msg[C_MIN_PROPS] || n->msg[C_MAX_PROPS]) {
         size_t count = child_count(v);
         if (n->msg[C_MIN_PROPS] && count < n->min_props && check(c, at, n, C_MIN_PROPS))
@@ -1011,7 +1089,8 @@ static void check_object(vctx *c, const snode *n, const cJSON *v, const step *at
         check_dependencies(c, n, v, at, depth, ev);
     size_t i = 0;
     for (const cJSON *m = v->child; m && !halted(c); m = m->next, i++) {
-        check_member(c, n, m, i, at, depth, ev);
+        long prop = i < cached ? cache[i] : n->nprops ? prop_index(n, str_or_empty(m->string)) : -1;
+        check_member(c, n, m, prop, i, at, depth, ev);
         if (n->names && !halted(c)) {
             cJSON name = {.type = cJSON_String, .valuestring = (char *)str_or_empty(m->string)};
             if (!passes(c, n->names, &name, at, depth + 1, NULL) && !c->sh->over)
@@ -1083,10 +1162,59 @@ static const snode *dynamic_target(const vctx *c, const snode *n)
     return found;
 }
 
+/* enum and const. False when the walk should stop. Out of line, so that
+ * validate_node stays small. */
+__attribute__((noinline)) static bool check_enum_const(vctx *c, const snode *n, const cJSON *v,
+                                                       const step *at)
+{
+    if (n->msg[C_ENUM]) {
+        const cJSON *e = n->enum_values->child;
+        while (e && !json_equal(c->sh, e, v, LOOM_MAX_NESTING))
+            e = e->next;
+        if (!e && !c->sh->over && check(c, at, n, C_ENUM))
+            return false;
+    }
+    if (n->msg[C_CONST] && !json_equal(c->sh, n->const_value, v, LOOM_MAX_NESTING) &&
+        !c->sh->over && check(c, at, n, C_CONST))
+        return false;
+    return true;
+}
+
+/* enum, const and the number and string keywords. False when the walk
+ * should stop. */
+static inline bool check_value(vctx *c, const snode *n, const cJSON *v, unsigned vt, const step *at)
+{
+    if (n->eq_kw && !check_enum_const(c, n, v, at))
+        return false;
+    if ((vt & T_NUMBER) && n->num_kw)
+        check_number(c, n, v, at);
+    else if ((vt & T_STRING) && n->str_kw)
+        check_string(c, n, v, at);
+    return true;
+}
+
+/* validate_node for a scalar against a leaf node (n->leaf): no subschema
+ * is evaluated, so no scope, evaluated set or nesting bookkeeping. */
+static inline __attribute__((always_inline)) void
+validate_leaf(vctx *c, const snode *n, const cJSON *v, unsigned vt, const step *at)
+{
+    if (!spend(c->sh, 1)) {
+        c->count++;
+        c->stop = true;
+        return;
+    }
+    if (!type_ok(n, v, vt)) {
+        report_fmt(c, at, n, "type", "expected %s, got %s", n->type_msg, value_type_name(v));
+        return;
+    }
+    check_value(c, n, v, vt, at);
+}
+
 /* Every keyword but type and unevaluated*, in the order of their cost. */
 static void check_keywords(vctx *c, const snode *n, const cJSON *v, unsigned vt, const step *at,
                            int depth, evalset *ev)
 {
+    unsigned errors = c->count;
     if (n->ref) {
         validate_node(c, n->ref, v, at, depth, ev);
         if (halted(c))
@@ -1097,32 +1225,29 @@ static void check_keywords(vctx *c, const snode *n, const cJSON *v, unsigned vt,
         if (halted(c))
             return;
     }
-    if (n->msg[C_ENUM]) {
-        const cJSON *e = n->enum_values->child;
-        while (e && !json_equal(c->sh, e, v, LOOM_MAX_NESTING))
-            e = e->next;
-        if (!e && !c->sh->over && check(c, at, n, C_ENUM))
-            return;
-    }
-    if (n->msg[C_CONST] && !json_equal(c->sh, n->const_value, v, LOOM_MAX_NESTING) &&
-        !c->sh->over && check(c, at, n, C_CONST))
+    /* A reference that passed on v walked all of it, depth included. */
+    bool walked = (n->ref || n->dynref) && c->count == errors;
+    if (!check_value(c, n, v, vt, at))
         return;
-    if (vt & T_NUMBER)
-        check_number(c, n, v, at);
-    else if (vt & T_STRING)
-        check_string(c, n, v, at);
-    else if (vt & T_ARRAY)
-        check_array(c, n, v, at, depth, ev);
-    else if (vt & T_OBJECT)
-        check_object(c, n, v, at, depth, ev);
+    if (vt & T_ARRAY) {
+        if (n->arr_kw)
+            check_array(c, n, v, at, depth, ev);
+        else if (!walked)
+            check_depth(c, v, at, depth); /* nothing about its items: only their depth */
+    } else if (vt & T_OBJECT) {
+        if (n->obj_kw)
+            check_object(c, n, v, at, depth, ev);
+        else if (!walked)
+            check_depth(c, v, at, depth);
+    }
     if (n->in_place && !halted(c))
         check_in_place(c, n, v, at, depth, ev);
 }
 
-/* depth = containers enclosing v. ev (optional) collects the members of v
- * that n evaluates, for an enclosing unevaluated* keyword. */
-static void validate_node(vctx *c, const snode *n, const cJSON *v, const step *at, int depth,
-                          evalset *ev)
+/* validate_node for everything but a scalar against a leaf node. */
+__attribute__((noinline)) static void validate_full(vctx *c, const snode *n, const cJSON *v,
+                                                    unsigned vt, const step *at, int depth,
+                                                    evalset *ev)
 {
     vshared *sh = c->sh;
     if (!sh->over && sh->calls >= LOOM__SCHEMA_MAX_CALLS) {
@@ -1138,8 +1263,7 @@ static void validate_node(vctx *c, const snode *n, const cJSON *v, const step *a
         report(c, at, n, NULL, "value is not allowed");
         return;
     }
-    unsigned vt = value_type(v);
-    if (n->types && !(n->types & vt)) {
+    if (!type_ok(n, v, vt)) {
         /* The other keywords would only repeat the same complaint. */
         report_fmt(c, at, n, "type", "expected %s, got %s", n->type_msg, value_type_name(v));
         return;
@@ -1171,6 +1295,18 @@ static void validate_node(vctx *c, const snode *n, const cJSON *v, const step *a
     }
     sh->calls--;
     c->scope = outer;
+}
+
+/* depth = containers enclosing v. ev (optional) collects the members of v
+ * that n evaluates, for an enclosing unevaluated* keyword. */
+static inline __attribute__((always_inline)) void
+validate_node(vctx *c, const snode *n, const cJSON *v, const step *at, int depth, evalset *ev)
+{
+    unsigned vt = value_type(v);
+    if (n->leaf && !(vt & (T_OBJECT | T_ARRAY)) && c->sh->calls < LOOM__SCHEMA_MAX_CALLS)
+        validate_leaf(c, n, v, vt, at);
+    else
+        validate_full(c, n, v, vt, at, depth, ev);
 }
 
 bool loom__schema_validate(const loom__schema *s, const cJSON *value, cJSON **details)
@@ -2352,6 +2488,23 @@ static bool compile_body(cctx *c, snode *n, const cJSON *j, const step *at, int 
     }
     n->in_place = n->all_of.n || n->any_of.n || n->one_of.n || n->not_ || n->if_;
     n->deps = n->ndep_required || n->ndep_schemas;
+    n->leaf = !n->ref && !n->dynref && !n->in_place;
+    n->num_kw = n->msg[C_MINIMUM] || n->msg[C_MAXIMUM] || n->msg[C_XMINIMUM] ||
+                n->msg[C_XMAXIMUM] || n->msg[C_MULTIPLE];
+    n->eq_kw = n->msg[C_ENUM] || n->msg[C_CONST];
+    n->arr_kw = n->prefix.n || n->items || n->contains || n->unique || n->msg[C_MIN_ITEMS] ||
+                n->msg[C_MAX_ITEMS];
+    n->obj_kw = n->nprops || n->npatterns || n->additional || n->names || n->nrequired ||
+                n->msg[C_MIN_PROPS] || n->msg[C_MAX_PROPS] || n->deps;
+    n->str_kw = n->msg[C_MIN_LENGTH] || n->msg[C_MAX_LENGTH] || n->regex || n->format;
+    if (n->nrequired && n->nprops && n->nprops <= 64) {
+        if (!(n->required_prop = malloc(n->nrequired))) {
+            coom(c);
+            return false;
+        }
+        for (size_t i = 0; i < n->nrequired; i++)
+            n->required_prop[i] = (int8_t)prop_index(n, n->required[i]);
+    }
     if (n->contains && !n->msg[C_MIN_CONTAINS]) {
         n->min_contains = 1;
         return set_msg(c, &n->msg[C_MIN_CONTAINS],
@@ -2370,6 +2523,7 @@ static void node_free(snode *n)
         free(n->required_msg[i]);
     free(n->required);
     free(n->required_msg);
+    free(n->required_prop);
     free(n->dep_required);
     free(n->dep_schemas);
     free(n->prefix.v);
