@@ -393,14 +393,10 @@ static bool aa_services(aa_ctx *c)
 
 cJSON *loom__http_asyncapi_doc(loom_http *h)
 {
-    cJSON *doc = cJSON_CreateObject();
-    cJSON *info = doc && cJSON_AddStringToObject(doc, "asyncapi", "3.0.0")
-                      ? cJSON_AddObjectToObject(doc, "info")
-                      : NULL;
+    cJSON *doc = loom__http_doc_new(h, true);
     aa_ctx c = {.rt = h->rt,
                 .nats = h->rt->broker_url && strncasecmp(h->rt->broker_url, "nats:", 5) == 0};
-    if (!info || !loom__http_openapi_info(h, info, true) ||
-        !cJSON_AddStringToObject(doc, "defaultContentType", "application/json") ||
+    if (!doc || !cJSON_AddStringToObject(doc, "defaultContentType", "application/json") ||
         !aa_servers(&c, doc))
         goto fail;
     c.channels = cJSON_AddObjectToObject(doc, "channels");

@@ -190,7 +190,7 @@ struct loom_http {
     breq *waiting;
 
     atomic_size_t auth_reported; /* protected routes the auth warning last counted */
-    _Atomic(series *) *slots; /* SERIES_SLOTS */
+    _Atomic(series *) *slots;    /* SERIES_SLOTS */
     atomic_long in_flight;
 
     /* openapi.c: the document's info (http.openapi.*), fixed at create. */
@@ -281,9 +281,9 @@ cJSON *loom__http_openapi_doc(loom_http *h);
 /* Reads http.openapi.* (the document's info); LOOM_ENOMEM. */
 loom_err loom__http_openapi_load(loom_http *h, const loom_config *cfg);
 void loom__http_openapi_fini(loom_http *h);
-/* Fills an OpenAPI (or, asyncapi, AsyncAPI) info object (title, version,
- * description, license, contact); false on ENOMEM. */
-bool loom__http_openapi_info(loom_http *h, cJSON *info, bool asyncapi);
+/* A new OpenAPI 3.1 (or, asyncapi, AsyncAPI 3.0) document with its info
+ * object (title, version, description, license, contact); NULL on ENOMEM. */
+cJSON *loom__http_doc_new(loom_http *h, bool asyncapi);
 /* The bridge's URL for documents' servers (malloc'd), or NULL on ENOMEM. */
 char *loom__http_server_url(loom_http *h);
 

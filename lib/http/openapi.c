@@ -455,7 +455,7 @@ static bool oa_info_object(loom_http *h, cJSON *info, const char *key, size_t fr
     return true;
 }
 
-bool loom__http_openapi_info(loom_http *h, cJSON *info, bool asyncapi)
+static bool doc_info(loom_http *h, cJSON *info, bool asyncapi)
 {
     /* AsyncAPI 3.0's license has no SPDX identifier. */
     const char *const license[] = {"name", asyncapi ? NULL : "identifier", "url"};
@@ -537,14 +537,25 @@ static bool oa_security(loom_http *h, cJSON *doc, cJSON *components)
     return true;
 }
 
-cJSON *loom__http_openapi_doc(loom_http *h)
+cJSON *loom__http_doc_new(loom_http *h, bool asyncapi)
 {
     cJSON *doc = cJSON_CreateObject();
-    cJSON *info = doc && cJSON_AddStringToObject(doc, "openapi", "3.1.0")
+    cJSON *info = doc && cJSON_AddStringToObject(doc, asyncapi ? "asyncapi" : "openapi",
+                                                 asyncapi ? "3.0.0" : "3.1.0")
                       ? cJSON_AddObjectToObject(doc, "info")
                       : NULL;
+    if (!info || !doc_info(h, info, asyncapi)) {
+        cJSON_Delete(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+cJSON *loom__http_openapi_doc(loom_http *h)
+{
+    cJSON *doc = loom__http_doc_new(h, false);
     cJSON *components = oa_components_new();
-    if (!info || !components || !loom__http_openapi_info(h, info, false) || !oa_servers(h, doc))
+    if (!doc || !components || !oa_servers(h, doc))
         goto fail;
     oa_ctx c = {.h = h,
                 .tags = cJSON_AddArrayToObject(doc, "tags"),
