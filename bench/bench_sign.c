@@ -56,7 +56,10 @@ static void run(const char *name, loom_runtime *from, loom_runtime *to, loom_msg
         double t1 = bench_now();
         loom_msg *got;
         char why[160];
-        if (loom__trust_decode(&to->trust, data, len, 0, &got, why, sizeof why)) {
+        loom__dir dir = to_all                        ? LOOM__DIR_ALL
+                        : m->type == LOOM_MSG_COMMAND ? LOOM__DIR_COMMAND
+                                                      : LOOM__DIR_REPLY;
+        if (loom__trust_decode(&to->trust, data, len, dir, 0, &got, why, sizeof why)) {
             fprintf(stderr, "bench_sign: %s: %s\n", name, why);
             exit(1);
         }

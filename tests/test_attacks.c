@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -33,6 +34,7 @@
 
 #include "core/runtime.h"
 #include "core/trust.h"
+#include "core/util.h"
 #include "support/mosquitto.h"
 #include "support/nats.h"
 #include "support/proc.h"
@@ -115,9 +117,12 @@ static void echo_fn(loom_ctx *ctx, void *user)
     loom_ctx_reply(ctx, cJSON_CreateObject());
 }
 
+static char slow_id[33]; /* the id of the slow command running */
+
 static void slow_fn(loom_ctx *ctx, void *user)
 {
     (void)user;
+    snprintf(slow_id, sizeof slow_id, "%s", loom_msg_id(loom_ctx_msg(ctx)));
     t_sleep_ms(1500); /* long enough for the forged answers to arrive first */
     cJSON *r = cJSON_CreateObject();
     cJSON_AddTrueToObject(r, "real");
@@ -140,7 +145,8 @@ static void other_fn(loom_ctx *ctx, void *user)
     loom_ctx_reply(ctx, cJSON_CreateObject());
 }
 LOOM_COMMAND(other_echo_cmd, .name = "echo", .handler = other_fn);
-LOOM_SERVICE(other_svc, .name = "other", .version = "1", .commands = LOOM_COMMANDS(&other_echo_cmd));
+LOOM_SERVICE(other_svc, .name = "other", .version = "1",
+             .commands = LOOM_COMMANDS(&other_echo_cmd));
 
 /* A subscriber to probe's events only. */
 static atomic_int probe_events;
@@ -326,7 +332,15 @@ static void test_signing_configuration_errors(void **state)
     char *secret = t_read_file(key);
     secret[strcspn(secret, "\n")] = '\0';
     char *b64 = strchr(secret, ' ') + 1;
+    /* a secret key file others may read is refused, whatever it holds */
+    write_file(bad, secret, strlen(secret));
+    assert_int_equal(chmod(bad, 0640), 0);
+    assert_int_equal(create_with(bad, ring), LOOM_ECONFIG);
+    assert_non_null(strstr(logged, "accessible by others (mode 0640)"));
+    assert_non_null(strstr(logged, "chmod 600"));
+    assert_null(strstr(logged, b64));
     write_file(bad, "probe not-base64!\n", 18);
+    assert_int_equal(chmod(bad, 0600), 0);
     assert_int_equal(create_with(bad, ring), LOOM_ECONFIG);
     assert_non_null(strstr(logged, "expected \"NAME BASE64-SECRET-KEY\""));
     static const char lines[] = "# comment\ncaller AAAA -\n";
@@ -615,6 +629,104 @@ static void test_forged_replies_are_dropped(void **state)
     WAIT_UNTIL(atomic_load(&a.done), "the real answer");
     assert_int_equal(a.status, 200);
     assert_string_equal(a.body, "{\"real\":true}");
+}
+
+/* Attack: a remote reply for a call made inside one process (probe calls
+ * its own probe.slow, whose id the attacker learnt), validly signed by
+ * mallory as itself: an in-process call is answered from the process only. */
+static void test_remote_reply_to_in_process_call_is_dropped(void **state)
+{
+    (void)state;
+    uint64_t r0 = dropped(S.probe, LOOM__DROP_REPLY);
+    static answer a;
+    memset(&a, 0, sizeof a);
+    slow_id[0] = '\0';
+    loom_call c = {.service = "probe", .command = "slow", .timeout_ms = 8000};
+    assert_int_equal(loom_runtime_invoke(S.probe, &c, on_answer, &a), LOOM_OK);
+    WAIT_UNTIL(slow_id[0], "the in-process call to start");
+    loom_msg *req = loom__msg_new(LOOM_MSG_COMMAND);
+    assert_non_null(req);
+    memcpy(req->id, slow_id, sizeof req->id);
+    assert_int_equal(loom__msg_set(req, &req->reply_to, "loom/reply/probe-1"), LOOM_OK);
+    forge_reply(req, "mallory", true);
+    loom_msg_release(req);
+    WAIT_UNTIL(dropped(S.probe, LOOM__DROP_REPLY) > r0, "the remote reply to be refused");
+    WAIT_UNTIL(atomic_load(&a.done), "the real answer");
+    assert_int_equal(a.status, 200);
+    assert_string_equal(a.body, "{\"real\":true}");
+}
+
+/* Signs m from `from` and checks its tag at `to` in direction dir; with
+ * relabel, the trailer names that identity instead of the signer. */
+static loom_err tag_check(loom_runtime *from, loom_runtime *to, loom_msg *m, bool to_all,
+                          loom__dir dir, const char *relabel)
+{
+    char *data, *text;
+    size_t len;
+    assert_int_equal(loom_msg_encode(m, &data, &len), LOOM_OK);
+    assert_int_equal(loom__trust_sign(&from->trust, m, to_all, &data, &len), LOOM_OK);
+    char *trailer = strstr(data, ",\"sig\":\"");
+    assert_non_null(trailer);
+    const char *tag = strchr(trailer + 10, ':') + 1; /* after "<kind>:<name>:" */
+    text = relabel ? loom__asprintf("%.*s,\"sig\":\"%c:%s:%s", (int)(trailer - data), data,
+                                    trailer[8], relabel, tag)
+                   : strdup(data);
+    loom_free(data);
+    const loom__key *signer;
+    size_t signed_len;
+    loom_err err =
+        loom__trust_verify_bytes(&to->trust, text, strlen(text), dir, &signer, &signed_len);
+    free(text);
+    return err;
+}
+
+/* A tag verifies only for the direction, signer and recipient it was made
+ * for: caller's MAC'd command to probe is no reply; relabelled as probe's
+ * (the pairwise key is the same both ways) it is not probe's message to
+ * caller; an event (a success response for all readers) is no reply; and a
+ * message of a type its topic does not carry is refused. */
+static void test_tags_bind_direction_signer_and_recipient(void **state)
+{
+    (void)state;
+    loom_msg *cmd = forged_command(NULL);
+    assert_int_equal(tag_check(S.caller, S.probe, cmd, false, LOOM__DIR_COMMAND, NULL), LOOM_OK);
+    assert_int_equal(tag_check(S.caller, S.probe, cmd, false, LOOM__DIR_REPLY, NULL), LOOM_EPARSE);
+    assert_int_equal(tag_check(S.caller, S.probe, cmd, false, LOOM__DIR_ALL, NULL), LOOM_EPARSE);
+    assert_int_equal(tag_check(S.caller, S.caller, cmd, false, LOOM__DIR_COMMAND, "probe"),
+                     LOOM_EPARSE);
+    assert_int_equal(tag_check(S.caller, S.caller, cmd, false, LOOM__DIR_REPLY, "probe"),
+                     LOOM_EPARSE);
+    loom_msg *ev = loom__msg_success_for(cmd, cJSON_CreateObject());
+    assert_non_null(ev);
+    assert_int_equal(tag_check(S.probe, S.caller, ev, true, LOOM__DIR_ALL, NULL), LOOM_OK);
+    assert_int_equal(tag_check(S.probe, S.caller, ev, true, LOOM__DIR_REPLY, NULL), LOOM_EPARSE);
+    loom_msg_release(ev);
+    /* a command signed for all readers, decoded where events arrive */
+    char *data, why[160];
+    size_t len;
+    assert_int_equal(loom_msg_encode(cmd, &data, &len), LOOM_OK);
+    assert_int_equal(loom__trust_sign(&S.mallory->trust, cmd, true, &data, &len), LOOM_OK);
+    loom_msg *m = NULL;
+    uint64_t b0 = dropped(S.probe, LOOM__DROP_BAD);
+    assert_int_equal(
+        loom__trust_decode(&S.probe->trust, data, len, LOOM__DIR_ALL, 99, &m, why, sizeof why),
+        LOOM_ESTATE);
+    assert_null(m);
+    assert_int_equal(dropped(S.probe, LOOM__DROP_BAD), b0 + 1);
+    loom_free(data);
+    loom_msg_release(cmd);
+}
+
+/* The replay cache's hash is keyed per process: nobody outside can pick
+ * ids that collide (or crowd one probe sequence) in it. */
+static void test_replay_cache_hash_is_keyed(void **state)
+{
+    (void)state;
+    const char *id = "0123456789abcdef0123456789abcdef";
+    uint64_t a = loom__trust_id_hash(&S.probe->trust, id, 1);
+    assert_true(a == loom__trust_id_hash(&S.probe->trust, id, 1));
+    assert_true(a != loom__trust_id_hash(&S.probe->trust, id, 2));
+    assert_true(a != loom__trust_id_hash(&S.caller->trust, id, 1));
 }
 
 static const char *announce_topic(void)
@@ -1263,6 +1375,9 @@ int main(void)
         T(test_retargeted_command_is_refused),
         T(test_event_under_another_senders_topic_is_refused),
         T(test_forged_replies_are_dropped),
+        T(test_remote_reply_to_in_process_call_is_dropped),
+        T(test_tags_bind_direction_signer_and_recipient),
+        T(test_replay_cache_hash_is_keyed),
         T(test_cleared_or_replaced_announcement_is_restored),
         T(test_forged_announcements_are_refused),
         T(test_republished_announcement_is_refused),

@@ -400,7 +400,12 @@ static bool wire_decode(loom_runtime *rt, const loom__token *tok, const char *wh
      * seen on one topic is not new on another), each subscription and the
      * reply topic their own (a success response is also its event). */
     uint64_t scope = tok->kind == LOOM__TOK_COMMAND ? 1 : (uint64_t)(uintptr_t)tok;
-    loom_err err = loom__trust_decode(&rt->trust, data, len, scope, m, why, sizeof why);
+    /* The direction the signature must have been made for: what this kind
+     * of topic carries. */
+    loom__dir dir = tok->kind == LOOM__TOK_COMMAND ? LOOM__DIR_COMMAND
+                    : tok->kind == LOOM__TOK_REPLY ? LOOM__DIR_REPLY
+                                                   : LOOM__DIR_ALL;
+    loom_err err = loom__trust_decode(&rt->trust, data, len, dir, scope, m, why, sizeof why);
     if (bare)
         *bare = err != LOOM_OK && err != LOOM_ESTATE;
     if (err == LOOM_ESTATE)

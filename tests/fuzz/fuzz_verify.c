@@ -124,14 +124,19 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const loom__key *signer;
-    size_t signed_len;
-    if (loom__trust_verify_bytes(&rx->trust, data, size, &signer, &signed_len) == LOOM_OK &&
-        (!signer || signed_len >= size))
-        abort();
+    static const loom__dir dirs[] = {LOOM__DIR_COMMAND, LOOM__DIR_REPLY, LOOM__DIR_ALL};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        const loom__key *signer;
+        size_t signed_len;
+        if (loom__trust_verify_bytes(&rx->trust, data, size, dirs[i], &signer, &signed_len) ==
+                LOOM_OK &&
+            (!signer || signed_len >= size))
+            abort();
+    }
     loom_msg *m = NULL;
     char why[160];
-    if (loom__trust_decode(&rx->trust, data, size, 0, &m, why, sizeof why) == LOOM_OK) {
+    loom__dir dir = dirs[size % 3];
+    if (loom__trust_decode(&rx->trust, data, size, dir, 0, &m, why, sizeof why) == LOOM_OK) {
         if (!m || !m->verified || !m->signer)
             abort();
         loom_msg_release(m);
