@@ -375,10 +375,8 @@ static bool unknown_command(loom_runtime *rt, const loom_call *call, prepared *p
     snprintf(text, sizeof text, "service %s (version %s) has no command '%s'; its commands: %s",
              call->service, p->version, call->command, len ? list : "none");
     cJSON *data = cJSON_CreateObject();
-    if (data)
-        cJSON_AddItemToObject(data, "commands", names);
-    else
-        cJSON_Delete(names);
+    if (!data || !cJSON_AddItemToObject(data, "commands", names))
+        cJSON_Delete(names); /* not data's when adding it failed */
     p->early = loom__msg_error_for(m, 404, text, data, true);
     if (!p->early)
         cJSON_Delete(data);
