@@ -1222,30 +1222,40 @@ static long refused(http_res *res, const char *reason)
     return at ? atol(at + strlen(key)) : -1;
 }
 
-/* Attack: a retained announcement of mallory's own listing payments.charge
- * as public (the issue's first finding), and a 5,000-route one. */
-static void test_split_forged_public_route_and_flood(void **state)
+/* mallory's unsigned announcement listing payments.charge as public (the
+ * issue's first finding). */
+static const char forged_doc[] =
+    "{\"v\":1,\"messageType\":\"infoServiceAvailable\",\"id\":"
+    "\"0123456789abcdef0123456789abcdef\",\"timestamp\":1,\"payload\":{\"services\":"
+    "[{\"name\":\"payments\",\"version\":\"1\",\"commands\":[{\"name\":\"charge\",\"http\":"
+    "{\"method\":\"POST\",\"path\":\"/payments\",\"public\":true}}]}]}}";
+
+/* forged_doc with 5,000 more routes (330 KB): over limits.announcement. */
+static t_buf flood_doc(void)
 {
-    (void)state;
-    static const char doc[] =
-        "{\"v\":1,\"messageType\":\"infoServiceAvailable\",\"id\":"
-        "\"0123456789abcdef0123456789abcdef\",\"timestamp\":1,\"payload\":{\"services\":"
-        "[{\"name\":\"payments\",\"version\":\"1\",\"commands\":[{\"name\":\"charge\",\"http\":"
-        "{\"method\":\"POST\",\"path\":\"/payments\",\"public\":true}}]}]}}";
-    const char *pub[] = {"-r", "-t", "loom/svc/mallory", "-m", doc, NULL};
-    assert_int_equal(as_user(PUB, "mallory", pub, 5000, NULL), 0);
     t_buf flood = {0};
-    t_buf_add(&flood, doc, strlen(doc) - 5); /* up to the commands array's end */
+    t_buf_add(&flood, forged_doc, sizeof forged_doc - 6); /* up to the commands' end */
     for (int i = 0; i < 5000; i++) {
         char c[96];
         snprintf(c, sizeof c,
                  ",{\"name\":\"c%d\",\"http\":{\"method\":\"GET\",\"path\":\"/f/%d\"}}", i, i);
         t_buf_add(&flood, c, strlen(c));
     }
-    t_buf_add(&flood, "]}]}}", 6);
+    t_buf_add(&flood, "]}]}}", 5);
+    return flood;
+}
+
+/* Attack: a retained announcement of mallory's own listing payments.charge
+ * as public (the issue's first finding), and a 5,000-route one. */
+static void test_split_forged_public_route_and_flood(void **state)
+{
+    (void)state;
+    const char *pub[] = {"-r", "-t", "loom/svc/mallory", "-m", forged_doc, NULL};
+    assert_int_equal(as_user(PUB, "mallory", pub, 5000, NULL), 0);
+    t_buf flood = flood_doc();
     char path[256];
     snprintf(path, sizeof path, "%s/flood.json", L.dir);
-    write_file(path, flood.data, flood.len - 1);
+    write_file(path, flood.data, flood.len);
     free(flood.data);
     const char *pub2[] = {"-r", "-t", "loom/svc/mallory", "-f", path, NULL};
     assert_int_equal(as_user(PUB, "mallory", pub2, 5000, NULL), 0);
@@ -1297,8 +1307,9 @@ static void test_split_client_id_takeover(void **state)
 
 /* --- the same deployment over NATS (users and subject permissions) ---------- */
 
-/* A nats.c connection as user (NULL: anonymous); NULL when refused. */
-static natsConnection *nats_as(const char *user)
+/* A nats.c connection as user (NULL: anonymous) with password pass
+ * (NULL: the user's own); NULL when refused. */
+static natsConnection *nats_as(const char *user, const char *pass, const char *name)
 {
     natsOptions *o = NULL;
     natsConnection *nc = NULL;
@@ -1307,48 +1318,271 @@ static natsConnection *nats_as(const char *user)
     natsOptions_SetURL(o, t_nats_url(&L.nats));
     natsOptions_SetTimeout(o, 2000);
     natsOptions_SetMaxReconnect(o, 0);
+    if (name)
+        natsOptions_SetName(o, name);
     if (user)
-        natsOptions_SetUserInfo(o, user, L.mallory_pass);
+        natsOptions_SetUserInfo(o, user,
+                                pass                            ? pass
+                                : strcmp(user, "operator") == 0 ? L.operator_pass
+                                                                : L.mallory_pass);
     if (natsConnection_Connect(&nc, o) != NATS_OK)
         nc = NULL;
     natsOptions_Destroy(o);
     return nc;
 }
 
-/* Attacks over NATS: no credentials; as mallory: a request to
- * payments.charge, joining payments' queue group, reading every subject,
- * replacing pay-1's announcement. Each fails; the shop keeps serving. */
-static void test_nats_attacks_fail(void **state)
+/* Publishes data on subject as user; the publish's status. */
+static natsStatus nats_pub_as(const char *user, const char *subject, const char *reply,
+                              const void *data, size_t len)
+{
+    natsConnection *nc = nats_as(user, NULL, NULL);
+    assert_non_null(nc);
+    natsMsg *m = NULL;
+    natsStatus st = natsMsg_Create(&m, subject, reply, data, (int)len);
+    if (st == NATS_OK)
+        st = natsConnection_PublishMsg(nc, m);
+    if (st == NATS_OK)
+        st = natsConnection_FlushTimeout(nc, 2000);
+    natsMsg_Destroy(m);
+    natsConnection_Destroy(nc);
+    return st;
+}
+
+/* Waits until the bridge has refused more than `before` messages for reason. */
+static void wait_refused(const char *reason, long before)
+{
+    http_res res = {0};
+    int64_t until = t_mono_ms() + WAIT_MS;
+    while (refused(&res, reason) <= before) {
+        if (t_mono_ms() > until)
+            fail_msg("the bridge refused no more messages (%s): %s", reason, res.body.data);
+        t_sleep_ms(50);
+    }
+    free(res.body.data);
+}
+
+/* The bridge still has the 6 real routes, payments stays protected, and an
+ * order goes through. */
+static void shop_intact(void)
+{
+    http_res res = {0};
+    assert_int_equal(http(&res, "GET", "/readyz", NULL, false), 200);
+    assert_non_null(strstr(res.body.data, "\"routes\":6"));
+    assert_int_equal(
+        http(&res, "POST", "/api/v1/payments", "{\"orderId\":\"o-9\",\"amount\":1}", false), 401);
+    free(res.body.data);
+    order_works();
+}
+
+/* Attack over NATS: a forged announcement making payments.charge public
+ * (mallory may publish on its own announcement subject). */
+static void test_nats_forged_announcement(void **state)
 {
     (void)state;
-    assert_null(nats_as(NULL));
-    natsConnection *nc = nats_as("mallory");
+    http_res res = {0};
+    long u0 = refused(&res, "unsigned");
+    free(res.body.data);
+    assert_int_equal(
+        nats_pub_as("mallory", "loom.svc.mallory", NULL, forged_doc, sizeof forged_doc - 1),
+        NATS_OK);
+    wait_refused("unsigned", u0);
+    shop_intact();
+}
+
+/* Attack over NATS: 5,000 announced routes (330 KB, under nats-server's
+ * max_payload, over limits.announcement). */
+static void test_nats_announcement_flood(void **state)
+{
+    (void)state;
+    t_buf flood = flood_doc();
+    http_res res = {0};
+    long a0 = refused(&res, "announcement");
+    free(res.body.data);
+    assert_int_equal(nats_pub_as("mallory", "loom.svc.mallory", NULL, flood.data, flood.len),
+                     NATS_OK);
+    free(flood.data);
+    wait_refused("announcement", a0);
+    shop_intact();
+}
+
+/* Attack over NATS: a request to payments.charge by a user whose
+ * permissions do not allow it; the operator's, which do, is answered. */
+static void test_nats_direct_call_by_unauthorised_user(void **state)
+{
+    (void)state;
+    assert_null(nats_as(NULL, NULL, NULL)); /* no credentials: refused */
+    natsConnection *nc = nats_as("mallory", NULL, NULL);
     assert_non_null(nc);
-    natsSubscription *all = NULL, *group = NULL;
-    natsConnection_SubscribeSync(&all, nc, "loom.>");
-    natsConnection_QueueSubscribeSync(&group, nc, "loom.cmd.payments.1.charge", "payments%2E1");
     natsMsg *reply = NULL;
     natsStatus st =
         natsConnection_RequestString(&reply, nc, "loom.cmd.payments.1.charge",
                                      "{\"orderId\":\"o-evil\",\"amount\":999999}", 1500);
     assert_int_not_equal(st, NATS_OK);
     natsMsg_Destroy(reply);
-    natsConnection_PublishString(nc, "loom.svc.pay-1", "junk");
+    natsConnection_Destroy(nc);
+    assert_int_equal(t_proc_log_count(&L.procs[1], "o-evil"), 0);
+    nc = nats_as("operator", NULL, NULL);
+    assert_non_null(nc);
+    reply = NULL;
+    assert_int_equal(natsConnection_RequestString(&reply, nc, "loom.cmd.payments.1.charge",
+                                                  "{\"orderId\":\"o-ops\",\"amount\":1}", 5000),
+                     NATS_OK);
+    assert_non_null(strstr(natsMsg_GetData(reply), "unknown order"));
+    natsMsg_Destroy(reply);
+    natsConnection_Destroy(nc);
+    shop_intact();
+}
+
+/* An unsigned charge envelope claiming principal admin of tenant acme-corp. */
+static char *forged_charge(size_t *len)
+{
+    loom_msg *m = loom__msg_new(LOOM_MSG_COMMAND);
+    assert_non_null(m);
+    assert_int_equal(loom__msg_set(m, &m->principal_id, "admin"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->tenant_id, "acme-corp"), LOOM_OK);
+    assert_int_equal(loom__msg_set(m, &m->reply_to, "loom.reply.operator"), LOOM_OK);
+    assert_int_equal(loom__msg_set_address(m, &m->sender, "orders", "1", NULL, "shop-a"), LOOM_OK);
+    assert_int_equal(loom__msg_set_address(m, &m->receiver, "payments", "1", "charge", NULL),
+                     LOOM_OK);
+    m->payload = t_json("{\"orderId\":\"o-forged\",\"amount\":5}");
+    m->deadline = m->timestamp + 4000;
+    char *data;
+    assert_int_equal(loom_msg_encode(m, &data, len), LOOM_OK);
+    loom_msg_release(m);
+    return data;
+}
+
+/* Attack over NATS: the operator, who may publish payments' commands,
+ * sends an envelope with a forged principal and tenant (and a forged
+ * sender): payments drops it as unsigned before any handler. */
+static void test_nats_forged_principal(void **state)
+{
+    (void)state;
+    size_t n0 = t_proc_log_count(&L.procs[1], "unsigned envelope"), len;
+    char *data = forged_charge(&len);
+    assert_int_equal(nats_pub_as("operator", "loom.cmd.payments.1.charge", NULL, data, len),
+                     NATS_OK);
+    loom_free(data);
+    WAIT_UNTIL(t_proc_log_count(&L.procs[1], "unsigned envelope") > n0,
+               "payments to refuse the unsigned envelope");
+    assert_int_equal(t_proc_log_count(&L.procs[1], "o-forged"), 0);
+    shop_intact();
+}
+
+/* Attack over NATS: joining payments' queue group to take its commands,
+ * and answering them on the bridge's reply subject (which mallory, a
+ * service, may publish to): unsigned, and signed by mallory claiming
+ * payments. */
+static void test_nats_joining_group_and_answering(void **state)
+{
+    (void)state;
+    natsConnection *nc = nats_as("mallory", NULL, NULL);
+    assert_non_null(nc);
+    natsSubscription *group = NULL;
+    natsConnection_QueueSubscribeSync(&group, nc, "loom.cmd.payments.1.charge", "payments%2E1");
     natsConnection_Flush(nc);
+    http_res res = {0};
+    long u0 = refused(&res, "unsigned"), s0 = refused(&res, "wrong_sender");
+    free(res.body.data);
+    /* a reply from mallory's own runtime, signed with its key */
+    loom_config *cfg;
+    char path[256];
+    snprintf(path, sizeof path, "%s/mallory.yaml", L.dir);
+    assert_int_equal(loom_config_create(&cfg), LOOM_OK);
+    assert_int_equal(loom_config_load_file(cfg, path), LOOM_OK);
+    loom_runtime_config rc = {.config = cfg, .log_level = LOOM_LOG_OFF};
+    loom_runtime *rt = NULL;
+    assert_int_equal(loom_runtime_create(&rt, &rc), LOOM_OK);
+    loom_config_destroy(cfg);
+    loom_msg *req = loom__msg_new(LOOM_MSG_COMMAND);
+    assert_non_null(req);
+    loom_msg *resp = loom__msg_success_for(req, t_json("{\"paymentId\":\"p-FORGED\"}"));
+    loom_msg_release(req);
+    assert_int_equal(
+        loom__msg_set_address(resp, &resp->sender, "payments", "1", "charge", "mallory"), LOOM_OK);
+    char *data;
+    size_t len;
+    assert_int_equal(loom_msg_encode(resp, &data, &len), LOOM_OK);
+    assert_int_equal(nats_pub_as("mallory", "loom.reply.bridge", NULL, data, len), NATS_OK);
+    assert_int_equal(loom__trust_sign(&rt->trust, resp, false, &data, &len), LOOM_OK);
+    assert_int_equal(nats_pub_as("mallory", "loom.reply.bridge", NULL, data, len), NATS_OK);
+    loom_free(data);
+    loom_msg_release(resp);
+    loom_runtime_destroy(rt);
+    wait_refused("unsigned", u0);
+    wait_refused("wrong_sender", s0);
     for (int i = 0; i < 3; i++)
         order_works();
     natsMsg *m = NULL;
-    /* the server refused both subscriptions: nothing arrives on either */
-    assert_int_not_equal(natsSubscription_NextMsg(&m, all, 500), NATS_OK);
     assert_int_not_equal(natsSubscription_NextMsg(&m, group, 100), NATS_OK);
-    natsSubscription_Destroy(all);
     natsSubscription_Destroy(group);
     natsConnection_Destroy(nc);
-    assert_int_equal(t_proc_log_count(&L.procs[1], "o-evil"), 0);
+    shop_intact();
+}
+
+/* Attack over NATS: reading commands and replies (">", "loom.cmd.>",
+ * "loom.reply.>"): the server refuses each subscription. */
+static void test_nats_sniffing(void **state)
+{
+    (void)state;
+    natsConnection *nc = nats_as("mallory", NULL, NULL);
+    assert_non_null(nc);
+    const char *subjects[] = {">", "loom.cmd.>", "loom.reply.>"};
+    natsSubscription *subs[3] = {NULL};
+    for (int i = 0; i < 3; i++)
+        natsConnection_SubscribeSync(&subs[i], nc, subjects[i]);
+    natsConnection_Flush(nc);
+    order_works();
+    order_works();
+    for (int i = 0; i < 3; i++) {
+        natsMsg *m = NULL;
+        if (natsSubscription_NextMsg(&m, subs[i], i ? 100 : 500) == NATS_OK)
+            fail_msg("mallory read %s on %s", natsMsg_GetSubject(m), subjects[i]);
+        natsSubscription_Destroy(subs[i]);
+    }
+    natsConnection_Destroy(nc);
+    shop_intact();
+}
+
+/* Attack over NATS: logging in as pay-1 with another password, and
+ * connecting under pay-1's name: refused / nothing taken over. */
+static void test_nats_identity_takeover(void **state)
+{
+    (void)state;
+    size_t lost0 = t_proc_log_count(&L.procs[1], "connection lost");
+    assert_null(nats_as("pay-1", L.mallory_pass, NULL));
+    natsConnection *nc = nats_as("mallory", NULL, "pay-1");
+    assert_non_null(nc);
+    natsSubscription *sub = NULL;
+    natsConnection_SubscribeSync(&sub, nc, "loom.cmd.payments.>");
+    natsConnection_Flush(nc);
+    order_works();
+    natsMsg *m = NULL;
+    assert_int_not_equal(natsSubscription_NextMsg(&m, sub, 300), NATS_OK);
+    natsSubscription_Destroy(sub);
+    natsConnection_Destroy(nc);
+    assert_int_equal(t_proc_log_count(&L.procs[1], "connection lost"), lost0);
+    shop_intact();
+}
+
+/* Attack over NATS: oversized messages. Over nats-server's max_payload
+ * (1 MB by default) the publish is refused; under it, over
+ * limits.announcement, the bridge refuses it. */
+static void test_nats_oversized_message(void **state)
+{
+    (void)state;
+    size_t big = 2 << 20;
+    char *junk = malloc(big);
+    assert_non_null(junk);
+    memset(junk, 'x', big);
+    assert_int_not_equal(nats_pub_as("mallory", "loom.svc.mallory", NULL, junk, big), NATS_OK);
     http_res res = {0};
-    assert_int_equal(http(&res, "GET", "/readyz", NULL, false), 200);
-    assert_non_null(strstr(res.body.data, "\"routes\":6"));
+    long a0 = refused(&res, "announcement");
     free(res.body.data);
+    assert_int_equal(nats_pub_as("mallory", "loom.svc.mallory", NULL, junk, 600000), NATS_OK);
+    free(junk);
+    wait_refused("announcement", a0);
+    shop_intact();
 }
 
 #define T(fn) cmocka_unit_test(fn)
@@ -1396,7 +1630,16 @@ int main(void)
     int failed =
         cmocka_run_group_tests_name("attacks_signing", signing, signing_setup, signing_teardown);
     failed += cmocka_run_group_tests_name("attacks_split", split, split_setup, split_teardown);
-    const struct CMUnitTest split_nats[] = {T(test_nats_attacks_fail)};
+    const struct CMUnitTest split_nats[] = {
+        T(test_nats_forged_announcement),
+        T(test_nats_announcement_flood),
+        T(test_nats_direct_call_by_unauthorised_user),
+        T(test_nats_forged_principal),
+        T(test_nats_joining_group_and_answering),
+        T(test_nats_sniffing),
+        T(test_nats_identity_takeover),
+        T(test_nats_oversized_message),
+    };
     failed += cmocka_run_group_tests_name("attacks_split_nats", split_nats, split_nats_setup,
                                           split_teardown);
     nats_CloseAndWait(5000);
