@@ -2,7 +2,7 @@
  * "Attacks and results"): each test runs one attack and checks that it
  * fails and that the system keeps serving.
  *
- * Two groups:
+ * Three groups:
  *  - "signing": loom runtimes in this process over a stock mosquitto (no
  *    ACL: anyone may publish anything), with security.signing on and keys
  *    made here (identities probe, caller, mallory). Shows what signatures
@@ -14,6 +14,9 @@
  *    use_username_as_clientid, signing on, the bridge's auth on), attacked
  *    with mosquitto_pub / mosquitto_sub / mosquitto_rr as the user mallory,
  *    who holds the credentials of another service (reviews).
+ *  - "split_nats": the same deployment over nats-server with secure.sh's
+ *    users and subject permissions, attacked with nats.c connections, one
+ *    test per attack.
  *
  * Every wait is bounded; a failed test's processes are reaped by the
  * teardown. The shop binary is found under $LOOM_TEST_BUILD (default ".").
@@ -654,6 +657,54 @@ static void test_remote_reply_to_in_process_call_is_dropped(void **state)
     WAIT_UNTIL(atomic_load(&a.done), "the real answer");
     assert_int_equal(a.status, 200);
     assert_string_equal(a.body, "{\"real\":true}");
+}
+
+static bool announcement_is_probes(void);
+
+/* Attack: a signed caller (and a plain client) naming one of probe's own
+ * loom topics, its event topic or its announcement, as the reply topic, so
+ * that probe publishes there with its own rights: refused before the
+ * handler runs, nothing published there. */
+static void test_reply_to_a_non_reply_topic_is_refused(void **state)
+{
+    (void)state;
+    int before = atomic_load(&S.echo_calls);
+    uint64_t t0 = dropped(S.probe, LOOM__DROP_REPLY_TOPIC);
+    char path[256];
+    snprintf(path, sizeof path, "%s/sniffed-evt", S.dir);
+    t_proc sniffer;
+    sniff_start(&sniffer, "loom/evt/#", path);
+    loom_msg *m = forged_command(NULL);
+    assert_int_equal(loom__msg_set(m, &m->reply_to, "loom/evt/probeEvent/probe/1"), LOOM_OK);
+    char *data;
+    size_t len;
+    assert_int_equal(loom_msg_encode(m, &data, &len), LOOM_OK);
+    assert_int_equal(loom__trust_sign(&S.mallory->trust, m, false, &data, &len), LOOM_OK);
+    publish_bytes("loom/cmd/probe/1/echo", data, len, false);
+    loom_free(data);
+    loom_msg_release(m);
+    char port[16];
+    snprintf(port, sizeof port, "%d", S.broker.port);
+    const char *args[] = {"-V", "5",
+                          "-h", "127.0.0.1",
+                          "-p", port,
+                          "-t", "loom/cmd/probe/1/echo",
+                          "-e", "loom/svc/probe-1",
+                          "-m", "{}",
+                          "-W", "1",
+                          NULL};
+    run_tool(RR, args, 4000, NULL);
+    WAIT_UNTIL(dropped(S.probe, LOOM__DROP_REPLY_TOPIC) >= t0 + 2, "both calls to be refused");
+    t_proc_stop(&sniffer, SIGTERM, 2000);
+    char *got = t_read_file(path);
+    assert_null(strstr(got, "commandSuccessResponse"));
+    assert_null(strstr(got, "commandErrorResponse"));
+    free(got);
+    assert_int_equal(atomic_load(&S.echo_calls), before);
+    assert_true(announcement_is_probes());
+    loom_msg *resp = call_echo("frank", NULL);
+    assert_int_equal(loom_msg_status(resp), 200);
+    loom_msg_release(resp);
 }
 
 /* Signs m from `from` and checks its tag at `to` in direction dir; with
@@ -1454,7 +1505,9 @@ static char *forged_charge(size_t *len)
 
 /* Attack over NATS: the operator, who may publish payments' commands,
  * sends an envelope with a forged principal and tenant (and a forged
- * sender): payments drops it as unsigned before any handler. */
+ * sender): payments drops it as unsigned before any handler. Runs first in
+ * its group: the refusal is seen in payments' log, which says at most one
+ * refusal a second. */
 static void test_nats_forged_principal(void **state)
 {
     (void)state;
@@ -1611,6 +1664,7 @@ int main(void)
         T(test_forged_replies_are_dropped),
         T(test_remote_reply_to_in_process_call_is_dropped),
         T(test_tags_bind_direction_signer_and_recipient),
+        T(test_reply_to_a_non_reply_topic_is_refused),
         T(test_replay_cache_hash_is_keyed),
         T(test_cleared_or_replaced_announcement_is_restored),
         T(test_forged_announcements_are_refused),
@@ -1631,10 +1685,12 @@ int main(void)
         cmocka_run_group_tests_name("attacks_signing", signing, signing_setup, signing_teardown);
     failed += cmocka_run_group_tests_name("attacks_split", split, split_setup, split_teardown);
     const struct CMUnitTest split_nats[] = {
+        /* first: payments logs refusals at most once a second, and the
+         * announcements below are refused by it too */
+        T(test_nats_forged_principal),
         T(test_nats_forged_announcement),
         T(test_nats_announcement_flood),
         T(test_nats_direct_call_by_unauthorised_user),
-        T(test_nats_forged_principal),
         T(test_nats_joining_group_and_answering),
         T(test_nats_sniffing),
         T(test_nats_identity_takeover),

@@ -47,6 +47,7 @@ enum {
     LOOM__DROP_REPLAY,       /* seen already, or outside the time window */
     LOOM__DROP_REPLY,        /* a reply from a service that was not called */
     LOOM__DROP_ANNOUNCE,     /* an announcement refused (services, caps) */
+    LOOM__DROP_REPLY_TOPIC,  /* a command asking for its answer on a non-reply loom topic */
     LOOM__DROP_N
 };
 

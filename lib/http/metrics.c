@@ -171,9 +171,10 @@ static void sb_status_lines(loom__sbuf *sb, _Atomic(series *) *slots, int kind, 
 static void sb_trust_lines(loom__sbuf *sb, loom_runtime *rt)
 {
     static const char *const reasons[LOOM__DROP_N] = {
-        [LOOM__DROP_UNSIGNED] = "unsigned",   [LOOM__DROP_BAD] = "bad_signature",
-        [LOOM__DROP_SENDER] = "wrong_sender", [LOOM__DROP_REPLAY] = "replay",
-        [LOOM__DROP_REPLY] = "wrong_replier", [LOOM__DROP_ANNOUNCE] = "announcement"};
+        [LOOM__DROP_UNSIGNED] = "unsigned",      [LOOM__DROP_BAD] = "bad_signature",
+        [LOOM__DROP_SENDER] = "wrong_sender",    [LOOM__DROP_REPLAY] = "replay",
+        [LOOM__DROP_REPLY] = "wrong_replier",    [LOOM__DROP_ANNOUNCE] = "announcement",
+        [LOOM__DROP_REPLY_TOPIC] = "reply_topic"};
     loom__sbuf_puts(sb, "# HELP loom_messages_refused_total Messages from the broker dropped "
                         "by the trust checks, by reason.\n# TYPE loom_messages_refused_total "
                         "counter\n");
