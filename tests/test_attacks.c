@@ -292,6 +292,19 @@ static loom_msg *forged_command(const char *sender_service)
     return m;
 }
 
+/* Encodes m (consumed), signs it with mallory's key as mallory's runtime
+ * would, and publishes it on topic. */
+static void publish_signed_by_mallory(loom_msg *m, const char *topic)
+{
+    char *data;
+    size_t len;
+    assert_int_equal(loom_msg_encode(m, &data, &len), LOOM_OK);
+    assert_int_equal(loom__trust_sign(&S.mallory->trust, m, false, &data, &len), LOOM_OK);
+    publish_bytes(topic, data, len, false);
+    loom_free(data);
+    loom_msg_release(m);
+}
+
 static char logged[4096];
 
 static void capture_log(const loom_log_record *rec, void *user)
@@ -443,18 +456,13 @@ static void test_impersonation_and_tampering_are_dropped(void **state)
     uint64_t bad0 = dropped(S.probe, LOOM__DROP_BAD);
 
     /* mallory signs (validly) a command that claims to come from probe */
-    loom_msg *m = forged_command("probe");
-    char *data;
-    size_t len;
-    assert_int_equal(loom_msg_encode(m, &data, &len), LOOM_OK);
-    assert_int_equal(loom__trust_sign(&S.mallory->trust, m, false, &data, &len), LOOM_OK);
-    publish_bytes("loom/cmd/probe/1/echo", data, len, false);
-    loom_free(data);
-    loom_msg_release(m);
+    publish_signed_by_mallory(forged_command("probe"), "loom/cmd/probe/1/echo");
     WAIT_UNTIL(dropped(S.probe, LOOM__DROP_SENDER) > sender0, "the impersonation to be refused");
 
     /* mallory signs as itself, then the principal is changed in transit */
-    m = forged_command(NULL);
+    loom_msg *m = forged_command(NULL);
+    char *data;
+    size_t len;
     assert_int_equal(loom__msg_set(m, &m->principal_id, "guest"), LOOM_OK);
     assert_int_equal(loom_msg_encode(m, &data, &len), LOOM_OK);
     assert_int_equal(loom__trust_sign(&S.mallory->trust, m, false, &data, &len), LOOM_OK);
@@ -676,13 +684,7 @@ static void test_reply_to_a_non_reply_topic_is_refused(void **state)
     sniff_start(&sniffer, "loom/evt/#", path);
     loom_msg *m = forged_command(NULL);
     assert_int_equal(loom__msg_set(m, &m->reply_to, "loom/evt/probeEvent/probe/1"), LOOM_OK);
-    char *data;
-    size_t len;
-    assert_int_equal(loom_msg_encode(m, &data, &len), LOOM_OK);
-    assert_int_equal(loom__trust_sign(&S.mallory->trust, m, false, &data, &len), LOOM_OK);
-    publish_bytes("loom/cmd/probe/1/echo", data, len, false);
-    loom_free(data);
-    loom_msg_release(m);
+    publish_signed_by_mallory(m, "loom/cmd/probe/1/echo");
     char port[16];
     snprintf(port, sizeof port, "%d", S.broker.port);
     const char *args[] = {"-V", "5",
