@@ -1470,6 +1470,46 @@ static void test_json_numbers(void **state)
     }
 }
 
+/* cJSON allocations that fail after the first `oom_left` succeed. */
+static int oom_left = -1;
+
+static void *oom_malloc(size_t n)
+{
+    if (oom_left == 0)
+        return NULL;
+    if (oom_left > 0)
+        oom_left--;
+    return malloc(n);
+}
+
+/* An error's result JSON when each of cJSON's allocations fails in turn:
+ * NULL or complete, never a leak (ASan counts one: the error data was not
+ * the result's when adding it failed). */
+static void test_error_result_out_of_memory(void **state)
+{
+    (void)state;
+    cJSON *data = cJSON_CreateObject();
+    cJSON_AddStringToObject(data, "reason", "why");
+    loom_msg *m = loom__msg_error_for(NULL, 409, "taken", data, true);
+    assert_non_null(m);
+    cJSON_Hooks hooks = {oom_malloc, free};
+    bool complete = false;
+    for (int n = 0; n < 64 && !complete; n++) {
+        oom_left = n;
+        cJSON_InitHooks(&hooks);
+        cJSON *r = loom_msg_result_json(m);
+        oom_left = -1;
+        complete = r != NULL;
+        if (r)
+            assert_true(t_json_eq(r, "{\"status\":409,\"message\":\"taken\","
+                                     "\"data\":{\"reason\":\"why\"}}"));
+        cJSON_Delete(r);
+    }
+    cJSON_InitHooks(NULL);
+    assert_true(complete);
+    loom_msg_release(m);
+}
+
 /* A host program's LC_NUMERIC (setlocale(LC_ALL, "") in a German locale
  * writes "0,3") changes neither what loom prints nor its read-back check.
  * The locale comes from Debian's locales-all (make deps). */
@@ -1582,6 +1622,7 @@ int main(void)
         cmocka_unit_test(test_json_numbers),
         cmocka_unit_test(test_json_numbers_roundtrip),
         cmocka_unit_test(test_json_numbers_locale),
+        cmocka_unit_test(test_error_result_out_of_memory),
         cmocka_unit_test(test_reject_timestamp),
         cmocka_unit_test(test_reject_deadline),
         cmocka_unit_test(test_reject_trace_and_correlation_ids),

@@ -1,6 +1,7 @@
 /* Deployment configuration: YAML file, environment, dotted-key sets. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1149,6 +1150,23 @@ static void test_override_order(void **state)
 /* ------------------------------------------------------------------------ */
 /* The config map, get and the readers                                      */
 
+/* A host program's LC_NUMERIC (a German locale writes "0,5") changes
+ * neither the numbers read from YAML nor those in error messages. */
+static void test_numbers_locale(void **state)
+{
+    (void)state;
+    t_comma_locale();
+    loom_config *cfg = mk();
+    assert_int_equal(ld(cfg, "config:\n  p:\n    floats: [1.5, -0.25, 1e3, .5, 2.5e-3]\n"),
+                     LOOM_OK);
+    expect_json(cfg, "config.p.floats", "[1.5,-0.25,1000,0.5,0.0025]");
+    loom_config_destroy(cfg);
+    expect_load_error("limits:\n  concurrency:\n    a: 1.5\n", LOOM_ECONFIG,
+                      "shop.yaml:3: limits.concurrency.a: expected an integer from 1 to "
+                      "2147483647, got 1.5");
+    setlocale(LC_NUMERIC, "C");
+}
+
 static void test_service_config_map(void **state)
 {
     (void)state;
@@ -1265,6 +1283,7 @@ int main(void)
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_override_order),
         cmocka_unit_test(test_service_config_map),
+        cmocka_unit_test(test_numbers_locale),
         cmocka_unit_test(test_get_readers_clone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

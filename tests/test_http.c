@@ -8,6 +8,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -1574,6 +1575,31 @@ static void test_tracing(void **state)
 #define ECHO_405                                                                                   \
     "loom_http_requests_total{method=\"GET\",route=\"/api/v1/echo/{name}\",status=\"405\"}"
 
+/* Under a host's comma-decimal LC_NUMERIC the exposition still writes
+ * "le=\"0.005\"" and "0.123456" (Prometheus reads only '.'). */
+static void test_metrics_locale(void **state)
+{
+    (void)state;
+    t_comma_locale();
+    fx *f = fx_new(NULL, NULL, NULL);
+    resp r = post_json(f, "/api/v1/echo/m", "{\"msg\":\"x\"}");
+    expect_status(&r, 200);
+    resp_free(&r);
+    r = get(f, "/metrics");
+    expect_status(&r, 200);
+    assert_non_null(strstr(r.body, ",le=\"0.005\"}"));
+    assert_non_null(strstr(r.body, ",le=\"2.5\"}"));
+    assert_null(strstr(r.body, ",le=\"0,"));
+    const char *sum = strstr(r.body, "loom_http_request_duration_seconds_sum{");
+    assert_non_null(sum);
+    sum = strstr(sum, "} ") + 2; /* routes hold braces too: "{name}" */
+    size_t digits = strspn(sum, "0123456789");
+    assert_true(digits > 0 && sum[digits] == '.');
+    resp_free(&r);
+    fx_free(f);
+    setlocale(LC_NUMERIC, "C");
+}
+
 static void test_metrics(void **state)
 {
     (void)state;
@@ -2662,6 +2688,7 @@ int main(void)
         cmocka_unit_test(test_cors),
         cmocka_unit_test(test_tracing),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_metrics_locale),
         cmocka_unit_test(test_openapi),
         cmocka_unit_test(test_openapi_info),
         cmocka_unit_test(test_asyncapi),

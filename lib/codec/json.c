@@ -23,6 +23,7 @@
 #define _GNU_SOURCE
 #include "json.h"
 
+#include <errno.h>
 #include <float.h>
 #include <locale.h>
 #include <math.h>
@@ -52,6 +53,28 @@ static void c_numeric_make(void)
     c_numeric = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
 }
 
+static locale_t c_numeric_enter(void)
+{
+    pthread_once(&c_numeric_once, c_numeric_make);
+    return c_numeric ? uselocale(c_numeric) : (locale_t)0;
+}
+
+static void c_numeric_leave(locale_t prev)
+{
+    if (prev)
+        uselocale(prev);
+}
+
+double loom__strtod_c(const char *s, char **end)
+{
+    locale_t prev = c_numeric_enter();
+    double d = strtod(s, end);
+    int saved = errno;
+    c_numeric_leave(prev);
+    errno = saved;
+    return d;
+}
+
 static size_t shortest_g(char buf[LOOM__JSON_NUMBER_MAX], double d)
 {
     /* A normal double is recovered from at most 17 significant digits, and
@@ -73,11 +96,9 @@ size_t loom__json_number(char buf[LOOM__JSON_NUMBER_MAX], double d)
         return (size_t)snprintf(buf, LOOM__JSON_NUMBER_MAX, "%s", signbit(d) ? "-0" : "0");
     if (fabs(d) <= MAX_SAFE_INT && d == (double)(int64_t)d)
         return (size_t)snprintf(buf, LOOM__JSON_NUMBER_MAX, "%lld", (long long)d);
-    pthread_once(&c_numeric_once, c_numeric_make);
-    locale_t prev = c_numeric ? uselocale(c_numeric) : (locale_t)0;
+    locale_t prev = c_numeric_enter();
     size_t n = shortest_g(buf, d);
-    if (prev)
-        uselocale(prev);
+    c_numeric_leave(prev);
     return n;
 }
 

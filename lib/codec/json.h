@@ -46,4 +46,8 @@ char *loom__json_print(const cJSON *v, loom_err *err);
  * d must be finite. */
 size_t loom__json_number(char buf[LOOM__JSON_NUMBER_MAX], double d);
 
+/* strtod in the "C" locale, whatever LC_NUMERIC the host program set: '.'
+ * is the decimal point (configuration values, anything loom reads back). */
+double loom__strtod_c(const char *s, char **end);
+
 #endif

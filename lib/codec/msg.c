@@ -381,9 +381,10 @@ cJSON *loom_msg_result_json(const loom_msg *m)
         goto fail;
     if (m->error_data) {
         cJSON *d = cJSON_Duplicate(m->error_data, true);
-        if (!d)
+        if (!d || !cJSON_AddItemToObject(o, "data", d)) {
+            cJSON_Delete(d); /* not o's when adding it failed */
             goto fail;
-        cJSON_AddItemToObject(o, "data", d);
+        }
     }
     return o;
 fail:
@@ -799,8 +800,11 @@ static loom_err validate(cJSON *root, fields *f, errsink *eb)
         if (!cJSON_IsNumber(s[F_V]))
             return fail(eb, LOOM_EPARSE, "field 'v': expected the number %d",
                         LOOM_PROTOCOL_VERSION);
-        if (s[F_V]->valuedouble != LOOM_PROTOCOL_VERSION)
-            return fail(eb, LOOM_EPARSE, "unsupported protocol version %.17g", s[F_V]->valuedouble);
+        if (s[F_V]->valuedouble != LOOM_PROTOCOL_VERSION) {
+            char v[LOOM__JSON_NUMBER_MAX]; /* not "%g": it follows LC_NUMERIC */
+            loom__json_number(v, s[F_V]->valuedouble);
+            return fail(eb, LOOM_EPARSE, "unsupported protocol version %s", v);
+        }
     }
 
     const cJSON *t = s[F_TYPE];

@@ -33,6 +33,7 @@
 
 #include <yaml.h>
 
+#include "codec/json.h"
 #include "core/util.h"
 
 #define MAX_INPUT (1024 * 1024) /* bytes of YAML in one file or string */
@@ -413,7 +414,7 @@ static cJSON *plain_to_json(const char *s)
             return cJSON_CreateString(s);
         return cJSON_CreateNumber((double)iv);
     }
-    double v = strtod(s, NULL);
+    double v = loom__strtod_c(s, NULL);
     if (errno || !isfinite(v))
         return cJSON_CreateString(s);
     return cJSON_CreateNumber(v);
@@ -539,8 +540,8 @@ static bool check_concurrency(const cJSON *v, char *why, size_t n)
     if (cJSON_IsString(v))
         snprintf(why, n, "expected an integer from 1 to 2147483647, got %s",
                  quoted(v->valuestring, q, sizeof q));
-    else if (cJSON_IsNumber(v))
-        snprintf(why, n, "expected an integer from 1 to 2147483647, got %g", d);
+    else if (cJSON_IsNumber(v) && isfinite(d) && loom__json_number(q, d))
+        snprintf(why, n, "expected an integer from 1 to 2147483647, got %s", q);
     else
         snprintf(why, n, "expected an integer from 1 to 2147483647, got %s", json_kind(v));
     return false;

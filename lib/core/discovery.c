@@ -527,8 +527,8 @@ static bool doc_service_commands(const cJSON *doc, const char *service, const ch
             bool dup = !cn;
             const cJSON *have;
             cJSON_ArrayForEach(have, names) dup = dup || strcmp(have->valuestring, cn) == 0;
-            if (!dup)
-                cJSON_AddItemToArray(names, cJSON_CreateString(cn));
+            if (!dup && !cJSON_AddItemToArray(names, cJSON_CreateString(cn)))
+                break; /* out of memory: a shorter list in an error message */
         }
     }
     return known;
@@ -546,7 +546,8 @@ cJSON *loom__service_commands(loom_runtime *rt, const char *service, const char 
             continue;
         known = true;
         for (size_t j = 0; j < s->n_cmds; j++)
-            cJSON_AddItemToArray(names, cJSON_CreateString(s->cmds[j].def->name));
+            if (!cJSON_AddItemToArray(names, cJSON_CreateString(s->cmds[j].def->name)))
+                break; /* out of memory: a shorter list in an error message */
     }
     pthread_mutex_lock(&rt->disc_mu);
     purge_expired_locked(rt);

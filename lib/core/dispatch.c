@@ -366,10 +366,8 @@ static loom_ctx *ctx_new(loom_runtime *rt, loom__service *svc, loom_msg *msg)
 static loom_msg *validation_error(const loom_msg *req, const char *what, cJSON *details)
 {
     cJSON *data = cJSON_CreateObject();
-    if (data && details)
-        cJSON_AddItemToObject(data, "errors", details);
-    else
-        cJSON_Delete(details);
+    if (!data || !details || !cJSON_AddItemToObject(data, "errors", details))
+        cJSON_Delete(details); /* not data's when adding it failed */
     char text[64];
     snprintf(text, sizeof text, "invalid %s", what);
     loom_msg *resp = loom__msg_error_for(req, 400, text, data, true);

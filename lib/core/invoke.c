@@ -98,8 +98,9 @@ static bool pend_take(loom_runtime *rt, const char *id, loom_reply_fn *cb, void 
         if (memcmp(p->id, id, 33) == 0)
             break;
     /* A remote answer must come from the service that was called; anyone
-     * else's answer with the right correlation id is not taken. */
-    if (p && from && p->service[0] && strcmp(from, p->service) != 0) {
+     * else's answer with the right correlation id is not taken, and a call
+     * made in this process ("" service) is answered from here only. */
+    if (p && from && (!p->service[0] || strcmp(from, p->service) != 0)) {
         pthread_mutex_unlock(&rt->pend_mu);
         loom__trust_count(&rt->trust, LOOM__DROP_REPLY);
         loom__warn_refused(rt, rt->reply_topic, "a reply from a service that was not called");
@@ -374,10 +375,8 @@ static bool unknown_command(loom_runtime *rt, const loom_call *call, prepared *p
     snprintf(text, sizeof text, "service %s (version %s) has no command '%s'; its commands: %s",
              call->service, p->version, call->command, len ? list : "none");
     cJSON *data = cJSON_CreateObject();
-    if (data)
-        cJSON_AddItemToObject(data, "commands", names);
-    else
-        cJSON_Delete(names);
+    if (!data || !cJSON_AddItemToObject(data, "commands", names))
+        cJSON_Delete(names); /* not data's when adding it failed */
     p->early = loom__msg_error_for(m, 404, text, data, true);
     if (!p->early)
         cJSON_Delete(data);

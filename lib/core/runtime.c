@@ -418,7 +418,12 @@ static bool wire_decode(loom_runtime *rt, const loom__token *tok, const char *wh
      * seen on one topic is not new on another), each subscription and the
      * reply topic their own (a success response is also its event). */
     uint64_t scope = tok->kind == LOOM__TOK_COMMAND ? 1 : (uint64_t)(uintptr_t)tok;
-    loom_err err = loom__trust_decode(&rt->trust, data, len, scope, m, why, sizeof why);
+    /* The direction the signature must have been made for: what this kind
+     * of topic carries. */
+    loom__dir dir = tok->kind == LOOM__TOK_COMMAND ? LOOM__DIR_COMMAND
+                    : tok->kind == LOOM__TOK_REPLY ? LOOM__DIR_REPLY
+                                                   : LOOM__DIR_ALL;
+    loom_err err = loom__trust_decode(&rt->trust, data, len, dir, scope, m, why, sizeof why);
     if (bare)
         *bare = err != LOOM_OK && err != LOOM_ESTATE;
     if (err == LOOM_ESTATE)
@@ -450,6 +455,27 @@ static void refuse_bare(loom_runtime *rt, raw_delivery *r)
         loom_msg_release(err);
 }
 
+/* May a command be answered on topic? Not on loom's own topics other than
+ * replies: a caller naming an event or announcement topic as its reply
+ * topic would have the service publish there with the service's broker
+ * rights (its announcement, its events). Topics outside the prefix (a
+ * plain client's own) are the caller's business. */
+static bool reply_topic_allowed(loom_runtime *rt, const char *topic)
+{
+    size_t n = strlen(rt->prefix);
+    return strncmp(topic, rt->prefix, n) != 0 || topic[n] != '/' ||
+           strncmp(topic + n, "/reply/", 7) == 0;
+}
+
+static bool refuse_reply_topic(loom_runtime *rt, const char *filter, const char *topic)
+{
+    if (reply_topic_allowed(rt, topic))
+        return false;
+    loom__trust_count(&rt->trust, LOOM__DROP_REPLY_TOPIC);
+    loom__warn_refused(rt, filter, "a reply topic on loom's topics that is not a reply topic");
+    return true;
+}
+
 /* A plain MQTT client's request: bare JSON payload, answered bare. */
 static void run_bare_command(loom_runtime *rt, loom__command *cmd, raw_delivery *r)
 {
@@ -457,6 +483,8 @@ static void run_bare_command(loom_runtime *rt, loom__command *cmd, raw_delivery 
         warn_garbage(rt, cmd->tok.filter, "not an envelope and no response topic");
         return;
     }
+    if (refuse_reply_topic(rt, cmd->tok.filter, r->response_topic))
+        return;
     if (!rt->trust.bare_calls) {
         refuse_bare(rt, r);
         return;
@@ -547,6 +575,10 @@ static void run_raw(loom_runtime *rt, raw_delivery *r)
             return;
         }
         const char *reply_to = m->reply_to ? m->reply_to : r->response_topic;
+        if (reply_to && refuse_reply_topic(rt, tok->filter, reply_to)) {
+            loom_msg_release(m);
+            return;
+        }
         char id[33];
         memcpy(id, m->id, 33);
         loom__route to = {reply_to ? LOOM__TO_TOPIC : LOOM__TO_NONE, reply_to, id, 32, NULL};

@@ -65,6 +65,22 @@ static char *slurp(const char *path, size_t max)
     return buf;
 }
 
+/* A secret key file others can read is refused, as ssh refuses one: the
+ * key may already be copied, and starting anyway would hide that. A file
+ * that cannot be stat'ed is left to the read that follows. */
+static bool key_file_private(const char *path, loom_runtime *rt)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 || !(st.st_mode & 077))
+        return true;
+    loom_runtime_log(rt, LOOM_LOG_ERROR,
+                     "security.key_file: %s is accessible by others (mode %04o): the secret key "
+                     "must be private, run chmod 600 %s (and make a new key if it may have been "
+                     "copied)",
+                     path, (unsigned)(st.st_mode & 07777), path);
+    return false;
+}
+
 static bool decode_b64(const char *s, unsigned char *out, size_t want)
 {
     size_t got = 0;
@@ -192,6 +208,8 @@ loom_err loom__trust_init(loom__trust *t, const loom_config *cfg, loom_runtime *
     if (env_val) {
         err = load_secret(t, env_val, env, rt);
     } else {
+        if (!key_file_private(file, rt))
+            return LOOM_ECONFIG;
         char *text = slurp(file, 4096);
         if (!text) {
             loom_runtime_log(rt, LOOM_LOG_ERROR, "security.key_file: cannot read %s", file);
@@ -214,6 +232,7 @@ loom_err loom__trust_init(loom__trust *t, const loom_config *cfg, loom_runtime *
                          ring, t->name);
         return LOOM_ECONFIG;
     }
+    randombytes_buf(t->cache_key, sizeof t->cache_key);
     pthread_mutex_init(&t->mu, NULL);
     t->mu_ready = true;
     t->gen[0] = calloc(CACHE_SLOTS, sizeof(uint64_t));
@@ -292,6 +311,60 @@ void loom__trust_count(loom__trust *t, int reason)
 
 /* --- signing ---------------------------------------------------------------------- */
 
+/* The context a tag covers before the bytes (trust.h): "loom-tag-1" NUL,
+ * direction, signer NUL, recipient NUL ("" for many readers). */
+#define TAG_DOMAIN "loom-tag-1"
+#define TAG_CTX_MAX (sizeof TAG_DOMAIN + 1 + 2 * LOOM__NAME_MAX)
+
+static size_t tag_context(unsigned char out[TAG_CTX_MAX], loom__dir dir, const char *signer,
+                          size_t signer_len, const char *recipient)
+{
+    size_t n = sizeof TAG_DOMAIN, rl = strlen(recipient);
+    memcpy(out, TAG_DOMAIN, n); /* with its NUL */
+    out[n++] = (unsigned char)dir;
+    memcpy(out + n, signer, signer_len);
+    n += signer_len;
+    out[n++] = '\0';
+    memcpy(out + n, recipient, rl);
+    n += rl;
+    out[n++] = '\0';
+    return n;
+}
+
+/* The tag of [data, len) sent by signer to peer (NULL: to all, signed). */
+static void make_tag(const loom__trust *t, const loom__key *peer, loom__dir dir, const char *data,
+                     size_t len, const char *signer, size_t signer_len, const char *recipient,
+                     unsigned char *tag)
+{
+    unsigned char ctx[TAG_CTX_MAX];
+    size_t cl = tag_context(ctx, dir, signer, signer_len, recipient);
+    if (peer) {
+        crypto_generichash_state st;
+        crypto_generichash_init(&st, peer->shared, sizeof peer->shared, MAC_LEN);
+        crypto_generichash_update(&st, ctx, cl);
+        crypto_generichash_update(&st, (const unsigned char *)data, len);
+        crypto_generichash_final(&st, tag, MAC_LEN);
+    } else {
+        crypto_sign_state st;
+        crypto_sign_init(&st);
+        crypto_sign_update(&st, ctx, cl);
+        crypto_sign_update(&st, (const unsigned char *)data, len);
+        crypto_sign_final_create(&st, tag, NULL, t->sk);
+    }
+}
+
+/* The direction a message is sent in; to_all: published for many readers. */
+static loom__dir dir_of(const loom_msg *m, bool to_all)
+{
+    if (to_all)
+        return LOOM__DIR_ALL;
+    if (m->type == LOOM_MSG_COMMAND)
+        return LOOM__DIR_COMMAND;
+    if (m->type == LOOM_MSG_SUCCESS || m->type == LOOM_MSG_ERROR)
+        return LOOM__DIR_REPLY;
+    return LOOM__DIR_ALL;
+}
+
 loom_err loom__trust_sign(loom__trust *t, const loom_msg *m, bool to_all, char **data, size_t *len)
 {
     if (!t->signing)
@@ -300,13 +373,10 @@ loom_err loom__trust_sign(loom__trust *t, const loom_msg *m, bool to_all, char *
     unsigned char tag[crypto_sign_BYTES];
     size_t tag_len = peer ? MAC_LEN : crypto_sign_BYTES;
     size_t body = *len - 1; /* without the closing brace */
-    if (peer)
-        crypto_generichash(tag, MAC_LEN, (const unsigned char *)*data, body, peer->shared,
-                           sizeof peer->shared);
-    else
-        crypto_sign_detached(tag, NULL, (const unsigned char *)*data, body, t->sk);
-    size_t b64_len = sodium_base64_ENCODED_LEN(tag_len, B64);
     size_t name_len = strlen(t->name);
+    make_tag(t, peer, dir_of(m, to_all), *data, body, t->name, name_len, peer ? peer->name : "",
+             tag);
+    size_t b64_len = sodium_base64_ENCODED_LEN(tag_len, B64);
     size_t total = body + TRAILER_HEAD_LEN + 2 + name_len + 1 + b64_len + 2;
     char *p = realloc(*data, total + 1);
     if (!p)
@@ -350,7 +420,7 @@ static bool find_trailer(const char *d, size_t len, size_t *k, const char **v, s
     return true;
 }
 
-loom_err loom__trust_verify_bytes(loom__trust *t, const void *data, size_t len,
+loom_err loom__trust_verify_bytes(loom__trust *t, const void *data, size_t len, loom__dir dir,
                                   const loom__key **signer, size_t *signed_len)
 {
     const char *d = data, *v;
@@ -373,13 +443,20 @@ loom_err loom__trust_verify_bytes(loom__trust *t, const void *data, size_t len,
         got != want)
         return LOOM_EPARSE;
     bool ok;
+    const char *name = c1 + 1;
+    size_t name_len = (size_t)(c2 - c1 - 1);
     if (v[0] == 'm') {
         unsigned char mac[MAC_LEN];
-        crypto_generichash(mac, MAC_LEN, (const unsigned char *)d, k, key->shared,
-                           sizeof key->shared);
+        make_tag(t, key, dir, d, k, name, name_len, t->name, mac);
         ok = sodium_memcmp(mac, tag, MAC_LEN) == 0;
     } else {
-        ok = crypto_sign_verify_detached(tag, (const unsigned char *)d, k, key->pk) == 0;
+        unsigned char ctx[TAG_CTX_MAX];
+        size_t cl = tag_context(ctx, dir, name, name_len, "");
+        crypto_sign_state st;
+        crypto_sign_init(&st);
+        crypto_sign_update(&st, ctx, cl);
+        crypto_sign_update(&st, (const unsigned char *)d, k);
+        ok = crypto_sign_final_verify(&st, tag, key->pk) == 0;
     }
     if (!ok)
         return LOOM_EPARSE;
@@ -388,12 +465,16 @@ loom_err loom__trust_verify_bytes(loom__trust *t, const void *data, size_t len,
     return LOOM_OK;
 }
 
-static uint64_t id_hash(const char *id, uint64_t scope)
+uint64_t loom__trust_id_hash(const loom__trust *t, const char *id, uint64_t scope)
 {
-    uint64_t h = 1469598103934665603ULL ^ (scope * 0x9E3779B97F4A7C15ULL);
-    for (int i = 0; i < LOOM_ID_LEN; i++)
-        h = (h ^ (unsigned char)id[i]) * 1099511628211ULL;
-    return h ? h : 1;
+    unsigned char in[LOOM_ID_LEN + 8], out[crypto_shorthash_BYTES];
+    memcpy(in, id, LOOM_ID_LEN);
+    for (int i = 0; i < 8; i++)
+        in[LOOM_ID_LEN + i] = (unsigned char)(scope >> (8 * i));
+    crypto_shorthash(out, in, sizeof in, t->cache_key);
+    uint64_t h;
+    memcpy(&h, out, sizeof h);
+    return h ? h : 1; /* 0 marks an empty slot */
 }
 
 static bool gen_has(const uint64_t *g, size_t slots, uint64_t h)
@@ -440,7 +521,7 @@ static bool gen_grow(loom__trust *t)
  * push ids out of the cache early) and that is logged by the caller. */
 static bool seen_before(loom__trust *t, const char *id, uint64_t scope, bool *full)
 {
-    uint64_t h = id_hash(id, scope);
+    uint64_t h = loom__trust_id_hash(t, id, scope);
     *full = false;
     pthread_mutex_lock(&t->mu);
     int64_t now = loom__mono_ms();
@@ -475,8 +556,19 @@ static loom_err refuse(loom__trust *t, int reason, char *why, size_t n, const ch
     return LOOM_ESTATE;
 }
 
-loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, uint64_t scope,
-                            loom_msg **out, char *why, size_t why_len)
+/* Is m of the type its direction carries? Events and announcements go to
+ * all; a success response is also its event. */
+static bool type_fits(const loom_msg *m, loom__dir dir)
+{
+    if (dir == LOOM__DIR_COMMAND)
+        return m->type == LOOM_MSG_COMMAND;
+    if (dir == LOOM__DIR_REPLY)
+        return m->type == LOOM_MSG_SUCCESS || m->type == LOOM_MSG_ERROR;
+    return m->type != LOOM_MSG_COMMAND;
+}
+
+loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, loom__dir dir,
+                            uint64_t scope, loom_msg **out, char *why, size_t why_len)
 {
     *out = NULL;
     if (!t->signing)
@@ -485,7 +577,7 @@ loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, uint64
         len--;
     const loom__key *key = NULL;
     size_t signed_len = 0;
-    loom_err err = loom__trust_verify_bytes(t, data, len, &key, &signed_len);
+    loom_err err = loom__trust_verify_bytes(t, data, len, dir, &key, &signed_len);
     loom_msg *m = NULL;
     loom_err derr = loom_msg_decode(data, len, &m, why, why_len);
     if (derr != LOOM_OK)
@@ -496,7 +588,15 @@ loom_err loom__trust_decode(loom__trust *t, const void *data, size_t len, uint64
     }
     if (err != LOOM_OK) {
         loom_msg_release(m);
-        return refuse(t, LOOM__DROP_BAD, why, why_len, "unknown signer or bad signature");
+        return refuse(t, LOOM__DROP_BAD, why, why_len,
+                      "unknown signer or bad signature (or one made for another direction or "
+                      "recipient)");
+    }
+    if (!type_fits(m, dir)) {
+        loom_msg_release(m);
+        return refuse(t, LOOM__DROP_BAD, why, why_len,
+                      dir == LOOM__DIR_REPLY ? "not a response on a reply topic"
+                                             : "a message of the wrong type for its topic");
     }
     if (m->type != LOOM_MSG_INFO) {
         if (m->sender.service && !key_serves(key, m->sender.service)) {

@@ -985,8 +985,10 @@ static loom__hs_action on_request(void *user, loom__hs_req *hs)
             return send_error(b, 503, "out of memory", NULL, NULL, NULL);
         if (err) {
             cJSON *data = pos < len ? data_number("position", (double)pos) : cJSON_CreateObject();
-            if (data)
-                cJSON_AddStringToObject(data, "reason", why);
+            if (data && !cJSON_AddStringToObject(data, "reason", why)) {
+                cJSON_Delete(data); /* the 400 goes out without its details */
+                data = NULL;
+            }
             return send_error(b, 400, "the body is not valid JSON", data, NULL, NULL);
         }
     }

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec/json.h"
 #include "core/runtime.h"
 #include "http/bridge.h"
 
@@ -170,9 +171,10 @@ static void sb_status_lines(loom__sbuf *sb, _Atomic(series *) *slots, int kind, 
 static void sb_trust_lines(loom__sbuf *sb, loom_runtime *rt)
 {
     static const char *const reasons[LOOM__DROP_N] = {
-        [LOOM__DROP_UNSIGNED] = "unsigned",   [LOOM__DROP_BAD] = "bad_signature",
-        [LOOM__DROP_SENDER] = "wrong_sender", [LOOM__DROP_REPLAY] = "replay",
-        [LOOM__DROP_REPLY] = "wrong_replier", [LOOM__DROP_ANNOUNCE] = "announcement"};
+        [LOOM__DROP_UNSIGNED] = "unsigned",      [LOOM__DROP_BAD] = "bad_signature",
+        [LOOM__DROP_SENDER] = "wrong_sender",    [LOOM__DROP_REPLAY] = "replay",
+        [LOOM__DROP_REPLY] = "wrong_replier",    [LOOM__DROP_ANNOUNCE] = "announcement",
+        [LOOM__DROP_REPLY_TOPIC] = "reply_topic"};
     loom__sbuf_puts(sb, "# HELP loom_messages_refused_total Messages from the broker dropped "
                         "by the trust checks, by reason.\n# TYPE loom_messages_refused_total "
                         "counter\n");
@@ -211,15 +213,17 @@ char *loom__http_metrics_text(loom_http *h)
             cum += atomic_load_explicit(&s->bucket[k], memory_order_relaxed);
             loom__sbuf_puts(&sb, "loom_http_request_duration_seconds_bucket{");
             sb_series_labels(&sb, s);
-            loom__sbuf_printf(&sb, ",le=\"%g\"} %" PRIu64 "\n", bucket_le[k],
-                              cum < count ? cum : count);
+            char le[LOOM__JSON_NUMBER_MAX]; /* "%g" would follow LC_NUMERIC */
+            loom__json_number(le, bucket_le[k]);
+            loom__sbuf_printf(&sb, ",le=\"%s\"} %" PRIu64 "\n", le, cum < count ? cum : count);
         }
         loom__sbuf_puts(&sb, "loom_http_request_duration_seconds_bucket{");
         sb_series_labels(&sb, s);
         loom__sbuf_printf(&sb, ",le=\"+Inf\"} %" PRIu64 "\n", count);
         loom__sbuf_puts(&sb, "loom_http_request_duration_seconds_sum{");
         sb_series_labels(&sb, s);
-        loom__sbuf_printf(&sb, "} %.6f\n", (double)atomic_load(&s->sum_us) / 1e6);
+        uint64_t sum_us = atomic_load(&s->sum_us); /* seconds, without "%f" and LC_NUMERIC */
+        loom__sbuf_printf(&sb, "} %" PRIu64 ".%06" PRIu64 "\n", sum_us / 1000000, sum_us % 1000000);
         loom__sbuf_puts(&sb, "loom_http_request_duration_seconds_count{");
         sb_series_labels(&sb, s);
         loom__sbuf_printf(&sb, "} %" PRIu64 "\n", count);

@@ -9,6 +9,7 @@
 #include <sodium.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -98,6 +99,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
             abort();
         fprintf(f, "%s %s\n", names[i], skb);
         fclose(f);
+        if (chmod(path, 0600) != 0) /* a secret key others may read is refused */
+            abort();
         size_t n = strlen(ring);
         snprintf(ring + n, sizeof ring - n, "%s %s %s\n", names[i], pkb, serves[i]);
     }
@@ -125,19 +128,26 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    const loom__key *signer;
-    size_t signed_len;
-    if (loom__trust_verify_bytes(&rx->trust, data, size, &signer, &signed_len) == LOOM_OK &&
-        (!signer || signed_len >= size))
-        abort();
-    loom_msg *m = NULL;
-    char why[160];
-    if (loom__trust_decode(&rx->trust, data, size, 0, &m, why, sizeof why) == LOOM_OK) {
-        if (!m || !m->verified || !m->signer)
+    static const loom__dir dirs[] = {LOOM__DIR_COMMAND, LOOM__DIR_REPLY, LOOM__DIR_ALL};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        const loom__key *signer;
+        size_t signed_len;
+        if (loom__trust_verify_bytes(&rx->trust, data, size, dirs[i], &signer, &signed_len) ==
+                LOOM_OK &&
+            (!signer || signed_len >= size))
             abort();
-        loom_msg_release(m);
-    } else if (m) {
-        abort();
+    }
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        loom_msg *m = NULL;
+        char why[160];
+        if (loom__trust_decode(&rx->trust, data, size, dirs[i], 0, &m, why, sizeof why) ==
+            LOOM_OK) {
+            if (!m || !m->verified || !m->signer)
+                abort();
+            loom_msg_release(m);
+        } else if (m) {
+            abort();
+        }
     }
     return 0;
 }
