@@ -290,6 +290,7 @@ typedef struct mqtt_adapter {
     struct {
         unsigned gen;
         int msgid;
+        int reason; /* the PUBACK's reason code (>= 0x80: refused) */
     } early[EARLY_ACKS];
     int n_early;
     int sending; /* publishes between the closing check and paho's queue */
@@ -890,12 +891,13 @@ static void on_published(void *ctx, int msgid, int packet_type, MQTTProperties *
     out_msg *o = find_flight_locked(a, msgid);
     if (o)
         acked_locked(a, o, (int)reason, &report);
-    else if (reason < MQTTREASONCODE_UNSPECIFIED_ERROR) {
+    else {
         if (a->n_early == EARLY_ACKS) { /* at most one per publishing thread: never */
             memmove(a->early, a->early + 1, sizeof a->early - sizeof a->early[0]);
             a->n_early--;
         }
         a->early[a->n_early].gen = a->gen;
+        a->early[a->n_early].reason = (int)reason;
         a->early[a->n_early++].msgid = msgid;
     }
     unlock(a);
@@ -911,16 +913,18 @@ static void on_published(void *ctx, int msgid, int packet_type, MQTTProperties *
 static void note_msgid(mqtt_adapter *a, out_msg *o, int msgid)
 {
     bool acked = false, drop = false;
+    int reason = 0;
     unsigned long report = 0;
     lock(a);
     for (int i = 0; i < a->n_early && !acked; i++) {
         if (a->early[i].msgid == msgid && a->early[i].gen == o->gen) {
+            reason = a->early[i].reason;
             a->early[i] = a->early[--a->n_early];
             acked = true;
         }
     }
     if (acked) {
-        acked_locked(a, o, 0, &report);
+        acked_locked(a, o, reason, &report);
     } else if (o->gen == a->gen && a->state == CS_CONNECTED) {
         o->msgid = msgid;
     } else {
@@ -932,6 +936,9 @@ static void note_msgid(mqtt_adapter *a, out_msg *o, int msgid)
         }
     }
     unlock(a);
+    if (report)
+        report_undelivered(a, report, o->topic,
+                           MQTTReasonCode_toString((enum MQTTReasonCodes)reason));
     if (acked || drop)
         free(o);
 }
