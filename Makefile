@@ -318,10 +318,12 @@ deps:
 # (bench/schema/ajv; node and npm must be present), then runs bench/run.sh:
 # tables on stdout and docs/performance.md, in about 8 minutes on 2 CPUs.
 # BENCH_SCALE=0.3 BENCH_REPS=1 make bench is a quick smoke run.
-BENCH_PACKAGES := wrk nginx-light mosquitto nats-server valgrind python3
-BENCH_PROGS    := bench_invoke bench_events bench_routes bench_sign bench_schema ref_mqtt_rr ref_nats_rr
+# libh2o-evloop-dev: bench/ref_h2o, the h2o side of `make bench-httpab`.
+BENCH_PACKAGES := wrk nginx-light mosquitto nats-server valgrind python3 libh2o-evloop-dev
+BENCH_PROGS    := bench_invoke bench_events bench_routes bench_sign bench_schema ref_mqtt_rr ref_nats_rr \
+                  ref_h2o
 
-.PHONY: bench-deps bench-build
+.PHONY: bench-deps bench-build bench-httpab
 
 bench: bench-deps
 	$(MAKE) BUILD=bench bench-build
@@ -387,6 +389,19 @@ $(O)/bench/%: bench/%.c bench/bench.h $(STATIC)
 $(O)/bench/ref_mqtt_rr: bench/ref_mqtt_rr.c bench/bench.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(LDFLAGS) -lpaho-mqtt3as -lpthread
+
+# h2o 2.2.5 (its own event loop), a reference HTTP/1.1 server; loom is not
+# linked into it.
+$(O)/bench/ref_h2o: bench/ref_h2o.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< -lh2o-evloop
+
+# The HTTP/1.1 A/B of the bridge (libmicrohttpd) and h2o: the probes of
+# test_hostile and wrk -t2 -c64 on GET /healthz (docs/security.md "h2o A/B");
+# about a minute. Not part of `make bench`.
+bench-httpab: bench-deps
+	$(MAKE) BUILD=bench lib examples build/bench/bench/ref_h2o
+	python3 bench/http_ab.py build/bench
 
 # --- fuzzing (clang + libFuzzer) ---------------------------------------------
 
