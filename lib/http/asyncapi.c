@@ -22,6 +22,7 @@
 #include "broker/adapters.h"
 #include "codec/topic.h"
 #include "config/config.h"
+#include "core/features.h"
 #include "core/runtime.h"
 #include "http/bridge.h"
 
@@ -128,7 +129,11 @@ static bool add_message(aa_ctx *c, const char *name, const char *title, cJSON *p
  * subject. malloc'd, NULL on ENOMEM. */
 static char *address(aa_ctx *c, const char *topic, const char *const *params, size_t n)
 {
+#if LOOM_WITH_NATS
     char *mapped = c->nats ? loom__nats_subject(topic) : strdup(topic);
+#else /* a build without NATS has no NATS broker */
+    char *mapped = strdup(topic);
+#endif
     if (!mapped)
         return NULL;
     char wild = c->nats ? '*' : '+', sep = c->nats ? '.' : '/';
@@ -188,6 +193,23 @@ static cJSON *channel_messages(const char *key, const char *const *msgs, size_t 
     return arr;
 }
 
+/* bindings.nats: the queue group (none in a build without NATS). */
+static bool add_nats_binding(cJSON *bindings, const char *group)
+{
+#if LOOM_WITH_NATS
+    cJSON *nats = cJSON_AddObjectToObject(bindings, "nats");
+    char *queue = group ? loom__nats_queue(group) : NULL;
+    bool ok = nats && (!group || (queue && cJSON_AddStringToObject(nats, "queue", queue))) &&
+              cJSON_AddStringToObject(nats, "bindingVersion", "0.1.0");
+    free(queue);
+    return ok;
+#else
+    (void)bindings;
+    (void)group;
+    return true;
+#endif
+}
+
 /* operations[key] = {action, channel, messages, bindings (MQTT qos, NATS queue)}. */
 static cJSON *add_operation(aa_ctx *c, const char *key, const char *action, const char *channel,
                             const char *summary, const char *const *msgs, size_t n, int qos,
@@ -201,14 +223,10 @@ static cJSON *add_operation(aa_ctx *c, const char *key, const char *action, cons
         return NULL;
     cJSON *b = cJSON_AddObjectToObject(op, "bindings");
     cJSON *mqtt = b ? cJSON_AddObjectToObject(b, "mqtt") : NULL;
-    cJSON *nats = b ? cJSON_AddObjectToObject(b, "nats") : NULL;
-    char *queue = group ? loom__nats_queue(group) : NULL;
-    bool ok = mqtt && nats && cJSON_AddNumberToObject(mqtt, "qos", qos) &&
+    bool ok = mqtt && cJSON_AddNumberToObject(mqtt, "qos", qos) &&
               cJSON_AddFalseToObject(mqtt, "retain") &&
               cJSON_AddStringToObject(mqtt, "bindingVersion", "0.2.0") &&
-              (!group || (queue && cJSON_AddStringToObject(nats, "queue", queue))) &&
-              cJSON_AddStringToObject(nats, "bindingVersion", "0.1.0");
-    free(queue);
+              add_nats_binding(b, group);
     return ok ? op : NULL;
 }
 
