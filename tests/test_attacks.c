@@ -260,17 +260,23 @@ static loom_msg *call_echo(const char *principal, const char *tenant)
     return resp;
 }
 
+/* Publishes the file at path with mosquitto_pub (MQTT 5) on topic. */
+static void publish_file(const char *topic, const char *path, bool retain)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", S.broker.port);
+    const char *args[] = {"-V",  "5",  "-h", "127.0.0.1",          "-p", port, "-q", "1", "-t",
+                          topic, "-f", path, retain ? "-r" : NULL, NULL};
+    assert_int_equal(run_tool(PUB, args, 5000, NULL), 0);
+}
+
 /* Publishes bytes with mosquitto_pub (MQTT 5) on topic. */
 static void publish_bytes(const char *topic, const void *data, size_t len, bool retain)
 {
     char path[256];
     snprintf(path, sizeof path, "%s/payload", S.dir);
     write_file(path, data, len);
-    char port[16];
-    snprintf(port, sizeof port, "%d", S.broker.port);
-    const char *args[] = {"-V",  "5",  "-h", "127.0.0.1",          "-p", port, "-q", "1", "-t",
-                          topic, "-f", path, retain ? "-r" : NULL, NULL};
-    assert_int_equal(run_tool(PUB, args, 5000, NULL), 0);
+    publish_file(topic, path, retain);
 }
 
 /* A command envelope for probe.echo claiming principal admin, tenant acme-corp. */
@@ -522,9 +528,7 @@ static void test_retargeted_command_is_refused(void **state)
     loom_msg_release(sniffed(&sniffer, path));
     int before = atomic_load(&other_calls);
     uint64_t r0 = dropped(S.probe, LOOM__DROP_REPLAY);
-    char *bytes = t_read_file(path);
-    publish_bytes("loom/cmd/other/1/echo", bytes, strlen(bytes), false);
-    free(bytes);
+    publish_file("loom/cmd/other/1/echo", path, false); /* the captured bytes, unchanged */
     WAIT_UNTIL(dropped(S.probe, LOOM__DROP_REPLAY) > r0, "the re-targeted command refused");
     assert_int_equal(atomic_load(&other_calls), before);
 }
@@ -544,9 +548,7 @@ static void test_event_under_another_senders_topic_is_refused(void **state)
     assert_int_equal(loom_runtime_emit(S.mallory, "probeEvent", cJSON_CreateObject()), LOOM_OK);
     loom_msg_release(sniffed(&sniffer, path));
     uint64_t s0 = dropped(w, LOOM__DROP_SENDER);
-    char *bytes = t_read_file(path);
-    publish_bytes("loom/evt/probeEvent/probe/1", bytes, strlen(bytes), false);
-    free(bytes);
+    publish_file("loom/evt/probeEvent/probe/1", path, false); /* the captured bytes, unchanged */
     WAIT_UNTIL(dropped(w, LOOM__DROP_SENDER) > s0, "the event refused");
     assert_int_equal(atomic_load(&probe_events), 0);
     loom_runtime_destroy(w);
@@ -566,9 +568,7 @@ static void test_replayed_command_is_dropped(void **state)
     loom_msg_release(resp);
     loom_msg_release(sniffed(&sniffer, path));
     uint64_t r0 = dropped(S.probe, LOOM__DROP_REPLAY);
-    char *bytes = t_read_file(path);
-    publish_bytes("loom/cmd/probe/1/echo", bytes, strlen(bytes), false);
-    free(bytes);
+    publish_file("loom/cmd/probe/1/echo", path, false); /* the captured bytes, unchanged */
     WAIT_UNTIL(dropped(S.probe, LOOM__DROP_REPLAY) > r0, "the replay to be refused");
     assert_int_equal(atomic_load(&S.echo_calls), before + 1);
 }
